@@ -1,0 +1,176 @@
+"""Every hyperparameter the trainer takes: name, type, default, meaning.
+
+The single source of truth: the trainer's CLI, the SageMaker scripts, the
+tuning search spaces and the README table are all built from HYPERPARAMETERS.
+
+SageMaker hands hyperparameters over as strings; the sagemaker-training
+toolkit JSON-decodes them and passes `--name value` arguments, so a boolean
+may arrive as "True", "true" or "1" and a list as "[512, 256]" or "512,256".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from contract.model import BACKBONES, STAGES
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown or malformed; the message is one line."""
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_int_list(text: str) -> list[int]:
+    value = str(text).strip()
+    if value in ("", "[]", "none", "None"):
+        return []
+    if value.startswith("["):
+        items = json.loads(value)
+    else:
+        items = [part for part in value.split(",") if part.strip()]
+    result = [int(item) for item in items]
+    if any(n <= 0 for n in result):
+        raise ValueError(f"sizes must be positive, got {text!r}")
+    return result
+
+
+def parse_optional_bool(text: str) -> bool | None:
+    return None if str(text).strip().lower() == "auto" else parse_bool(text)
+
+
+def _positive(kind: Callable) -> Callable:
+    def check(text):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(f"must be > 0, got {text!r}")
+        return value
+    check.__name__ = kind.__name__
+    return check
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def _non_negative(kind: Callable) -> Callable:
+    def check(text):
+        value = kind(text)
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {text!r}")
+        return value
+    check.__name__ = kind.__name__
+    return check
+
+
+def _workers(text):
+    return -1 if str(text).strip().lower() in ("auto", "-1") else _non_negative(int)(text)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+HYPERPARAMETERS = [
+    # optimisation
+    Hyperparameter("lr", _positive(float), 1e-3, "peak learning rate"),
+    Hyperparameter("batch-size", _positive(int), 64, "images per step (per process under DDP)"),
+    Hyperparameter("epochs", _positive(int), 5, "passes over the training set"),
+    Hyperparameter("optimizer", str, "adamw", "optimiser", ("adamw", "sgd")),
+    Hyperparameter("eps", _positive(float), 1e-8, "AdamW epsilon"),
+    Hyperparameter("weight-decay", _non_negative(float), 1e-2, "decoupled weight decay (AdamW) or L2 (SGD)"),
+    Hyperparameter("momentum", _non_negative(float), 0.9, "SGD momentum"),
+    Hyperparameter("warmup", _non_negative(float), 0.0, "epochs of linear learning-rate warm-up (fractions allowed)"),
+    Hyperparameter("schedule", str, "cosine", "learning-rate decay after warm-up", ("cosine", "constant")),
+    Hyperparameter("label-smoothing", _fraction, 0.0, "cross-entropy label smoothing"),
+    Hyperparameter("patience", _non_negative(int), 0, "stop after this many epochs without a better validation loss (0 = never)"),
+    # model
+    Hyperparameter("backbone", str, "resnet50", "torchvision ResNet architecture", tuple(BACKBONES)),
+    Hyperparameter("pretrained", str, "imagenet", "backbone weights: imagenet, none, or a file path"),
+    Hyperparameter("trainable-layers", _non_negative(int), 0,
+                   f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all)"),
+    Hyperparameter("head", parse_int_list, [], "hidden sizes of the new fully connected head, e.g. 256 or 512,128"),
+    Hyperparameter("dropout", _fraction, 0.0, "dropout in the head"),
+    Hyperparameter("init", str, "kaiming", "initialisation of the head", ("kaiming", "xavier", "default")),
+    # data
+    Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
+    Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
+    Hyperparameter("num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)"),
+    # runtime
+    Hyperparameter("amp", parse_optional_bool, None, "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false"),
+    Hyperparameter("channels-last", parse_bool, True, "NHWC memory format (faster convolutions on GPUs and oneDNN)"),
+    Hyperparameter("seed", _non_negative(int), 0, "random seed for splits, initialisation and augmentation"),
+    Hyperparameter("processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"),
+    Hyperparameter("max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"),
+]
+
+BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
+DEFAULTS = {hp.name: hp.default for hp in HYPERPARAMETERS}
+
+
+def _with_choices(hp: Hyperparameter) -> Callable:
+    def parse(text):
+        value = hp.parse(text)
+        if hp.choices and value not in hp.choices:
+            raise ValueError(f"choose one of {', '.join(hp.choices)}; got {text!r}")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit(2)
+        raise HyperparameterError(message)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `--name value` pairs; raise HyperparameterError for anything off."""
+    parser = _Parser(prog="train", add_help=False, allow_abbrev=False)
+    for hp in HYPERPARAMETERS:
+        # underscores too: SageMaker users often write batch_size
+        flags = [f"--{hp.name}"] + ([f"--{hp.dest}"] if hp.dest != hp.name else [])
+        parser.add_argument(*flags, dest=hp.dest, default=hp.default, type=str)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        names = [u for u in unknown if u.startswith("--")] or unknown
+        raise HyperparameterError(
+            f"unknown hyperparameter {names[0]!r}; known: {', '.join(BY_NAME)}")
+    for hp in HYPERPARAMETERS:
+        raw = getattr(args, hp.dest)
+        if raw is hp.default:
+            continue
+        try:
+            setattr(args, hp.dest, _with_choices(hp)(raw))
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise HyperparameterError(f"hyperparameter {hp.name}: {exc}") from None
+    return args
+
+
+def to_sagemaker(values: dict) -> dict:
+    """Hyperparameters for Estimator(hyperparameters=...): known names, string values."""
+    out = {}
+    for name, value in values.items():
+        if name not in BY_NAME:
+            raise HyperparameterError(f"unknown hyperparameter {name!r}; known: {', '.join(BY_NAME)}")
+        out[name] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return out

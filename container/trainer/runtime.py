@@ -1,0 +1,154 @@
+"""Where things live in /opt/ml, how the job fails, how SIGTERM and DDP work."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+# The sagemaker-training toolkit replaces /opt/ml/output/failure with its own
+# multi-line report when the script exits non-zero; the image's entry point
+# (trainer/entry.py) puts our one-line reason back from this copy.
+REASON_COPY = Path(os.environ.get("TRAINER_REASON_FILE", "/tmp/trainer-failure-reason"))
+
+
+@dataclass
+class Paths:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "Paths":
+        # OPT_ML lets the trainer run outside a container on a local tree
+        return cls(Path(os.environ.get("OPT_ML", "/opt/ml")))
+
+    @property
+    def model(self) -> Path:
+        return Path(os.environ.get("SM_MODEL_DIR", self.root / "model"))
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def output_data(self) -> Path:
+        return Path(os.environ.get("SM_OUTPUT_DATA_DIR", self.output / "data"))
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.output / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(os.environ.get("SM_CHECKPOINT_DIR", self.root / "checkpoints"))
+
+    @property
+    def scratch(self) -> Path:
+        return Path(os.environ.get("TRAINER_SCRATCH", "/tmp/trainer-scratch"))
+
+
+class TrainingFailure(RuntimeError):
+    """A failure with a one-line reason for /opt/ml/output/failure."""
+
+
+def write_failure(paths: Paths, reason: str) -> None:
+    line = " ".join(str(reason).split())[:1000]  # one line; SageMaker shows 1 KB
+    for path in (paths.output / "failure", REASON_COPY):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(line + "\n")
+        except OSError:
+            pass
+    print(f"FAILED: {line}", file=sys.stderr, flush=True)
+
+
+class StopFlag:
+    """Set by SIGTERM (StopTrainingJob, spot interruption: 120 s of grace)."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        print("SIGTERM received: saving a checkpoint after this step", flush=True)
+
+    def agreed(self, device) -> bool:
+        """Under DDP every rank must stop at the same step, or collectives hang."""
+        if not dist.is_initialized():
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def ignore_sigterm_in_worker(worker_id: int) -> None:
+    """Loader workers share the process group; let the main process stop them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def hosts() -> tuple[list[str], str]:
+    all_hosts = json.loads(os.environ.get("SM_HOSTS", '["algo-1"]'))
+    return all_hosts, os.environ.get("SM_CURRENT_HOST", all_hosts[0])
+
+
+def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
+    """Re-exec this script under torchrun when more than one process is wanted.
+
+    One process per GPU (or `processes-per-host`), one node per SageMaker host,
+    rendezvous at the first host. Returns when a single process suffices.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return
+    all_hosts, current = hosts()
+    gpus = int(os.environ.get("SM_NUM_GPUS", torch.cuda.device_count()))
+    nproc = processes_per_host or max(gpus, 1)
+    if nproc == 1 and len(all_hosts) == 1:
+        return
+    master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
+    cmd = [sys.executable, "-m", "torch.distributed.run",
+           f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
+           f"--node-rank={all_hosts.index(current)}",
+           f"--master-addr={master}", f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
+           os.path.abspath(sys.argv[0]), *argv]
+    print(f"launching {nproc} process(es) per host on {len(all_hosts)} host(s): {' '.join(cmd)}", flush=True)
+    os.execv(sys.executable, cmd)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> tuple[Distributed, torch.device]:
+    if "LOCAL_RANK" not in os.environ:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return Distributed(), device
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    dist.init_process_group(backend=backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
