@@ -1,0 +1,1 @@
+"""SageMaker hosting for the classifier artifact: `serve` runs gunicorn with app.py."""

@@ -1,0 +1,106 @@
+"""Dynamic batching: concurrent requests of one worker share forward passes.
+
+Request threads decode and preprocess their own images and `submit` the
+tensors; one model thread runs every forward pass. It takes the oldest queued
+request and waits up to `max_wait_ms` (counted from that request's arrival)
+for others to fill `max_batch_size` images, but only while another request of
+this worker has announced itself with `upcoming()` and not yet submitted.
+So a lone request never waits: batching costs latency only when there is
+someone to batch with. max_wait_ms=0 never waits, yet still batches whatever
+queued up while the previous forward pass ran.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class _Job:
+    inputs: torch.Tensor
+    queued_at: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+
+class DynamicBatcher:
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch_size: int, max_wait_ms: float):
+        self._forward = forward
+        self.max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._upcoming = 0
+        # gthread runs a request start to end in one thread, so the announcement
+        # made in upcoming() is found again by that thread's submit().
+        self._announced = threading.local()
+        threading.Thread(target=self._run, name="model", daemon=True).start()
+
+    @contextmanager
+    def upcoming(self):
+        """Announce that this thread will submit soon, so batches may wait for it."""
+        with self._cond:
+            self._upcoming += 1
+        self._announced.pending = True
+        try:
+            yield
+        finally:
+            if self._announced.pending:  # left without submitting (e.g. a bad request)
+                with self._cond:
+                    self._withdraw_announcement()
+
+    def _withdraw_announcement(self) -> None:
+        self._announced.pending = False
+        self._upcoming -= 1
+        self._cond.notify()
+
+    def submit(self, inputs: torch.Tensor) -> torch.Tensor:
+        """forward(inputs), computed in batches of at most max_batch_size; blocks until done."""
+        if len(inputs) == 0:
+            raise ValueError("nothing to predict: an empty batch")
+        jobs = [_Job(chunk) for chunk in inputs.split(self.max_batch_size)]
+        with self._cond:
+            self._queue.extend(jobs)
+            if getattr(self._announced, "pending", False):
+                self._withdraw_announcement()
+            self._cond.notify()
+        outputs = [job.future.result() for job in jobs]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
+            try:
+                outputs = self._forward(inputs)
+            except Exception as exc:  # the requests fail, the model thread lives on
+                for job in jobs:
+                    job.future.set_exception(exc)
+                continue
+            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs])):
+                job.future.set_result(output)
+
+    def _queued_images(self) -> int:
+        return sum(len(job.inputs) for job in self._queue)
+
+    def _next_batch(self) -> list[_Job]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue)
+            deadline = self._queue[0].queued_at + self._max_wait_s
+            while self._upcoming and self._queued_images() < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._queue.popleft()]
+            size = len(batch[0].inputs)
+            while self._queue and size + len(self._queue[0].inputs) <= self.max_batch_size:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1].inputs)
+            return batch

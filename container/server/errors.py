@@ -1,0 +1,13 @@
+"""Errors that are the client's fault: answered with `status` and a JSON reason."""
+
+
+class RequestError(ValueError):
+    status = 400
+
+
+class UnsupportedContentType(RequestError):
+    status = 415
+
+
+class UnsupportedAccept(RequestError):
+    status = 406

@@ -1,0 +1,41 @@
+"""gunicorn's configuration for `serve` (gunicorn -c python:server.gunicorn_config)."""
+import os
+from collections import Counter
+
+from server.settings import Settings
+
+_settings = Settings.from_env()
+
+wsgi_app = "server.app:create_app()"
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+# gthread: one worker serves several requests at once, which is what lets
+# the dynamic batcher put them into one forward pass.
+worker_class = "gthread"
+threads = _settings.request_threads
+# The worker heartbeats from its event loop while the model loads in a
+# thread, so this timeout catches hung workers, not slow model loading.
+timeout = _settings.timeout
+# On SIGTERM, in-flight requests get as long as any request may take.
+graceful_timeout = _settings.timeout
+# gunicornc's control socket: nothing in a container uses it, and two
+# servers on one host (tests) would share its default path.
+control_socket_disable = True
+errorlog = "-"
+loglevel = "info"
+
+
+def pre_fork(server, worker):
+    # Runs in the master, which knows the live workers: one GPU each, or the
+    # least shared GPU when there are more workers than GPUs.
+    if _settings.gpus:
+        in_use = Counter(getattr(other, "gpu", None) for other in server.WORKERS.values())
+        worker.gpu = min(range(_settings.gpus), key=lambda gpu: in_use[gpu])
+
+
+def post_fork(server, worker):
+    # Before the worker imports torch: the worker then sees its GPU as cuda:0.
+    if _settings.gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(gpu) for gpu in range(_settings.gpus)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[worker.gpu]

@@ -1,0 +1,221 @@
+"""The default handler stages, with aws/sagemaker-inference-toolkit's signatures:
+
+    model_fn(model_dir)                  -> model
+    input_fn(request_body, content_type) -> data
+    predict_fn(data, model)              -> prediction
+    output_fn(prediction, accept)        -> (response body, content type)
+
+model_dir/code/inference.py may replace any of them (service.py), so each
+stage also takes what a user's neighbouring stage is likely to hand it:
+
+    data        float32 tensor (3,H,W) for one image, (N,3,H,W) for several,
+                preprocessed with contract.preprocess.eval_transform;
+                predict_fn also takes a PIL image or a list of them.
+    prediction  class probabilities, (C,) for one image or (N,C); output_fn
+                also takes logits (rows that are not probabilities get a
+                softmax), as a tensor, numpy array or list.
+
+One image in gives one JSON object out, several give a list of them.
+Nothing here knows HTTP: app.py is the transport.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from contract import artifact
+from contract.preprocess import ImageDecodeError, Preprocessing, decode_image, eval_transform
+from server.batching import DynamicBatcher
+from server.errors import RequestError, UnsupportedAccept, UnsupportedContentType
+
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "image/webp",
+                         "image/bmp", "image/gif", "image/tiff"})
+JSON = "application/json"
+NPY = "application/x-npy"
+CSV = "text/csv"
+DEFAULT_TOP_K = 5
+
+
+def media_type(header: str | None) -> str:
+    """'Image/JPEG; charset=x' -> 'image/jpeg'."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def forward(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Class probabilities for a (N,3,H,W) batch, float32 on the CPU."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(inputs.to(device).contiguous(memory_format=torch.channels_last))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+class DefaultHandlers:
+    def __init__(self, model_dir, max_batch_size: int, max_wait_ms: float):
+        # A user model_fn may load a model the trainer did not write: then
+        # there is no config, and the defaults fall back to ImageNet's sizes.
+        config_path = Path(model_dir) / artifact.CONFIG_FILE
+        config = artifact.read_config(model_dir) if config_path.exists() else None
+        self.prep = artifact.preprocessing(config) if config else Preprocessing()
+        self.class_names = config["class_names"] if config else None
+        self._batching = (max_batch_size, max_wait_ms)
+        self.batcher: DynamicBatcher | None = None
+
+    def model_fn(self, model_dir) -> torch.nn.Module:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, _ = artifact.load(model_dir, device)
+        model = model.eval().to(memory_format=torch.channels_last)
+        # The first pass allocates buffers and picks kernels: pay for it
+        # before /ping reports ready, not in the first client's request.
+        size = self.prep.image_size
+        forward(model, torch.zeros(1, 3, size, size))
+        return model
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Batch the default predict_fn's forward passes of `model` (model_fn's result)."""
+        self.batcher = DynamicBatcher(lambda inputs: forward(model, inputs), *self._batching)
+
+    def input_fn(self, request_body: bytes, content_type: str | None) -> torch.Tensor:
+        if not request_body:
+            raise RequestError("empty request body")
+        kind = media_type(content_type)
+        if kind in IMAGE_TYPES:
+            return self._preprocess(request_body)
+        if kind == JSON:
+            images, is_batch = images_from_json(request_body)
+            tensors = [self._preprocess(image) for image in images]
+            return torch.stack(tensors) if is_batch else tensors[0]
+        if kind == NPY:
+            return read_npy(request_body, self.prep.image_size)
+        raise UnsupportedContentType(
+            f"content type {content_type!r} not supported: send an image ({', '.join(sorted(IMAGE_TYPES))}), "
+            f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays")
+
+    def _preprocess(self, encoded_image: bytes) -> torch.Tensor:
+        try:
+            image = decode_image(encoded_image, self.prep)
+        except ImageDecodeError as exc:
+            raise RequestError(str(exc)) from None
+        return torch.from_numpy(eval_transform(image, self.prep))
+
+    def predict_fn(self, data, model) -> torch.Tensor:
+        """Probabilities from the batcher bound to `model` by bind()."""
+        inputs = self._as_tensor(data)
+        if inputs.dim() == 3:
+            return self.batcher.submit(inputs.unsqueeze(0))[0]
+        return self.batcher.submit(inputs)
+
+    def _as_tensor(self, data) -> torch.Tensor:
+        if isinstance(data, Image.Image):
+            return torch.from_numpy(eval_transform(data, self.prep))
+        if isinstance(data, (list, tuple)) and data and all(isinstance(d, Image.Image) for d in data):
+            return torch.from_numpy(np.stack([eval_transform(d, self.prep) for d in data]))
+        tensor = torch.as_tensor(data, dtype=torch.float32)
+        if tensor.dim() not in (3, 4):
+            raise ValueError(f"predict_fn got data shaped {tuple(tensor.shape)}: expected (3,H,W) or (N,3,H,W)")
+        return tensor
+
+    def output_fn(self, prediction, accept: str | None, top_k: int = DEFAULT_TOP_K) -> tuple[bytes, str]:
+        kind = negotiate(accept)
+        rows, single = probability_rows(prediction)
+        buffer = io.BytesIO()
+        if kind == NPY:
+            np.save(buffer, rows)
+        elif kind == CSV:
+            np.savetxt(buffer, rows, delimiter=",", fmt="%.9g")  # 9 digits round-trip float32
+        else:
+            ranked = [{"predictions": self._top(row, top_k)} for row in rows]
+            buffer.write(json.dumps(ranked[0] if single else ranked).encode())
+        return buffer.getvalue(), kind
+
+    def _top(self, row: np.ndarray, top_k: int) -> list[dict]:
+        names = self.class_names if self.class_names and len(self.class_names) == len(row) else None
+        order = np.argsort(-row, kind="stable")[:top_k]
+        return [{"label": names[i] if names else str(i), "index": int(i), "probability": float(row[i])}
+                for i in order]
+
+
+def images_from_json(body: bytes) -> tuple[list[bytes], bool]:
+    """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch)."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise RequestError(f"malformed JSON: {exc}") from None
+    if isinstance(document, dict) and "instances" in document:
+        instances = document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestError('"instances" must be a non-empty list')
+        return [base64_image(item, f"instances[{i}]") for i, item in enumerate(instances)], True
+    return [base64_image(document, "the request")], False
+
+
+def base64_image(item, where: str) -> bytes:
+    keys = [key for key in ("b64", "image") if key in item] if isinstance(item, dict) else []
+    if len(keys) != 1 or not isinstance(item[keys[0]], str):
+        raise RequestError(f'{where}: expected {{"b64": "<base64 image>"}} or {{"image": "<base64 image>"}}')
+    try:
+        # whitespace is dropped first: line-wrapped base64 (MIME style) is common
+        return base64.b64decode("".join(item[keys[0]].split()), validate=True)
+    except ValueError:
+        raise RequestError(f"{where}: malformed base64") from None
+
+
+def read_npy(body: bytes, image_size: int) -> torch.Tensor:
+    """A float32 (3,S,S) or (N,3,S,S) .npy array. The header is checked before
+    any array is allocated: it could claim a shape far larger than the body."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"format version {version} not supported")
+    except ValueError as exc:
+        raise RequestError(f"not a .npy array: {exc}") from None
+    image_shape = (3, image_size, image_size)
+    if dtype != np.float32:
+        raise RequestError(f"npy dtype {dtype.str}: expected float32 (<f4)")
+    if len(shape) not in (3, 4) or tuple(shape[-3:]) != image_shape or 0 in shape:
+        raise RequestError(f"npy shape {shape}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
+                           "preprocessed like training's evaluation")
+    if len(body) - stream.tell() != math.prod(shape) * dtype.itemsize:
+        raise RequestError(f"npy data does not match its header's shape {shape}")
+    array = np.load(io.BytesIO(body), allow_pickle=False)
+    if not np.isfinite(array).all():
+        raise RequestError("npy array holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def negotiate(accept: str | None) -> str:
+    """The response type for an Accept header: the first listed one we can write."""
+    for item in (accept or "").split(","):
+        kind = media_type(item)
+        if kind in ("", "*/*", "application/*"):
+            return JSON
+        if kind in (JSON, NPY, CSV):
+            return kind
+    raise UnsupportedAccept(f"cannot answer with {accept!r}: accept one of {JSON}, {NPY}, {CSV}")
+
+
+def probability_rows(prediction) -> tuple[np.ndarray, bool]:
+    """-> (float32 (N,C) probabilities, whether the prediction was for a single image)."""
+    if isinstance(prediction, torch.Tensor):
+        prediction = prediction.detach().float().cpu().numpy()
+    rows = np.asarray(prediction, dtype=np.float32)
+    single = rows.ndim == 1
+    if single:
+        rows = rows[None, :]
+    if rows.ndim != 2 or rows.shape[1] == 0:
+        raise ValueError(f"prediction shaped {rows.shape}: expected (classes,) or (N, classes)")
+    if not ((rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3)):
+        shifted = np.exp(rows.astype(np.float64) - rows.max(axis=1, keepdims=True))
+        rows = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+    return rows, single

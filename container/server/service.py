@@ -1,0 +1,81 @@
+"""One loaded model behind the four handler stages.
+
+Each stage is the default (handlers.py) unless model_dir/code/inference.py
+defines a function of the same name, as with SageMaker's framework images.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from contract.artifact import CODE_DIR
+from server.errors import RequestError
+from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
+
+HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
+log = logging.getLogger(__name__)
+
+
+def load_user_module(model_dir) -> ModuleType | None:
+    path = Path(model_dir) / CODE_DIR / "inference.py"
+    if not path.is_file():
+        return None
+    # As in SageMaker's images, inference.py may import modules next to it.
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("inference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["inference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def requested_top_k(custom_attributes: str | None) -> int:
+    """X-Amzn-SageMaker-Custom-Attributes: 'top_k=3' (pairs separated by ',' or ';')."""
+    top_k = DEFAULT_TOP_K
+    for pair in re.split(r"[,;]", custom_attributes or ""):
+        if not pair.strip():
+            continue
+        key, _, value = (part.strip() for part in pair.partition("="))
+        if key != "top_k":
+            raise RequestError(f"unknown custom attribute {key!r}: the only one is top_k")
+        if not value.isdigit() or int(value) < 1:
+            raise RequestError(f"custom attribute top_k={value!r}: expected a whole number >= 1")
+        top_k = int(value)
+    return top_k
+
+
+class InferenceService:
+    """Loads the model on construction (slow); then `invoke` serves requests from many threads."""
+
+    def __init__(self, model_dir, max_batch_size: int, max_wait_ms: float):
+        self.defaults = DefaultHandlers(model_dir, max_batch_size, max_wait_ms)
+        user = load_user_module(model_dir)
+        self.overridden = [name for name in HANDLER_NAMES if callable(getattr(user, name, None))]
+        if self.overridden:
+            log.info("code/inference.py overrides %s", ", ".join(self.overridden))
+        self.model_fn, self.input_fn, self.predict_fn, self.output_fn = (
+            getattr(user if name in self.overridden else self.defaults, name) for name in HANDLER_NAMES)
+        self.model = self.model_fn(str(model_dir))
+        if "predict_fn" not in self.overridden:
+            self.defaults.bind(self.model)
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               custom_attributes: str | None) -> tuple[bytes | str, str]:
+        """-> (response body, its content type); RequestError for the client's mistakes."""
+        top_k = requested_top_k(custom_attributes)
+        batcher = self.defaults.batcher
+        with batcher.upcoming() if batcher else contextlib.nullcontext():
+            data = self.input_fn(body, content_type)
+            prediction = self.predict_fn(data, self.model)
+        if "output_fn" not in self.overridden:
+            return self.defaults.output_fn(prediction, accept, top_k)
+        # The toolkit hands user code a concrete type and takes back either
+        # the body alone (of that type) or (body, content type).
+        accept = JSON if media_type(accept) in ("", "*/*") else accept
+        result = self.output_fn(prediction, accept)
+        return result if isinstance(result, tuple) else (result, accept)

@@ -1,0 +1,150 @@
+"""Server settings, from the environment SageMaker (or whoever runs the image) sets.
+
+    SM_MODEL_DIR                    /opt/ml/model
+    SAGEMAKER_BIND_TO_PORT          8080
+    SAGEMAKER_BIND_HOST             0.0.0.0 (tests bind 127.0.0.1)
+    SAGEMAKER_MODEL_SERVER_WORKERS  one per GPU; on CPU as many as cores and memory fit
+    SAGEMAKER_MODEL_SERVER_TIMEOUT  60 s: gunicorn's worker timeout, and how long
+                                    in-flight requests may still run after SIGTERM
+    SAGEMAKER_MAX_PAYLOAD_IN_MB     6 (batch transform sets its MaxPayloadInMB)
+    SAGEMAKER_BATCH_SIZE            8: most images in one forward pass
+    SAGEMAKER_BATCH_WAIT_MS         5: longest a request waits for others to join
+                                    its forward pass; 0: never wait (batching.py)
+    SAGEMAKER_MODEL_SERVER_THREADS  concurrent requests per worker, default
+                                    max(16, 2 x batch size) so batches can fill
+    SAGEMAKER_TORCH_THREADS         torch CPU threads per worker, default
+                                    cores // workers, so workers do not oversubscribe
+    SM_NUM_GPUS                     GPUs to spread workers over (default: counted)
+
+The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
+MODEL_SERVER_THREADS, TORCH_THREADS) are this project's. `serve` resolves the
+defaults that probe the host once and exports the result, so gunicorn's
+config and every worker read the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# What one CPU worker needs besides its weights: torch's libraries, the
+# request threads' decode buffers, activations. Weights count four times:
+# the loaded state dict, the model, and headroom for activations of a batch.
+WORKER_BASE_BYTES = 512 << 20
+WEIGHTS_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str
+    host: str
+    port: int
+    workers: int
+    timeout: int
+    max_payload_mb: int
+    batch_size: int
+    batch_wait_ms: int
+    request_threads: int
+    torch_threads: int
+    gpus: int
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Settings":
+        """Raises ValueError naming the variable that is not a valid number."""
+        model_dir = env.get("SM_MODEL_DIR", "/opt/ml/model")
+        gpus = _int(env, "SM_NUM_GPUS", None, minimum=0)
+        gpus = count_gpus() if gpus is None else gpus
+        cores = cpu_cores()
+        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1)
+        if workers is None:
+            workers = gpus or cpu_workers(cores, memory_bytes(), model_bytes(model_dir))
+        batch_size = _int(env, "SAGEMAKER_BATCH_SIZE", 8, minimum=1)
+        return cls(
+            model_dir=model_dir,
+            host=env.get("SAGEMAKER_BIND_HOST", "0.0.0.0"),
+            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
+            workers=workers,
+            timeout=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, minimum=1),
+            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, minimum=1),
+            batch_size=batch_size,
+            batch_wait_ms=_int(env, "SAGEMAKER_BATCH_WAIT_MS", 5, minimum=0),
+            request_threads=_int(env, "SAGEMAKER_MODEL_SERVER_THREADS", max(16, 2 * batch_size), minimum=1),
+            torch_threads=_int(env, "SAGEMAKER_TORCH_THREADS", max(1, cores // workers), minimum=1),
+            gpus=gpus,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        names = {
+            "model_dir": "SM_MODEL_DIR", "host": "SAGEMAKER_BIND_HOST", "port": "SAGEMAKER_BIND_TO_PORT",
+            "workers": "SAGEMAKER_MODEL_SERVER_WORKERS", "timeout": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+            "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB", "batch_size": "SAGEMAKER_BATCH_SIZE",
+            "batch_wait_ms": "SAGEMAKER_BATCH_WAIT_MS", "request_threads": "SAGEMAKER_MODEL_SERVER_THREADS",
+            "torch_threads": "SAGEMAKER_TORCH_THREADS", "gpus": "SM_NUM_GPUS",
+        }
+        return {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _int(env, name: str, default: int | None, minimum: int) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{name}={text!r}: expected a whole number >= {minimum}")
+    return value
+
+
+def count_gpus() -> int:
+    # Importing torch takes seconds and memory the gunicorn master would keep:
+    # ask a child process, and only where an NVIDIA device exists at all.
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                           capture_output=True, text=True, timeout=300)
+    return int(probe.stdout.strip()) if probe.returncode == 0 else 0
+
+
+def cpu_cores() -> int:
+    cores = len(os.sched_getaffinity(0))
+    try:  # a container's CPU quota (docker run --cpus) is not in the affinity mask
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def memory_bytes() -> int:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's memory limit
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def model_bytes(model_dir) -> int:
+    # contract.artifact.WEIGHTS_FILE; not imported, as that would load torch here
+    weights = Path(model_dir) / "model.pt"
+    return weights.stat().st_size if weights.is_file() else 0
+
+
+def cpu_workers(cores: int, memory: int, weights: int) -> int:
+    """Two or more torch threads per worker (a forward pass parallelises well),
+    and no more workers than memory holds."""
+    by_memory = memory // (WORKER_BASE_BYTES + WEIGHTS_FACTOR * weights)
+    return max(1, min(max(cores // 2, 1), by_memory))
