@@ -1,0 +1,80 @@
+"""The serving image as SageMaker runs it: `docker run -p ... -v MODEL:/opt/ml/model IMAGE serve`."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from serving_fixtures import CLASS_NAMES, ROOT, Reference, encode, free_port, make_model_dir, sample_image
+
+IMAGE = "byoc-serve:cpu"
+
+
+def engine_run(engine: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([engine["cli"], *args], env=engine["env"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def serve_image(engine):
+    # CONTAINER_ENGINE pins the engine the fixture found: engine["env"] carries
+    # podman's DOCKER_HOST, with which engine.sh would pick the docker CLI,
+    # and the CPU variant's wheel mount needs podman.
+    built = subprocess.run(["bash", "scripts/build_image.sh", "serve", "cpu"], cwd=ROOT, capture_output=True,
+                           env=dict(engine["env"], CONTAINER_ENGINE=engine["cli"]), text=True, timeout=3000)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return IMAGE
+
+
+@pytest.fixture
+def container(engine, serve_image, tmp_path):
+    model_dir = make_model_dir(tmp_path / "model")
+    model_dir.chmod(0o755)  # the mount is read by the container's user
+    port = free_port()
+    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080",
+                         "-v", f"{model_dir}:/opt/ml/model:ro", serve_image, "serve")
+    assert started.returncode == 0, started.stderr
+    container_id = started.stdout.strip()
+    try:
+        yield {"id": container_id, "url": f"http://127.0.0.1:{port}", "model_dir": model_dir}
+    finally:
+        engine_run(engine, "stop", "-t", "10", container_id)
+        engine_run(engine, "rm", "-f", container_id)
+
+
+def wait_for_ping(engine, container, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(container["url"] + "/ping", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass  # the port is forwarded before gunicorn listens
+        running = engine_run(engine, "inspect", "-f", "{{.State.Running}}", container["id"])
+        assert running.stdout.strip() == "true", engine_run(engine, "logs", container["id"]).stderr
+        time.sleep(0.5)
+    raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr)
+
+
+def test_container_classifies_a_jpeg(engine, container):
+    wait_for_ping(engine, container)
+    image = encode(sample_image(5), "JPEG")
+    response = requests.post(container["url"] + "/invocations", data=image, timeout=60,
+                             headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+    assert response.status_code == 200, response.text
+    best = response.json()["predictions"][0]
+    expected = Reference(container["model_dir"]).for_images(image)[0]
+    assert best["label"] == CLASS_NAMES[int(expected.argmax())]
+    # the image's torch build differs from the tests' one: compare loosely
+    assert np.isclose(best["probability"], expected.max(), atol=1e-3)
+
+
+def test_image_holds_no_training_packages(engine, serve_image):
+    listed = engine_run(engine, "run", "--rm", serve_image, "pip", "list", "--format=freeze")
+    assert listed.returncode == 0, listed.stderr
+    installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    assert {"torch", "flask", "gunicorn", "pillow", "numpy"} <= installed
+    assert not installed & {"torchvision", "smdebug", "sagemaker-training"}
