@@ -279,7 +279,8 @@ SLOW_MODEL_FN = """
 
 
 def test_ping_is_503_while_the_model_loads_then_200(start_server, reference):
-    server = start_server(SLOW_MODEL_FN)
+    # loading (4 s) outlasts gunicorn's worker timeout (2 s): the worker must survive it
+    server = start_server(SLOW_MODEL_FN, SAGEMAKER_MODEL_SERVER_TIMEOUT="2")
     deadline = time.monotonic() + 60
     while True:  # until the worker listens
         assert time.monotonic() < deadline, server.log()
@@ -292,7 +293,9 @@ def test_ping_is_503_while_the_model_loads_then_200(start_server, reference):
     assert ping.status_code == 503 and time.monotonic() - started < 2, ping.text
     assert "loading" in ping.json()["error"]
     assert server.invoke(jpeg()).status_code == 503
+    loading_workers = server.worker_pids()
     server.wait_ready(timeout=60)
+    assert server.worker_pids() == loading_workers, server.log()
     # a user model_fn with every other stage the default
     response = server.invoke(jpeg(), headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
     assert response.status_code == 200, response.text
@@ -472,6 +475,24 @@ def test_seed_style_handlers_with_the_default_output_fn(start_server, reference)
     failed = server.invoke(jpeg(), "image/png")
     assert failed.status_code == 500 and "unsupported image/png" in failed.json()["error"]
     assert server.invoke(jpeg()).status_code == 200
+
+
+# --- the production shape: resnet50, 133 classes, 224 pixels ---------------------------------------
+
+def test_resnet50_with_133_classes(start_server, tmp_path):
+    class_names = [f"{i:03d}.breed_{i}" for i in range(1, 134)]
+    model_dir = make_model_dir(tmp_path / "resnet50", backbone="resnet50", class_names=class_names, image_size=224)
+    server = start_server(model_dir=model_dir)
+    server.wait_ready()
+    image = encode(sample_image(7, size=(500, 375)), "JPEG")
+    response = server.invoke(image, headers={"Accept": "application/x-npy"})
+    assert response.status_code == 200, response.text
+    result = np.load(io.BytesIO(response.content), allow_pickle=False)
+    expected = Reference(model_dir).for_images(image)
+    assert result.shape == (1, 133)
+    np.testing.assert_allclose(result, expected, atol=ATOL)
+    top = server.invoke(image).json()["predictions"][0]
+    assert top["label"] == class_names[int(expected.argmax())]
 
 
 # --- soak ----------------------------------------------------------------------------------------
