@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from server.errors import RequestError
-from server.service import InferenceService
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.service import InferenceService
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 log = logging.getLogger(__name__)
@@ -55,6 +57,12 @@ class ModelLoader:
         threading.Thread(target=self._load, args=(settings,), name="model-loader", daemon=True).start()
 
     def _load(self, settings: Settings) -> None:
+        # torch is imported here, not by the worker's main thread: from a cold
+        # disk that takes long enough to matter for /ping and the heartbeat.
+        import torch
+
+        from server.service import InferenceService
+
         torch.set_num_threads(settings.torch_threads)  # process-wide, the model thread included
         try:
             service = InferenceService(settings.model_dir, settings.batch_size, settings.batch_wait_ms)
