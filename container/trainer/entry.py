@@ -1,0 +1,97 @@
+"""The training image's entry point: `docker run IMAGE train`, as SageMaker starts it.
+
+It runs the sagemaker-training toolkit's `train` (which runs train.py with the
+job's hyperparameters) and adds what the toolkit lacks:
+  * SIGTERM (StopTrainingJob, spot interruption) reaches the trainer, which
+    checkpoints and exits 0; the toolkit itself does not forward signals, and
+    killing it would break the trainer's log pipe mid-checkpoint;
+  * /opt/ml/output/failure keeps the trainer's one-line reason, which the
+    toolkit would replace with a multi-line traceback of the subprocess;
+  * `docker run -v DIR:/opt/ml` works: the program is put back into the
+    mounted /opt/ml/code, and a single host name resolves without --hostname.
+Any other command (`bash`, `python ...`) is run as given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from trainer.runtime import REASON_COPY
+
+PROGRAM_DIR = Path(__file__).resolve().parent.parent
+OPT_ML = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+
+
+def ensure_code_dir() -> None:
+    """Mirror the toolkit: it only looks in /opt/ml/code, which a mount may hide."""
+    code = OPT_ML / "code"
+    hp_file = OPT_ML / "input" / "config" / "hyperparameters.json"
+    user_code = hp_file.is_file() and "sagemaker_submit_directory" in json.loads(hp_file.read_text() or "{}")
+    if user_code or (code.is_dir() and any(code.iterdir())):
+        return
+    code.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROGRAM_DIR / "train.py", code / "train.py")
+
+
+def ensure_hosts_resolve() -> None:
+    """A lone host (algo-1) resolves to this container when Docker was not told its name."""
+    config = OPT_ML / "input" / "config" / "resourceconfig.json"
+    if not config.is_file():
+        return
+    hosts = json.loads(config.read_text()).get("hosts", [])
+    if len(hosts) != 1:
+        return
+    try:
+        socket.gethostbyname(hosts[0])
+    except OSError:
+        with open("/etc/hosts", "a") as f:
+            f.write(f"127.0.0.1 {hosts[0]}\n")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def run_training() -> int:
+    ensure_code_dir()
+    ensure_hosts_resolve()
+    REASON_COPY.unlink(missing_ok=True)
+    toolkit = subprocess.Popen(["train"])
+
+    def forward(signum, frame):
+        targets = children(toolkit.pid) or [toolkit.pid]
+        print(f"[entry] forwarding signal {signum} to the trainer ({targets})", flush=True)
+        for pid in targets:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = toolkit.wait()
+    if code != 0 and REASON_COPY.is_file():
+        failure = OPT_ML / "output" / "failure"
+        failure.parent.mkdir(parents=True, exist_ok=True)
+        failure.write_text(REASON_COPY.read_text())
+    return code
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] == "train":
+        return run_training()
+    os.execvp(argv[0], argv)
+    return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
