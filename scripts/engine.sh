@@ -20,6 +20,13 @@ _engine_log() { echo "[engine] $*" >&2; }
 
 _docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# True when the Docker API that answers is podman's (DOCKER_HOST set by an
+# earlier engine_setup): then the podman CLI is used, which can mount the CA
+# bundle and wheel folders into builds.
+_answering_engine_is_podman() {
+    timeout 10 docker version --format '{{range .Server.Components}}{{.Name}};{{end}}' 2>/dev/null | grep -q Podman
+}
+
 _podman_install() {
     command -v podman >/dev/null && command -v runc >/dev/null \
         && command -v debootstrap >/dev/null && command -v docker-compose >/dev/null && return 0
@@ -77,7 +84,7 @@ _local_base_image() {
 }
 
 engine_setup() {
-    if [ -z "${CONTAINER_ENGINE:-}" ] && _docker_answers; then
+    if [ -z "${CONTAINER_ENGINE:-}" ] && _docker_answers && ! _answering_engine_is_podman; then
         ENGINE=docker
     elif [ "${CONTAINER_ENGINE:-podman}" = docker ]; then
         _engine_log "CONTAINER_ENGINE=docker but no Docker daemon answers"; return 1

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
+# Only these decoders are reachable from untrusted bytes: PIL knows dozens of
+# formats, some of which (EPS) call external programs.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+
 # Refuse images whose header claims more pixels than this before decoding
 # them: a few-KB PNG can claim 30000x30000 and would otherwise take GBs.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -72,13 +76,15 @@ def decode_image(data: bytes, prep: Preprocessing | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             if prep is not None and img.format == "JPEG":
                 img.draft("RGB", (prep.resize_size, prep.resize_size))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(f"image too large: more than {MAX_IMAGE_PIXELS} pixels") from None
-    except Exception as exc:  # PIL raises many types for bad data
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(f"not a readable image: not one of {', '.join(FORMATS)}") from None
+    except Exception as exc:  # PIL raises many types for truncated or damaged data
         raise ImageDecodeError(f"not a readable image: {type(exc).__name__}: {exc}") from None
     return to_rgb(img)
 
