@@ -16,6 +16,12 @@ if [ "$(cat .venv/.requirements-stamp 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" > .venv/.requirements-stamp
 fi
 
+# a local registry for build_and_push.sh's test (Debian's package, on 127.0.0.1 only)
+if ! command -v docker-registry >/dev/null; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry) >/tmp/test-apt.log 2>&1 \
+        || { echo "[test] installing docker-registry failed, see /tmp/test-apt.log" >&2; exit 1; }
+fi
+
 source scripts/engine.sh
 engine_setup
 trap engine_teardown EXIT
