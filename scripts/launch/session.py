@@ -1,0 +1,69 @@
+"""SageMaker sessions: a real one, or local mode that needs no AWS account.
+
+Local mode runs the jobs with docker-compose against the engine that
+scripts/engine.sh sets up (podman behind DOCKER_HOST where no Docker daemon
+answers). Offline it needs a region, no credentials, no instance metadata
+lookups, and the SDK's telemetry turned off (it would call an AWS host).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from launch.config import ROOT, Config, default_image_uris
+
+LOCAL_SDK_CONFIG = {
+    "SchemaVersion": "1.0",
+    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+}
+
+
+def prepare_local_environment(config: Config) -> None:
+    """Engine, compose and the AWS settings local mode needs, in this process's environment."""
+    os.environ.setdefault("AWS_REGION", config.region)
+    os.environ.setdefault("AWS_DEFAULT_REGION", config.region)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    if not os.environ.get("DOCKER_HOST"):
+        out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup >/dev/null && "
+                                            "echo \"${DOCKER_HOST:-}\""],
+                             cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"no container engine for local mode: {out.stderr.strip()[-300:]}")
+        if out.stdout.strip():
+            os.environ["DOCKER_HOST"] = out.stdout.strip()
+
+
+def remove_local_containers(cli: str | None = None) -> None:
+    """Local mode runs `docker-compose up` and never `down`: its finished job and
+    endpoint containers (named <random>-algo-N-<random>) stay behind. Remove them."""
+    cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
+    names = subprocess.run([cli, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"],
+                           capture_output=True, text=True).stdout.split()
+    stale = [name for name in names if "-algo-" in name]
+    if stale:
+        subprocess.run([cli, "rm", "-f", *stale], capture_output=True)
+
+
+def make_session(config: Config):
+    import boto3
+
+    if config.is_local:
+        prepare_local_environment(config)
+        from sagemaker.local import LocalSession
+
+        session = LocalSession(boto_session=boto3.Session(region_name=config.region),
+                               sagemaker_config=LOCAL_SDK_CONFIG)
+        session.config = {"local": {"local_code": True}}
+        return session
+    import sagemaker
+
+    session = sagemaker.Session(boto_session=boto3.Session(region_name=config.region or None))
+    config.region = session.boto_region_name
+    if not (config.train_image and config.serve_image):
+        default_image_uris(config, session.account_id())
+    if not config.s3_prefix:
+        config.s3_prefix = f"s3://{session.default_bucket()}/byoc"
+    if not config.role:
+        raise SystemExit("no SageMaker execution role: pass --role, set SAGEMAKER_ROLE, or put role in byoc.toml")
+    return session

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""SageMaker jobs on our images, in AWS or in local mode (--local: no account needed).
+
+    sm.py train     --data s3://bucket/dogImages.zip --hp lr=0.001 --hp epochs=5
+    sm.py deploy    --model-data s3://.../model.tar.gz --endpoint-name dogs [--autoscale 1:4:100]
+    sm.py invoke    --endpoint-name dogs photo.jpg other.png [--top-k 3]
+    sm.py transform --model-data s3://.../model.tar.gz --input s3://bucket/images/ --output s3://bucket/preds/
+    sm.py cleanup   --endpoint-name dogs
+
+Configuration (region, role, image URIs, S3 prefix, instance types) comes
+from flags, BYOC_* variables or byoc.toml: see scripts/launch/config.py.
+In local mode an endpoint lives as long as `deploy` runs: it serves until
+Ctrl-C (or, with --invoke IMAGES, classifies them and stops).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
+
+from launch import config as configuration  # noqa: E402
+from launch import hosting, training  # noqa: E402
+from launch.session import make_session, remove_local_containers  # noqa: E402
+
+
+def parse_hps(items: list[str]) -> dict:
+    hps = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--hp takes name=value, got {item!r}")
+        hps[name] = value
+    return hps
+
+
+def parse_tags(items: list[str]) -> list[dict]:
+    return [{"Key": k, "Value": v} for k, _, v in (item.partition("=") for item in items)]
+
+
+def print_top(source: str, result: dict) -> None:
+    top = result["predictions"]
+    print(f"{source}: " + ", ".join(f"{p['label']} {p['probability']:.3f}" for p in top))
+
+
+def cmd_train(args, config, session):
+    sources = {"training": args.data, "validation": args.validation, "test": args.test,
+               "pretrained": args.pretrained}
+    name = args.job_name or training.job_name()
+    estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args),
+                                   tags=parse_tags(args.tag), workdir=args.workdir)
+    estimator.fit(training.inputs(session, config, sources), job_name=name, wait=not args.no_wait,
+                  logs="All" if not args.no_wait else None)
+    if args.no_wait:
+        print(f"training job {name} started")
+    else:
+        print(f"model: {estimator.model_data}")
+
+
+def debugger_settings(args) -> dict | None:
+    """Debugger hook, rules and profiler for AWS jobs, from the trainer's own rule list."""
+    if args.no_debugger:
+        return None
+    try:
+        from trainer.debugger import sagemaker_settings
+    except ImportError:  # trainer/debugger.py not present: AWS's defaults apply
+        return None
+    return sagemaker_settings()
+
+
+def cmd_deploy(args, config, session):
+    served = hosting.model(session, config, args.model_data)
+    serverless = tuple(int(x) for x in args.serverless.split(":")) if args.serverless else None
+    name = args.endpoint_name or f"byoc-{time.strftime('%Y%m%d-%H%M%S')}"
+    predictor = hosting.deploy(served, config, name, args.instance_count, serverless)
+    print(f"endpoint {name} is in service")
+    if args.autoscale and not config.is_local:
+        low, high, target = args.autoscale.split(":")
+        hosting.autoscale(session, name, int(low), int(high), float(target))
+        print(f"autoscaling {low}..{high} instances at {target} invocations per instance")
+    if not config.is_local:
+        return
+    try:
+        if args.invoke:
+            for path in args.invoke:
+                print_top(str(path), hosting.invoke_with_predictor(predictor, path, args.top_k))
+        else:
+            print(f"serving on http://localhost:8080 (local mode); Ctrl-C stops it")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        predictor.delete_endpoint()
+        print(f"local endpoint {name} stopped")
+
+
+def cmd_invoke(args, config, session):
+    predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session)
+    for path in args.images:
+        if args.via in ("predictor", "both"):
+            print_top(f"{path} (Predictor)", hosting.invoke_with_predictor(predictor, path, args.top_k))
+        if args.via in ("boto3", "both"):
+            result = hosting.invoke_with_boto3(session.sagemaker_runtime_client, args.endpoint_name, path, args.top_k)
+            print_top(f"{path} (boto3)", result)
+
+
+def cmd_transform(args, config, session):
+    served = hosting.model(session, config, args.model_data)
+    input_uri = training.channel_uri(session, config, "transform-input", args.input)
+    output = args.output or training.output_location(config, "transform", args.workdir)
+    if config.is_local and not output.startswith("file://"):
+        output = f"file://{Path(output).resolve()}"
+    hosting.transform(served, config, input_uri, output, args.instance_count)
+    print(f"predictions: {output}")
+
+
+def cmd_cleanup(args, config, session):
+    if config.is_local:
+        print("local endpoints stop when their deploy command stops; nothing to delete")
+        return
+    try:
+        session.boto_session.client("application-autoscaling").deregister_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{args.endpoint_name}/variant/AllTraffic",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+    except Exception:  # not registered: nothing to undo
+        pass
+    for item in hosting.cleanup(session, args.endpoint_name):
+        print(f"deleted {item}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text):
+        sub = commands.add_parser(name, help=help_text)
+        configuration.add_arguments(sub)
+        sub.add_argument("--workdir", type=Path, default=ROOT / "build" / "sagemaker-local",
+                         help="local mode: where outputs go")
+        sub.set_defaults(func=func)
+        return sub
+
+    train = command("train", cmd_train, "run a training job")
+    train.add_argument("--data", required=True, help="training channel: S3 URI, folder or archive")
+    train.add_argument("--validation")
+    train.add_argument("--test")
+    train.add_argument("--pretrained", help="a folder holding one backbone weights file")
+    train.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
+    train.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--job-name")
+    train.add_argument("--no-wait", action="store_true")
+    train.add_argument("--no-debugger", action="store_true", help="no debugger hook, rules or profiler")
+
+    deploy = command("deploy", cmd_deploy, "deploy a model to a real-time endpoint")
+    deploy.add_argument("--model-data", required=True, help="model.tar.gz: S3 URI (file:// in local mode)")
+    deploy.add_argument("--endpoint-name")
+    deploy.add_argument("--instance-count", type=int, default=1)
+    deploy.add_argument("--autoscale", metavar="MIN:MAX:INVOCATIONS", help="target tracking per instance")
+    deploy.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY")
+    deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
+    deploy.add_argument("--top-k", type=int, default=3)
+
+    invoke = command("invoke", cmd_invoke, "classify images with an endpoint")
+    invoke.add_argument("--endpoint-name", required=True)
+    invoke.add_argument("images", nargs="+", type=Path)
+    invoke.add_argument("--top-k", type=int, default=3)
+    invoke.add_argument("--via", choices=("predictor", "boto3", "both"), default="both")
+
+    transform = command("transform", cmd_transform, "batch transform over a prefix of images")
+    transform.add_argument("--model-data", required=True)
+    transform.add_argument("--input", required=True, help="S3 prefix or folder of images")
+    transform.add_argument("--output")
+    transform.add_argument("--instance-count", type=int, default=1)
+
+    cleanup = command("cleanup", cmd_cleanup, "delete an endpoint, its config and its model")
+    cleanup.add_argument("--endpoint-name", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = configuration.load(args, os.environ)
+    session = make_session(config)
+    try:
+        args.func(args, config, session)
+    finally:
+        if config.is_local:
+            remove_local_containers()
+
+
+if __name__ == "__main__":
+    main()
