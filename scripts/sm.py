@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # the project chose SDK v2 on purpose
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
 
 from launch import config as configuration  # noqa: E402

@@ -26,4 +26,5 @@ source scripts/engine.sh
 engine_setup
 trap engine_teardown EXIT
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python  # as in the training image (smdebug)
+export SAGEMAKER_SUPPRESS_V2_WARNING=1  # SDK v2 is the project's choice
 .venv/bin/python -m pytest tests "$@"
