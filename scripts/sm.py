@@ -4,6 +4,7 @@
     sm.py train     --data s3://bucket/dogImages.zip --hp lr=0.001 --hp epochs=5
     sm.py deploy    --model-data s3://.../model.tar.gz --endpoint-name dogs [--autoscale 1:4:100]
     sm.py invoke    --endpoint-name dogs photo.jpg other.png [--top-k 3]
+    sm.py tune      --data s3://bucket/dogImages.zip --space seed2 --max-jobs 20 --wait --train-best
     sm.py transform --model-data s3://.../model.tar.gz --input s3://bucket/images/ --output s3://bucket/preds/
     sm.py cleanup   --endpoint-name dogs
 
@@ -25,7 +26,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # the project chose
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
 
 from launch import config as configuration  # noqa: E402
-from launch import hosting, training  # noqa: E402
+from launch import hosting, training, tuning  # noqa: E402
 from launch.session import make_session, remove_local_containers  # noqa: E402
 
 
@@ -60,6 +61,45 @@ def cmd_train(args, config, session):
         print(f"training job {name} started")
     else:
         print(f"model: {estimator.model_data}")
+
+
+def cmd_tune(args, config, session):
+    from trainer import search_space
+
+    space = search_space.load(args.space)
+    fixed = {**space.fixed, **parse_hps(args.hp)}
+    if config.is_local:  # SageMaker has no local tuning jobs: the same space runs with Optuna
+        from launch import local_tuning
+
+        local_tuning.main_from_sm(args, space, fixed)
+        return
+    if args.attach:
+        tuner = tuning.attach(session, args.attach)
+    elif not args.data:
+        raise SystemExit("--data (the training channel) is required to start a tuning job")
+    else:
+        sources = {"training": args.data, "validation": args.validation, "test": args.test}
+        estimator = training.estimator(session, config, fixed, "byoc-tune-trial", debugger=None,
+                                       tags=parse_tags(args.tag))
+        estimator.checkpoint_s3_uri = None  # tuning trials start fresh; SageMaker names their jobs
+        tuner = tuning.tuner(estimator, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
+                             args.warm_start.split(",") if args.warm_start else None,
+                             epochs=int(fixed.get("epochs", 5)))
+        tuner.fit(training.inputs(session, config, sources), wait=False)
+        print(f"tuning job {tuner.latest_tuning_job.name} started")
+    if not (args.wait or args.train_best):
+        return
+    tuner.wait()
+    print("| rank | training job | objective | " + " | ".join(p.name for p in space.parameters) + " |")
+    for rank, row in enumerate(tuning.leaderboard(tuner), start=1):
+        values = " | ".join(str(row.get(p.name, "")) for p in space.parameters)
+        print(f"| {rank} | {row['TrainingJobName']} | {row['FinalObjectiveValue']:.6f} | {values} |")
+    best = tuning.best_hyperparameters(session, tuner)
+    print(f"best hyperparameters: {best}")
+    if args.train_best:  # the first seed's flow: train the final model with the best values
+        args.hp = [f"{k}={v}" for k, v in best.items()]
+        args.job_name, args.no_wait, args.no_debugger, args.pretrained = None, False, False, None
+        cmd_train(args, config, session)
 
 
 def debugger_settings(args) -> dict | None:
@@ -171,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("images", nargs="+", type=Path)
     invoke.add_argument("--top-k", type=int, default=3)
     invoke.add_argument("--via", choices=("predictor", "boto3", "both"), default="both")
+
+    tune = command("tune", cmd_tune, "hyperparameter tuning job (with --local: an Optuna study)")
+    tune.add_argument("--data", help="training channel: S3 URI, folder or archive")
+    tune.add_argument("--validation")
+    tune.add_argument("--test")
+    tune.add_argument("--space", default="seed2", help="preset (seed1, seed2) or a JSON file")
+    tune.add_argument("--strategy", choices=tuning.STRATEGIES, default="Bayesian")
+    tune.add_argument("--max-jobs", type=int, default=20)
+    tune.add_argument("--max-parallel-jobs", type=int, default=2)
+    tune.add_argument("--warm-start", metavar="PARENT,PARENT", help="earlier tuning jobs to start from")
+    tune.add_argument("--attach", metavar="TUNING_JOB", help="follow a running tuning job instead of starting one")
+    tune.add_argument("--wait", action="store_true", help="wait, then print the leaderboard and the best values")
+    tune.add_argument("--train-best", action="store_true", help="then train the final model with the best values")
+    tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="fixed for every trial")
+    tune.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
 
     transform = command("transform", cmd_transform, "batch transform over a prefix of images")
     transform.add_argument("--model-data", required=True)

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# as scripts/test.sh and the training image set them: smdebug's protobuf code
+# needs the pure-Python protobuf, and SDK v2 is the project's choice
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
 sys.path.insert(0, str(CONTAINER))

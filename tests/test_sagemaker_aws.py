@@ -213,3 +213,51 @@ def test_config_precedence(tmp_path):
     (tmp_path / "bad.toml").write_text('regoin = "x"\n')
     with pytest.raises(SystemExit, match="unknown keys regoin"):
         configuration.load(parser.parse_args(["--config", str(tmp_path / "bad.toml")]), {})
+
+
+@pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
+def test_create_tuning_job_from_the_search_space(aws, strategy):
+    from launch import tuning
+    from trainer import search_space
+
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {
+        "HyperParameterTuningJobArn": "arn:aws:sagemaker:eu-west-1:1:hyper-parameter-tuning-job/t"})
+    space = search_space.PRESETS["seed2"]
+    estimator = training.estimator(session, config, {**space.fixed, "backbone": "resnet50"}, "trial")
+    tuner = tuning.tuner(estimator, space, strategy, max_jobs=12, max_parallel_jobs=3,
+                         warm_start_parents=["byoc-tune-old"], epochs=5)
+    tuner.fit(training.inputs(session, config, {"training": "s3://my-bucket/dogImages.zip"}), wait=False)
+
+    request = recorder.request("CreateHyperParameterTuningJob")
+    job = request["HyperParameterTuningJobConfig"]
+    assert job["Strategy"] == strategy
+    assert job["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "validation:loss"}
+    assert job["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3}
+    assert job["TrainingJobEarlyStoppingType"] == ("Auto" if strategy == "Bayesian" else "Off")
+    continuous = {r["Name"]: r for r in job["ParameterRanges"]["ContinuousParameterRanges"]}
+    assert continuous["lr"] == {"Name": "lr", "MinValue": "1e-05", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
+    assert continuous["eps"]["ScalingType"] == "Logarithmic" and continuous["eps"]["MinValue"] == "1e-09"
+    assert continuous["weight-decay"]["MaxValue"] == "0.1"
+    categorical = job["ParameterRanges"]["CategoricalParameterRanges"]
+    assert categorical == [{"Name": "batch-size", "Values": ["64", "128"]}]
+    if strategy == "Hyperband":
+        assert job["StrategyConfig"]["HyperbandStrategyConfig"] == {"MinResource": 1, "MaxResource": 5}
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    static = definition["StaticHyperParameters"]
+    assert static["optimizer"] == "adamw" and static["head"] == "256,128" and static["backbone"] == "resnet50"
+    assert not {"lr", "eps", "weight-decay", "batch-size"} & set(static)
+    assert request["WarmStartConfig"] == {"ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "byoc-tune-old"}],
+                                          "WarmStartType": "IdenticalDataAndAlgorithm"}
+
+
+def test_grid_needs_categorical_parameters(aws):
+    from launch import tuning
+    from trainer import search_space
+
+    session, config, _ = aws
+    estimator = training.estimator(session, config, {}, "trial")
+    with pytest.raises(search_space.SearchSpaceError, match="categorical"):
+        tuning.tuner(estimator, search_space.PRESETS["seed1"], "Grid")

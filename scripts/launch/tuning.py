@@ -1,0 +1,75 @@
+"""SageMaker's HyperparameterTuner around our training Estimator, from trainer/search_space.py."""
+from __future__ import annotations
+
+from trainer.metrics import METRIC_DEFINITIONS
+from trainer.search_space import SearchSpace, SearchSpaceError
+
+STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
+
+
+def ranges(space: SearchSpace) -> dict:
+    from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+    result = {}
+    for p in space.parameters:
+        scaling = "Logarithmic" if p.scaling == "log" else "Linear"
+        if p.type == "continuous":
+            result[p.name] = ContinuousParameter(p.low, p.high, scaling_type=scaling)
+        elif p.type == "integer":
+            result[p.name] = IntegerParameter(int(p.low), int(p.high), scaling_type=scaling)
+        else:
+            result[p.name] = CategoricalParameter([str(v) for v in p.values])
+    return result
+
+
+def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: int = 20,
+          max_parallel_jobs: int = 2, warm_start_parents: list[str] | None = None, epochs: int | None = None):
+    """The tuner; the estimator should already carry the fixed hyperparameters.
+
+    Early stopping is Auto (SageMaker stops trials that trail the median), except
+    for Hyperband, which stops trials itself and allows no other early stopping.
+    Grid search takes categorical parameters only and runs every combination.
+    """
+    from sagemaker.tuner import (HyperbandStrategyConfig, HyperparameterTuner, StrategyConfig, WarmStartConfig,
+                                 WarmStartTypes)
+
+    if strategy not in STRATEGIES:
+        raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
+                  hyperparameter_ranges=ranges(space), metric_definitions=METRIC_DEFINITIONS,
+                  strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
+                  early_stopping_type="Auto", base_tuning_job_name="byoc-tune")
+    if strategy == "Grid":
+        if any(p.type != "categorical" for p in space.parameters):
+            raise SearchSpaceError("Grid search takes categorical parameters only")
+        kwargs["max_jobs"] = None  # SageMaker runs the whole grid
+    if strategy == "Hyperband":
+        kwargs["early_stopping_type"] = "Off"
+        kwargs["strategy_config"] = StrategyConfig(HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
+    if warm_start_parents:
+        kwargs["warm_start_config"] = WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM,
+                                                      parents=set(warm_start_parents))
+    return HyperparameterTuner(estimator, **kwargs)
+
+
+def attach(session, name: str):
+    from sagemaker.tuner import HyperparameterTuner
+
+    return HyperparameterTuner.attach(name, sagemaker_session=session)
+
+
+def leaderboard(tuner_, top: int = 10) -> list[dict]:
+    """Finished training jobs, best objective first."""
+    frame = tuner_.analytics().dataframe()
+    if frame.empty:
+        return []
+    frame = frame.dropna(subset=["FinalObjectiveValue"])
+    ascending = tuner_.objective_type != "Maximize"
+    return frame.sort_values("FinalObjectiveValue", ascending=ascending).head(top).to_dict("records")
+
+
+def best_hyperparameters(session, tuner_) -> dict:
+    """The best job's trainer hyperparameters (SageMaker's own entries removed)."""
+    job = session.sagemaker_client.describe_training_job(TrainingJobName=tuner_.best_training_job())
+    return {k: v.strip('"') for k, v in job["HyperParameters"].items()
+            if not k.startswith(("_", "sagemaker_"))}
