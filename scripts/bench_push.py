@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""build_and_push.sh timings and pushed sizes, against a local registry and moto's ECR.
+
+    bench_push.py [--images train,serve-cpu] [--cold]
+
+Starts Debian's docker-registry and moto's server on 127.0.0.1 (no AWS
+account, nothing leaves the machine), runs build_and_push.sh for each image
+with a warm layer cache (and, with --cold, once more after dropping the
+image and its build cache), and prints the time from start to pushed images
+and the pushed (compressed) size: the sum of the manifest's layer sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_TAGS = {"train": "byoc-train:latest", "serve-cpu": "byoc-serve:cpu", "serve-gpu": "byoc-serve:gpu"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def pushed_size(registry: str, repo: str) -> int:
+    request = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/latest", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(request) as response:
+        manifest = json.loads(response.read())
+    return sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
+
+
+def engine_cli() -> str:
+    out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup >/dev/null && echo $ENGINE"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default="train,serve-cpu")
+    parser.add_argument("--cold", action="store_true", help="also time a build with no layer cache")
+    args = parser.parse_args()
+    cli = engine_cli()
+    moto_bin = Path(sys.executable).parent / "moto_server"
+    with tempfile.TemporaryDirectory() as tmp:
+        reg_port, moto_port = free_port(), free_port()
+        (Path(tmp) / "registry.yml").write_text(json.dumps({
+            "version": 0.1, "storage": {"filesystem": {"rootdirectory": f"{tmp}/blobs"}},
+            "http": {"addr": f"127.0.0.1:{reg_port}"}}))
+        servers = [subprocess.Popen([shutil.which("docker-registry"), "serve", f"{tmp}/registry.yml"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                   subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(moto_port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        try:
+            wait_http(f"http://127.0.0.1:{reg_port}/v2/")
+            wait_http(f"http://127.0.0.1:{moto_port}/moto-api/")
+            env = dict(os.environ, AWS_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
+                       AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                       REGISTRY=f"127.0.0.1:{reg_port}", REGISTRY_INSECURE="1", PYTHON=sys.executable)
+            rows = []
+            for image in args.images.split(","):
+                runs = [("warm cache", None)]
+                if args.cold:
+                    runs.append(("cold (no layer cache)", "--no-cache"))
+                for label, extra in runs:
+                    run_env = dict(env, EXTRA_BUILD_ARGS=extra or "")
+                    start = time.monotonic()
+                    subprocess.run(["bash", "build_and_push.sh", "--images", image], cwd=ROOT, env=run_env,
+                                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    elapsed = time.monotonic() - start
+                    local = subprocess.run([cli, "image", "inspect", "--format", "{{.Size}}", LOCAL_TAGS[image]],
+                                           capture_output=True, text=True).stdout.strip()
+                    rows.append((image, label, elapsed, int(local) / 1e6, pushed_size(f"127.0.0.1:{reg_port}",
+                                                                                    f"byoc-{image}") / 1e6))
+        finally:
+            for server in servers:
+                server.kill()
+    print(f"\nbuild_and_push.sh, {os.cpu_count()} cores, engine {cli}, registry on 127.0.0.1")
+    print("| image | build | start to pushed (s) | uncompressed (MB) | pushed, compressed (MB) |")
+    print("|---|---|---|---|---|")
+    for image, label, elapsed, local, pushed in rows:
+        print(f"| {image} | {label} | {elapsed:.0f} | {local:,.0f} | {pushed:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
