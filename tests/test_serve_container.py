@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import requests
 
-from serving_fixtures import CLASS_NAMES, ROOT, Reference, encode, free_port, make_model_dir, sample_image
+from conftest import build_image
+from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
 IMAGE = "byoc-serve:cpu"
 
@@ -20,12 +21,7 @@ def engine_run(engine: dict, *args: str, timeout: float = 120) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def serve_image(engine):
-    # CONTAINER_ENGINE pins the engine the fixture found: engine["env"] carries
-    # podman's DOCKER_HOST, with which engine.sh would pick the docker CLI,
-    # and the CPU variant's wheel mount needs podman.
-    built = subprocess.run(["bash", "scripts/build_image.sh", "serve", "cpu"], cwd=ROOT, capture_output=True,
-                           env=dict(engine["env"], CONTAINER_ENGINE=engine["cli"]), text=True, timeout=3000)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    build_image(engine, "serve", "cpu")
     return IMAGE
 
 
