@@ -75,6 +75,18 @@ def _non_negative(kind: Callable) -> Callable:
     return check
 
 
+def parse_collections(text) -> list[str]:
+    """smdebug collections, `name` or `name:save_interval`: "losses,weights:100" or '["losses"]'."""
+    value = str(text).strip()
+    items = json.loads(value) if value.startswith("[") else value.split(",")
+    result = [str(item).strip() for item in items if str(item).strip()]
+    for item in result:
+        name, colon, interval = item.partition(":")
+        if not name or (colon and not (interval.isdigit() and int(interval) > 0)):
+            raise ValueError(f"expected name or name:interval (a positive integer), got {item!r}")
+    return result
+
+
 def _workers(text):
     return -1 if str(text).strip().lower() in ("auto", "-1") else _non_negative(int)(text)
 
@@ -123,6 +135,16 @@ HYPERPARAMETERS = [
     Hyperparameter("seed", _non_negative(int), 0, "random seed for splits, initialisation and augmentation"),
     Hyperparameter("processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"),
     Hyperparameter("max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"),
+    # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
+    Hyperparameter("debugger", parse_bool, False, "smdebug hook without SageMaker's DebuggerHookConfig"),
+    Hyperparameter("debugger-collections", parse_collections, ["losses"],
+                   "collections to save, name or name:interval, e.g. losses,weights:100,gradients:100"),
+    Hyperparameter("debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"),
+    Hyperparameter("debugger-dir", str, "", "where the hook writes its trial (default /opt/ml/output/tensors)"),
+    Hyperparameter("profiler", parse_optional_bool, None,
+                   "system and step profiling to /opt/ml/output/profiler: auto (on), true, false"),
+    Hyperparameter("profiler-interval-ms", _positive(int), 500, "system sampling interval, milliseconds"),
+    Hyperparameter("profiler-trace-steps", _non_negative(int), 5, "training steps captured with torch.profiler (0 = none)"),
 ]
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

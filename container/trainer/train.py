@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
-from trainer import data, hyperparameters, metrics, report, runtime, weights
+from trainer import data, debugger, hyperparameters, metrics, profiler, report, runtime, weights
 from trainer.checkpoint import Checkpointer
 
 
@@ -130,6 +130,7 @@ class Trainer:
         self.prep = Preprocessing.for_image_size(hp.image_size)
         self.amp = amp_dtype(hp, device)
         self.memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+        self.debugger, self.profiler = debugger.NullDebugger(), profiler.NullProfiler()
 
     # -- set-up -----------------------------------------------------------
     def setup(self):
@@ -167,6 +168,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         self.checkpointer = Checkpointer(self.paths.checkpoints, self.dist.is_main)
+        # before TensorBoard: smdebug needs protobuf's pure-Python implementation, chosen at first import
+        self.debugger = debugger.create(hp, self.paths)
+        self.debugger.attach(self.model, self.criterion)
+        self.profiler = profiler.create(hp, self.paths, self.dist.local_rank == 0, {
+            "batch_size": hp.batch_size, "num_workers": data.worker_count(hp.num_workers),
+            "device": str(self.device), "world_size": self.dist.world_size, "steps_per_epoch": self.steps_per_epoch})
         self.tensorboard = None
         if self.dist.is_main:
             try:
@@ -185,13 +192,14 @@ class Trainer:
     def run_epoch(self, epoch: int) -> tuple[float, float, float] | None:
         """Train one epoch; None when a stop was requested part-way."""
         set_train_mode(self.model, self.frozen)
+        self.debugger.train()
         batches = loader(self.train_set, self.hp, self.dist, train=True, epoch_seed=self.hp.seed + epoch)
         if isinstance(batches.sampler, DistributedSampler):
             batches.sampler.set_epoch(epoch)
         torch.manual_seed(self.hp.seed + epoch)  # augmentation stream per epoch: resumable
         loss_sum = correct = seen = 0.0
         start = time.perf_counter()
-        for step, (images, labels, bad) in enumerate(batches):
+        for step, (images, labels, bad) in enumerate(self.profiler.timed(batches, epoch)):
             if step >= self.steps_per_epoch:
                 break
             self.skips.add("train", self.train_set, bad)
@@ -221,8 +229,9 @@ class Trainer:
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9)
 
     @torch.no_grad()
-    def evaluate(self, dataset, split: str) -> tuple[float, float, np.ndarray]:
+    def evaluate(self, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray]:
         self.model.eval()
+        (self.debugger.predict if final else self.debugger.eval)()
         n_classes = len(self.splits.class_names)
         confusion = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros(1, dtype=torch.float64, device=self.device)
@@ -234,6 +243,7 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             with self.autocast():
                 logits = self.model(images)
+            self.debugger.eval_loss(logits, labels)
             loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
             confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes ** 2)
         if dist.is_initialized():
@@ -258,6 +268,9 @@ class Trainer:
             log(self.dist, metrics.format_line("train", train_loss, train_acc, epoch, images_per_sec=speed))
             val_loss, val_acc, _ = self.evaluate(self.val_set, "validation")
             log(self.dist, metrics.format_line("validation", val_loss, val_acc, epoch))
+            for name, value in (("train_loss", train_loss), ("validation_loss", val_loss),
+                                ("validation_accuracy", val_acc)):
+                self.debugger.save_scalar(name, value)
             if self.tensorboard:
                 for name, value in (("train/loss", train_loss), ("train/accuracy", train_acc),
                                     ("validation/loss", val_loss), ("validation/accuracy", val_acc)):
@@ -284,7 +297,7 @@ class Trainer:
             self.model.load_state_dict(state.best_state)
             log(self.dist, f"using the weights of epoch {state.best_epoch} (lowest validation loss {state.best_loss:.6f})")
         split, dataset = ("test", self.test_set) if len(self.test_set) else ("validation", self.val_set)
-        loss, acc, confusion = self.evaluate(dataset, split)
+        loss, acc, confusion = self.evaluate(dataset, split, final=True)
         if split == "test":
             log(self.dist, metrics.format_line("test", loss, acc))
         if self.skips.total:
@@ -303,11 +316,16 @@ class Trainer:
             self.tensorboard.close()
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
+    def close(self) -> None:
+        """Also after a failure: the debugger's end-of-job marker lets rules run on what was written."""
+        self.debugger.close()
+        self.profiler.close()
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     paths = runtime.Paths.from_env()
-    dist_info = runtime.Distributed()
+    dist_info, trainer = runtime.Distributed(), None
     try:
         hp = hyperparameters.parse(argv)
         runtime.relaunch_under_torchrun(hp.processes_per_host, argv)
@@ -329,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
+        if trainer is not None:
+            trainer.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 

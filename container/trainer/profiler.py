@@ -1,0 +1,271 @@
+"""Profiling inside the training image, written under /opt/ml/output/profiler.
+
+  system.jsonl  one line per sample (every `profiler-interval-ms`, 500 ms by
+                default, as ProfilerConfig(system_monitor_interval_millis=500)):
+                CPU per core, memory, disk and network I/O rates, GPU
+                utilisation and memory (NVML via pynvml, else `nvidia-smi -lms`,
+                else none);
+  steps.jsonl   one line per training step: time waiting for the loader and
+                time computing (forward, backward, optimiser step);
+  trace/        a torch.profiler trace of a few training steps (Chrome trace
+                JSON, for chrome://tracing or Perfetto) and its operator table;
+  meta.json     what the report needs to judge the numbers (cores, GPUs,
+                batch size, loader workers).
+
+`python -m trainer.profiler_report DIR` turns it into one HTML report.
+Everything here is best effort: a failure is logged and profiling stops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+SAGEMAKER_CONFIG = "profilerconfig.json"
+TRACE_WARMUP_STEPS = 2  # the first steps pay for allocator and oneDNN/cuDNN warm-up
+
+
+def wanted(hp, paths) -> bool:
+    """`profiler` true/false, or auto: on (it costs well under 2%, see scripts/bench_debugger.py)."""
+    return True if hp.profiler is None else hp.profiler
+
+
+def sagemaker_interval_ms(paths) -> int | None:
+    """system_monitor_interval_millis from SageMaker's ProfilerConfig, when the job has one."""
+    path = paths.root / "input" / "config" / SAGEMAKER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("ProfilingIntervalInMilliseconds") or config.get("ProfilingParameters", {}).get(
+        "ProfilingIntervalInMilliseconds")
+    return int(value) if value else None
+
+
+class NullProfiler:
+    enabled = False
+
+    def timed(self, batches, epoch: int):
+        return batches
+
+    def close(self) -> None: ...
+
+
+class GpuReader:
+    """GPU utilisation and memory: NVML through pynvml, else a streaming nvidia-smi, else nothing."""
+
+    def __init__(self, interval_ms: int):
+        self.source, self.latest, self.handles, self.proc = "none", [], [], None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.source = "nvml" if self.handles else "none"
+            return
+        except Exception:  # absent module, or no driver: try the next source
+            pass
+        if shutil.which("nvidia-smi"):
+            try:
+                # one long-lived process streaming a line per GPU per interval: cheaper than one per sample
+                self.proc = subprocess.Popen(
+                    ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+                     "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                self.source = "nvidia-smi"
+                threading.Thread(target=self._read_smi, daemon=True).start()
+            except OSError:
+                self.proc = None
+
+    def _read_smi(self):
+        current = {}
+        for line in self.proc.stdout:
+            try:
+                index, util, used, total = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            current[int(index)] = {"util": util, "mem_used_mb": used, "mem_total_mb": total}
+            self.latest = [current[i] for i in sorted(current)]
+
+    def read(self) -> list[dict]:
+        if self.handles:
+            gpus = []
+            for handle in self.handles:
+                util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                mem = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+                gpus.append({"util": float(util.gpu), "mem_used_mb": mem.used / 2**20,
+                             "mem_total_mb": mem.total / 2**20})
+            return gpus
+        return list(self.latest)
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.terminate()
+
+
+class SystemSampler(threading.Thread):
+    def __init__(self, path: Path, interval_ms: int):
+        super().__init__(name="profiler-sampler", daemon=True)
+        import psutil
+
+        self.psutil, self.path, self.interval = psutil, path, interval_ms / 1000.0
+        self.gpu = GpuReader(interval_ms)
+        self.done = threading.Event()
+        self.process = psutil.Process()
+
+    def run(self):
+        ps = self.psutil
+        ps.cpu_percent(percpu=True)  # the first call only starts the measurement
+        last_t, last_disk, last_net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
+        try:
+            with open(self.path, "a") as out:
+                while not self.done.wait(self.interval):
+                    now, disk, net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
+                    dt = max(now - last_t, 1e-6)
+                    cores = ps.cpu_percent(percpu=True)
+                    times = ps.cpu_times_percent()
+                    sample = {"t": now, "cpu": cores, "cpu_total": sum(cores) / max(len(cores), 1),
+                              "iowait": getattr(times, "iowait", 0.0),
+                              "mem_percent": ps.virtual_memory().percent,
+                              "rss_mb": self._rss_mb(),
+                              "gpus": self.gpu.read()}
+                    if disk and last_disk:
+                        sample["disk_read_mb_s"] = (disk.read_bytes - last_disk.read_bytes) / dt / 2**20
+                        sample["disk_write_mb_s"] = (disk.write_bytes - last_disk.write_bytes) / dt / 2**20
+                    if net and last_net:
+                        sample["net_recv_mb_s"] = (net.bytes_recv - last_net.bytes_recv) / dt / 2**20
+                        sample["net_sent_mb_s"] = (net.bytes_sent - last_net.bytes_sent) / dt / 2**20
+                    out.write(json.dumps(sample, separators=(",", ":")) + "\n")
+                    out.flush()  # a job killed mid-way still leaves its samples
+                    last_t, last_disk, last_net = now, disk, net
+        except Exception:
+            print("profiler: system sampling stopped:\n" + traceback.format_exc(), file=sys.stderr, flush=True)
+        finally:
+            self.gpu.close()
+
+    def _rss_mb(self) -> float:
+        # the trainer and its loader workers
+        total = 0
+        for proc in [self.process, *self.process.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except self.psutil.Error:
+                pass
+        return total / 2**20
+
+    def stop(self):
+        self.done.set()
+        self.join(timeout=5)
+
+
+class Profiler(NullProfiler):
+    enabled = True
+
+    def __init__(self, out_dir: Path, interval_ms: int, trace_steps: int, meta: dict):
+        self.out_dir, self.trace_steps = out_dir, trace_steps
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = dict(meta, interval_ms=interval_ms, cpu_count=os.cpu_count(), host=socket.gethostname(),
+                         started=time.time(), pid=os.getpid())
+        self.steps_file = open(out_dir / "steps.jsonl", "a")
+        self.traced = trace_steps == 0
+        self.sampler = SystemSampler(out_dir / "system.jsonl", interval_ms)
+        self.meta["gpu_source"] = self.sampler.gpu.source
+        self.sampler.start()
+        self._write_meta()
+        print(f"profiler: sampling every {interval_ms} ms (GPU: {self.sampler.gpu.source}), "
+              f"step times and a {trace_steps}-step trace in {out_dir}", flush=True)
+
+    def _write_meta(self):
+        (self.out_dir / "meta.json").write_text(json.dumps(self.meta, indent=1))
+
+    def timed(self, batches, epoch: int):
+        """Yield the loader's batches, timing the wait for each and the work done with it."""
+        iterator, step, trace = iter(batches), 0, None
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                ready = time.perf_counter()
+                if not self.traced and step == TRACE_WARMUP_STEPS:
+                    trace = self._start_trace()
+                try:
+                    yield batch
+                finally:
+                    # runs when the loop asks for the next batch, or breaks out of it
+                    done = time.perf_counter()
+                    images = len(batch[1]) if isinstance(batch, (tuple, list)) and batch[1] is not None else 0
+                    self.steps_file.write(json.dumps(
+                        {"epoch": epoch, "step": step, "t": time.time() - (done - start),
+                         "data_s": round(ready - start, 6), "compute_s": round(done - ready, 6),
+                         "images": images, "traced": trace is not None}, separators=(",", ":")) + "\n")
+                    if trace is not None:
+                        trace.step()
+                        if step + 1 >= TRACE_WARMUP_STEPS + self.trace_steps:
+                            trace = self._stop_trace(trace)
+                step += 1
+        finally:
+            if trace is not None:
+                self._stop_trace(trace)
+            self.steps_file.flush()
+
+    def _start_trace(self):
+        import torch
+
+        try:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            trace = torch.profiler.profile(activities=activities, record_shapes=False)
+            trace.__enter__()
+            return trace
+        except Exception:
+            self.traced = True
+            print("profiler: torch.profiler trace unavailable:\n" + traceback.format_exc(), file=sys.stderr)
+            return None
+
+    def _stop_trace(self, trace):
+        self.traced = True
+        try:
+            trace.__exit__(None, None, None)
+            folder = self.out_dir / "trace"
+            folder.mkdir(exist_ok=True)
+            trace.export_chrome_trace(str(folder / "trace.json"))
+            sort = "self_cuda_time_total" if any(e.device_type.name == "CUDA" for e in trace.events()) \
+                else "self_cpu_time_total"
+            (folder / "operators.txt").write_text(trace.key_averages().table(sort_by=sort, row_limit=30))
+        except Exception:
+            print("profiler: could not write the trace:\n" + traceback.format_exc(), file=sys.stderr)
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sampler.stop()
+            self.steps_file.close()
+            self.meta["ended"] = time.time()
+            self._write_meta()
+        except Exception:
+            print("profiler: close failed:\n" + traceback.format_exc(), file=sys.stderr)
+
+
+def create(hp, paths, is_main: bool, meta: dict) -> NullProfiler:
+    """One profiler per host, in the main process; NullProfiler when switched off."""
+    if not (is_main and wanted(hp, paths)):
+        return NullProfiler()
+    interval = sagemaker_interval_ms(paths) or hp.profiler_interval_ms
+    try:
+        return Profiler(paths.output / "profiler", interval, hp.profiler_trace_steps, meta)
+    except Exception:
+        print("profiler: could not start; training continues without it:\n" + traceback.format_exc(),
+              file=sys.stderr, flush=True)
+        return NullProfiler()

@@ -1,0 +1,135 @@
+"""SageMaker Debugger's rules, evaluated locally over trials written by real training runs.
+
+Each rule has a run that must trigger it and one that must not. The runs are
+short (resnet18, 64 px, 3 steps of 32 images per epoch) and save what the
+rules read at every step.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import CONTAINER, FAST_HPS, run_trainer
+from trainer import rules
+
+BASE = dict(FAST_HPS, **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true", "profiler": "false"})
+ALL = "losses:1,weights:1,gradients:1,relu_input:1"
+
+
+@pytest.fixture(scope="module")
+def trial(sample_data, tmp_path_factory):
+    """name -> trial folder of a finished (or failed) run; each run once per module."""
+    made = {}
+
+    def make(name: str, **hps) -> str:
+        if name not in made:
+            opt_ml = tmp_path_factory.mktemp(name)
+            result = run_trainer(opt_ml, {"training": sample_data}, dict(BASE, **hps))
+            expect_failure = name == "nan"
+            assert (result.returncode != 0) == expect_failure, result.stdout[-2000:] + result.stderr[-3000:]
+            made[name] = str(opt_ml / "output" / "tensors")
+        return made[name]
+
+    return make
+
+
+def tiny_init_weights(folder) -> str:
+    """A 'pretrained' backbone with every weight scaled by 1e-3: activations and gradients vanish."""
+    from contract.model import Architecture, build_classifier
+
+    torch.manual_seed(0)
+    state = build_classifier(Architecture("resnet18", 4)).state_dict()
+    scaled = {k: v if ("running" in k or "num_batches" in k) else v * 1e-3 for k, v in state.items()}
+    path = folder / "tiny-init.pth"
+    torch.save(scaled, path)
+    return str(path)
+
+
+RUNS = {
+    # all layers trained from scratch at lr 1e-3: learns, nothing wrong
+    "healthy": dict(epochs=2, **{"debugger-collections": ALL}),
+    # the seeds' set-up: a frozen backbone and a trained head; validation follows training
+    "frozen": dict(epochs=3, lr=0.01, **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
+    "tiny": dict(epochs=1, **{"debugger-collections": "losses:1,gradients:1,relu_input:1"}),
+    # far past the best validation loss: training loss ~0, validation loss flat or rising
+    "long": dict(epochs=8, **{"debugger-collections": "losses:1"}),
+    "hot": dict(epochs=4, lr=10, **{"debugger-collections": "losses:1,weights:1"}),
+    "nan": dict(epochs=2, optimizer="sgd", lr="1e12", **{"debugger-collections": "losses:1"}),
+}
+
+CASES = [  # rule, run that must trigger it, run that must not
+    ("VanishingGradient", "tiny", "healthy"),
+    ("PoorWeightInitialization", "tiny", "healthy"),
+    ("LossNotDecreasing", "hot", "healthy"),
+    ("ExplodingTensor", "nan", "healthy"),
+    ("WeightUpdateRatio", "hot", "healthy"),
+    ("Overfit", "long", "frozen"),
+    ("Overtraining", "long", "frozen"),
+]
+
+
+def _trial_for(name, trial, tmp_path_factory):
+    hps = dict(RUNS[name])
+    if name == "tiny":
+        hps["pretrained"] = tiny_init_weights(tmp_path_factory.mktemp("weights"))
+    return trial(name, **hps)
+
+
+@pytest.mark.parametrize("rule, bad, good", CASES, ids=[c[0] for c in CASES])
+def test_rule_triggers_on_the_bad_run_only(rule, bad, good, trial, tmp_path_factory):
+    fired = rules.run(_trial_for(bad, trial, tmp_path_factory), [rule])[rule]
+    assert fired["status"] == "IssuesFound" and fired["first_step"] is not None, fired
+    quiet = rules.run(_trial_for(good, trial, tmp_path_factory), [rule])[rule]
+    assert quiet["status"] == "NoIssuesFound", quiet
+    assert quiet["steps_checked"] > 0  # it looked at every step, not at nothing
+
+
+def test_cli_prints_each_rule_and_writes_a_summary(trial, tmp_path, tmp_path_factory):
+    summary = tmp_path / "summary.json"
+    out = subprocess.run([sys.executable, "-m", "trainer.rules", _trial_for("tiny", trial, tmp_path_factory),
+                          "--out", str(summary), "--param", "PoorWeightInitialization.steps=3"],
+                         cwd=CONTAINER, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.split()}
+    assert set(rules.BY_NAME) <= set(lines)
+    assert "VanishingGradient" in lines and "IssuesFound at step 0" in lines["VanishingGradient"]
+    result = json.loads(summary.read_text())["rules"]
+    assert result["PoorWeightInitialization"]["parameters"] == {"steps": "3"}
+    assert result["VanishingGradient"]["status"] == "IssuesFound"
+
+
+def test_defaults_are_the_ones_aws_documents():
+    import inspect
+
+    expected = {
+        "VanishingGradient": {"threshold": 1e-7},
+        "Overfit": {"start_step": 0, "patience": 1, "ratio_threshold": 0.1},
+        "Overtraining": {"patience_train": 5, "patience_validation": 10, "delta": 0.01},
+        "PoorWeightInitialization": {"activation_inputs_regex": ".*relu_input", "threshold": 10.0,
+                                     "distribution_range": 0.001, "patience": 5, "steps": 10},
+        "LossNotDecreasing": {"use_losses_collection": True, "num_steps": 10, "diff_percent": 0.0,
+                              "increase_threshold_percent": 5.0},
+        "ExplodingTensor": {"only_nan": False},
+        "WeightUpdateRatio": {"num_steps": 500, "large_threshold": 10.0, "small_threshold": 1e-8,
+                              "epsilon": 1e-9},
+    }
+    for name, values in expected.items():
+        signature = inspect.signature(rules.BY_NAME[name].cls.__init__).parameters
+        assert {k: signature[k].default for k in values} == values, name
+
+
+def test_sagemaker_objects_are_built_from_the_same_list():
+    config = rules.sagemaker_debugger_config("s3://bucket/prefix", parameters={"Overfit": {"patience": 3}})
+    built = {r.name: r for r in config["rules"]}
+    assert set(rules.BY_NAME) <= set(built) and set(rules.PROFILER_RULES) <= set(built)
+    assert built["Overfit"].rule_parameters["patience"] == "3"
+    assert built["LossNotDecreasing"].rule_parameters["mode"] == "TRAIN"
+    assert config["profiler_config"].system_monitor_interval_millis == 500
+    hook = config["debugger_hook_config"]
+    names = {c.name: c.parameters for c in hook.collection_configs}
+    assert names["relu_input"]["include_regex"] == ".*relu_input" and names["losses"]["save_interval"] == "500"
+    assert hook.s3_output_path == "s3://bucket/prefix"
