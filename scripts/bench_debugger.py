@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""What the debugger hook and the profiler cost in training throughput.
+
+    bench_debugger.py [--images 480] [--batch-size 16] [--epochs 4] [--image-size 64] [--rounds 2]
+
+Trains the same model on the same JPEGs (scripts/bench_training.py's) with:
+the hook off; the hook saving losses at every step; losses plus weights and
+gradients every 100 steps; and the profiler at 500 ms, with and without its
+torch.profiler trace of 5 steps. Configurations run in turns, `--rounds`
+times, and the median is kept, since the machine may be shared. Throughput is
+training images/s averaged over all epochs (the first one included: the trace
+and the first saves happen there). Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+CONFIGS = [
+    ("hook off, profiler off (baseline)", {"profiler": "false"}),
+    ("hook: losses every step", {"profiler": "false", "debugger": "true", "debugger-collections": "losses:1"}),
+    ("hook: losses + weights and gradients every 100 steps",
+     {"profiler": "false", "debugger": "true", "debugger-collections": "losses:1,weights:100,gradients:100"}),
+    ("profiler 500 ms, no trace", {"profiler": "true", "profiler-trace-steps": "0"}),
+    ("profiler 500 ms + 5-step trace (the default)", {"profiler": "true"}),
+]
+
+
+def train(data: Path, hps: dict, args) -> float:
+    with tempfile.TemporaryDirectory() as opt_ml:
+        env = dict(os.environ, OPT_ML=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch",
+                   PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
+        base = {"backbone": "resnet18", "pretrained": "none", "trainable-layers": "5", "epochs": args.epochs,
+                "batch-size": args.batch_size, "image-size": args.image_size, "val-fraction": "0.05"}
+        cmd = [sys.executable, str(ROOT / "container" / "train.py")]
+        for name, value in {**base, **hps}.items():
+            cmd += [f"--{name}", str(value)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    speeds = [float(line.rsplit("images_per_sec=", 1)[1]) for line in out.splitlines() if "images_per_sec=" in line]
+    return statistics.mean(speeds)
+
+
+def main() -> None:
+    import bench_training
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=480)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
+    results = {name: [] for name, _ in CONFIGS}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "photos"
+        bench_training.make_photos(data, args.images)
+        for _ in range(args.rounds):
+            for name, hps in CONFIGS:
+                results[name].append(train(data, hps, args))
+                print(f"  {name}: {results[name][-1]:.1f} img/s", file=sys.stderr, flush=True)
+    steps = args.epochs * -(-int(args.images * 0.95) // args.batch_size)
+    base = statistics.median(results[CONFIGS[0][0]])
+    print(f"\nresnet18 trained from scratch, {args.image_size} px, batch {args.batch_size}, {args.images} JPEGs "
+          f"500x375, {args.epochs} epochs (~{steps} steps), {device}, torch {torch.__version__}, "
+          f"median of {args.rounds} rounds")
+    print("| configuration | images/s | vs baseline |")
+    print("|---|---|---|")
+    for name, _ in CONFIGS:
+        value = statistics.median(results[name])
+        print(f"| {name} | {value:.1f} | {100 * (value / base - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
