@@ -127,6 +127,9 @@ HYPERPARAMETERS = [
     Hyperparameter("init", str, "kaiming", "initialisation of the head", ("kaiming", "xavier", "default")),
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
+    Hyperparameter("augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"),
+    Hyperparameter("feature-cache", str, "",
+                   "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false"),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
     Hyperparameter("num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)"),
     # runtime

@@ -14,6 +14,7 @@ import copy
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
-from trainer import data, debugger, hyperparameters, metrics, profiler, report, runtime, weights
+from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
 from trainer.checkpoint import Checkpointer
 
 
@@ -140,7 +141,9 @@ class Trainer:
         s = self.splits
         log(self.dist, f"data: {len(s.class_names)} classes, {len(s.train)} training, "
                        f"{len(s.validation)} validation, {len(s.test)} test images")
-        self.train_set = data.ImageDataset(s.train, self.prep, train=True)
+        # the feature cache needs one deterministic view of each image: no augmentation
+        augment = hp.augment and not hp.feature_cache
+        self.train_set = data.ImageDataset(s.train, self.prep, train=augment)
         self.val_set = data.ImageDataset(s.validation, self.prep, train=False)
         self.test_set = data.ImageDataset(s.test, self.prep, train=False)
 
@@ -153,10 +156,14 @@ class Trainer:
         init_head(model.fc, hp.init)
         self.frozen = freeze(model, hp.trainable_layers)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.ddp_model = self.model
+        # what the loops feed: images to the whole model, or cached features to the head
+        self.forward_model, self.input_format = self.model, self.memory_format
+        if hp.feature_cache:
+            self.use_feature_cache()
+        self.ddp_model = self.forward_model
         if self.dist.world_size > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         log(self.dist, f"model: {hp.backbone}, head {hp.head or '[]'} -> {len(s.class_names)}, "
@@ -183,6 +190,26 @@ class Trainer:
             except ImportError:
                 log(self.dist, "tensorboard is not installed: no TensorBoard scalars")
 
+    def use_feature_cache(self) -> None:
+        """Swap the image datasets for cached backbone features (computing what is missing)."""
+        hp = self.hp
+        if hp.trainable_layers != 0:
+            raise hyperparameters.HyperparameterError(
+                "feature-cache needs trainable-layers 0 (a frozen backbone): features of a trained backbone change")
+        cache = feature_cache.FeatureCache(
+            Path(hp.feature_cache), feature_cache.cache_key(hp.backbone, self.model, self.prep),
+            log=lambda message: log(self.dist, message), writer=self.dist.is_main)
+        computed = 0
+        for name in ("train_set", "val_set", "test_set"):
+            dataset, new = feature_cache.build(getattr(self, name).samples, self.model, self.prep, cache, self.device,
+                                               hp.batch_size, data.worker_count(hp.num_workers), self.autocast,
+                                               self.memory_format)
+            setattr(self, name, dataset)
+            computed += new
+        log(self.dist, f"feature cache {cache.path}: {computed} images computed, "
+                       f"{len(cache.entries) - computed} reused")
+        self.forward_model, self.input_format = self.model.fc, torch.contiguous_format
+
     def autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()
@@ -204,7 +231,7 @@ class Trainer:
                 break
             self.skips.add("train", self.train_set, bad)
             if images is not None:
-                images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                images = images.to(self.device, non_blocking=True, memory_format=self.input_format)
                 labels = labels.to(self.device, non_blocking=True)
                 with self.autocast():
                     logits = self.ddp_model(images)
@@ -239,10 +266,10 @@ class Trainer:
             self.skips.add(split, dataset, bad)
             if images is None:
                 continue
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = images.to(self.device, non_blocking=True, memory_format=self.input_format)
             labels = labels.to(self.device, non_blocking=True)
             with self.autocast():
-                logits = self.model(images)
+                logits = self.forward_model(images)
             self.debugger.eval_loss(logits, labels)
             loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
             confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes ** 2)
