@@ -71,7 +71,13 @@ def cmd_tune(args, config, session):
     if config.is_local:  # SageMaker has no local tuning jobs: the same space runs with Optuna
         from launch import local_tuning
 
-        local_tuning.main_from_sm(args, space, fixed)
+        if not args.data:
+            raise SystemExit("--data (a local folder or archive) is required")
+        sampler = {"Bayesian": "tpe", "Random": "random", "Grid": "grid"}.get(args.strategy, "tpe")
+        result = local_tuning.run_study(space, args.data, args.workdir / "tuning", args.max_jobs, sampler,
+                                        parallel=args.max_parallel_jobs, runner="container",
+                                        fixed_overrides=parse_hps(args.hp), image=config.train_image)
+        print(result.markdown())
         return
     if args.attach:
         tuner = tuning.attach(session, args.attach)
