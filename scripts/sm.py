@@ -53,7 +53,7 @@ def cmd_train(args, config, session):
     sources = {"training": args.data, "validation": args.validation, "test": args.test,
                "pretrained": args.pretrained}
     name = args.job_name or training.job_name()
-    estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args),
+    estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args, config),
                                    tags=parse_tags(args.tag), workdir=args.workdir)
     estimator.fit(training.inputs(session, config, sources), job_name=name, wait=not args.no_wait,
                   logs="All" if not args.no_wait else None)
@@ -108,15 +108,13 @@ def cmd_tune(args, config, session):
         cmd_train(args, config, session)
 
 
-def debugger_settings(args) -> dict | None:
-    """Debugger hook, rules and profiler for AWS jobs, from the trainer's own rule list."""
-    if args.no_debugger:
+def debugger_settings(args, config) -> dict | None:
+    """Debugger hook, rules and profiler for AWS jobs, from the rule list the local runner uses."""
+    if args.no_debugger or config.is_local:
         return None
-    try:
-        from trainer.debugger import sagemaker_settings
-    except ImportError:  # trainer/debugger.py not present: AWS's defaults apply
-        return None
-    return sagemaker_settings()
+    from trainer.rules import sagemaker_debugger_config
+
+    return sagemaker_debugger_config(s3_output_path=f"{config.s3_prefix.rstrip('/')}/debug")
 
 
 def cmd_deploy(args, config, session):

@@ -261,3 +261,23 @@ def test_grid_needs_categorical_parameters(aws):
     estimator = training.estimator(session, config, {}, "trial")
     with pytest.raises(search_space.SearchSpaceError, match="categorical"):
         tuning.tuner(estimator, search_space.PRESETS["seed1"], "Grid")
+
+
+def test_training_job_carries_debugger_rules_and_profiler(aws):
+    from trainer.rules import RULES, sagemaker_debugger_config
+
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/d"})
+    debugger = sagemaker_debugger_config(s3_output_path="s3://my-bucket/byoc/debug")
+    estimator = training.estimator(session, config, {"epochs": 2}, "byoc-train-debug", debugger=debugger)
+    estimator.fit(training.inputs(session, config, {"training": "s3://my-bucket/data/"}),
+                  job_name="byoc-train-debug", wait=False)
+    request = recorder.request("CreateTrainingJob")
+    assert request["DebugHookConfig"]["S3OutputPath"] == "s3://my-bucket/byoc/debug"
+    collections = {c["CollectionName"] for c in request["DebugHookConfig"]["CollectionConfigurations"]}
+    assert {"losses", "weights", "gradients"} <= collections
+    names = {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]}
+    assert {spec.name for spec in RULES} <= names
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    profiler_rules = {r["RuleConfigurationName"] for r in request["ProfilerRuleConfigurations"]}
+    assert {"LowGPUUtilization", "CPUBottleneck"} <= profiler_rules
