@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -144,6 +143,19 @@ def test_trainer_failure_fails_the_trial_with_its_reason(sample_data, space_file
     assert result.best is None and not (tmp_path / "study" / "best_params.json").exists()
     assert (tmp_path / "study" / "leaderboard.csv").is_file()
     assert any("no trial completed" in note for note in result.notes)
+
+
+def test_parallel_trials_share_the_cores(sample_data, space_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(local_tuning, "cpu_count", lambda: 4)  # two trials at once, two threads each
+    monkeypatch.setattr(local_tuning, "detect_gpus", lambda: [])
+    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 2, sampler="random",
+                                    parallel=4, fixed_overrides=TINY, log=quiet)
+    assert result.count("COMPLETE") == 2, result.markdown()
+    first, second = sorted(study_of(tmp_path / "study").trials, key=lambda t: t.datetime_start)
+    assert second.datetime_start < first.datetime_complete  # they overlapped
+    for row in result.rows:
+        header = json.loads(row.log.read_text().splitlines()[0].split(": ", 1)[1])
+        assert header["num-workers"] == "0" and "lr" in header
 
 
 def test_another_search_in_the_same_workdir_is_refused(sample_data, space_file, tmp_path):

@@ -60,7 +60,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
 import uuid
 import warnings
@@ -90,6 +89,7 @@ STOP_GRACE_S = 15  # SIGTERM, then this long for the trainer's checkpoint, then 
 DIVERGED = re.compile(r"loss became (nan|[-+]?inf)", re.IGNORECASE)
 EPOCH = re.compile(r"\bepoch=(\d+)")
 TRAIN_SCRIPT = ROOT / "container" / "train.py"
+CACHE_HP, CONTAINER_CACHE = "feature-cache", "/opt/feature-cache"  # the trainer's feature cache folder
 
 
 class TuningError(RuntimeError):
@@ -108,6 +108,7 @@ class TrialRow:
     epochs: int
     note: str
     log: Path
+    finished: float | None = None  # when it ended (time.time())
 
 
 @dataclass
@@ -300,7 +301,8 @@ class ProcessRunner:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         args = [item for k, v in _hp_strings(hps).items() for item in (f"--{k}", v)]
         cmd = [sys.executable, str(TRAIN_SCRIPT), *args]
-        return subprocess.Popen(_die_with_parent(cmd), env=env, cwd=trial_dir, stdout=subprocess.PIPE,
+        # the caller's working directory: relative paths (feature-cache, pretrained) mean what they said
+        return subprocess.Popen(_die_with_parent(cmd), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
 
     def request_stop(self, proc: subprocess.Popen, name: str) -> None:
@@ -344,6 +346,12 @@ class ContainerRunner:
 
     def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str) -> subprocess.Popen:
         opt_ml = trial_dir / "opt_ml"
+        mounts = []
+        if hps.get(CACHE_HP):  # one feature cache for all trials: the host folder, mounted
+            host = Path(str(hps[CACHE_HP])).resolve()
+            host.mkdir(parents=True, exist_ok=True)
+            mounts += ["-v", f"{host}:{CONTAINER_CACHE}"]
+            hps = {**hps, CACHE_HP: CONTAINER_CACHE}
         config = opt_ml / "input" / "config"
         config.mkdir(parents=True, exist_ok=True)
         (opt_ml / "input" / "data" / "training").mkdir(parents=True, exist_ok=True)
@@ -355,7 +363,7 @@ class ContainerRunner:
             {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
         target = "/opt/ml/input/data/training" + ("" if self.data.is_dir() else f"/{self.data.name}")
         cmd = [shutil.which(self.cli) or self.cli, "run", "--rm", "--name", name,
-               "-v", f"{opt_ml}:/opt/ml", "-v", f"{self.data}:{target}:ro",
+               "-v", f"{opt_ml}:/opt/ml", "-v", f"{self.data}:{target}:ro", *mounts,
                "-e", f"OMP_NUM_THREADS={slot.threads}", "-e", f"MKL_NUM_THREADS={slot.threads}"]
         if slot.gpu is not None:
             cmd += ["--gpus", f"device={slot.gpu}"] if Path(self.cli).name == "docker" else \
@@ -615,7 +623,8 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         if parallel and width < parallel:
             log(f"parallel {parallel} lowered to {width} ({len(gpus)} GPU(s), {cores} cores)")
         slots = make_slots(width, gpus, cores)
-        the_runner = ProcessRunner(data, workdir) if runner == "process" else ContainerRunner(data, image, engine)
+        the_runner = (ProcessRunner(data, workdir) if runner == "process"
+                      else ContainerRunner(data, image or LOCAL_TRAIN_IMAGE, engine))
         _requeue_stale(study, storage, the_runner, log)
         for params in enqueue:
             study.enqueue_trial(dict(params), skip_if_exists=True)
@@ -667,7 +676,8 @@ def _rows(study: optuna.Study, workdir: Path) -> list[TrialRow]:
                                t.number))
     return [TrialRow(t.number, t.state.name, t.value, dict(t.params),
                      t.duration.total_seconds() if t.duration else None, len(t.intermediate_values),
-                     t.user_attrs.get("note", ""), workdir / t.user_attrs.get("log", f"trials/{t.number:04d}/log.txt"))
+                     t.user_attrs.get("note", ""), workdir / t.user_attrs.get("log", f"trials/{t.number:04d}/log.txt"),
+                     t.datetime_complete.timestamp() if t.datetime_complete else None)
             for t in trials]
 
 
@@ -714,7 +724,8 @@ def write_reports(study: optuna.Study, space, fixed: dict, workdir: Path, n_tria
                   keep_models: bool = False) -> StudyResult:
     rows = _rows(study, workdir)
     order = [p.name for p in space.parameters]
-    names = sorted({k for row in rows for k in row.params}, key=lambda n: (n not in order, order.index(n) if n in order else 0, n))
+    names = sorted({k for row in rows for k in row.params},
+                   key=lambda n: (n not in order, order.index(n) if n in order else 0, n))
     with open(workdir / "leaderboard.csv", "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["rank", "trial", "state", "objective", "epochs", "duration_s", *names, "note", "log"])
@@ -780,7 +791,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="early stopping of trials (default median)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
     parser.add_argument("--image", default=LOCAL_TRAIN_IMAGE, help="training image for --runner container")
-    parser.add_argument("--keep-models", action="store_true", help="keep every completed trial's model, not only the best")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep every completed trial's model, not only the best")
 
 
 def print_summary(result: StudyResult, out=print) -> None:
