@@ -2,26 +2,35 @@
 """The whole workflow on this machine, in containers, with no AWS account.
 
     scripts/run_local.py [--data DIR_OR_ARCHIVE] [--workdir build/local] [--hp name=value ...]
+                         [--trials 4] [--stage NAME ...] [--force] [--sagemaker-local] [--gpu]
 
-Stages (one line each, with its time; the failing stage's log is printed):
+Stages, one line each with its time (a progress bar for trials and epochs on a terminal):
   images    build the training and serving images (layer cache reused)
   data      make the synthetic sample data set, unless --data is given
-  train     `IMAGE train` on a SageMaker-style /opt/ml tree
-  serve     `IMAGE serve` with the model mounted at /opt/ml/model, on 127.0.0.1
-  classify  send the held-out test images to /invocations
-and a summary: test accuracy, endpoint accuracy, p50 latency, where the files are.
-Only the Python standard library is needed on the host.
+  tune      a small local tuning study (Optuna, inside the training image)
+  train     the final model with the best values, debugger hook and profiler on
+  rules     SageMaker Debugger's rules over the training's tensors
+  profile   the profiling report and the loss plot
+  serve     the serving container on 127.0.0.1 (SageMaker's `serve`)
+  classify  the held-out images through /invocations; p50 latency
+then a summary. A stage whose inputs have not changed since the last run is
+skipped (workdir/state.json); `--stage NAME` runs only that stage (its inputs
+must exist), `--force` redoes everything. On failure, the failing stage's log
+is printed. Only the Python standard library is needed on the host.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -29,92 +38,304 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_IMAGE, SERVE_IMAGE = "byoc-train:latest", "byoc-serve:cpu"
+TRAIN_IMAGE = "byoc-train:latest"
 # Small and quick on the sample data; for real data pass e.g. --hp backbone=resnet50 --hp pretrained=imagenet
 DEMO_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
             "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
+DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses,weights:5,gradients:5", "profiler": "true"}
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
 
 
 class StageFailed(RuntimeError):
     pass
 
 
-class Stages:
-    def __init__(self, workdir: Path):
-        self.logs = workdir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.timings: dict[str, float] = {}
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def run(self, name: str, func, *args):
+
+def tree_digest(*paths: Path) -> str:
+    """Names, sizes and modification times: cheap, and any edit changes it."""
+    entries = []
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        entries += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if "__pycache__" not in p.parts]
+    return digest(entries)
+
+
+class Progress:
+    """The running stage's line: a bar on a terminal, nothing otherwise."""
+
+    def __init__(self, name: str, live: bool):
+        self.name, self.live, self.start = name, live, time.monotonic()
+
+    def update(self, done: int, total: int, what: str) -> None:
+        if self.live and total:
+            width = 24
+            bar = "#" * int(width * done / total) + "." * (width - int(width * done / total))
+            print(f"\r  {self.name:<9} [{bar}] {done}/{total} {what}  {time.monotonic() - self.start:.0f} s",
+                  end="", flush=True)
+
+
+class Workflow:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = args.workdir.resolve()
+        self.logs = self.workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.workdir / "state.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.live = sys.stdout.isatty()
+        self.cli, self.env = engine()
+        self.serve_image = f"byoc-serve:{'gpu' if args.gpu else 'cpu'}"
+        self.gpu_flags = (["--device", "nvidia.com/gpu=all"] if self.cli == "podman" else ["--gpus", "all"]) \
+            if args.gpu else []
+        self.timings: dict[str, tuple[float, bool]] = {}
+        self.hps = dict(DEMO_HPS) if not args.data else {}
+        for item in args.hp:
+            name, sep, value = item.partition("=")
+            if not sep:
+                sys.exit(f"--hp takes name=value, got {item!r}")
+            self.hps[name] = value
+
+    # -- running stages ---------------------------------------------------
+    def unchanged(self, name: str, fingerprint: str) -> bool:
+        previous = self.state.get(name)
+        return bool(previous) and previous["fingerprint"] == fingerprint and not self.args.force and \
+            all(Path(p).exists() for p in previous["result"].get("outputs", []))
+
+    def stage(self, name: str, fingerprint: str, func, redo: bool = False):
+        """Run `func(log, progress)`, unless it ran before on the same inputs (or was not selected)."""
+        selected = not self.args.stage or name in self.args.stage
+        if func is None or not redo and (not selected or self.unchanged(name, fingerprint)):
+            if name not in self.state:
+                raise SystemExit(f"stage {name} has not run yet: run it first (without --stage)")
+            self.timings[name] = (0.0, True)
+            print(f"  {name:<9} skipped (inputs unchanged)")
+            return self.state[name]["result"]
         log_path = self.logs / f"{name}.log"
-        live = sys.stdout.isatty()  # a "running" line, overwritten when done
-        if live:
+        progress = Progress(name, self.live)
+        if self.live:
             print(f"  {name:<9} ...", end="", flush=True)
-        start = time.monotonic()
         with open(log_path, "w") as log:
             try:
-                result = func(log, *args)
-            except (StageFailed, subprocess.SubprocessError, OSError) as exc:
-                print(f"{chr(13) if live else ''}  {name:<9} FAILED after {time.monotonic() - start:.0f} s: {exc}")
+                result = func(log, progress)
+            except (StageFailed, subprocess.SubprocessError, OSError, KeyError, ValueError) as exc:
                 log.flush()
-                tail = log_path.read_text().splitlines()[-40:]
-                print("\n".join(f"    | {line}" for line in tail))
+                clear = "\r\033[K" if self.live else ""
+                print(f"{clear}  {name:<9} FAILED after {time.monotonic() - progress.start:.0f} s: {exc}")
+                print("\n".join(f"    | {line}" for line in log_path.read_text().splitlines()[-40:]))
                 print(f"  full log: {log_path}")
                 raise SystemExit(1)
-        self.timings[name] = time.monotonic() - start
-        print(f"{chr(13) if live else ''}  {name:<9} done in {self.timings[name]:.0f} s")
+        seconds = time.monotonic() - progress.start
+        self.timings[name] = (seconds, False)
+        self.state[name] = {"fingerprint": fingerprint, "result": result, "seconds": seconds}
+        self.state_file.write_text(json.dumps(self.state, indent=1))
+        print(f"{chr(13) + chr(27) + '[K' if self.live else ''}  {name:<9} done in {seconds:.0f} s")
         return result
 
+    def sh(self, log, cmd: list[str], on_line=None) -> None:
+        """Run `cmd`, its output to the stage log; `on_line` sees each line (progress)."""
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                text=True, bufsize=1)
+        for line in proc.stdout:
+            log.write(line)
+            if on_line:
+                on_line(line)
+        if proc.wait() != 0:
+            raise StageFailed(f"`{' '.join(cmd[:3])} ...` exited with {proc.returncode}")
 
-def engine_env() -> tuple[str, dict]:
+    def image_id(self, image: str) -> str:
+        out = subprocess.run([self.cli, "image", "inspect", "--format", "{{.Id}}", image], env=self.env,
+                             capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def in_training_image(self, *args: str, mounts: list[str] = ()) -> list[str]:
+        """A command run in the training image, with the repository mounted read-only at /src."""
+        volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
+        return [self.cli, "run", "--rm", *self.gpu_flags, *volumes, TRAIN_IMAGE, *args]
+
+    # -- the stages -------------------------------------------------------
+    def images(self, log, progress):
+        self.sh(log, ["bash", "scripts/build_image.sh", "train"])
+        self.sh(log, ["bash", "scripts/build_image.sh", "serve", "gpu" if self.args.gpu else "cpu"])
+        return {"train": self.image_id(TRAIN_IMAGE), "serve": self.image_id(self.serve_image)}
+
+    def sample_data(self, log, progress):
+        out = self.workdir / "sample-data"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        self.sh(log, self.in_training_image("python", "/src/scripts/make_sample_data.py", "/data/dogImages",
+                                            mounts=[f"{out}:/data"]))
+        return {"data": str(out / "dogImages"), "outputs": [str(out / "dogImages")]}
+
+    def tune(self, log, progress, data: Path):
+        out = self.workdir / "tuning"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        done = [0]
+
+        def on_line(line):
+            if re.match(r"trial \d+ (COMPLETE|PRUNED|FAIL)", line):
+                done[0] += 1
+                progress.update(done[0], self.args.trials, "trials")
+
+        hps = [f"{k}={v}" for k, v in self.hps.items() if k not in ("lr", "batch-size")]
+        self.sh(log, self.in_training_image(
+            "python", "/src/scripts/tune_local.py", "--space", "seed1", "--data", "/data", "--workdir", "/work",
+            "--trials", str(self.args.trials), "--runner", "process", *(["--hp", *hps] if hps else []),
+            mounts=[f"{data}:/data:ro", f"{out}:/work"]), on_line)
+        if not (out / "best_params.json").exists():
+            raise StageFailed("no tuning trial finished (the trials' reasons are above)")
+        best = json.loads((out / "best_params.json").read_text())
+        return {"best": best, "outputs": [str(out / "best_params.json"), str(out / "leaderboard.csv")]}
+
+    def train(self, log, progress, data: Path, hps: dict):
+        opt_ml = self.workdir / "opt_ml"
+        shutil.rmtree(opt_ml, ignore_errors=True)
+        config = opt_ml / "input" / "config"
+        config.mkdir(parents=True)
+        (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hps.items()}))
+        (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
+        (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+        epochs = int(hps.get("epochs", 5))
+
+        def on_line(line):
+            match = re.search(r"#metric epoch=(\d+) split=validation", line)
+            if match:
+                progress.update(int(match.group(1)), epochs, "epochs")
+
+        if self.args.sagemaker_local:
+            self.train_in_local_mode(log, data, hps, opt_ml, on_line)
+        else:
+            self.sh(log, [self.cli, "run", "--rm", *self.gpu_flags, "-v", f"{opt_ml}:/opt/ml",
+                          "-v", f"{data}:/opt/ml/input/data/training:ro", TRAIN_IMAGE, "train"], on_line)
+        model = json.loads((opt_ml / "model" / "model_config.json").read_text())
+        training = model["training"]
+        split = "test" if "test_accuracy" in training else "validation"
+        return {"accuracy": training[f"{split}_accuracy"], "split": split, "best_epoch": training["best_epoch"],
+                "classes": len(model["class_names"]), "model": str(opt_ml / "model"),
+                "outputs": [str(opt_ml / "model" / "model.pt"), str(opt_ml / "output" / "data" / "evaluation.json")]}
+
+    def train_in_local_mode(self, log, data: Path, hps: dict, opt_ml: Path, on_line) -> None:
+        """The same job through the SageMaker SDK's local mode; its tarballs unpacked into opt_ml/."""
+        sm_work = self.workdir / "sagemaker-local"
+        shutil.rmtree(sm_work, ignore_errors=True)
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if not venv_python.exists():
+            raise StageFailed("--sagemaker-local needs the SageMaker SDK: run `bash scripts/test.sh` once to make .venv")
+        self.sh(log, [str(venv_python), "scripts/sm.py", "train", "--local", "--workdir", str(sm_work),
+                      "--data", str(data), *[a for k, v in hps.items() for a in ("--hp", f"{k}={v}")]], on_line)
+        for archive, target in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
+            with tarfile.open(sm_work / "output" / archive) as tf:
+                tf.extractall(opt_ml / target, filter="data")
+
+    def rules(self, log, progress):
+        opt_ml = self.workdir / "opt_ml"
+        self.sh(log, self.in_training_image("python", "-m", "trainer.rules", "/opt_ml/output/tensors",
+                                            "--out", "/opt_ml/output/rules.json", mounts=[f"{opt_ml}:/opt_ml"]))
+        summary = json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]
+        return {"rules": {name: r["status"] for name, r in summary.items()},
+                "outputs": [str(opt_ml / "output" / "rules.json")]}
+
+    def profile(self, log, progress):
+        opt_ml = self.workdir / "opt_ml"
+        self.sh(log, self.in_training_image(
+            "python", "-m", "trainer.profiler_report", "/opt_ml/output/profiler",
+            "--out", "/opt_ml/output/profiler-report.html", "--json", "/opt_ml/output/profiler-verdicts.json",
+            mounts=[f"{opt_ml}:/opt_ml"]))
+        self.sh(log, self.in_training_image("python", "-m", "trainer.loss_plot", "/opt_ml/output/tensors",
+                                            "--out", "/opt_ml/output/losses.png", mounts=[f"{opt_ml}:/opt_ml"]))
+        verdicts = json.loads((opt_ml / "output" / "profiler-verdicts.json").read_text())
+        outputs = [str(opt_ml / "output" / name) for name in ("profiler-report.html", "losses.png")]
+        return {"verdicts": {v["rule"]: v["status"] for v in verdicts}, "outputs": outputs}
+
+    def serve_and_classify(self, test_dir: Path, model_dir: Path):
+        """Two stages sharing one container: serve starts it, classify uses it; both redone together."""
+        fingerprint = digest(self.state["train"]["fingerprint"], self.state["images"]["result"]["serve"])
+        wanted = not self.args.stage or {"serve", "classify"} & set(self.args.stage)
+        if not wanted or all(self.unchanged(name, fingerprint) for name in ("serve", "classify")):
+            self.stage("serve", fingerprint, None)
+            return self.stage("classify", fingerprint, None)
+        name, port = f"byoc-serve-{uuid.uuid4().hex[:8]}", free_port()
+        url = f"http://127.0.0.1:{port}"
+
+        def serve(log, progress):
+            self.sh(log, [self.cli, "run", "-d", "--name", name, *self.gpu_flags, "-p", f"127.0.0.1:{port}:8080",
+                          "-v", f"{model_dir}:/opt/ml/model:ro", self.serve_image, "serve"])
+            wait_for_ping(url)
+            return {"ready_after_s": round(time.monotonic() - progress.start, 1)}
+
+        try:
+            self.stage("serve", fingerprint, serve, redo=True)
+            return self.stage("classify", fingerprint, lambda log, p: classify_images(log, p, test_dir, url), redo=True)
+        finally:
+            subprocess.run([self.cli, "rm", "-f", name], env=self.env, capture_output=True)
+
+    def run(self) -> None:
+        args = self.args
+        print(f"local workflow in {self.workdir} (engine: {self.cli})")
+        images = self.stage("images", tree_digest(ROOT / "container", ROOT / "Dockerfile.train",
+                                                  ROOT / "Dockerfile.serve") + str(args.gpu), self.images)
+        if args.data:
+            data = args.data.resolve()
+            self.timings["data"] = (0.0, True)
+            print(f"  {'data':<9} {data}")
+        else:
+            data = Path(self.stage("data", tree_digest(ROOT / "scripts" / "make_sample_data.py"),
+                                   self.sample_data)["data"])
+        data_fp = tree_digest(data)
+        tuned = self.stage("tune", digest(data_fp, images["train"], self.hps, args.trials),
+                           lambda log, p: self.tune(log, p, data))
+        hps = {**self.hps, **tuned["best"], **DEBUG_HPS}
+        trained = self.stage("train", digest(data_fp, images["train"], hps, args.sagemaker_local),
+                             lambda log, p: self.train(log, p, data, hps))
+        rules = self.stage("rules", self.state["train"]["fingerprint"], self.rules)
+        profile = self.stage("profile", self.state["train"]["fingerprint"], self.profile)
+        test_dir = next((data / d for d in ("test", "valid") if (data / d).is_dir()), data)
+        endpoint = self.serve_and_classify(test_dir, Path(trained["model"]))
+        self.summary(tuned, trained, rules, profile, endpoint)
+
+    def summary(self, tuned, trained, rules, profile, endpoint) -> None:
+        out = self.workdir / "opt_ml" / "output"
+        skipped = [name for name, (_, was_skipped) in self.timings.items() if was_skipped]
+        print("\nsummary")
+        print(f"  best hyperparameters  {', '.join(f'{k}={v}' for k, v in tuned['best'].items())}")
+        print(f"  {trained['split']} accuracy{' ' * (10 - len(trained['split']))}{trained['accuracy']:.3f} "
+              f"(best epoch {trained['best_epoch']}, {trained['classes']} classes)")
+        print(f"  endpoint accuracy     {endpoint['accuracy']:.3f} on {endpoint['images']} held-out images")
+        print(f"  p50 latency           {endpoint['p50_ms']:.1f} ms per image over HTTP")
+        print(f"  rule verdicts         {', '.join(f'{k}: {v}' for k, v in rules['rules'].items())}")
+        print(f"  profiler verdicts     {', '.join(f'{k}: {v}' for k, v in profile['verdicts'].items())}")
+        print(f"  skipped stages        {', '.join(skipped) if skipped else 'none'}")
+        for label, path in (("model", Path(trained["model"])),
+                            ("evaluation report", out / "data" / "evaluation.json"),
+                            ("confusion matrix", out / "data" / "confusion_matrix.png"),
+                            ("tuning leaderboard", self.workdir / "tuning" / "leaderboard.csv"),
+                            ("best params", self.workdir / "tuning" / "best_params.json"),
+                            ("rules summary", out / "rules.json"),
+                            ("profiler report", out / "profiler-report.html"),
+                            ("loss plot", out / "losses.png"),
+                            ("logs", self.logs)):
+            print(f"  {label:<21} {path}")
+        timings = ", ".join(f"{name} {'skipped' if was_skipped else f'{seconds:.0f} s'}"
+                            for name, (seconds, was_skipped) in self.timings.items())
+        print(f"  stage times           {timings}")
+
+
+def engine() -> tuple[str, dict]:
     out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup && echo \"$ENGINE\" && "
                           "echo \"${DOCKER_HOST:-}\""], cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(f"no container engine: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else '?'}")
+        sys.exit(f"no container engine: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     cli, docker_host = out.stdout.split("\n")[:2]
     env = dict(os.environ)
     if docker_host:
         env["DOCKER_HOST"] = docker_host
     return cli, env
-
-
-def sh(log, cmd: list[str], env=None, **kwargs) -> subprocess.CompletedProcess:
-    log.write(f"$ {' '.join(cmd)}\n")
-    log.flush()
-    result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, **kwargs)
-    if result.returncode != 0:
-        raise StageFailed(f"`{' '.join(cmd[:3])} ...` exited with {result.returncode}")
-    return result
-
-
-def stage_images(log, env):
-    sh(log, ["bash", "scripts/build_image.sh", "train"], env)
-    sh(log, ["bash", "scripts/build_image.sh", "serve", "cpu"], env)
-
-
-def stage_data(log, cli, env, workdir: Path) -> Path:
-    data = workdir / "sample-data"
-    if data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
-    sh(log, [cli, "run", "--rm", "-v", f"{ROOT / 'scripts'}:/scripts:ro", "-v", f"{data}:/data", TRAIN_IMAGE,
-             "python", "/scripts/make_sample_data.py", "/data/dogImages"], env)
-    return data / "dogImages"
-
-
-def stage_train(log, cli, env, workdir: Path, data: Path, hps: dict) -> dict:
-    opt_ml = workdir / "opt_ml"
-    if opt_ml.exists():
-        shutil.rmtree(opt_ml)
-    config = opt_ml / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(hps))
-    (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
-    mount = f"{data.resolve()}:/opt/ml/input/data/training:ro"
-    sh(log, [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "-v", mount, TRAIN_IMAGE, "train"], env)
-    return json.loads((opt_ml / "model" / "model_config.json").read_text())
 
 
 def free_port() -> int:
@@ -123,27 +344,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stage_serve(log, cli, env, workdir: Path) -> tuple[str, str]:
-    name, port = f"byoc-serve-{uuid.uuid4().hex[:8]}", free_port()
-    sh(log, [cli, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-             "-v", f"{workdir / 'opt_ml' / 'model'}:/opt/ml/model:ro", SERVE_IMAGE, "serve"], env)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240  # SageMaker allows 4 minutes
+def wait_for_ping(url: str, limit_s: float = 240) -> str:
+    deadline = time.monotonic() + limit_s  # SageMaker allows 4 minutes
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
                 if response.status == 200:
-                    return name, url
+                    return url
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise StageFailed("the serving container did not answer /ping with 200 within 240 s")
+    raise StageFailed(f"the serving container did not answer /ping with 200 within {limit_s:.0f} s")
 
 
-def stage_classify(log, data: Path, url: str, class_names: list[str]) -> dict:
-    test_dir = next((data / name for name in ("test", "valid") if (data / name).is_dir()), data)
-    images = sorted(p for p in test_dir.rglob("*") if p.suffix.lower() in IMAGE_TYPES)[:200]
+def classify_images(log, progress, test_dir: Path, url: str, limit: int = 200) -> dict:
+    images = sorted(p for p in test_dir.rglob("*") if p.suffix.lower() in IMAGE_TYPES)[:limit]
+    if not images:
+        raise StageFailed(f"no held-out images under {test_dir}")
     latencies, correct = [], 0
-    for path in images:
+    for number, path in enumerate(images, start=1):
         request = urllib.request.Request(f"{url}/invocations", data=path.read_bytes(), method="POST",
                                          headers={"Content-Type": IMAGE_TYPES[path.suffix.lower()]})
         start = time.perf_counter()
@@ -151,20 +370,9 @@ def stage_classify(log, data: Path, url: str, class_names: list[str]) -> dict:
             top = json.loads(response.read())["predictions"][0]
         latencies.append((time.perf_counter() - start) * 1000)
         correct += top["label"] == path.parent.name
-        log.write(f"{path.relative_to(data)} -> {top['label']} ({top['probability']:.3f})\n")
-    if not images:
-        raise StageFailed(f"no test images under {test_dir}")
+        log.write(f"{path.relative_to(test_dir)} -> {top['label']} ({top['probability']:.3f})\n")
+        progress.update(number, len(images), "images")
     return {"images": len(images), "accuracy": correct / len(images), "p50_ms": statistics.median(latencies)}
-
-
-def parse_hps(items: list[str]) -> dict:
-    hps = dict(DEMO_HPS)
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"--hp takes name=value, got {item!r}")
-        hps[name] = value
-    return hps
 
 
 def main() -> None:
@@ -172,30 +380,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="image folder or archive (default: make the sample data set)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "local")
     parser.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="training hyperparameter")
-    args = parser.parse_args()
-    workdir = args.workdir.resolve()
-    hps = parse_hps(args.hp)
-    cli, env = engine_env()
-    stages = Stages(workdir)
-    print(f"local workflow in {workdir} (engine: {cli})")
-    stages.run("images", stage_images, env)
-    data = args.data.resolve() if args.data else stages.run("data", stage_data, cli, env, workdir)
-    config = stages.run("train", stage_train, cli, env, workdir, data, hps)
-    name, url = stages.run("serve", stage_serve, cli, env, workdir)
-    try:
-        endpoint = stages.run("classify", stage_classify, data, url, config["class_names"])
-    finally:
-        subprocess.run([cli, "rm", "-f", name], env=env, capture_output=True)
-    training = config["training"]
-    split = "test" if "test_accuracy" in training else "validation"
-    print(f"\nsummary\n  classes            {len(config['class_names'])}\n"
-          f"  {split} accuracy      {training[f'{split}_accuracy']:.3f} (trainer, best epoch {training['best_epoch']})\n"
-          f"  endpoint accuracy  {endpoint['accuracy']:.3f} on {endpoint['images']} images\n"
-          f"  p50 latency        {endpoint['p50_ms']:.1f} ms per image over HTTP\n"
-          f"  model              {workdir / 'opt_ml' / 'model'}\n"
-          f"  evaluation report  {workdir / 'opt_ml' / 'output' / 'data' / 'evaluation.json'}\n"
-          f"  confusion matrix   {workdir / 'opt_ml' / 'output' / 'data' / 'confusion_matrix.png'}\n"
-          f"  logs               {stages.logs}")
+    parser.add_argument("--trials", type=int, default=4, help="local tuning trials")
+    parser.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
+    parser.add_argument("--force", action="store_true", help="redo every stage")
+    parser.add_argument("--sagemaker-local", action="store_true", help="train through SageMaker local mode")
+    parser.add_argument("--gpu", action="store_true", help="GPU containers and the GPU serving image")
+    Workflow(parser.parse_args()).run()
 
 
 if __name__ == "__main__":

@@ -5,15 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# .venv is rebuilt only when a requirements file changed (its hash is kept in it)
+# The test environment lives outside the clone, keyed by the requirements'
+# hash, so fresh clones (CI) reuse it; .venv links to it. Older ones are removed.
 stamp=$(cat tests/requirements.txt container/requirements-*.txt | sha256sum | cut -c1-16)
-if [ "$(cat .venv/.requirements-stamp 2>/dev/null)" != "$stamp" ]; then
-    echo "[test] creating .venv (torch and the rest: a few minutes the first time)" >&2
+cache=${BYOC_VENV_CACHE:-$HOME/.cache/byoc-venv}
+venv=$cache/$stamp
+if [ ! -f "$venv/.complete" ]; then
+    echo "[test] creating the test environment in $venv (torch and the rest: a few minutes the first time)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r tests/requirements.txt
+    "$venv/bin/pip" install -q --no-deps -r container/requirements-smdebug.txt
+    touch "$venv/.complete"
+fi
+find "$cache" -mindepth 1 -maxdepth 1 ! -name "$stamp" -exec rm -rf {} + 2>/dev/null || true
+if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
     rm -rf .venv
-    python3 -m venv .venv
-    .venv/bin/pip install -q -r tests/requirements.txt
-    .venv/bin/pip install -q --no-deps -r container/requirements-smdebug.txt
-    echo "$stamp" > .venv/.requirements-stamp
+    ln -s "$venv" .venv
 fi
 
 # a local registry for build_and_push.sh's test (Debian's package, on 127.0.0.1 only)
