@@ -7,7 +7,7 @@
 Stages, one line each with its time (a progress bar for trials and epochs on a terminal):
   images    build the training and serving images (layer cache reused)
   data      make the synthetic sample data set, unless --data is given
-  tune      a small local tuning study (Optuna, inside the training image)
+  tune      a small local tuning study (Optuna, inside the training image; --space)
   train     the final model with the best values, debugger hook and profiler on
   rules     SageMaker Debugger's rules over the training's tensors
   profile   the profiling report and the loss plot
@@ -42,8 +42,11 @@ TRAIN_IMAGE = "byoc-train:latest"
 # Small and quick on the sample data; for real data pass e.g. --hp backbone=resnet50 --hp pretrained=imagenet
 DEMO_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
             "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
-DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses,weights:5,gradients:5", "profiler": "true"}
+DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses,weights:10,gradients:10", "profiler": "true"}
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+# The sample data's search: a space of our own (a JSON file, as users write them),
+# narrow enough that every trial learns the toy classes in a few epochs
+DEMO_SPACE = ROOT / "scripts" / "demo_space.json"
 STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
 
 
@@ -183,11 +186,18 @@ class Workflow:
                 done[0] += 1
                 progress.update(done[0], self.args.trials, "trials")
 
-        hps = [f"{k}={v}" for k, v in self.hps.items() if k not in ("lr", "batch-size")]
+        space_file = Path(self.args.space) if self.args.space and Path(self.args.space).is_file() else None
+        if space_file is None and not self.args.space and not self.args.data:
+            space_file = DEMO_SPACE
+        mounts = [f"{data}:/data:ro", f"{out}:/work"] + ([f"{space_file.resolve()}:/space.json:ro"] if space_file else [])
+        space = "/space.json" if space_file else (self.args.space or "seed1")
+        # values searched in the space must not be fixed too
+        searched = {p["name"] for p in json.loads(space_file.read_text())["parameters"]} if space_file else set()
+        hps = [f"{k}={v}" for k, v in self.hps.items() if k not in searched]
         self.sh(log, self.in_training_image(
-            "python", "/src/scripts/tune_local.py", "--space", "seed1", "--data", "/data", "--workdir", "/work",
+            "python", "/src/scripts/tune_local.py", "--space", space, "--data", "/data", "--workdir", "/work",
             "--trials", str(self.args.trials), "--runner", "process", *(["--hp", *hps] if hps else []),
-            mounts=[f"{data}:/data:ro", f"{out}:/work"]), on_line)
+            mounts=mounts), on_line)
         if not (out / "best_params.json").exists():
             raise StageFailed("no tuning trial finished (the trials' reasons are above)")
         best = json.loads((out / "best_params.json").read_text())
@@ -288,7 +298,9 @@ class Workflow:
             data = Path(self.stage("data", tree_digest(ROOT / "scripts" / "make_sample_data.py"),
                                    self.sample_data)["data"])
         data_fp = tree_digest(data)
-        tuned = self.stage("tune", digest(data_fp, images["train"], self.hps, args.trials),
+        space_fp = tree_digest(Path(args.space)) if args.space and Path(args.space).is_file() else args.space
+        tuned = self.stage("tune", digest(data_fp, images["train"], self.hps, args.trials, space_fp,
+                                          tree_digest(DEMO_SPACE)),
                            lambda log, p: self.tune(log, p, data))
         hps = {**self.hps, **tuned["best"], **DEBUG_HPS}
         trained = self.stage("train", digest(data_fp, images["train"], hps, args.sagemaker_local),
@@ -381,6 +393,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "local")
     parser.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="training hyperparameter")
     parser.add_argument("--trials", type=int, default=4, help="local tuning trials")
+    parser.add_argument("--space", help="search space: seed1, seed2 or a JSON file "
+                                        "(default: scripts/demo_space.json on the sample data, else seed1)")
     parser.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--sagemaker-local", action="store_true", help="train through SageMaker local mode")
