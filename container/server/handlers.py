@@ -80,6 +80,12 @@ class DefaultHandlers:
     def bind(self, model: torch.nn.Module) -> None:
         """Batch the default predict_fn's forward passes of `model` (model_fn's result)."""
         self.batcher = DynamicBatcher(lambda inputs: forward(model, inputs), *self._batching)
+        # Requests run their forward passes in the batcher's thread, at batch
+        # sizes up to the maximum: warm that thread at both ends before /ping
+        # says ready, so no client pays for first-use kernel selection.
+        size = self.prep.image_size
+        for batch in sorted({1, self._batching[0]}):
+            self.batcher.submit(torch.zeros(batch, 3, size, size))
 
     def input_fn(self, request_body: bytes, content_type: str | None) -> torch.Tensor:
         if not request_body:
