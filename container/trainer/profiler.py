@@ -122,34 +122,34 @@ class SystemSampler(threading.Thread):
         self.process = psutil.Process()
 
     def run(self):
-        ps = self.psutil
-        ps.cpu_percent(percpu=True)  # the first call only starts the measurement
-        last_t, last_disk, last_net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
+        self.psutil.cpu_percent(percpu=True)  # the first call only starts the measurement
+        self.last = (time.time(), self.psutil.disk_io_counters(), self.psutil.net_io_counters())
         try:
             with open(self.path, "a") as out:
                 while not self.done.wait(self.interval):
-                    now, disk, net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
-                    dt = max(now - last_t, 1e-6)
-                    cores = ps.cpu_percent(percpu=True)
-                    times = ps.cpu_times_percent()
-                    sample = {"t": now, "cpu": cores, "cpu_total": sum(cores) / max(len(cores), 1),
-                              "iowait": getattr(times, "iowait", 0.0),
-                              "mem_percent": ps.virtual_memory().percent,
-                              "rss_mb": self._rss_mb(),
-                              "gpus": self.gpu.read()}
-                    if disk and last_disk:
-                        sample["disk_read_mb_s"] = (disk.read_bytes - last_disk.read_bytes) / dt / 2**20
-                        sample["disk_write_mb_s"] = (disk.write_bytes - last_disk.write_bytes) / dt / 2**20
-                    if net and last_net:
-                        sample["net_recv_mb_s"] = (net.bytes_recv - last_net.bytes_recv) / dt / 2**20
-                        sample["net_sent_mb_s"] = (net.bytes_sent - last_net.bytes_sent) / dt / 2**20
-                    out.write(json.dumps(sample, separators=(",", ":")) + "\n")
+                    out.write(json.dumps(self.sample(), separators=(",", ":")) + "\n")
                     out.flush()  # a job killed mid-way still leaves its samples
-                    last_t, last_disk, last_net = now, disk, net
         except Exception:
             print("profiler: system sampling stopped:\n" + traceback.format_exc(), file=sys.stderr, flush=True)
         finally:
             self.gpu.close()
+
+    def sample(self) -> dict:
+        ps, (last_t, last_disk, last_net) = self.psutil, self.last
+        now, disk, net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
+        dt = max(now - last_t, 1e-6)
+        cores = ps.cpu_percent(percpu=True)
+        sample = {"t": now, "cpu": cores, "cpu_total": sum(cores) / max(len(cores), 1),
+                  "iowait": getattr(ps.cpu_times_percent(), "iowait", 0.0),
+                  "mem_percent": ps.virtual_memory().percent, "rss_mb": self._rss_mb(), "gpus": self.gpu.read()}
+        if disk and last_disk:
+            sample["disk_read_mb_s"] = (disk.read_bytes - last_disk.read_bytes) / dt / 2**20
+            sample["disk_write_mb_s"] = (disk.write_bytes - last_disk.write_bytes) / dt / 2**20
+        if net and last_net:
+            sample["net_recv_mb_s"] = (net.bytes_recv - last_net.bytes_recv) / dt / 2**20
+            sample["net_sent_mb_s"] = (net.bytes_sent - last_net.bytes_sent) / dt / 2**20
+        self.last = (now, disk, net)
+        return sample
 
     def _rss_mb(self) -> float:
         # the trainer and its loader workers
@@ -236,6 +236,7 @@ class Profiler(NullProfiler):
 
     def _stop_trace(self, trace):
         self.traced = True
+        started = time.perf_counter()
         try:
             trace.__exit__(None, None, None)
             folder = self.out_dir / "trace"
@@ -244,6 +245,7 @@ class Profiler(NullProfiler):
             sort = "self_cuda_time_total" if any(e.device_type.name == "CUDA" for e in trace.events()) \
                 else "self_cpu_time_total"
             (folder / "operators.txt").write_text(trace.key_averages().table(sort_by=sort, row_limit=30))
+            self.meta["trace_export_s"] = round(time.perf_counter() - started, 3)  # paid by the training loop
         except Exception:
             print("profiler: could not write the trace:\n" + traceback.format_exc(), file=sys.stderr)
         return None
