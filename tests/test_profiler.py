@@ -114,10 +114,10 @@ def check_report(folder, html_path):
     assert "Top operators" in page
 
 
-def test_trainer_profiles_by_default_and_the_report_is_built(sample_data, tmp_path):
+def test_trainer_profiles_when_asked_and_the_report_is_built(sample_data, tmp_path):
     opt_ml = tmp_path / "opt_ml"
-    result = run_trainer(opt_ml, {"training": sample_data},
-                         dict(FAST_HPS, epochs=2, **{"profiler-interval-ms": 200, "profiler-trace-steps": 2}))
+    result = run_trainer(opt_ml, {"training": sample_data}, dict(FAST_HPS, epochs=2, profiler="true", **{
+        "profiler-interval-ms": 200, "profiler-trace-steps": 2}))
     assert result.returncode == 0, result.stderr[-3000:]
     folder = opt_ml / "output" / "profiler"
     meta = json.loads((folder / "meta.json").read_text())
@@ -131,11 +131,14 @@ def test_trainer_profiles_by_default_and_the_report_is_built(sample_data, tmp_pa
     assert {v["rule"] for v in json.loads((tmp_path / "verdicts.json").read_text())} >= {"CPUBottleneck"}
 
 
-def test_profiler_false_writes_nothing(sample_data, tmp_path):
-    opt_ml = tmp_path / "opt_ml"
-    hps = dict(FAST_HPS, epochs=1, profiler="false", **{"max-steps-per-epoch": 1})
-    assert run_trainer(opt_ml, {"training": sample_data}, hps).returncode == 0
-    assert not (opt_ml / "output" / "profiler").exists()
+def test_on_by_default_without_the_trace_and_off_when_false(sample_data, tmp_path):
+    hps = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 4})
+    assert run_trainer(tmp_path / "auto", {"training": sample_data}, hps).returncode == 0
+    folder = tmp_path / "auto" / "output" / "profiler"
+    assert len(profiler_report.read_jsonl(folder / "steps.jsonl")) == 5  # the loop reads one batch past the cap
+    assert not (folder / "trace").exists()  # the trace's fixed cost is paid only when asked for
+    assert run_trainer(tmp_path / "off", {"training": sample_data}, dict(hps, profiler="false")).returncode == 0
+    assert not (tmp_path / "off" / "output" / "profiler").exists()
 
 
 # -- in the training image -----------------------------------------------------------------
@@ -158,6 +161,8 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
                          env=env, capture_output=True, text=True, timeout=900)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
+    assert "debugger: smdebug hook from /opt/ml/input/config/debughookconfig.json" in log, log[-4000:]
+    assert "could not create the smdebug hook" not in log
     folder = opt_ml / "output" / "profiler"
     assert {"meta.json", "system.jsonl", "steps.jsonl"} <= {p.name for p in folder.iterdir()}
     assert json.loads((folder / "meta.json").read_text())["interval_ms"] == 500

@@ -147,7 +147,8 @@ HYPERPARAMETERS = [
     Hyperparameter("profiler", parse_optional_bool, None,
                    "system and step profiling to /opt/ml/output/profiler: auto (on), true, false"),
     Hyperparameter("profiler-interval-ms", _positive(int), 500, "system sampling interval, milliseconds"),
-    Hyperparameter("profiler-trace-steps", _non_negative(int), 5, "training steps captured with torch.profiler (0 = none)"),
+    Hyperparameter("profiler-trace-steps", _non_negative(int), 5,
+                   "training steps traced with torch.profiler when profiler is true or SageMaker asks (0 = none)"),
 ]
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

@@ -33,8 +33,15 @@ TRACE_WARMUP_STEPS = 2  # the first steps pay for allocator and oneDNN/cuDNN war
 
 
 def wanted(hp, paths) -> bool:
-    """`profiler` true/false, or auto: on (it costs well under 2%, see scripts/bench_debugger.py)."""
+    """`profiler` true/false, or auto: on (sampling and step timing cost well under 2%)."""
     return True if hp.profiler is None else hp.profiler
+
+
+def trace_steps(hp, paths) -> int:
+    """The torch.profiler trace costs about a second however long the job (scripts/bench_debugger.py):
+    taken only when profiling is asked for, by `profiler true` or SageMaker's ProfilerConfig."""
+    asked = hp.profiler is True or (paths.root / "input" / "config" / SAGEMAKER_CONFIG).is_file()
+    return hp.profiler_trace_steps if asked else 0
 
 
 def sagemaker_interval_ms(paths) -> int | None:
@@ -266,7 +273,7 @@ def create(hp, paths, is_main: bool, meta: dict) -> NullProfiler:
         return NullProfiler()
     interval = sagemaker_interval_ms(paths) or hp.profiler_interval_ms
     try:
-        return Profiler(paths.output / "profiler", interval, hp.profiler_trace_steps, meta)
+        return Profiler(paths.output / "profiler", interval, trace_steps(hp, paths), meta)
     except Exception:
         print("profiler: could not start; training continues without it:\n" + traceback.format_exc(),
               file=sys.stderr, flush=True)
