@@ -20,9 +20,10 @@ def plot(trial_path: str, out: str, tensor: str = "CrossEntropyLoss_output_0") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from smdebug import modes
-    from smdebug.trials import create_trial
 
-    trial = create_trial(trial_path)
+    from trainer.rules import open_trial
+
+    trial = open_trial(trial_path)
     loss = trial.tensor(tensor)
     fig, ax = plt.subplots(figsize=(8, 4))
     counts = {}

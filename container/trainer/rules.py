@@ -379,11 +379,21 @@ def sagemaker_debugger_config(s3_output_path: str | None = None, rule_names: lis
             "profiler_config": ProfilerConfig(system_monitor_interval_millis=system_monitor_interval_millis)}
 
 
-def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict | None = None) -> dict:
-    """Evaluate the rules over a finished trial; {rule: {status, first_step, message, parameters}}."""
+def open_trial(trial_path: str):
+    """smdebug's trial; a local folder without the hook's collection files is refused at
+    once, because create_trial would otherwise wait for them forever."""
+    from pathlib import Path
+
     from smdebug.trials import create_trial
 
-    trial = create_trial(trial_path)
+    if not str(trial_path).startswith("s3://") and not list(Path(trial_path).glob("collections/*/*collections.json")):
+        raise SystemExit(f"no smdebug trial in {trial_path}: did the job run with the debugger on?")
+    return create_trial(trial_path)
+
+
+def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict | None = None) -> dict:
+    """Evaluate the rules over a finished trial; {rule: {status, first_step, message, parameters}}."""
+    trial = open_trial(trial_path)
     steps = trial.steps()
     results = {}
     for spec in (BY_NAME[n] for n in (rule_names or [s.name for s in RULES])):
