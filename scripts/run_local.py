@@ -111,11 +111,13 @@ class Workflow:
     def stage(self, name: str, fingerprint: str, func, redo: bool = False):
         """Run `func(log, progress)`, unless it ran before on the same inputs (or was not selected)."""
         selected = not self.args.stage or name in self.args.stage
+        redo = redo or bool(self.args.stage) and selected  # a stage asked for by name always runs
         if func is None or not redo and (not selected or self.unchanged(name, fingerprint)):
             if name not in self.state:
                 raise SystemExit(f"stage {name} has not run yet: run it first (without --stage)")
             self.timings[name] = (0.0, True)
-            print(f"  {name:<9} skipped (inputs unchanged)")
+            why = "inputs unchanged" if func is None or self.unchanged(name, fingerprint) else "not asked for"
+            print(f"  {name:<9} skipped ({why})")
             return self.state[name]["result"]
         log_path = self.logs / f"{name}.log"
         progress = Progress(name, self.live)

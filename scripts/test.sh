@@ -14,8 +14,9 @@ if [ ! -f "$venv/.complete" ]; then
     echo "[test] creating the test environment in $venv (torch and the rest: a few minutes the first time)" >&2
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r tests/requirements.txt
-    "$venv/bin/pip" install -q --no-deps -r container/requirements-smdebug.txt
+    { "$venv/bin/pip" install -q -r tests/requirements.txt \
+        && "$venv/bin/pip" install -q --no-deps -r container/requirements-smdebug.txt; } >/tmp/test-venv.log 2>&1 \
+        || { tail -n 30 /tmp/test-venv.log >&2; echo "[test] making the test environment failed" >&2; exit 1; }
     touch "$venv/.complete"
 fi
 find "$cache" -mindepth 1 -maxdepth 1 ! -name "$stamp" -exec rm -rf {} + 2>/dev/null || true
