@@ -36,8 +36,17 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
+def untag(engine, registry: str) -> None:
+    """Drop the tags a push made: they would keep every old image version on disk."""
+    names = subprocess.run([engine["cli"], "images", "--format", "{{.Repository}}:{{.Tag}}"], env=engine["env"],
+                           capture_output=True, text=True).stdout.split()
+    pushed = [name for name in names if name.startswith(f"{registry}/")]
+    if pushed:
+        subprocess.run([engine["cli"], "rmi", *pushed], env=engine["env"], capture_output=True)
+
+
 @pytest.fixture
-def registry(tmp_path):
+def registry(engine, tmp_path):
     binary = shutil.which("docker-registry")
     assert binary, "Debian's docker-registry is needed (scripts/test.sh installs it)"
     port = free_port()
@@ -52,6 +61,7 @@ def registry(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        untag(engine, f"127.0.0.1:{port}")
 
 
 @pytest.fixture
