@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,25 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from localnet import free_port, wait_http
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_TAGS = {"train": "byoc-train:latest", "serve-cpu": "byoc-serve:cpu", "serve-gpu": "byoc-serve:gpu"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def pushed_size(registry: str, repo: str) -> int:

@@ -44,7 +44,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ sys.path.insert(0, str(CONTAINER))
 from contract import artifact  # noqa: E402
 from contract.model import Architecture, build_classifier  # noqa: E402
 from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
+from localnet import free_port  # noqa: E402
 
 NUM_CLASSES = 133
 HEAD = [256]
@@ -183,11 +183,6 @@ def decode_ms(images: dict[str, list[bytes]], prep: Preprocessing, repeats: int)
 
 
 # ---------------------------------------------------------------- HTTP client
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_IMAGE = "byoc-train:latest"
@@ -351,11 +351,6 @@ def engine() -> tuple[str, dict]:
         env["DOCKER_HOST"] = docker_host
     return cli, env
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_ping(url: str, limit_s: float = 240) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ sys.path.insert(0, str(CONTAINER))
 from contract import artifact  # noqa: E402
 from contract.model import Architecture, build_classifier  # noqa: E402
 from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
+from localnet import free_port  # noqa: E402
 
 CLASS_NAMES = ["cat", "dog", "fish", "bird", "frog", "horse"]
 IMAGE_SIZE = 64
@@ -81,11 +81,6 @@ class Reference:
     def for_images(self, *encoded_images: bytes) -> np.ndarray:
         return self.probabilities(np.stack([self.preprocess(data) for data in encoded_images]))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

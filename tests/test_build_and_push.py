@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,25 +13,11 @@ import boto3
 import pytest
 
 from conftest import ROOT
+from localnet import free_port, wait_http
 
 ACCOUNT = "123456789012"  # moto's default account
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def untag(engine, registry: str) -> None:
