@@ -269,7 +269,8 @@ class Workflow:
         """Two stages sharing one container: serve starts it, classify uses it; both redone together."""
         fingerprint = digest(self.state["train"]["fingerprint"], self.state["images"]["result"]["serve"])
         wanted = not self.args.stage or {"serve", "classify"} & set(self.args.stage)
-        if not wanted or all(self.unchanged(name, fingerprint) for name in ("serve", "classify")):
+        asked = bool(self.args.stage) and wanted  # asked for by name: always runs, as in stage()
+        if not wanted or not asked and all(self.unchanged(name, fingerprint) for name in ("serve", "classify")):
             self.stage("serve", fingerprint, None)
             return self.stage("classify", fingerprint, None)
         name, port = f"byoc-serve-{uuid.uuid4().hex[:8]}", free_port()
