@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Local tuning throughput: trials per hour with and without the trainer's feature cache.
 
-    bench_tuning.py [--trials 3] [--image-size 112] [--per-class 24] [--epochs 5] [--space seed2]
+    bench_tuning.py [--trials 4] [--image-size 224] [--per-class 24] [--epochs 5] [--space seed2]
 
 Two local studies (scripts/launch/local_tuning.py, runner "process") of the
 same random search over the sample data: a frozen ResNet50 (trainable-layers 0,
@@ -55,8 +55,8 @@ def study(name: str, args, data: Path, workdir: Path, overrides: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=3, help="trials per study")
-    parser.add_argument("--image-size", type=int, default=112, help="pixels (224 as on SageMaker is slow on CPUs)")
+    parser.add_argument("--trials", type=int, default=4, help="trials per study")
+    parser.add_argument("--image-size", type=int, default=224, help="pixels (224: what the seeds trained on)")
     parser.add_argument("--per-class", type=int, default=24,
                         help="training images per class of the sample set (4 classes)")
     parser.add_argument("--epochs", type=int, default=5)

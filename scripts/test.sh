@@ -36,4 +36,7 @@ engine_setup
 trap engine_teardown EXIT
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python  # as in the training image (smdebug)
 export SAGEMAKER_SUPPRESS_V2_WARNING=1  # SDK v2 is the project's choice
-.venv/bin/python -m pytest tests "$@"
+# all of tests/ unless the arguments name tests themselves (e.g. tests/test_trainer.py::test_x)
+paths=(tests)
+for arg in "$@"; do [[ $arg == tests/* ]] && paths=(); done
+.venv/bin/python -m pytest "${paths[@]}" "$@"

@@ -89,3 +89,32 @@ def test_cache_needs_a_frozen_backbone(sample_data, weights_dir, tmp_path):
                          dict(FROZEN, **{"feature-cache": str(tmp_path / "c"), "trainable-layers": 1}))
     assert result.returncode != 0
     assert "feature-cache needs trainable-layers 0" in (opt_ml / "output" / "failure").read_text()
+
+
+def test_checkpoint_keeps_only_what_trains_and_is_tied_to_the_frozen_weights(sample_data, weights_dir, tmp_path):
+    opt_ml = tmp_path / "job"
+    channels = {"training": sample_data, "pretrained": weights_dir}
+    first = run_trainer(opt_ml, channels, dict(FROZEN, epochs=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = torch.load(opt_ml / "checkpoints" / "checkpoint.pt", weights_only=True)
+    # the head only: the frozen backbone is rebuilt from the pretrained weights on a restart
+    assert saved["model"] and all(name.startswith("fc.") for name in saved["model"]), sorted(saved["model"])
+    assert set(saved["best_state"]) == set(saved["model"])
+    assert (opt_ml / "checkpoints" / "checkpoint.pt").stat().st_size < 1_000_000  # resnet18 whole: ~45 MB
+
+    longer = run_trainer(opt_ml, channels, dict(FROZEN, epochs=3))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "resuming from checkpoint after epoch 2" in longer.stdout
+    assert "#metric epoch=3 split=train" in longer.stdout and "#metric epoch=2 split=train" not in longer.stdout
+    model, _ = artifact.load(opt_ml / "model")  # the whole model, frozen stages included
+    reference = torch.load(weights_dir / "resnet18.pth", weights_only=True)
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], reference["layer1.0.conv1.weight"])
+
+    other = tmp_path / "other-weights"
+    other.mkdir()
+    torch.manual_seed(3)
+    torch.save(torchvision.models.resnet18().state_dict(), other / "resnet18.pth")
+    moved = run_trainer(opt_ml, {"training": sample_data, "pretrained": other}, dict(FROZEN, epochs=4))
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "ignoring checkpoint" in moved.stdout and "resuming" not in moved.stdout
+    assert "#metric epoch=1 split=train" in moved.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -165,16 +166,50 @@ def test_another_search_in_the_same_workdir_is_refused(sample_data, space_file, 
         local_tuning.run_study("seed1", sample_data, workdir, 1, fixed_overrides=TINY, log=quiet)
 
 
-def trainer_processes(opt_ml: Path) -> list[int]:
-    """Processes whose environment says OPT_ML=opt_ml (trainers of that trial)."""
-    found, needle = [], f"OPT_ML={opt_ml}".encode() + b"\0"
+def live_processes() -> dict[int, int]:
+    """{pid: parent pid} of every process not yet dead (zombies, dead but not reaped, left out)."""
+    table = {}
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and needle in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
+            if proc.name.isdigit():
+                stat = (proc / "stat").read_text()
+                state, parent = stat[stat.rindex(")") + 2:].split()[:2]
+                if state not in ("Z", "X"):
+                    table[int(proc.name)] = int(parent)
+        except (OSError, ValueError):
+            continue
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Live processes below `pid` (children, grandchildren, ...)."""
+    parents, found, frontier = live_processes(), set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def warm_spares(pid: int) -> set[int]:
+    """Descendants of `pid` running scripts/launch/warm_trial.py (the process runner's spares)."""
+    found = set()
+    for child in descendants(pid):
+        try:
+            if b"warm_trial.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
         except OSError:
             continue
     return found
+
+
+def test_no_spare_trial_process_outlives_the_study(sample_data, space_file, tmp_path):
+    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 3, sampler="random",
+                                    pruner="none", fixed_overrides=TINY, log=quiet)
+    assert result.count("COMPLETE") == 3, result.markdown()
+    assert not warm_spares(os.getpid())
+    # each trial ran in its own process, with its own /opt/ml tree
+    for row in result.rows:
+        assert (row.log.parent / "opt_ml" / "output" / "data" / "evaluation.json").is_file()
 
 
 def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
@@ -193,19 +228,21 @@ def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
             pytest.fail("no trial completed:\n" + "".join(output))
         second = workdir / "trials" / "0001"
         deadline = time.monotonic() + 60
-        while not trainer_processes(second / "opt_ml") and time.monotonic() < deadline:
+        while not (second / "opt_ml").is_dir() and time.monotonic() < deadline:  # the trainer makes it
             time.sleep(0.2)
-        assert trainer_processes(second / "opt_ml"), "trial 1 did not start"
+        assert (second / "opt_ml").is_dir(), "trial 1 did not start"
+        below = descendants(proc.pid)
+        assert below and warm_spares(proc.pid), "a trial and a spare for the next one"
         proc.send_signal(signal.SIGKILL)  # mid-trial
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
-    deadline = time.monotonic() + 15  # the trial's trainer dies with the tuner
-    while trainer_processes(second / "opt_ml") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15  # the trial's trainer and the spare die with the tuner
+    while below & set(live_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not trainer_processes(second / "opt_ml")
+    assert not below & set(live_processes())
 
     before = {t.number: t for t in study_of(workdir).trials}
     assert before[0].state == TrialState.COMPLETE and before[1].state == TrialState.RUNNING

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.runtime import REASON_COPY
+from trainer.runtime import reason_copy
 
 PROGRAM_DIR = Path(__file__).resolve().parent.parent
 OPT_ML = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
@@ -64,7 +64,7 @@ def children(pid: int) -> list[int]:
 def run_training() -> int:
     ensure_code_dir()
     ensure_hosts_resolve()
-    REASON_COPY.unlink(missing_ok=True)
+    reason_copy().unlink(missing_ok=True)
     toolkit = subprocess.Popen(["train"])
 
     def forward(signum, frame):
@@ -79,10 +79,10 @@ def run_training() -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = toolkit.wait()
-    if code != 0 and REASON_COPY.is_file():
+    if code != 0 and reason_copy().is_file():
         failure = OPT_ML / "output" / "failure"
         failure.parent.mkdir(parents=True, exist_ok=True)
-        failure.write_text(REASON_COPY.read_text())
+        failure.write_text(reason_copy().read_text())
     return code
 
 

@@ -27,17 +27,9 @@ from trainer import data
 FORMAT = 1
 
 
-def weights_digest(model) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("fc."):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def cache_key(backbone: str, model, prep) -> str:
-    spec = json.dumps({"backbone": backbone, "weights": weights_digest(model), "preprocessing": prep.to_dict(),
+def cache_key(backbone: str, weights_digest: str, prep) -> str:
+    """`weights_digest`: checkpoint.state_digest of the (frozen) backbone's state."""
+    spec = json.dumps({"backbone": backbone, "weights": weights_digest, "preprocessing": prep.to_dict(),
                        "format": FORMAT}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
@@ -86,6 +78,8 @@ class FeatureCache:
 
 class FeatureDataset(Dataset):
     """Same items as data.ImageDataset, with features in place of images (None: unreadable)."""
+
+    in_memory = True  # the training loop reads it without loader worker processes
 
     def __init__(self, samples, features: list):
         self.samples = samples

@@ -14,7 +14,9 @@ import torch.distributed as dist
 # The sagemaker-training toolkit replaces /opt/ml/output/failure with its own
 # multi-line report when the script exits non-zero; the image's entry point
 # (trainer/entry.py) puts our one-line reason back from this copy.
-REASON_COPY = Path(os.environ.get("TRAINER_REASON_FILE", "/tmp/trainer-failure-reason"))
+def reason_copy() -> Path:
+    # read when needed, not at import: a pre-started trial process gets its environment late
+    return Path(os.environ.get("TRAINER_REASON_FILE", "/tmp/trainer-failure-reason"))
 
 
 @dataclass
@@ -57,7 +59,7 @@ class TrainingFailure(RuntimeError):
 
 def write_failure(paths: Paths, reason: str) -> None:
     line = " ".join(str(reason).split())[:1000]  # one line; SageMaker shows 1 KB
-    for path in (paths.output / "failure", REASON_COPY):
+    for path in (paths.output / "failure", reason_copy()):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(line + "\n")

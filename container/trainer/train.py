@@ -26,7 +26,7 @@ from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, frozen_keys, state_digest
 
 
 def log(dist_info, message: str) -> None:
@@ -116,7 +116,8 @@ def loader(dataset, hp, dist_info, train: bool, epoch_seed: int = 0):
         sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(epoch_seed))
     else:
         sampler = EvalShard(len(dataset), dist_info.rank, dist_info.world_size)
-    workers = data.worker_count(hp.num_workers)
+    # worker processes pay off for decoding images; for tensors already in memory their start-up is all cost
+    workers = 0 if getattr(dataset, "in_memory", False) else data.worker_count(hp.num_workers)
     return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=data.collate, pin_memory=torch.cuda.is_available(),
                       worker_init_fn=runtime.ignore_sigterm_in_worker, persistent_workers=False,
@@ -155,6 +156,10 @@ class Trainer:
             log(self.dist, f"backbone {hp.backbone} initialised from {source.name}")
         init_head(model.fc, hp.init)
         self.frozen = freeze(model, hp.trainable_layers)
+        self.frozen_keys = frozen_keys(model, self.frozen)
+        # identifies the frozen weights (the checkpoint and the feature cache leave them out)
+        state = model.state_dict()
+        self.frozen_digest = state_digest({k: state[k] for k in self.frozen_keys})
         self.model = model.to(self.device, memory_format=self.memory_format)
         # what the loops feed: images to the whole model, or cached features to the head
         self.forward_model, self.input_format = self.model, self.memory_format
@@ -197,7 +202,7 @@ class Trainer:
             raise hyperparameters.HyperparameterError(
                 "feature-cache needs trainable-layers 0 (a frozen backbone): features of a trained backbone change")
         cache = feature_cache.FeatureCache(
-            Path(hp.feature_cache), feature_cache.cache_key(hp.backbone, self.model, self.prep),
+            Path(hp.feature_cache), feature_cache.cache_key(hp.backbone, self.frozen_digest, self.prep),
             log=lambda message: log(self.dist, message), writer=self.dist.is_main)
         computed = 0
         for name in ("train_set", "val_set", "test_set"):
@@ -209,6 +214,10 @@ class Trainer:
         log(self.dist, f"feature cache {cache.path}: {computed} images computed, "
                        f"{len(cache.entries) - computed} reused")
         self.forward_model, self.input_format = self.model.fc, torch.contiguous_format
+
+    def trainable_state(self) -> dict:
+        """The model's state without the frozen stages: what checkpoints and best_state keep."""
+        return {k: v for k, v in self.model.state_dict().items() if k not in self.frozen_keys}
 
     def autocast(self):
         if self.amp is None:
@@ -307,7 +316,7 @@ class Trainer:
                                   "validation_loss": val_loss, "validation_accuracy": val_acc})
             if val_loss < state.best_loss:
                 state.best_loss, state.best_epoch = val_loss, epoch
-                state.best_state = copy.deepcopy({k: v.cpu() for k, v in self.model.state_dict().items()})
+                state.best_state = copy.deepcopy({k: v.cpu() for k, v in self.trainable_state().items()})
             self.checkpointer.save(self, state)
             if hp.patience and epoch - state.best_epoch >= hp.patience:
                 log(self.dist, f"early stop: validation loss has not improved for {hp.patience} epochs "
@@ -321,7 +330,7 @@ class Trainer:
 
     def finish(self, state) -> None:
         if state.best_state is not None:
-            self.model.load_state_dict(state.best_state)
+            self.model.load_state_dict(state.best_state, strict=False)  # the frozen part never changed
             log(self.dist, f"using the weights of epoch {state.best_epoch} (lowest validation loss {state.best_loss:.6f})")
         split, dataset = ("test", self.test_set) if len(self.test_set) else ("validation", self.val_set)
         loss, acc, confusion = self.evaluate(dataset, split, final=True)

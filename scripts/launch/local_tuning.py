@@ -88,7 +88,7 @@ GRID_POINTS = 3
 STOP_GRACE_S = 15  # SIGTERM, then this long for the trainer's checkpoint, then SIGKILL
 DIVERGED = re.compile(r"loss became (nan|[-+]?inf)", re.IGNORECASE)
 EPOCH = re.compile(r"\bepoch=(\d+)")
-TRAIN_SCRIPT = ROOT / "container" / "train.py"
+WARM_TRIAL = Path(__file__).resolve().parent / "warm_trial.py"  # container/train.py's main, imported ahead
 CACHE_HP, CONTAINER_CACHE = "feature-cache", "/opt/feature-cache"  # the trainer's feature cache folder
 
 
@@ -288,22 +288,62 @@ class ProcessRunner:
             link = self.channel / data.name
             if not link.exists():
                 link.symlink_to(data)
+        # Warm spares (warm_trial.py), one per slot: the next trial's process does its
+        # imports while the current trial runs. Only as many as trials remain to start.
+        self.spares: dict[int, subprocess.Popen] = {}
+        self.to_start = 0
+        self.lock = threading.Lock()
+
+    def expect(self, trials: int) -> None:
+        """How many trials this runner will be asked to start (no spare beyond them)."""
+        self.to_start = trials
+
+    @staticmethod
+    def slot_env(slot: Slot) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(slot.threads),
+                    "MKL_NUM_THREADS": str(slot.threads)})
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        return env
+
+    def spawn(self, slot: Slot) -> subprocess.Popen:
+        # the caller's working directory: relative paths (feature-cache, pretrained) mean what they said
+        return subprocess.Popen(_die_with_parent([sys.executable, str(WARM_TRIAL)]), env=self.slot_env(slot),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
 
     def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str) -> subprocess.Popen:
         opt_ml = trial_dir / "opt_ml"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-        env.update({"OPT_ML": str(opt_ml), "TRAINER_SCRATCH": str(trial_dir / "scratch"),
-                    "TRAINER_REASON_FILE": str(trial_dir / "reason"), "SM_CHANNEL_TRAINING": str(self.channel),
-                    "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(slot.threads),
-                    "MKL_NUM_THREADS": str(slot.threads),
-                    "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index)})
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        args = [item for k, v in _hp_strings(hps).items() for item in (f"--{k}", v)]
-        cmd = [sys.executable, str(TRAIN_SCRIPT), *args]
-        # the caller's working directory: relative paths (feature-cache, pretrained) mean what they said
-        return subprocess.Popen(_die_with_parent(cmd), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        env = {"OPT_ML": str(opt_ml), "TRAINER_SCRATCH": str(trial_dir / "scratch"),
+               "TRAINER_REASON_FILE": str(trial_dir / "reason"), "SM_CHANNEL_TRAINING": str(self.channel),
+               "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index)}
+        argv = [item for k, v in _hp_strings(hps).items() for item in (f"--{k}", v)]
+        with self.lock:
+            proc = self.spares.pop(slot.index, None)
+            self.to_start -= 1
+            if proc is None or proc.poll() is not None:
+                proc = self.spawn(slot)
+            if self.to_start > 0:
+                self.spares[slot.index] = self.spawn(slot)
+        try:
+            proc.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
+            proc.stdin.close()
+        except OSError:
+            pass  # it died while importing: its output says why, and its exit status fails the trial
+        return proc
+
+    def close(self) -> None:
+        """Let unused spares go (end of input: they exit at once)."""
+        with self.lock:
+            spares, self.spares, self.to_start = list(self.spares.values()), {}, 0
+        for proc in spares:
+            try:
+                proc.stdin.close()
+                proc.communicate(timeout=STOP_GRACE_S)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
 
     def request_stop(self, proc: subprocess.Popen, name: str) -> None:
         """SIGTERM (the trainer checkpoints and exits), SIGKILL after a grace period; returns at once."""
@@ -378,6 +418,12 @@ class ContainerRunner:
             subprocess.run([self.cli, "stop", "-t", str(STOP_GRACE_S), name], env=self.env, capture_output=True)
             subprocess.run([self.cli, "rm", "-f", name], env=self.env, capture_output=True)
         threading.Thread(target=stop, daemon=True).start()
+
+    def expect(self, trials: int) -> None:
+        pass  # a container's start-up is the engine's; nothing to start ahead
+
+    def close(self) -> None:
+        pass
 
     def cleanup(self, trial: FrozenTrial) -> None:
         name = trial.user_attrs.get("container")
@@ -641,20 +687,24 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
             + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
 
         interrupted = False
+        the_runner.expect(remaining)
         slot_queue: queue.Queue = queue.Queue()
         for slot in slots:
             slot_queue.put(slot)
-        with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
-            futures = [pool.submit(work.worker, slot_queue) for _ in range(remaining)]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-            except KeyboardInterrupt:
-                interrupted = True
-                log("interrupted: stopping the running trials (a rerun resumes the study)")
-                for future in futures:
-                    future.cancel()
-                work.interrupt()
+        try:
+            with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
+                futures = [pool.submit(work.worker, slot_queue) for _ in range(remaining)]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                except KeyboardInterrupt:
+                    interrupted = True
+                    log("interrupted: stopping the running trials (a rerun resumes the study)")
+                    for future in futures:
+                        future.cancel()
+                    work.interrupt()
+        finally:
+            the_runner.close()
         result = write_reports(study, space, fixed, workdir, target, keep_models)
         result.interrupted = interrupted
         if interrupted:
