@@ -1,6 +1,7 @@
 """The serving image as SageMaker runs it: `docker run -p ... -v MODEL:/opt/ml/model IMAGE serve`."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 
@@ -12,6 +13,7 @@ from conftest import build_image
 from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
 IMAGE = "byoc-serve:cpu"
+GPU_IMAGE = "byoc-serve:gpu"
 
 
 def engine_run(engine: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -25,13 +27,20 @@ def serve_image(engine):
     return IMAGE
 
 
-@pytest.fixture
-def container(engine, serve_image, tmp_path):
+@pytest.fixture(scope="module")
+def gpu_serve_image(engine):
+    build_image(engine, "serve", "gpu")
+    return GPU_IMAGE
+
+
+@contextlib.contextmanager
+def serving(engine, image: str, tmp_path):
+    """`ENGINE run -d -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro IMAGE serve`, removed afterwards."""
     model_dir = make_model_dir(tmp_path / "model")
     model_dir.chmod(0o755)  # the mount is read by the container's user
     port = free_port()
     started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080",
-                         "-v", f"{model_dir}:/opt/ml/model:ro", serve_image, "serve")
+                         "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve")
     assert started.returncode == 0, started.stderr
     container_id = started.stdout.strip()
     try:
@@ -39,6 +48,12 @@ def container(engine, serve_image, tmp_path):
     finally:
         engine_run(engine, "stop", "-t", "10", container_id)
         engine_run(engine, "rm", "-f", container_id)
+
+
+@pytest.fixture
+def container(engine, serve_image, tmp_path):
+    with serving(engine, serve_image, tmp_path) as running:
+        yield running
 
 
 def wait_for_ping(engine, container, timeout: float = 180) -> None:
@@ -55,8 +70,7 @@ def wait_for_ping(engine, container, timeout: float = 180) -> None:
     raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr)
 
 
-def test_container_classifies_a_jpeg(engine, container):
-    wait_for_ping(engine, container)
+def classify_and_check(container) -> None:
     image = encode(sample_image(5), "JPEG")
     response = requests.post(container["url"] + "/invocations", data=image, timeout=60,
                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
@@ -68,9 +82,33 @@ def test_container_classifies_a_jpeg(engine, container):
     assert np.isclose(best["probability"], expected.max(), atol=1e-3)
 
 
-def test_image_holds_no_training_packages(engine, serve_image):
-    listed = engine_run(engine, "run", "--rm", serve_image, "pip", "list", "--format=freeze")
+def test_container_classifies_a_jpeg(engine, container):
+    wait_for_ping(engine, container)
+    classify_and_check(container)
+
+
+def image_packages(engine, image: str) -> set[str]:
+    listed = engine_run(engine, "run", "--rm", image, "pip", "list", "--format=freeze")
     assert listed.returncode == 0, listed.stderr
-    installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    return {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+
+
+def test_image_holds_no_training_packages(engine, serve_image):
+    installed = image_packages(engine, serve_image)
     assert {"torch", "flask", "gunicorn", "pillow", "numpy"} <= installed
     assert not installed & {"torchvision", "smdebug", "sagemaker-training"}
+
+
+def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):
+    """The CUDA build of torch, without triton or training packages; with no GPU it serves on the CPU."""
+    cuda = engine_run(engine, "run", "--rm", gpu_serve_image, "python", "-c",
+                      "import torch; print(torch.version.cuda, torch.cuda.is_available())")
+    assert cuda.returncode == 0, cuda.stderr
+    version, available = cuda.stdout.split()
+    assert version != "None" and available == "False", cuda.stdout
+    installed = image_packages(engine, gpu_serve_image)
+    assert {"torch", "flask", "gunicorn"} <= installed
+    assert not installed & {"triton", "torchvision", "smdebug", "sagemaker-training"}
+    with serving(engine, gpu_serve_image, tmp_path) as running:
+        wait_for_ping(engine, running)
+        classify_and_check(running)
