@@ -90,8 +90,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         server_env = {key: value for key, value in os.environ.items() if not key.startswith(("SM_", "SAGEMAKER_"))}
-        server_env.update(SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_HOST="127.0.0.1",
-                          SAGEMAKER_BIND_TO_PORT=str(self.port), SAGEMAKER_MODEL_SERVER_WORKERS="1", **env)
+        server_env.update({"SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_HOST": "127.0.0.1",
+                           "SAGEMAKER_BIND_TO_PORT": str(self.port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env})
         self.log_path = log_path
         with open(log_path, "wb") as log:
             # Its own session: teardown can kill gunicorn and its workers as one group.

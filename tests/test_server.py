@@ -535,3 +535,33 @@ def test_soak_no_errors_and_bounded_memory(server, reference):
     assert run(2000, time_limit=400) == []
     rss_after = server.workers_rss_bytes()
     assert rss_after < rss_before * 1.10, f"worker RSS grew from {rss_before >> 20} to {rss_after >> 20} MiB"
+
+
+REPORTING_DEVICES = """
+import json
+import os
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}), "application/json"
+"""
+
+
+def test_workers_are_spread_over_the_gpus(start_server):
+    """One worker per GPU, each seeing only its own as CUDA_VISIBLE_DEVICES (mapped through the host's list).
+
+    No GPU here: torch finds none and the model runs on the CPU, but the
+    pinning is gunicorn's real pre_fork/post_fork on real workers."""
+    server = start_server(REPORTING_DEVICES, SM_NUM_GPUS="2", CUDA_VISIBLE_DEVICES="4,6",
+                          SAGEMAKER_MODEL_SERVER_WORKERS="")
+    server.wait_ready()
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    for _ in range(200):  # new connections: the kernel spreads them over both workers' accepts
+        if len(seen) == 2 or time.monotonic() > deadline:
+            break
+        response = server.invoke(jpeg())
+        assert response.status_code == 200, response.text
+        seen[response.json()["pid"]] = response.json()["visible"]
+    assert sorted(seen.values()) == ["4", "6"], seen
+    assert sorted(seen) == sorted(server.worker_pids())
