@@ -212,6 +212,16 @@ def test_no_spare_trial_process_outlives_the_study(sample_data, space_file, tmp_
         assert (row.log.parent / "opt_ml" / "output" / "data" / "evaluation.json").is_file()
 
 
+def test_a_pre_started_trial_relaunches_the_trainer_under_torchrun(sample_data, space_file, tmp_path):
+    # torchrun must start the trainer in each process, not the spare's own program
+    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 1, pruner="none",
+                                    fixed_overrides={**TINY, "processes-per-host": 2}, log=quiet)
+    (row,) = result.rows
+    assert row.state == "COMPLETE", (row.note, row.log.read_text()[-3000:])
+    log = row.log.read_text()
+    assert "launching 2 process(es) per host" in log and "container/train.py" in log
+
+
 def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
     workdir = tmp_path / "study"
     cmd = [sys.executable, str(ROOT / "scripts" / "tune_local.py"), "--data", str(sample_data),

@@ -98,8 +98,14 @@ def hosts() -> tuple[list[str], str]:
     return all_hosts, os.environ.get("SM_CURRENT_HOST", all_hosts[0])
 
 
+# What torchrun starts in each process. Not sys.argv[0]: a process that called
+# main() some other way (the local tuner's pre-started trial process) would
+# have torchrun start that program instead.
+ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
+
+
 def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
-    """Re-exec this script under torchrun when more than one process is wanted.
+    """Re-exec the trainer under torchrun when more than one process is wanted.
 
     One process per GPU (or `processes-per-host`), one node per SageMaker host,
     rendezvous at the first host. Returns when a single process suffices.
@@ -116,7 +122,7 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
            f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
            f"--node-rank={all_hosts.index(current)}",
            f"--master-addr={master}", f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
-           os.path.abspath(sys.argv[0]), *argv]
+           str(ENTRY_SCRIPT), *argv]
     print(f"launching {nproc} process(es) per host on {len(all_hosts)} host(s): {' '.join(cmd)}", flush=True)
     os.execv(sys.executable, cmd)
 
