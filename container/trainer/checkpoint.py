@@ -8,8 +8,9 @@ torch.load(weights_only=True).
 Only what trains is saved: the head and the unfrozen stages, with their
 buffers. The frozen stages are rebuilt from the pretrained weights at start,
 before the restore, and a digest of them in the fingerprint makes sure they
-are the ones the checkpoint was trained on. For a frozen ResNet50 that is
-33 KB per epoch instead of 200 MB, which matters for short tuning trials.
+are the ones the checkpoint was trained on. For a frozen ResNet50 with 133
+classes that is about 4 MB per epoch (head weights, best weights, AdamW's two
+moments) instead of 200 MB, which matters for short tuning trials.
 """
 from __future__ import annotations
 
