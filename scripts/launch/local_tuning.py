@@ -26,9 +26,10 @@ rounded and de-duplicated. The study then runs at most the grid's size.
 (SageMaker's grid strategy accepts categorical parameters only.)
 
 A trial is the trainer run with the trial's parameters, the space's fixed
-hyperparameters and the caller's overrides, either as `python container/train.py`
-on a fresh /opt/ml tree (runner "process") or as `ENGINE run ... byoc-train:latest
-train` (runner "container"). A trial whose validation loss becomes NaN/inf, or
+hyperparameters and the caller's overrides, on a fresh /opt/ml tree: either as
+`python container/train.py` would run it, in a process started ahead with its
+imports done (runner "process", warm_trial.py), or as `ENGINE run ...
+byoc-train:latest train` (runner "container"). A trial whose validation loss becomes NaN/inf, or
 that the trainer stops with 'loss became nan/inf', is pruned (diverged); any
 other failure fails the trial with the one-line reason from its
 /opt/ml/output/failure, and the study goes on.

@@ -12,7 +12,6 @@ spare is not needed: exit 0 at once. The slot's settings that are read at
 import (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES) come with the process's own
 environment, not the request.
 """
-import gc
 import json
 import os
 import sys
@@ -30,6 +29,4 @@ if __name__ == "__main__":
         sys.exit(0)
     request = json.loads(line)
     os.environ.update(request["env"])
-    rc = train.main(request["argv"])
-    gc.freeze()  # as container/train.py: shutdown need not walk torch's objects
-    sys.exit(rc)
+    train.run_and_exit(request["argv"])  # as container/train.py
