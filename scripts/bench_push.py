@@ -22,12 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import container_engine
 from localnet import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_TAGS = {"train": "byoc-train:latest", "serve-cpu": "byoc-serve:cpu", "serve-gpu": "byoc-serve:gpu"}
-
-
 
 
 def pushed_size(registry: str, repo: str) -> int:
@@ -38,18 +37,12 @@ def pushed_size(registry: str, repo: str) -> int:
     return sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
 
 
-def engine_cli() -> str:
-    out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup >/dev/null && echo $ENGINE"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default="train,serve-cpu")
     parser.add_argument("--cold", action="store_true", help="also time a build with no layer cache")
     args = parser.parse_args()
-    cli = engine_cli()
+    cli = container_engine.setup().cli
     moto_bin = Path(sys.executable).parent / "moto_server"
     with tempfile.TemporaryDirectory() as tmp:
         reg_port, moto_port = free_port(), free_port()

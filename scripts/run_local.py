@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
 import statistics
@@ -35,6 +34,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+import container_engine
 from localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,11 @@ class Workflow:
         self.state_file = self.workdir / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.live = sys.stdout.isatty()
-        self.cli, self.env = engine()
+        try:
+            found = container_engine.setup()
+        except container_engine.EngineError as exc:
+            sys.exit(f"no container engine: {exc}")
+        self.cli, self.env = found.cli, found.env
         self.serve_image = f"byoc-serve:{'gpu' if args.gpu else 'cpu'}"
         self.gpu_flags = (["--device", "nvidia.com/gpu=all"] if self.cli == "podman" else ["--gpus", "all"]) \
             if args.gpu else []
@@ -339,19 +344,6 @@ class Workflow:
         timings = ", ".join(f"{name} {'skipped' if was_skipped else f'{seconds:.0f} s'}"
                             for name, (seconds, was_skipped) in self.timings.items())
         print(f"  stage times           {timings}")
-
-
-def engine() -> tuple[str, dict]:
-    out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup && echo \"$ENGINE\" && "
-                          "echo \"${DOCKER_HOST:-}\""], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"no container engine: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    cli, docker_host = out.stdout.split("\n")[:2]
-    env = dict(os.environ)
-    if docker_host:
-        env["DOCKER_HOST"] = docker_host
-    return cli, env
-
 
 
 def wait_for_ping(url: str, limit_s: float = 240) -> str:

@@ -19,6 +19,8 @@ CONTAINER = ROOT / "container"
 sys.path.insert(0, str(CONTAINER))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import container_engine  # noqa: E402
+
 # Small and fast, yet learns the sample data to well above chance in seconds.
 FAST_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
             "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
@@ -60,16 +62,8 @@ def failure_reason(opt_ml: Path) -> str:
 @pytest.fixture(scope="session")
 def engine() -> dict:
     """The container engine as scripts/engine.sh sets it up: {'cli': 'podman'|'docker', 'env': {...}}."""
-    out = subprocess.run(
-        ["bash", "-c", "source scripts/engine.sh && engine_setup >/dev/null && "
-                       "echo \"$ENGINE\" && echo \"${DOCKER_HOST:-}\" && echo \"$BASE_IMAGE\""],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr
-    cli, docker_host, base = out.stdout.split("\n")[:3]
-    env = dict(os.environ, BASE_IMAGE=base)
-    if docker_host:
-        env["DOCKER_HOST"] = docker_host
-    return {"cli": cli, "env": env}
+    found = container_engine.setup()
+    return {"cli": found.cli, "env": dict(found.env, BASE_IMAGE=found.base_image)}
 
 
 def build_image(engine: dict, *args: str) -> None:

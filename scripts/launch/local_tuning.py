@@ -69,6 +69,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import container_engine
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -360,17 +361,11 @@ class ProcessRunner:
 
 def engine_from_script() -> dict:
     """The container engine as scripts/engine.sh sets it up: {'cli': ..., 'env': {...}}."""
-    out = subprocess.run(["bash", "-c", 'source scripts/engine.sh && engine_setup >/dev/null && '
-                                        'echo "$ENGINE" && echo "${DOCKER_HOST:-}"'],
-                         cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
-        raise TuningError(f"no container engine: {last}")
-    cli, docker_host = out.stdout.split("\n")[:2]
-    env = dict(os.environ)
-    if docker_host:
-        env["DOCKER_HOST"] = docker_host
-    return {"cli": cli, "env": env}
+    try:
+        found = container_engine.setup()
+    except container_engine.EngineError as exc:
+        raise TuningError(f"no container engine: {exc}") from None
+    return {"cli": found.cli, "env": found.env}
 
 
 class ContainerRunner:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from launch.config import ROOT, Config, default_image_uris
+import container_engine
+from launch.config import Config, default_image_uris
 
 LOCAL_SDK_CONFIG = {
     "SchemaVersion": "1.0",
@@ -25,13 +26,12 @@ def prepare_local_environment(config: Config) -> None:
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     if not os.environ.get("DOCKER_HOST"):
-        out = subprocess.run(["bash", "-c", "source scripts/engine.sh && engine_setup >/dev/null && "
-                                            "echo \"${DOCKER_HOST:-}\""],
-                             cwd=ROOT, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"no container engine for local mode: {out.stderr.strip()[-300:]}")
-        if out.stdout.strip():
-            os.environ["DOCKER_HOST"] = out.stdout.strip()
+        try:
+            found = container_engine.setup()
+        except container_engine.EngineError as exc:
+            raise SystemExit(f"no container engine for local mode: {exc}") from None
+        if found.env.get("DOCKER_HOST"):
+            os.environ["DOCKER_HOST"] = found.env["DOCKER_HOST"]
 
 
 def remove_local_containers(cli: str | None = None) -> None:
