@@ -66,6 +66,7 @@ sys.path.insert(0, str(CONTAINER))
 from contract import artifact  # noqa: E402
 from contract.model import Architecture, build_classifier  # noqa: E402
 from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
+import proctree  # noqa: E402
 from localnet import free_port  # noqa: E402
 
 NUM_CLASSES = 133
@@ -313,22 +314,8 @@ def run_paired_cell(port: int, payloads: list[bytes], count: int, time_cap: floa
 # ---------------------------------------------------------------- processes
 
 def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-        except OSError:
-            continue
-        pid = int(stat.split("/")[2])
-        ppid = int(text.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(pid)
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(parents.get(pid, []))
-    return tree
+    """`root` first, then its live descendants."""
+    return [root, *proctree.descendants(root)]
 
 
 def rss_bytes(pid: int) -> int:
@@ -401,14 +388,14 @@ class Server:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and (self.alive() or any(map(running, pids[1:]))):
+        while time.monotonic() < deadline and (self.alive() or any(map(proctree.running, pids[1:]))):
             time.sleep(0.1)
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         for pid in pids:  # descendants that left the group, if any
-            if running(pid):
+            if proctree.running(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -419,14 +406,6 @@ class Server:
             print(f"warning: {self.name} (pid {self.process.pid}) did not exit", file=sys.stderr)
         if self in Server.running:
             Server.running.remove(self)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def server_env(**extra: str) -> dict:

@@ -19,6 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import proctree
 from conftest import FAST_HPS, ROOT, build_image
 from launch import local_tuning
 from trainer import hyperparameters, metrics, search_space
@@ -166,34 +167,10 @@ def test_another_search_in_the_same_workdir_is_refused(sample_data, space_file, 
         local_tuning.run_study("seed1", sample_data, workdir, 1, fixed_overrides=TINY, log=quiet)
 
 
-def live_processes() -> dict[int, int]:
-    """{pid: parent pid} of every process not yet dead (zombies, dead but not reaped, left out)."""
-    table = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                stat = (proc / "stat").read_text()
-                state, parent = stat[stat.rindex(")") + 2:].split()[:2]
-                if state not in ("Z", "X"):
-                    table[int(proc.name)] = int(parent)
-        except (OSError, ValueError):
-            continue
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    """Live processes below `pid` (children, grandchildren, ...)."""
-    parents, found, frontier = live_processes(), set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def warm_spares(pid: int) -> set[int]:
     """Descendants of `pid` running scripts/launch/warm_trial.py (the process runner's spares)."""
     found = set()
-    for child in descendants(pid):
+    for child in proctree.descendants(pid):
         try:
             if b"warm_trial.py" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.add(child)
@@ -241,7 +218,7 @@ def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
         while not (second / "opt_ml").is_dir() and time.monotonic() < deadline:  # the trainer makes it
             time.sleep(0.2)
         assert (second / "opt_ml").is_dir(), "trial 1 did not start"
-        below = descendants(proc.pid)
+        below = proctree.descendants(proc.pid)
         assert below and warm_spares(proc.pid), "a trial and a spare for the next one"
         proc.send_signal(signal.SIGKILL)  # mid-trial
         proc.wait(timeout=30)
@@ -250,9 +227,9 @@ def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
             proc.kill()
         proc.stdout.close()
     deadline = time.monotonic() + 15  # the trial's trainer and the spare die with the tuner
-    while below & set(live_processes()) and time.monotonic() < deadline:
+    while any(map(proctree.running, below)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not below & set(live_processes())
+    assert not [pid for pid in below if proctree.running(pid)]
 
     before = {t.number: t for t in study_of(workdir).trials}
     assert before[0].state == TrialState.COMPLETE and before[1].state == TrialState.RUNNING
