@@ -77,12 +77,7 @@ def main() -> None:
         finally:
             for server in servers:
                 server.kill()
-            # drop the pushed tags: they would keep every old image version on disk
-            names = subprocess.run([cli, "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                                   capture_output=True, text=True).stdout.split()
-            pushed = [n for n in names if n.startswith(f"127.0.0.1:{reg_port}/")]
-            if pushed:
-                subprocess.run([cli, "rmi", *pushed], capture_output=True)
+            container_engine.untag(cli, f"127.0.0.1:{reg_port}")
     print(f"\nbuild_and_push.sh, {os.cpu_count()} cores, engine {cli}, registry on 127.0.0.1")
     print("| image | build | start to pushed (s) | uncompressed (MB) | pushed, compressed (MB) |")
     print("|---|---|---|---|---|")

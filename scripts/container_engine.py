@@ -40,3 +40,12 @@ def setup() -> Engine:
     if docker_host:
         env["DOCKER_HOST"] = docker_host
     return Engine(cli, env, base_image)
+
+
+def untag(cli: str, registry: str, env: dict | None = None) -> None:
+    """Drop the local tags a push to `registry` (host:port) made: they would keep every old image version on disk."""
+    names = subprocess.run([cli, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env,
+                           capture_output=True, text=True).stdout.split()
+    pushed = [name for name in names if name.startswith(f"{registry}/")]
+    if pushed:
+        subprocess.run([cli, "rmi", *pushed], env=env, capture_output=True)

@@ -81,8 +81,6 @@ class Reference:
     def for_images(self, *encoded_images: bytes) -> np.ndarray:
         return self.probabilities(np.stack([self.preprocess(data) for data in encoded_images]))
 
-
-
 class ServerProcess:
     """container/serve (gunicorn and its workers) on a free port of 127.0.0.1."""
 

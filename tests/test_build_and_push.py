@@ -12,21 +12,11 @@ from pathlib import Path
 import boto3
 import pytest
 
+import container_engine
 from conftest import ROOT
 from localnet import free_port, wait_http
 
 ACCOUNT = "123456789012"  # moto's default account
-
-
-
-
-def untag(engine, registry: str) -> None:
-    """Drop the tags a push made: they would keep every old image version on disk."""
-    names = subprocess.run([engine["cli"], "images", "--format", "{{.Repository}}:{{.Tag}}"], env=engine["env"],
-                           capture_output=True, text=True).stdout.split()
-    pushed = [name for name in names if name.startswith(f"{registry}/")]
-    if pushed:
-        subprocess.run([engine["cli"], "rmi", *pushed], env=engine["env"], capture_output=True)
 
 
 @pytest.fixture
@@ -45,7 +35,7 @@ def registry(engine, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-        untag(engine, f"127.0.0.1:{port}")
+        container_engine.untag(engine["cli"], f"127.0.0.1:{port}", engine["env"])
 
 
 @pytest.fixture
