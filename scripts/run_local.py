@@ -324,7 +324,8 @@ class Workflow:
         skipped = [name for name, (_, was_skipped) in self.timings.items() if was_skipped]
         print("\nsummary")
         print(f"  best hyperparameters  {', '.join(f'{k}={v}' for k, v in tuned['best'].items())}")
-        print(f"  {trained['split']} accuracy{' ' * (10 - len(trained['split']))}{trained['accuracy']:.3f} "
+        label = f"{trained['split']} accuracy"
+        print(f"  {label:<21} {trained['accuracy']:.3f} "
               f"(best epoch {trained['best_epoch']}, {trained['classes']} classes)")
         print(f"  endpoint accuracy     {endpoint['accuracy']:.3f} on {endpoint['images']} held-out images")
         print(f"  p50 latency           {endpoint['p50_ms']:.1f} ms per image over HTTP")
