@@ -1,12 +1,15 @@
 """Where things live in /opt/ml, how the job fails, how SIGTERM and DDP work."""
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -160,3 +163,24 @@ def all_sum(values: list[float], device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def exit_process(status: int) -> NoReturn:
+    """Leave with `status`: the trainer's last act, once main has closed what it wrote."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "LOCAL_RANK" in os.environ:
+        # A torchrun worker skips interpreter shutdown. Gloo's worker threads
+        # outlive destroy_process_group (DDP's C++ reducer still holds the
+        # group), and one that lets go of a collective's tensor after shutdown
+        # has begun must take the GIL, which Python answers by ending the
+        # thread: std::terminate, SIGABRT, and torchrun fails the whole job.
+        # Seen in about 1 run in 6 on a loaded 2-core machine.
+        logging.shutdown()
+        os._exit(status)
+    # Freezing the collector's view lets interpreter shutdown skip full passes
+    # over the millions of objects torch (and torch._dynamo, which every
+    # optimiser imports) has created: about 1 s of a feature-cached tuning
+    # trial's 5 s. Finalisers still run.
+    gc.freeze()
+    sys.exit(status)

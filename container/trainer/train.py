@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import math
 import sys
 import time
@@ -392,13 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_and_exit(argv: list[str] | None = None):
     """main(argv), then exit with its status: what the trainer's entry scripts call."""
-    rc = main(argv)
-    # The job is done and its files are closed. Freezing the collector's view
-    # lets interpreter shutdown skip full passes over the millions of objects
-    # torch (and torch._dynamo, which every optimiser imports) has created:
-    # about 1 s of a feature-cached tuning trial's 5 s. Finalisers still run.
-    gc.freeze()
-    sys.exit(rc)
+    runtime.exit_process(main(argv))
 
 
 if __name__ == "__main__":
