@@ -107,13 +107,18 @@ def hosts() -> tuple[list[str], str]:
 ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 
 
+def under_torchrun() -> bool:
+    """This process is one of torchrun's workers (torchrun sets LOCAL_RANK, RANK and WORLD_SIZE)."""
+    return "LOCAL_RANK" in os.environ
+
+
 def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
     """Re-exec the trainer under torchrun when more than one process is wanted.
 
     One process per GPU (or `processes-per-host`), one node per SageMaker host,
     rendezvous at the first host. Returns when a single process suffices.
     """
-    if "LOCAL_RANK" in os.environ:
+    if under_torchrun():
         return
     all_hosts, current = hosts()
     gpus = int(os.environ.get("SM_NUM_GPUS", torch.cuda.device_count()))
@@ -142,7 +147,7 @@ class Distributed:
 
 
 def init_distributed() -> tuple[Distributed, torch.device]:
-    if "LOCAL_RANK" not in os.environ:
+    if not under_torchrun():
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return Distributed(), device
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -169,7 +174,7 @@ def exit_process(status: int) -> NoReturn:
     """Leave with `status`: the trainer's last act, once main has closed what it wrote."""
     sys.stdout.flush()
     sys.stderr.flush()
-    if "LOCAL_RANK" in os.environ:
+    if under_torchrun():
         # A torchrun worker skips interpreter shutdown. Gloo's worker threads
         # outlive destroy_process_group (DDP's C++ reducer still holds the
         # group), and one that lets go of a collective's tensor after shutdown
