@@ -1,6 +1,7 @@
 """Shared test fixtures: paths, sample data, a trainer runner, the container engine."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -60,14 +61,14 @@ def failure_reason(opt_ml: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def engine() -> dict:
-    """The container engine as scripts/engine.sh sets it up: {'cli': 'podman'|'docker', 'env': {...}}."""
+def engine() -> container_engine.Engine:
+    """The container engine as scripts/engine.sh sets it up; BASE_IMAGE in its env for build_image.sh."""
     found = container_engine.setup()
-    return {"cli": found.cli, "env": dict(found.env, BASE_IMAGE=found.base_image)}
+    return dataclasses.replace(found, env=dict(found.env, BASE_IMAGE=found.base_image))
 
 
-def build_image(engine: dict, *args: str) -> None:
-    out = subprocess.run(["bash", "scripts/build_image.sh", *args], cwd=ROOT, env=engine["env"],
+def build_image(engine: container_engine.Engine, *args: str) -> None:
+    out = subprocess.run(["bash", "scripts/build_image.sh", *args], cwd=ROOT, env=engine.env,
                          capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 

@@ -35,7 +35,7 @@ def registry(engine, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-        container_engine.untag(engine["cli"], f"127.0.0.1:{port}", engine["env"])
+        container_engine.untag(engine.cli, f"127.0.0.1:{port}", engine.env)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def moto():
 
 
 def aws_env(engine, moto_url: str | None, **extra) -> dict:
-    env = {k: v for k, v in engine["env"].items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in engine.env.items() if not k.startswith("AWS_")}
     env.update(AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", PYTHON=sys.executable, **extra)
     if moto_url:
         env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
@@ -87,8 +87,8 @@ def test_push_to_a_registry_with_ecr_calls_on_moto(engine, registry, moto):
         "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(request) as response:
         manifest = json.loads(response.read())
-    local_id = subprocess.run([engine["cli"], "image", "inspect", "--format", "{{.Id}}", "byoc-serve:cpu"],
-                              env=engine["env"], capture_output=True, text=True).stdout.strip()
+    local_id = subprocess.run([engine.cli, "image", "inspect", "--format", "{{.Id}}", "byoc-serve:cpu"],
+                              env=engine.env, capture_output=True, text=True).stdout.strip()
     assert manifest["config"]["digest"] == f"sha256:{local_id.removeprefix('sha256:')}"  # the very image
 
     second = build_and_push(env, "--images", "serve-cpu")

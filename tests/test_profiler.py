@@ -156,7 +156,7 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
     (config / "debughookconfig.json").write_text(json.dumps({
         "LocalPath": "/opt/ml/output/tensors",
         "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}}]}))
-    cli, env = engine["cli"], engine["env"]
+    cli, env = engine.cli, engine.env
     run = subprocess.run([cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "byoc-train:latest", "train"],
                          env=env, capture_output=True, text=True, timeout=900)
     log = run.stdout + run.stderr

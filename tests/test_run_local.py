@@ -16,7 +16,7 @@ STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "class
 
 def run_local(engine, *args, timeout=2400) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "scripts/run_local.py", *args], cwd=ROOT, env=engine["env"],
+    result = subprocess.run([sys.executable, "scripts/run_local.py", *args], cwd=ROOT, env=engine.env,
                             capture_output=True, text=True, timeout=timeout)
     return result, time.monotonic() - start
 
@@ -49,7 +49,7 @@ def test_summary_and_reports(first_run, engine):
         path = Path(path)
         assert path.exists(), label
         assert path.is_dir() and any(path.iterdir()) or path.stat().st_size > 0, label
-    leftovers = subprocess.run([engine["cli"], "ps", "-a", "--format", "{{.Names}}"], env=engine["env"],
+    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
                                capture_output=True, text=True).stdout
     assert "byoc-serve-" not in leftovers
 

@@ -19,7 +19,7 @@ def images(engine):
 
 
 def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in engine["env"].items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
+    env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
     env["HOME"] = str(workdir)  # no ~/.aws to find credentials in
     result = subprocess.run([sys.executable, "scripts/sm.py", *args, "--local", "--workdir", str(workdir)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -53,6 +53,6 @@ def test_train_deploy_predict_transform(engine, images, sample_data, tmp_path):
     correct = sum(json.loads(out.read_text())["predictions"][0]["label"].split(".")[1] in out.name for out in outputs)
     assert correct >= 6
 
-    leftovers = subprocess.run([engine["cli"], "ps", "-a", "--format", "{{.Names}}"], env=engine["env"],
+    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
                                capture_output=True, text=True).stdout
     assert "-algo-" not in leftovers

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import requests
 
+import container_engine
 from conftest import build_image
 from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
@@ -16,8 +17,8 @@ IMAGE = "byoc-serve:cpu"
 GPU_IMAGE = "byoc-serve:gpu"
 
 
-def engine_run(engine: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([engine["cli"], *args], env=engine["env"], capture_output=True, text=True,
+def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([engine.cli, *args], env=engine.env, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -30,7 +30,7 @@ def make_tree(tmp_path, sample_data, hps):
 
 
 def run(engine, *args, timeout=900):
-    return subprocess.run([engine["cli"], *args], env=engine["env"], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([engine.cli, *args], env=engine.env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_train_in_the_container(engine, train_image, sample_data, tmp_path):

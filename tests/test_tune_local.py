@@ -265,6 +265,6 @@ def test_container_runner(engine, sample_data, space_file, tmp_path):
     assert math.isclose(row.objective, last_validation_loss(row.log))
     assert (workdir / "trials" / "0000" / "opt_ml" / "model" / "model_config.json").is_file()
     token = study_of(workdir).user_attrs["token"]
-    left = subprocess.run([engine["cli"], "ps", "-a", "--format", "{{.Names}}"], env=engine["env"],
+    left = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
                           capture_output=True, text=True).stdout
     assert f"byoc-tune-{token}" not in left

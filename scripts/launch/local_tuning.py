@@ -359,23 +359,22 @@ class ProcessRunner:
         pass  # its process died with the tuner (_DIE_WITH_PARENT)
 
 
-def engine_from_script() -> dict:
-    """The container engine as scripts/engine.sh sets it up: {'cli': ..., 'env': {...}}."""
+def engine_from_script() -> container_engine.Engine:
+    """The container engine as scripts/engine.sh sets it up, or a TuningError saying why not."""
     try:
-        found = container_engine.setup()
+        return container_engine.setup()
     except container_engine.EngineError as exc:
         raise TuningError(f"no container engine: {exc}") from None
-    return {"cli": found.cli, "env": found.env}
 
 
 class ContainerRunner:
     """`ENGINE run --rm -v trial/opt_ml:/opt/ml -v data:/opt/ml/input/data/training:ro IMAGE train`."""
     kind = "container"
 
-    def __init__(self, data: Path, image: str, engine: dict | None):
+    def __init__(self, data: Path, image: str, engine: container_engine.Engine | None):
         self.data, self.image = data, image
         engine = engine or engine_from_script()
-        self.cli, self.env = engine["cli"], engine["env"]
+        self.cli, self.env = engine.cli, engine.env
         found = subprocess.run([self.cli, "image", "inspect", image], env=self.env, capture_output=True)
         if found.returncode != 0:
             raise TuningError(f"image {image} not found: build it with `bash scripts/build_image.sh train`")
@@ -613,14 +612,14 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
               sampler: str = "tpe", parallel: int | None = None, runner: str = "process",
               fixed_overrides: dict | None = None, seed: int = 0, *, pruner: str = "median",
               grid_points: int = GRID_POINTS, enqueue: list[dict] | tuple = (), image: str = LOCAL_TRAIN_IMAGE,
-              engine: dict | None = None, keep_models: bool = False,
+              engine: container_engine.Engine | None = None, keep_models: bool = False,
               log: Callable[[str], None] = lambda line: print(line, flush=True)) -> StudyResult:
     """Run (or resume) a local study of `n_trials` trials in `workdir`; see the module's docstring.
 
     fixed_overrides: hyperparameters for every trial (e.g. {"epochs": 3}); they win over the
     space's fixed ones and take searched ones out of the search. enqueue: parameter sets to try
-    first (Optuna's enqueue_trial; not enqueued again on a rerun). engine: {'cli', 'env'} of
-    the container engine (default: scripts/engine.sh's). KeyboardInterrupt stops the running
+    first (Optuna's enqueue_trial; not enqueued again on a rerun). engine: the
+    container engine to run trials with (default: scripts/engine.sh's). KeyboardInterrupt stops the running
     trials, writes the results so far and is re-raised; a rerun resumes.
     """
     space = spaces.load(space) if isinstance(space, str) else space
