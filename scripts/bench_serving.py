@@ -242,16 +242,19 @@ def run_cell(port: int, payloads: list[bytes], concurrency: int, count: int, tim
         thread.join(max(0.0, deadline + REQUEST_TIMEOUT + 5 - time.perf_counter()))
     wall = time.perf_counter() - start
     with lock:
-        done = list(latencies)
-        failed = list(errors)
-    ms = np.asarray(done) * 1000
+        return cell_summary(list(latencies), list(errors), wall, count)
+
+
+def cell_summary(latencies: list[float], errors: list[str], wall: float, count: int) -> dict:
+    """A cell's table row: successes, errors, req/s over `wall` seconds, latency percentiles (ms)."""
+    ms = np.asarray(latencies) * 1000
     return {
-        "ok": len(done), "errors": len(failed), "first_error": failed[0] if failed else "",
-        "rps": len(done) / wall if wall > 0 else 0.0,
+        "ok": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else "",
+        "rps": len(latencies) / wall if wall > 0 else 0.0,
         "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p90": float(np.percentile(ms, 90)) if len(ms) else float("nan"),
         "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "capped": len(done) + len(failed) < count,
+        "capped": len(latencies) + len(errors) < count,
     }
 
 
@@ -280,7 +283,6 @@ def run_paired_cell(port: int, payloads: list[bytes], count: int, time_cap: floa
     measured before or after the cell misjudges the server's overhead."""
     latencies, decodes, forwards, errors = [], [], [], []
     deadline = time.perf_counter() + time_cap
-    start = time.perf_counter()
     for index in range(count):
         if time.perf_counter() >= deadline:
             break
@@ -297,18 +299,9 @@ def run_paired_cell(port: int, payloads: list[bytes], count: int, time_cap: floa
         else:
             errors.append(f"{status} {body[:120]!r}")
     wall = sum(latencies)  # request time only: the in-process work between requests is not the server's
-    ms = np.asarray(latencies) * 1000
-    nan = float("nan")
-    return {
-        "ok": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else "",
-        "rps": len(latencies) / wall if wall > 0 else 0.0,
-        "p50": float(np.percentile(ms, 50)) if len(ms) else nan,
-        "p90": float(np.percentile(ms, 90)) if len(ms) else nan,
-        "p99": float(np.percentile(ms, 99)) if len(ms) else nan,
-        "capped": len(latencies) + len(errors) < count,
-        "floor_ms": float(np.median(forwards)) if forwards else nan,
-        "decode_ms": float(np.median(decodes)) if decodes else nan,
-    }
+    return {**cell_summary(latencies, errors, wall, count),
+            "floor_ms": float(np.median(forwards)) if forwards else float("nan"),
+            "decode_ms": float(np.median(decodes)) if decodes else float("nan")}
 
 
 # ---------------------------------------------------------------- processes
