@@ -126,6 +126,13 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
     if nproc == 1 and len(all_hosts) == 1:
         return
     master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
+    if len(all_hosts) > 1:
+        # Talk over the interface SageMaker names (resourceconfig.json's
+        # network_interface_name), as its own framework images do: gloo would
+        # otherwise take the address the container's host name resolves to.
+        interface = os.environ.get("SM_NETWORK_INTERFACE_NAME", "eth0")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
            f"--node-rank={all_hosts.index(current)}",
@@ -168,6 +175,31 @@ def all_sum(values: list[float], device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_max(value: float, device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
+def union_over_ranks(groups: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Every rank's {name: set of strings} merged, on every rank.
+
+    A union, not a sum: DistributedSampler reshuffles each epoch, so one file
+    can reach two ranks (and padding repeats files): a sum would count it twice.
+    """
+    if not dist.is_initialized():
+        return groups
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {name: sorted(values) for name, values in groups.items()})
+    merged: dict[str, set[str]] = {}
+    for part in gathered:
+        for name, values in part.items():
+            merged.setdefault(name, set()).update(values)
+    return merged
 
 
 def exit_process(status: int) -> NoReturn:

@@ -225,8 +225,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     # -- one pass ---------------------------------------------------------
-    def run_epoch(self, epoch: int) -> tuple[float, float, float] | None:
-        """Train one epoch; None when a stop was requested part-way."""
+    def run_epoch(self, epoch: int) -> tuple[float, float, float, int] | None:
+        """Train one epoch: (loss, accuracy, images/s, images) over all ranks; None when stopped part-way."""
         set_train_mode(self.model, self.frozen)
         self.debugger.train()
         batches = loader(self.train_set, self.hp, self.dist, train=True, epoch_seed=self.hp.seed + epoch)
@@ -234,11 +234,13 @@ class Trainer:
             batches.sampler.set_epoch(epoch)
         torch.manual_seed(self.hp.seed + epoch)  # augmentation stream per epoch: resumable
         loss_sum = correct = seen = 0.0
+        unreadable = 0
         start = time.perf_counter()
         for step, (images, labels, bad) in enumerate(self.profiler.timed(batches, epoch)):
             if step >= self.steps_per_epoch:
                 break
             self.skips.add("train", self.train_set, bad)
+            unreadable += len(bad)
             if images is not None:
                 images = images.to(self.device, non_blocking=True, memory_format=self.input_format)
                 labels = labels.to(self.device, non_blocking=True)
@@ -260,9 +262,16 @@ class Trainer:
                 seen += n
             if self.stop.agreed(self.device):
                 return None
-        elapsed = time.perf_counter() - start
+        if self.dist.world_size > 1:  # every rank's share, in its own host's log
+            print(f"{self.rank_label()} epoch {epoch}: trained on {int(seen)} images, "
+                  f"skipped {unreadable} unreadable", flush=True)
+        # global: every rank's sums; the speed over the slowest rank's time
+        elapsed = runtime.all_max(time.perf_counter() - start, self.device)
         loss_sum, correct, seen = runtime.all_sum([loss_sum, correct, seen], self.device)
-        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9)
+        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9), int(seen)
+
+    def rank_label(self) -> str:
+        return f"[rank {self.dist.rank}/{self.dist.world_size} on {runtime.hosts()[1]}]"
 
     @torch.no_grad()
     def evaluate(self, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray]:
@@ -300,7 +309,7 @@ class Trainer:
                 log(self.dist, f"stopped during epoch {epoch}; checkpoint of epoch {state.epoch} saved, "
                                "a restart resumes from it")
                 return False
-            train_loss, train_acc, speed = result
+            train_loss, train_acc, speed, train_images = result
             log(self.dist, metrics.format_line("train", train_loss, train_acc, epoch, images_per_sec=speed))
             val_loss, val_acc, _ = self.evaluate(self.val_set, "validation")
             log(self.dist, metrics.format_line("validation", val_loss, val_acc, epoch))
@@ -313,6 +322,7 @@ class Trainer:
                     self.tensorboard.add_scalar(name, value, epoch)
             state.epoch = epoch
             state.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                                  "train_images": train_images,
                                   "validation_loss": val_loss, "validation_accuracy": val_acc})
             if val_loss < state.best_loss:
                 state.best_loss, state.best_epoch = val_loss, epoch
@@ -336,6 +346,9 @@ class Trainer:
         loss, acc, confusion = self.evaluate(dataset, split, final=True)
         if split == "test":
             log(self.dist, metrics.format_line("test", loss, acc))
+        if self.dist.world_size > 1:
+            print(f"{self.rank_label()} skipped {self.skips.total} unreadable image(s) in its shards", flush=True)
+            self.skips.paths = runtime.union_over_ranks(self.skips.paths)  # the report counts every rank's
         if self.skips.total:
             log(self.dist, f"skipped {self.skips.total} unreadable image(s): "
                            + ", ".join(p for paths in self.skips.summary().values() for p in paths[:5]))
