@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import FAST_HPS, run_trainer
+from conftest import FAST_HPS, ROOT, build_image, run_trainer
 from contract import artifact
+from trainer import metrics
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 # what every rank prints of its own share (trainer/train.py)
@@ -42,9 +46,10 @@ def readable_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("corrupt_"))
 
 
-def check_global_counts(log: str, opt_ml: Path, corrupt: dict[str, set[str]], test_dir: Path, world: int) -> None:
+def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: dict[str, set[str]],
+                        test_dir: Path, world: int) -> None:
     """What the master reports is the sum (or union) of what every rank saw."""
-    report = json.loads((opt_ml / "output" / "data" / "evaluation.json").read_text())
+    report = json.loads((report_dir / "evaluation.json").read_text())
     total = sum(len(names) for names in corrupt.values())
     by_split = {split: {Path(p).name for p in paths} for split, paths in report["skipped_images"]["by_split"].items()}
     assert by_split == corrupt, report["skipped_images"]
@@ -57,7 +62,7 @@ def check_global_counts(log: str, opt_ml: Path, corrupt: dict[str, set[str]], te
 
     # the test set scored over all ranks: every readable image once
     assert report["images"] == readable_images(test_dir) == sum(map(sum, report["confusion_matrix"]))
-    _, config = artifact.load(opt_ml / "model")
+    _, config = artifact.load(model_dir)
     assert config["training"]["skipped_images"] == total
     # each epoch's image count is the ranks' shares added up, and every rank had one
     shares: dict[int, dict[int, int]] = {}
@@ -80,4 +85,76 @@ def test_two_processes_report_global_skips_and_metrics(sample_data, tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "launching 2 process(es) per host on 1 host(s)" in result.stdout
-    check_global_counts(result.stdout, opt_ml, corrupt, data / "test", world=2)
+    check_global_counts(result.stdout, opt_ml / "output" / "data", opt_ml / "model", corrupt, data / "test", world=2)
+
+
+# -- two hosts: SageMaker local mode with instance_count=2 ----------------------
+
+# docker-compose's prefix on each container's lines: "<random>-algo-2-<job suffix>  | text"
+COMPOSE_LINE = re.compile(r"^\S+-(algo-\d+)-[a-z0-9]+\s+\| ?(.*)$")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOCAL_NETWORK = "sagemaker-local"  # the one network the SDK's compose files name
+
+
+def logs_by_host(output: str) -> dict[str, str]:
+    lines: dict[str, list[str]] = {}
+    for line in ANSI.sub("", output).splitlines():
+        m = COMPOSE_LINE.match(line)
+        if m:
+            lines.setdefault(m.group(1), []).append(m.group(2))
+    return {host: "\n".join(text) for host, text in lines.items()}
+
+
+def remove_job_containers(engine, jobs_root: Path) -> None:
+    """Local mode never runs `compose down`: remove this job's containers (named in its compose
+    file), and the SDK's network unless another job still uses it (rm refuses then)."""
+    names = [service["container_name"] for compose in jobs_root.glob("*/docker-compose.yaml")
+             for service in yaml.safe_load(compose.read_text())["services"].values()]
+    if names:
+        subprocess.run([engine.cli, "rm", "-f", *names], env=engine.env, capture_output=True, timeout=120)
+    subprocess.run([engine.cli, "network", "rm", LOCAL_NETWORK], env=engine.env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def train_image(engine):
+    build_image(engine, "train")
+
+
+def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, sample_data, tmp_path):
+    data = tmp_path / "dogImages"
+    corrupt = data_with_corrupt_files(sample_data, data)
+    jobs_root = tmp_path / "jobs"  # local mode's per-job folder (tempfile.mkdtemp) lands here
+    jobs_root.mkdir()
+    env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
+    env.update(HOME=str(tmp_path), TMPDIR=str(jobs_root))  # HOME: no ~/.aws to find credentials in
+    hps = dict(FAST_HPS, epochs=2, amp="false", **{"num-workers": 0})
+    command = [sys.executable, "scripts/sm.py", "train", "--local", "--train-instance-count", "2",
+               "--workdir", str(tmp_path), "--data", str(data),
+               *[item for name, value in hps.items() for item in ("--hp", f"{name}={value}")]]
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        remove_job_containers(engine, jobs_root)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert re.search(r"^model: file://\S+model\.tar\.gz$", result.stdout, re.MULTILINE), result.stdout[-2000:]
+
+    logs = logs_by_host(result.stdout)
+    assert sorted(logs) == ["algo-1", "algo-2"], result.stdout[-3000:]
+    (job,) = jobs_root.glob("*/docker-compose.yaml")
+    hosts = sorted(p.name for p in job.parent.glob("algo-*"))
+    assert [h.rsplit("-", 1)[0] for h in hosts] == ["algo-1", "algo-2"]
+    for node, host in enumerate(hosts):
+        log = logs[host.rsplit("-", 1)[0]]
+        # each host started its own torchrun node, and its rank trained a share of every epoch
+        assert "on 2 host(s)" in log and f"--node-rank={node}" in log and f"--master-addr={hosts[0]}" in log, log[-3000:]
+        assert len(re.findall(rf"\[rank {node}/2 on {host}\] epoch \d+: trained on [1-9]\d* images", log)) == 2, log[-3000:]
+    master, worker = (logs[h.rsplit("-", 1)[0]] for h in hosts)
+
+    # one writer: the master prints the metrics and writes the model and the report
+    assert len(metrics.parse_log(master)["validation:loss"]) == 2
+    assert metrics.parse_log(worker) == {}
+    assert "model written to" in master and "model written to" not in worker
+    master_out, worker_out = (job.parent / host / "output" / "data" for host in hosts)
+    assert not list(worker_out.iterdir())
+    # local mode shares one model folder between the hosts (SageMaker gives each its own)
+    check_global_counts(master + "\n" + worker, master_out, job.parent / "model", corrupt, data / "test", world=2)

@@ -185,6 +185,17 @@ def all_max(value: float, device) -> float:
     return tensor.item()
 
 
+def wait_for_all_ranks() -> None:
+    """Return once every rank got here: the master's files are written before any host leaves.
+
+    A job may end when its first host exits (SageMaker local mode's compose
+    stops the others then), so no host may leave while the master still writes
+    the model, the report or a SIGTERM checkpoint.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def union_over_ranks(groups: dict[str, set[str]]) -> dict[str, set[str]]:
     """Every rank's {name: set of strings} merged, on every rank.
 

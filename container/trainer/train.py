@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(hp, paths, dist_info, device)
         trainer.setup()
         trainer.fit()
+        runtime.wait_for_all_ranks()
         return 0
     except (hyperparameters.HyperparameterError, data.DataError, weights.WeightsError,
             runtime.TrainingFailure, artifact.ArtifactError) as exc:
