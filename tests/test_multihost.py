@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,19 @@ from contract import artifact
 from trainer import metrics
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
+# few images and only the head trained: the shares, not the learning, are under test
+HPS = dict(FAST_HPS, epochs=2, amp="false", **{"trainable-layers": 0, "num-workers": 0})
 # what every rank prints of its own share (trainer/train.py)
 RANK_EPOCH = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] epoch (\d+): trained on (\d+) images, skipped (\d+) unreadable")
 RANK_SKIPS = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] skipped (\d+) unreadable image\(s\) in its shards")
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """8 training, 2 validation and 2 test images per class (and make_sample_data's corrupt one)."""
+    import make_sample_data
+
+    return make_sample_data.make(tmp_path_factory.mktemp("small") / "dogImages", per_class=8)
 
 
 def data_with_corrupt_files(sample_data: Path, dest: Path) -> dict[str, set[str]]:
@@ -47,7 +58,7 @@ def readable_images(folder: Path) -> int:
 
 
 def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: dict[str, set[str]],
-                        test_dir: Path, world: int) -> None:
+                        test_dir: Path, world: int) -> dict:
     """What the master reports is the sum (or union) of what every rank saw."""
     report = json.loads((report_dir / "evaluation.json").read_text())
     total = sum(len(names) for names in corrupt.values())
@@ -74,14 +85,14 @@ def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: di
         ranks = shares[entry["epoch"]]
         assert sorted(ranks) == list(range(world)) and min(ranks.values()) > 0, ranks
         assert entry["train_images"] == sum(ranks.values())
+    return config["training"]
 
 
-def test_two_processes_report_global_skips_and_metrics(sample_data, tmp_path):
+def test_two_processes_report_global_skips_and_metrics(small_data, tmp_path):
     data = tmp_path / "dogImages"
-    corrupt = data_with_corrupt_files(sample_data, data)
-    hps = dict(FAST_HPS, epochs=2, amp="false", **{"processes-per-host": 2, "num-workers": 0})
+    corrupt = data_with_corrupt_files(small_data, data)
     opt_ml = tmp_path / "opt_ml"
-    result = run_trainer(opt_ml, {"training": data}, hps)
+    result = run_trainer(opt_ml, {"training": data}, dict(HPS, **{"processes-per-host": 2}))
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "launching 2 process(es) per host on 1 host(s)" in result.stdout
@@ -120,17 +131,16 @@ def train_image(engine):
     build_image(engine, "train")
 
 
-def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, sample_data, tmp_path):
+def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, small_data, tmp_path):
     data = tmp_path / "dogImages"
-    corrupt = data_with_corrupt_files(sample_data, data)
+    corrupt = data_with_corrupt_files(small_data, data)
     jobs_root = tmp_path / "jobs"  # local mode's per-job folder (tempfile.mkdtemp) lands here
     jobs_root.mkdir()
     env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
     env.update(HOME=str(tmp_path), TMPDIR=str(jobs_root))  # HOME: no ~/.aws to find credentials in
-    hps = dict(FAST_HPS, epochs=2, amp="false", **{"num-workers": 0})
     command = [sys.executable, "scripts/sm.py", "train", "--local", "--train-instance-count", "2",
                "--workdir", str(tmp_path), "--data", str(data),
-               *[item for name, value in hps.items() for item in ("--hp", f"{name}={value}")]]
+               *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")]]
     try:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
@@ -140,21 +150,25 @@ def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, 
 
     logs = logs_by_host(result.stdout)
     assert sorted(logs) == ["algo-1", "algo-2"], result.stdout[-3000:]
-    (job,) = jobs_root.glob("*/docker-compose.yaml")
-    hosts = sorted(p.name for p in job.parent.glob("algo-*"))
+    (compose,) = jobs_root.glob("*/docker-compose.yaml")
+    hosts = sorted(yaml.safe_load(compose.read_text())["services"])  # algo-1-<suffix>, algo-2-<suffix>
     assert [h.rsplit("-", 1)[0] for h in hosts] == ["algo-1", "algo-2"]
     for node, host in enumerate(hosts):
         log = logs[host.rsplit("-", 1)[0]]
         # each host started its own torchrun node, and its rank trained a share of every epoch
-        assert "on 2 host(s)" in log and f"--node-rank={node}" in log and f"--master-addr={hosts[0]}" in log, log[-3000:]
-        assert len(re.findall(rf"\[rank {node}/2 on {host}\] epoch \d+: trained on [1-9]\d* images", log)) == 2, log[-3000:]
+        launch = re.search(r"launching 1 process\(es\) per host on 2 host\(s\): .*", log)
+        assert launch and f"--node-rank={node} --master-addr={hosts[0]}" in launch.group(0), log[-3000:]
+        shares = re.findall(rf"\[rank {node}/2 on {host}\] epoch \d+: trained on [1-9]\d* images", log)
+        assert len(shares) == 2, log[-3000:]
     master, worker = (logs[h.rsplit("-", 1)[0]] for h in hosts)
 
     # one writer: the master prints the metrics and writes the model and the report
     assert len(metrics.parse_log(master)["validation:loss"]) == 2
     assert metrics.parse_log(worker) == {}
     assert "model written to" in master and "model written to" not in worker
-    master_out, worker_out = (job.parent / host / "output" / "data" for host in hosts)
-    assert not list(worker_out.iterdir())
-    # local mode shares one model folder between the hosts (SageMaker gives each its own)
-    check_global_counts(master + "\n" + worker, master_out, job.parent / "model", corrupt, data / "test", world=2)
+    # local mode gives the hosts one model folder, and merges their output folders into output.tar.gz
+    with tarfile.open(tmp_path / "output" / "output.tar.gz") as archive:
+        archive.extractall(tmp_path / "delivered", filter="data")
+    training = check_global_counts(master + "\n" + worker, tmp_path / "delivered" / "data", compose.parent / "model",
+                                   corrupt, data / "test", world=2)
+    assert training["world_size"] == 2 and training["hosts"] == hosts

@@ -360,7 +360,8 @@ class Trainer:
                       training={"hyperparameters": {k: v for k, v in vars(self.hp).items()},
                                 "best_epoch": state.best_epoch, "history": state.history,
                                 f"{split}_accuracy": acc, f"{split}_loss": loss,
-                                "skipped_images": self.skips.total})
+                                "skipped_images": self.skips.total,
+                                "world_size": self.dist.world_size, "hosts": runtime.hosts()[0]})
         if self.tensorboard:
             self.tensorboard.close()
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
