@@ -141,7 +141,7 @@ def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
             mode = info.external_attr >> 16 if info.create_system == 3 else 0  # 3: made on Unix, mode bits valid
             if stat.S_ISLNK(mode):
                 raise DataError(f"archive {archive.name} has a link, {info.filename!r}; links are refused")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type given (zipfile's writestr)
                 raise DataError(f"archive {archive.name} has a member that is not a file or folder: "
                                 f"{info.filename!r}; refusing it")
             _member_path(root, archive.name, info.filename)
