@@ -169,9 +169,27 @@ def test_heldout_images_come_out_of_an_archive(tmp_path, monkeypatch):
 # -- refusals ------------------------------------------------------------------------------------
 
 def refused(tmp_path: Path, channel: Path, env: dict | None = None) -> str:
-    """Run the trainer; it must fail with a one-line reason and leave nothing unpacked behind."""
+    """The trainer's data discovery (in this process: quick) refuses the channel with a one-line
+    DataError and leaves nothing unpacked behind; the reason."""
+    from trainer import data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SM_CHANNEL_TRAINING", str(channel))
+        patch.setenv("SM_INPUT_DIR", str(tmp_path / "nowhere"))
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        with pytest.raises(data.DataError) as caught:
+            data.discover(tmp_path / "scratch", 0.1, 0)
+    reason = str(caught.value)
+    assert "\n" not in reason, reason
+    assert not (tmp_path / "scratch" / "training").exists()
+    return reason
+
+
+def refused_by_the_trainer(tmp_path: Path, channel: Path) -> str:
+    """The same through container/train.py: the reason in /opt/ml/output/failure, a non-zero exit."""
     opt_ml = tmp_path / "opt_ml"
-    result = run_trainer(opt_ml, {"training": channel}, ONE_STEP, extra_env=env)
+    result = run_trainer(opt_ml, {"training": channel}, ONE_STEP)
     assert result.returncode != 0, result.stdout[-2000:]
     reason = failure_reason(opt_ml)
     assert reason.count("\n") == 1 and "Traceback" not in reason, reason
@@ -182,7 +200,7 @@ def refused(tmp_path: Path, channel: Path, env: dict | None = None) -> str:
 def test_path_traversal_is_refused(tmp_path):
     members = {"dogImages/train/a/1.jpg": b"x", "dogImages/../../../escaped.txt": b"pwned"}
     channel = channel_with(tmp_path, "evil.zip", lambda p: zip_of(p, members))
-    assert "outside its folder" in refused(tmp_path, channel)
+    assert "outside its folder" in refused_by_the_trainer(tmp_path, channel)
     shutil.rmtree(channel)
     channel = channel_with(tmp_path, "evil.tar", lambda p: tar_of(p, {"/tmp/escaped-absolute.txt": b"pwned"}))
     assert "outside its folder" in refused(tmp_path, channel)
@@ -251,7 +269,21 @@ def test_a_member_bigger_than_its_header_says_is_refused(tmp_path):
     channel.mkdir()
     (channel / "liar.zip").write_bytes(bytes(raw))
     reason = refused(tmp_path, channel)
-    assert reason.startswith("archive liar.zip"), reason
+    assert reason == "archive liar.zip cannot be unpacked: Bad CRC-32 for file 'train/a/1.jpg'"
+
+
+def test_bytes_are_counted_as_they_arrive(tmp_path):
+    """Whatever a reader hands over is counted: past a member's declared size, or past the budget, it stops.
+    (zipfile and tarfile stop at the declared size themselves; this is the bound that does not rely on them.)"""
+    from trainer import archives
+
+    budget = archives.Budget(archives.Limits(max_bytes=3 << 20))
+    with pytest.raises(archives.DataError, match="holds more than the 1,000 bytes its header declares"):
+        archives._write(io.BytesIO(bytes(5000)), tmp_path / "a", "x.zip", "a", 1000, budget)
+    assert (tmp_path / "a").stat().st_size == 0
+    with pytest.raises(archives.DataError, match="unpacks to more than the 3.0 MiB allowed"):
+        archives._write(io.BytesIO(bytes(8 << 20)), tmp_path / "b", "x.zip", "b", 8 << 20, budget)
+    assert (tmp_path / "b").stat().st_size <= 3 << 20
 
 
 def test_nesting_deeper_than_the_limit_is_refused(tmp_path):
