@@ -289,6 +289,27 @@ def test_bytes_are_counted_as_they_arrive(tmp_path):
     assert (tmp_path / "b").stat().st_size <= 3 << 20
 
 
+def _broken(path: Path, kind: str) -> None:
+    zip_of(path, {"train/a/1.jpg": bytes(range(256)) * 64, "train/b/1.jpg": b"x"})
+    raw = bytearray(path.read_bytes())
+    if kind == "truncated":
+        raw = raw[:len(raw) // 2]
+    elif kind == "corrupt data":
+        start = raw.index(b"train/a/1.jpg") + len("train/a/1.jpg")
+        raw[start + 10:start + 40] = bytes(30)
+    else:  # encrypted: the flag set in the member's local and central headers (names at +30 and +46)
+        local = raw.index(b"train/a/1.jpg")
+        raw[local - 30 + 6] |= 1
+        raw[raw.index(b"train/a/1.jpg", raw.index(b"PK\x01\x02")) - 46 + 8] |= 1
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt data", "encrypted"])
+def test_a_broken_archive_is_a_clear_error(kind, tmp_path):
+    channel = channel_with(tmp_path, "broken.zip", lambda p: _broken(p, kind))
+    assert refused(tmp_path, channel).startswith("archive broken.zip cannot be unpacked: ")
+
+
 def test_nesting_deeper_than_the_limit_is_refused(tmp_path):
     blob = zip_of(tmp_path / "level.zip", {"train/a/1.jpg": b"x", "train/b/1.jpg": b"x"}).read_bytes()
     for depth in range(3):  # four zips, each inside the next

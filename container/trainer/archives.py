@@ -12,12 +12,14 @@ bytes and members covers a channel's archives and everything nested in them.
 """
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -207,7 +209,8 @@ def extract(archive: Path, dest: Path, budget: Budget, depth: int = 1, shown: st
             written = _extract_zip(archive, root, budget)
         else:
             written = _extract_tar(archive, root, budget)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, NotImplementedError,
+            zlib.error, lzma.LZMAError, RuntimeError) as exc:  # RuntimeError: an encrypted zip member
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"archive {shown} cannot be unpacked: {detail}") from None
     files = len(written)
