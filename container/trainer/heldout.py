@@ -45,7 +45,9 @@ def export(out: Path, limit: int, val_fraction: float, seed: int, scratch: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: the hyperparameters that follow are the trainer's, not ours
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, default=200)
     args, rest = parser.parse_known_args(argv)
