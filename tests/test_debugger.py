@@ -40,8 +40,11 @@ def sagemaker_hook_config(opt_ml, tensors):
 def sagemaker_run(sample_data, tmp_path_factory):
     opt_ml = tmp_path_factory.mktemp("opt_ml")
     sagemaker_hook_config(opt_ml, opt_ml / "output" / "tensors")
-    result = run_trainer(opt_ml, {"training": sample_data}, SHORT)
+    # amp true: bf16 autocast on every CPU (auto would use it only on CPUs with native bf16), so the
+    # hook's bf16-to-fp32 conversion is exercised wherever the test runs
+    result = run_trainer(opt_ml, {"training": sample_data}, dict(SHORT, amp="true"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "amp=torch.bfloat16" in result.stdout
     return opt_ml, result
 
 

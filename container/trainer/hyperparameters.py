@@ -148,8 +148,9 @@ HYPERPARAMETERS = [
     Hyperparameter("max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"),
     # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
     Hyperparameter("debugger", parse_bool, False, "smdebug hook without SageMaker's DebuggerHookConfig"),
-    Hyperparameter("debugger-collections", parse_collections, ["losses"],
-                   "collections to save, name or name:interval, e.g. losses,weights:100,gradients:100"),
+    # losses every step (one number each): the loss rules compare medians of several per window
+    Hyperparameter("debugger-collections", parse_collections, ["losses:1"],
+                   "collections to save, name or name:interval, e.g. losses:1,weights:100,gradients:100"),
     Hyperparameter("debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"),
     Hyperparameter("debugger-dir", str, "", "where the hook writes its trial (default /opt/ml/output/tensors)"),
     Hyperparameter("profiler", parse_optional_bool, None,

@@ -459,8 +459,9 @@ RULES = [
     RuleSpec(WeightUpdateRatio, "weight_update_ratio"),
 ]
 BY_NAME = {spec.name: spec for spec in RULES}
-# Collections the rules read, with the save interval AWS's rule configs use.
-COLLECTIONS = {"losses": 500, "weights": 500, "gradients": 500, "relu_input": 500}
+# Collections the rules read, with the save interval AWS's rule configs use; but the losses every
+# step (one number each): LossNotDecreasing and Overtraining take medians of several saved losses.
+COLLECTIONS = {"losses": 1, "weights": 500, "gradients": 500, "relu_input": 500}
 PROFILER_RULES = ["ProfilerReport", "LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "BatchSize",
                   "StepOutlier"]
 
