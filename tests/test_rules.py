@@ -20,8 +20,8 @@ from trainer import rules
 
 BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
                                       "profiler": "false"})
-# every collection every third step: the first steps for PoorWeightInitialization, pairs for WeightUpdateRatio
-ALL = "losses:1,weights:3,gradients:3,relu_input:3"
+# every collection at steps 0 and 6: the first steps for PoorWeightInitialization, a pair for WeightUpdateRatio
+ALL = "losses:1,weights:6,gradients:6,relu_input:6"
 # three-step windows: one window per epoch of these runs (the default, 10, needs longer runs)
 PER_EPOCH = {"LossNotDecreasing": {"num_steps": 3}}
 
@@ -34,7 +34,7 @@ def trial(sample_data, tmp_path_factory):
     def make(name: str, **hps) -> str:
         if name not in made:
             opt_ml = tmp_path_factory.mktemp(name)
-            result = run_trainer(opt_ml, {"training": sample_data}, dict(BASE, **hps))
+            result = run_trainer(opt_ml, {"training": sample_data}, dict(BASE, **hps), timeout=1200)
             expect_failure = name == "nan"
             assert (result.returncode != 0) == expect_failure, result.stdout[-2000:] + result.stderr[-3000:]
             made[name] = str(opt_ml / "output" / "tensors")

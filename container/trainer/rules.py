@@ -35,7 +35,6 @@ from smdebug.exceptions import TensorUnavailableForStep  # noqa: E402
 from smdebug.rules import Rule, invoke_rule  # noqa: E402
 
 LOSS_NAME = "CrossEntropyLoss_output_0"
-EPOCH_TRAIN_LOSS = "scalar/train_loss"  # the trainer's mean training loss of each epoch (debugger.save_scalar)
 ISSUES, NO_ISSUES, NOT_ENOUGH_DATA = "IssuesFound", "NoIssuesFound", "NotEnoughData"
 
 
@@ -153,7 +152,7 @@ class ExplodingTensor(LocalRule):
 # the loss there: one odd batch cannot move it.
 MIN_LOSSES_PER_WINDOW = 3
 # The trainer's per-epoch mean losses (debugger.save_scalar), smoothed over every batch of an epoch
-EPOCH_LOSSES = {ModeKeys.TRAIN: EPOCH_TRAIN_LOSS, ModeKeys.EVAL: "scalar/validation_loss"}
+EPOCH_LOSSES = {ModeKeys.TRAIN: "scalar/train_loss", ModeKeys.EVAL: "scalar/validation_loss"}
 
 
 class LossNotDecreasing(LocalRule):
