@@ -20,8 +20,8 @@ from trainer import rules
 
 BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
                                       "profiler": "false"})
-# every collection at steps 0 and 6: the first steps for PoorWeightInitialization, a pair for WeightUpdateRatio
-ALL = "losses:1,weights:6,gradients:6,relu_input:6"
+# every collection at steps 0 and 3: the first steps for PoorWeightInitialization, a pair for WeightUpdateRatio
+ALL = "losses:1,weights:3,gradients:3,relu_input:3"
 # three-step windows: one window per epoch of these runs (the default, 10, needs longer runs)
 PER_EPOCH = {"LossNotDecreasing": {"num_steps": 3}}
 
@@ -56,8 +56,11 @@ def tiny_init_weights(folder) -> str:
 
 
 RUNS = {
-    # all layers trained from scratch at lr 1e-3 on unaugmented images: the loss falls epoch after epoch
-    "healthy": dict(epochs=4, augment="false", **{"debugger-collections": ALL}),
+    # all layers trained from scratch at lr 1e-3: learns, nothing wrong
+    "healthy": dict(epochs=2, **{"debugger-collections": ALL}),
+    # a head on fixed features (a frozen backbone, unaugmented images): a convex problem, whose loss
+    # falls from epoch to epoch without the noise of a network finding its way
+    "convex": dict(epochs=4, lr=0.01, augment="false", **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     # the seeds' set-up: a frozen backbone and a trained head; validation follows training
     "frozen": dict(epochs=3, lr=0.01, **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     "tiny": dict(epochs=1, **{"debugger-collections": "losses:1,gradients:1,relu_input:1"}),
@@ -65,14 +68,14 @@ RUNS = {
     "long": dict(epochs=10, lr=0.003, augment="false", **{"debugger-collections": "losses:1"}),
     "hot": dict(epochs=4, lr=10, **{"debugger-collections": "losses:1,weights:1"}),
     "nan": dict(epochs=2, optimizer="sgd", lr="1e12", **{"debugger-collections": "losses:1"}),
-    # nothing learns (a frozen backbone, a head at lr 1e-9): the loss only wanders with the batches
+    # the same at lr 1e-9: nothing learns, the loss only wanders with the batches
     "flat": dict(epochs=6, lr="1e-9", augment="false", **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
 }
 
 CASES = [  # rule, run that must trigger it, run that must not
     ("VanishingGradient", "tiny", "healthy"),
     ("PoorWeightInitialization", "tiny", "healthy"),
-    ("LossNotDecreasing", "flat", "healthy"),
+    ("LossNotDecreasing", "flat", "convex"),
     ("ExplodingTensor", "nan", "healthy"),
     ("WeightUpdateRatio", "hot", "healthy"),
     ("Overfit", "long", "frozen"),
@@ -99,7 +102,7 @@ def test_rule_triggers_on_the_bad_run_only(rule, bad, good, trial, tmp_path_fact
 def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(trial, tmp_path_factory):
     """Windows of 100 steps: these runs have one; the trainer's per-epoch mean losses are judged instead."""
     wide = {"LossNotDecreasing": {"num_steps": 100}}
-    quiet = rules.run(_trial_for("healthy", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
+    quiet = rules.run(_trial_for("convex", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
     assert quiet["LossNotDecreasing"]["status"] == "NoIssuesFound", quiet
     assert quiet["LossNotDecreasing"]["judgements"] == 3  # epochs 2, 3 and 4 against the one before
     fired = rules.run(_trial_for("flat", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
