@@ -48,7 +48,8 @@ TRAIN_IMAGE = "byoc-train:latest"
 # Small and quick on the sample data; for real data pass e.g. --hp backbone=resnet50 --hp pretrained=imagenet
 DEMO_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
             "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
-DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses,weights:10,gradients:10", "profiler": "true"}
+# losses every step: the loss rules judge medians over windows of them (a run of 5 epochs has 35 steps)
+DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses:1,weights:10,gradients:10", "profiler": "true"}
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
 # The sample data's search: a space of our own (a JSON file, as users write them),

@@ -57,8 +57,24 @@ def test_learns_well_above_chance_and_reports(trained):
     assert report["split"] == "test" and report["accuracy"] == pytest.approx(test_accuracy, abs=1e-4)
     assert len(report["confusion_matrix"]) == 4 and set(report["per_class"]) == set(report["class_names"])
     assert (opt_ml / "output" / "data" / "confusion_matrix.png").stat().st_size > 1000
-    assert list((opt_ml / "output" / "tensorboard").glob("events.out.tfevents.*"))
     assert (opt_ml / "checkpoints" / "checkpoint.pt").is_file()
+
+
+def test_tensorboard_scalars_one_per_epoch(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    opt_ml, result = trained
+    events = EventAccumulator(str(opt_ml / "output" / "tensorboard"))
+    events.Reload()
+    tags = {"train/loss", "train/accuracy", "validation/loss", "validation/accuracy"}
+    assert set(events.Tags()["scalars"]) == tags
+    found = metrics.parse_log(result.stdout)
+    for tag in tags:
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2, 3, 4, 5], tag  # epochs
+        split, name = tag.split("/")
+        # the values the metric lines print (rounded there to 4 or 6 places)
+        assert [s.value for s in scalars] == pytest.approx(found[f"{split}:{name}"], abs=1e-4), tag
 
 
 def test_corrupt_file_is_skipped_and_counted(trained):

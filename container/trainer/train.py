@@ -154,6 +154,9 @@ class Trainer:
         if source is not None:
             weights.load_backbone(model, source)
             log(self.dist, f"backbone {hp.backbone} initialised from {source.name}")
+        elif hp.trainable_layers == 0:  # asked for explicitly (the default trains every stage then)
+            log(self.dist, "warning: pretrained none and trainable-layers 0: the head learns from a frozen, "
+                           "random backbone's features")
         init_head(model.fc, hp.init)
         self.frozen = freeze(model, hp.trainable_layers)
         self.frozen_keys = frozen_keys(model, self.frozen)
