@@ -74,6 +74,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 @dataclass
 class TrainingState:
+    """Where the job is. At an epoch boundary the random streams need no saving: each epoch seeds its own."""
     epoch: int = 0  # last completed epoch
     best_loss: float = float("inf")
     best_epoch: int = 0  # early stopping counts the epochs since
@@ -85,7 +86,7 @@ class TrainingState:
     # and the random streams to go on with
     step: int = 0
     partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    rng: dict | None = None
+    rng: list | None = None  # rng_state() of every rank, by rank (their batches differ, so do their streams)
 
 
 class Checkpointer:
@@ -119,7 +120,7 @@ class Checkpointer:
             "global_step": state.global_step,
             "step": state.step,
             "partial": state.partial,
-            "rng": rng_state(trainer.device),  # under DDP every rank's streams are rank 0's: seeded and drawn alike
+            "rng": state.rng,
             "skipped": trainer.skips.summary(),
         }, self.path)
 

@@ -186,6 +186,15 @@ def all_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def all_gather(value) -> list:
+    """Every rank's `value` (picklable), by rank; [value] without DDP."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def exit_process(status: int) -> NoReturn:
     """Leave with `status`: the trainer's last act, once main has closed what it wrote."""
     sys.stdout.flush()

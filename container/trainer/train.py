@@ -27,7 +27,7 @@ from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
-from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, set_rng_state, state_digest
+from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
 
 
 def log(dist_info, message: str) -> None:
@@ -258,7 +258,7 @@ class Trainer:
         torch.manual_seed(self.hp.seed + epoch)  # dropout's stream per epoch
         batches = iter(batches)  # draws the loader's base seed from that stream
         if first:  # go on with the streams as the stopped job left them
-            set_rng_state(state.rng, self.device)
+            set_rng_state(state.rng[self.dist.rank], self.device)
         # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
         loss_sum, correct, seen = state.partial[:3] if self.dist.is_main else (0.0, 0.0, 0.0)
         start = time.perf_counter() - state.partial[3]
@@ -294,6 +294,7 @@ class Trainer:
             if self.stop.agreed(self.device):
                 state.step = step + 1
                 state.partial = [*runtime.all_sum([loss_sum, correct, seen], self.device), time.perf_counter() - start]
+                state.rng = runtime.all_gather(rng_state(self.device))
                 return None
         elapsed = time.perf_counter() - start
         loss_sum, correct, seen = runtime.all_sum([loss_sum, correct, seen], self.device)
@@ -335,7 +336,7 @@ class Trainer:
                 log(self.dist, f"stopped in epoch {epoch} after step {state.step}: checkpoint saved "
                                f"{self.stop.seconds_since_signal():.2f} s after SIGTERM, a restart resumes from it")
                 return False
-            state.step, state.partial = 0, [0.0, 0.0, 0.0, 0.0]
+            state.step, state.partial, state.rng = 0, [0.0, 0.0, 0.0, 0.0], None
             train_loss, train_acc, speed = result
             log(self.dist, metrics.format_line("train", train_loss, train_acc, epoch, images_per_sec=speed))
             val_loss, val_acc, _ = self.evaluate(self.val_set, "validation")
