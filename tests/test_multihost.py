@@ -25,7 +25,7 @@ CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 HPS = dict(FAST_HPS, epochs=2, amp="false", **{"trainable-layers": 0, "num-workers": 0})
 # what every rank prints of its own share (trainer/train.py)
 RANK_EPOCH = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] epoch (\d+): trained on (\d+) images, skipped (\d+) unreadable")
-RANK_SKIPS = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] skipped (\d+) unreadable image\(s\) in its shards")
+RANK_EVAL = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] (\w+): scored (\d+) images, skipped (\d+) unreadable")
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +66,14 @@ def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: di
     assert by_split == corrupt, report["skipped_images"]
     assert report["skipped_images"]["count"] == total
     assert f"skipped {total} unreadable image(s)" in log
-    # every rank skipped part of them, and not the same number: rank 0's share alone would be wrong
-    per_rank = {int(m.group(1)): int(m.group(4)) for m in RANK_SKIPS.finditer(log)}
-    assert sorted(per_rank) == list(range(world)), log[-3000:]
-    assert len(set(per_rank.values())) > 1 and max(per_rank.values()) < total, per_rank
-
-    # the test set scored over all ranks: every readable image once
-    assert report["images"] == readable_images(test_dir) == sum(map(sum, report["confusion_matrix"]))
+    # the test set scored over all ranks: every readable image once, every rank a share of it,
+    # and the ranks skipped different numbers of its corrupt files (rank 0's alone would be wrong)
+    scored = {int(m.group(1)): (int(m.group(5)), int(m.group(6))) for m in RANK_EVAL.finditer(log)
+              if m.group(4) == "test"}
+    assert sorted(scored) == list(range(world)), log[-3000:]
+    assert report["images"] == readable_images(test_dir) == sum(n for n, _ in scored.values())
+    assert sum(map(sum, report["confusion_matrix"])) == report["images"] and min(n for n, _ in scored.values()) > 0
+    assert sum(k for _, k in scored.values()) == len(corrupt["test"]) and len({k for _, k in scored.values()}) > 1
     _, config = artifact.load(model_dir)
     assert config["training"]["skipped_images"] == total
     # each epoch's image count is the ranks' shares added up, and every rank had one

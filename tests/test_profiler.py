@@ -174,4 +174,6 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
         env=env, capture_output=True, text=True, timeout=600)
     assert after.returncode == 0, (after.stdout + after.stderr)[-4000:]
     check_report(folder, opt_ml / "output" / "report.html")
-    assert "LossNotDecreasing" in json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]
+    verdict = json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]["LossNotDecreasing"]
+    # two epochs of 7 steps, every loss saved: the rules in the image judged the trial the image wrote
+    assert verdict["status"] in ("IssuesFound", "NoIssuesFound") and verdict["judgements"] > 0, verdict

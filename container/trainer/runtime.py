@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -71,16 +72,31 @@ def write_failure(paths: Paths, reason: str) -> None:
     print(f"FAILED: {line}", file=sys.stderr, flush=True)
 
 
+# Fault injection for the resume tests: rank 0 sends itself SIGTERM after this
+# optimizer step, through the same handler a real StopTrainingJob reaches.
+SIGTERM_AT_STEP_ENV = "TRAINER_SIGTERM_AT_STEP"
+
+
 class StopFlag:
-    """Set by SIGTERM (StopTrainingJob, spot interruption: 120 s of grace)."""
+    """Set by SIGTERM (StopTrainingJob, spot interruption); SIGKILL follows 30 s later."""
 
     def __init__(self):
         self.requested = False
+        self.received_at: float | None = None  # time.monotonic() of the signal
+        self.sigterm_at_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, "0")) or None
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.received_at = time.monotonic()
         print("SIGTERM received: saving a checkpoint after this step", flush=True)
+
+    def step_done(self, global_step: int, is_main: bool) -> None:
+        if is_main and global_step == self.sigterm_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def seconds_since_signal(self) -> float:
+        return time.monotonic() - self.received_at if self.received_at is not None else 0.0
 
     def agreed(self, device) -> bool:
         """Under DDP every rank must stop at the same step, or collectives hang."""
@@ -177,6 +193,15 @@ def all_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def all_gather(value) -> list:
+    """Every rank's `value` (picklable), by rank; [value] without DDP."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def all_max(value: float, device) -> float:
     if not dist.is_initialized():
         return value
@@ -204,10 +229,8 @@ def union_over_ranks(groups: dict[str, set[str]]) -> dict[str, set[str]]:
     """
     if not dist.is_initialized():
         return groups
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {name: sorted(values) for name, values in groups.items()})
     merged: dict[str, set[str]] = {}
-    for part in gathered:
+    for part in all_gather({name: sorted(values) for name, values in groups.items()}):
         for name, values in part.items():
             merged.setdefault(name, set()).update(values)
     return merged
