@@ -312,7 +312,10 @@ class Workflow:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         hp_args = [item for k, v in hps.items() for item in (f"--{k}", str(v))]  # the split's val-fraction and seed
-        self.sh(log, self.in_training_image("python", "-m", "trainer.heldout", "/out", "--limit", str(limit), *hp_args,
+        # the repository's trainer code, as the tune stage runs it (/src), with the image's libraries (-P: not
+        # the image's copy in its working directory)
+        self.sh(log, self.in_training_image("env", "PYTHONPATH=/src/container", "python", "-P", "-m", "trainer.heldout",
+                                            "/out", "--limit", str(limit), *hp_args,
                                             mounts=[channel_mount(data, CHANNEL), f"{out}:/out"]))
         return out
 

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from contract.preprocess import ImageDecodeError, Preprocessing, eval_transform, load_image_file, normalize
 from trainer import archives
-from trainer.archives import DataError  # noqa: F401  (data.DataError: what callers catch)
+from trainer.archives import DataError  # callers catch data.DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = {
