@@ -112,7 +112,8 @@ def test_gpu_reader_reads_every_gpu_or_degrades_to_none():
             time.sleep(0.1)
         gpus = reader.read()
         assert len(gpus) == torch.cuda.device_count(), gpus
-        assert all(0 <= gpu["util"] <= 100 and 0 <= gpu["mem_used_mb"] <= gpu["mem_total_mb"] and gpu["mem_total_mb"] > 0 for gpu in gpus), gpus
+        for gpu in gpus:
+            assert 0 <= gpu["util"] <= 100 and 0 <= gpu["mem_used_mb"] <= gpu["mem_total_mb"] and gpu["mem_total_mb"] > 0
     finally:
         reader.close()
 
