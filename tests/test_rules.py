@@ -110,6 +110,43 @@ def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(
     assert "per epoch" in fired["LossNotDecreasing"]["message"]
 
 
+def loss_trial(folder, losses) -> str:
+    """A trial with exactly these TRAIN losses, one per step, written by smdebug's PyTorch hook."""
+    import numpy as np
+    import smdebug.pytorch as smd
+    from smdebug import modes
+    from torch import nn
+
+    hook = smd.Hook(out_dir=str(folder), save_config=smd.SaveConfig(save_interval=1), include_collections=["losses"])
+    model, criterion = nn.Linear(1, 1), nn.CrossEntropyLoss()
+    hook.register_module(model)
+    hook.register_loss(criterion)
+    hook.set_mode(modes.TRAIN)
+    for value in losses:
+        model(torch.zeros(1, 1))  # a step
+        # two classes, logits (0, z) for class 0: the loss is log(1 + e^z)
+        criterion(torch.tensor([[0.0, float(np.log(np.expm1(value)))]]), torch.tensor([0]))
+    hook.close()
+    return str(folder)
+
+
+def test_loss_not_decreasing_judges_windows_not_single_batches(tmp_path):
+    """35 steps as the sample data's 5 epochs of 7: the loss falls, batch noise +-30%, and each epoch's
+    last batch (one image) 4x off. Single steps 10 apart would compare a spike (step 20) with a batch."""
+    import numpy as np
+
+    steps = np.arange(35)
+    noise = np.random.RandomState(0).uniform(0.7, 1.3, 35)  # the same numbers on every platform
+    falling = (1.2 * np.exp(-steps / 12) + 0.3) * noise
+    falling[6::7] *= 4
+    verdict = rules.run(loss_trial(tmp_path / "falling", falling), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 3, verdict
+    flat = rules.run(loss_trial(tmp_path / "flat", 1.4 * noise), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert flat["status"] == "IssuesFound", flat
+    short = rules.run(loss_trial(tmp_path / "short", falling[:12]), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert short["status"] == "NotEnoughData" and "losses:1" in short["message"], short
+
+
 @pytest.mark.parametrize("rule", ["LossNotDecreasing", "Overtraining", "WeightUpdateRatio"])
 def test_a_run_too_short_to_judge_says_not_enough_data(rule, trial, tmp_path_factory):
     """One epoch of three steps: no two windows, no two epochs, too few steps for any patience."""
