@@ -211,7 +211,7 @@ BAD_REQUESTS = {
     "empty body": (b"", "image/jpeg", {}, 400, "empty"),
     "not an image": (b"hello", "image/jpeg", {}, 400, "not a readable image"),
     "truncated jpeg": (jpeg()[:600], "image/jpeg", {}, 400, "not a readable image"),
-    "decompression bomb": (decompression_bomb_png(), "image/png", {}, 400, "too large"),
+    "decompression bomb": (decompression_bomb_png(), "image/png", {}, 413, "too large"),
     "unsupported content type": (b"some text", "text/plain", {}, 415, "text/plain"),
     "no content type": (jpeg(), "", {}, 415, "not supported"),
     "unsupported accept": (jpeg(), "image/jpeg", {"Accept": "image/png"}, 406, "image/png"),
