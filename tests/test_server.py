@@ -358,11 +358,23 @@ def concurrent_invocations(server: ServerProcess, count: int, body: bytes | None
         return list(pool.map(one, range(count)))
 
 
-def test_every_worker_answers_as_soon_as_ping_is_200(start_server):
+UNBATCHED_PREDICT_FN = """
+    import torch
+
+    def predict_fn(data, model):
+        with torch.inference_mode():
+            return model(data.unsqueeze(0))
+"""
+
+
+@pytest.mark.parametrize("predict", ["batched", "user predict_fn"])
+def test_every_worker_answers_as_soon_as_ping_is_200(start_server, predict):
     """The user's bug: /ping 200 from one worker while another still loaded its model (503).
     And the fork's safety: the workers run torch with 2 threads each after the master
-    loaded the model; had the master run OpenMP work, their first forward pass would hang."""
-    server = start_server(REPORTING_PID, SAGEMAKER_MODEL_SERVER_WORKERS="3", SAGEMAKER_TORCH_THREADS="2")
+    loaded the model. With a user predict_fn the warm-up runs on the worker's main
+    thread: had the master's main thread run OpenMP work, it would hang there."""
+    code = REPORTING_PID + (UNBATCHED_PREDICT_FN if predict == "user predict_fn" else "")
+    server = start_server(code, SAGEMAKER_MODEL_SERVER_WORKERS="3", SAGEMAKER_TORCH_THREADS="2")
     server.wait_ready()
     seen = set()
     for _ in range(8):  # bursts, right after the first /ping 200, until every worker has answered
