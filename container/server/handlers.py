@@ -110,7 +110,7 @@ class DefaultHandlers:
             f"content type {content_type!r} not supported: send an image ({', '.join(sorted(IMAGE_TYPES))}), "
             f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays")
 
-    def _preprocess(self, encoded_image: bytes, budget: "PixelBudget") -> torch.Tensor:
+    def _preprocess(self, encoded_image: bytes, budget: PixelBudget) -> torch.Tensor:
         try:
             image = decode_image(encoded_image, self.prep, budget.per_image_limit())
             budget.spend(image.width * image.height)
@@ -171,13 +171,16 @@ class PixelBudget:
 
     def spend(self, pixels: int) -> None:
         if pixels > self.left:
-            raise TooLarge(self.explain(f"{pixels} more pixels"))
+            raise TooLarge(self.over_budget())
         self.left -= pixels
 
+    def over_budget(self) -> str:
+        return (f"the request's images decode to more than {self.limit} pixels in all "
+                "(SAGEMAKER_MAX_PIXELS_PER_REQUEST)")
+
     def explain(self, reason: str) -> str:
-        if self.left < MAX_IMAGE_PIXELS:  # the request's budget, not the one-image limit, refused it
-            return f"{reason}: the request may decode to {self.limit} pixels in all (SAGEMAKER_MAX_PIXELS_PER_REQUEST)"
-        return reason
+        """The reason for an image refused as too large: the request's budget, or the one-image limit."""
+        return self.over_budget() if self.left < MAX_IMAGE_PIXELS else reason
 
 
 def check_image_count(count: int, max_images: int) -> None:
