@@ -179,8 +179,10 @@ class PixelBudget:
                 "(SAGEMAKER_MAX_PIXELS_PER_REQUEST)")
 
     def explain(self, reason: str) -> str:
-        """The reason for an image refused as too large: the request's budget, or the one-image limit."""
-        return self.over_budget() if self.left < MAX_IMAGE_PIXELS else reason
+        """Why an image was refused as too large: alone, or together with the request's others."""
+        if self.left < self.limit and self.left < MAX_IMAGE_PIXELS:
+            return self.over_budget()
+        return reason + (" (SAGEMAKER_MAX_PIXELS_PER_REQUEST)" if self.limit < MAX_IMAGE_PIXELS else "")
 
 
 def check_image_count(count: int, max_images: int) -> None:
