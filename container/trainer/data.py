@@ -207,7 +207,7 @@ def discover(scratch: Path, val_fraction: float, seed: int) -> Splits:
 class ImageDataset(Dataset):
     """Yields (CHW float tensor or None, label, index); None marks an unreadable image."""
 
-    def __init__(self, samples, prep: Preprocessing, train: bool):
+    def __init__(self, samples, prep: Preprocessing, train: bool, crop_scale: float = 0.08):
         self.samples = samples
         self.prep = prep
         self.augment = None
@@ -215,7 +215,8 @@ class ImageDataset(Dataset):
             from torchvision import transforms  # training only; serving needs no torchvision
 
             self.augment = transforms.Compose([
-                transforms.RandomResizedCrop(prep.image_size, antialias=True),
+                # crops cover crop_scale..1 of the image's area
+                transforms.RandomResizedCrop(prep.image_size, scale=(crop_scale, 1.0), antialias=True),
                 transforms.RandomHorizontalFlip(),
             ])
 
