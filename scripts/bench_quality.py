@@ -2,18 +2,24 @@
 """Model quality on real photographs: test accuracy of training recipes.
 
     .venv/bin/python scripts/bench_quality.py [--per-class 60] [--epochs 10] [--image-size 32]
-                                              [--recipes defaults,no-augment,...]
+                                              [--recipes defaults,no-augment,...] [--jobs 2] [--set seed=1]
 
 The data set is Fashion-MNIST as Debian's package dataset-fashion-mnist ships
 it (Zalando's catalogue photographs of clothes, 28x28 greyscale, 10 classes):
 nothing is downloaded but the package, with apt's ordinary client, when it is
-not installed. A seeded subset of it becomes an ImageFolder tree under
+not installed. A fixed subset of it (the first images of each class) becomes an ImageFolder tree under
 build/quality/ (train/ and valid/ from the package's training file, test/ from
 its test file), and container/train.py trains on it once per recipe, as
 SageMaker's toolkit would run it, niced and with fp32 (amp false) so the
 numbers do not depend on whether a CPU has bf16. Prints one table row per
 recipe: test accuracy (of the epoch with the lowest validation loss, as the
-trainer keeps it), validation accuracy of the last epoch, wall time.
+trainer keeps it), validation accuracy of the last epoch, wall time. Each
+run's /opt/ml tree and train.log stay in build/quality/runs/.
+
+Every run trains resnet18 from scratch (pretrained none, all stages
+trainable): no package ships ImageNet weights, and none may be downloaded.
+The recipe `frozen-random-backbone` shows what pretrained=none with the
+frozen default (trainable-layers 0) learns: only a head on random features.
 """
 from __future__ import annotations
 
@@ -22,8 +28,8 @@ import concurrent.futures
 import gzip
 import os
 import subprocess
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +55,7 @@ RECIPES = {
     "old-defaults": OLD_DEFAULTS,
     "no-augment": {**OLD_DEFAULTS, "augment": "false"},
     "crop-0.35": {**OLD_DEFAULTS, "crop-scale": "0.35"},
+    "crop-1": {**OLD_DEFAULTS, "crop-scale": "1"},  # whole image: aspect-ratio jitter and flips only
     "label-smoothing-0.1": {**OLD_DEFAULTS, "label-smoothing": "0.1"},
     "warmup-1": {**OLD_DEFAULTS, "warmup": "1"},
     "init-default": {**OLD_DEFAULTS, "init": "default"},
@@ -116,19 +123,21 @@ def trainer_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def run(data: Path, hps: dict, threads: int, timeout: float) -> tuple[dict, float, str]:
-    """Train once; the metric values SageMaker would read, the wall time, the log tail."""
-    with tempfile.TemporaryDirectory() as opt_ml:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-        env.update(OPT_ML=opt_ml, TRAINER_SCRATCH=f"{opt_ml}/scratch", TORCH_HOME=f"{opt_ml}/torch-home",
-                   SM_CHANNEL_TRAINING=str(data), PYTHONUNBUFFERED="1",
-                   PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python", OMP_NUM_THREADS=str(threads))
-        args = [item for name, value in hps.items() for item in (f"--{name}", str(value))]
-        start = time.perf_counter()
-        out = subprocess.run(["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "train.py"), *args],
-                             env=env, capture_output=True, text=True, timeout=timeout)
-        seconds = time.perf_counter() - start
+def run(data: Path, opt_ml: Path, hps: dict, threads: int, timeout: float) -> tuple[dict, float, str]:
+    """Train once in a fresh /opt/ml tree; the metric values SageMaker would read, the wall time, the log."""
+    shutil.rmtree(opt_ml, ignore_errors=True)
+    opt_ml.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(OPT_ML=str(opt_ml), TRAINER_SCRATCH=str(opt_ml / "scratch"), TORCH_HOME=str(opt_ml / "torch-home"),
+               SM_CHANNEL_TRAINING=str(data), PYTHONUNBUFFERED="1",
+               PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python", OMP_NUM_THREADS=str(threads))
+    args = [item for name, value in hps.items() for item in (f"--{name}", str(value))]
+    start = time.perf_counter()
+    out = subprocess.run(["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "train.py"), *args],
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
     log = out.stdout + out.stderr
+    (opt_ml / "train.log").write_text(log)
     if out.returncode != 0:
         raise RuntimeError(f"trainer failed ({out.returncode}) with {hps}:\n{log[-3000:]}")
     return metrics.parse_log(log), seconds, log
@@ -157,12 +166,11 @@ def main() -> None:
     print(f"Fashion-MNIST ({PACKAGE}): {args.per_class} train / {args.valid_per_class} valid / "
           f"{args.test_per_class} test images per class, 10 classes; {common}", flush=True)
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
-    logs = ROOT / "build" / "quality" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    runs = ROOT / "build" / "quality" / "runs"  # each run's /opt/ml tree, its train.log included
+    tag = "".join(f",{item}" for item in [f"epochs={args.epochs}", f"image-size={args.image_size}", *args.set])
 
     def one(name: str) -> tuple:
-        found, seconds, log = run(data, {**common, **RECIPES[name]}, threads, args.timeout)
-        (logs / f"{name}.log").write_text(log)
+        found, seconds, _ = run(data, runs / f"{name}{tag}", {**common, **RECIPES[name]}, threads, args.timeout)
         print(f"  {name}: test accuracy {found['test:accuracy'][-1]:.3f} in {seconds:.0f} s", flush=True)
         return name, found["test:accuracy"][-1], found["validation:accuracy"][-1], seconds
 
