@@ -55,7 +55,7 @@ RECIPES = {
     "old-defaults": OLD_DEFAULTS,
     "no-augment": {**OLD_DEFAULTS, "augment": "false"},
     "crop-0.35": {**OLD_DEFAULTS, "crop-scale": "0.35"},
-    "crop-1": {**OLD_DEFAULTS, "crop-scale": "1"},  # whole image: aspect-ratio jitter and flips only
+    "shift-crop": {**OLD_DEFAULTS, "crop-scale": "1"},  # the evaluation view at a random place, and flips
     "label-smoothing-0.1": {**OLD_DEFAULTS, "label-smoothing": "0.1"},
     "warmup-1": {**OLD_DEFAULTS, "warmup": "1"},
     "init-default": {**OLD_DEFAULTS, "init": "default"},
