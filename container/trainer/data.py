@@ -202,7 +202,7 @@ class ImageDataset(Dataset):
     mid-epoch. Call set_epoch before each epoch's loader starts its workers.
     """
 
-    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0):
+    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0, crop_scale: float = 0.08):
         self.samples = samples
         self.prep = prep
         self.seed, self.epoch = seed, 0
@@ -210,10 +210,12 @@ class ImageDataset(Dataset):
         if train:
             from torchvision import transforms  # training only; serving needs no torchvision
 
-            self.augment = transforms.Compose([
-                transforms.RandomResizedCrop(prep.image_size, antialias=True),
-                transforms.RandomHorizontalFlip(),
-            ])
+            if crop_scale < 1.0:  # zoomed crops covering crop_scale..1 of the image's area
+                crop = transforms.RandomResizedCrop(prep.image_size, scale=(crop_scale, 1.0), antialias=True)
+            else:  # no zoom: the evaluation's resize, the crop placed at random (objects keep their test-time size)
+                crop = transforms.Compose([transforms.Resize(prep.resize_size, antialias=True),
+                                           transforms.RandomCrop(prep.image_size)])
+            self.augment = transforms.Compose([crop, transforms.RandomHorizontalFlip()])
 
     def __len__(self):
         return len(self.samples)

@@ -65,6 +65,13 @@ def _fraction(text):
     return value
 
 
+def _crop_scale(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
 def _non_negative(kind: Callable) -> Callable:
     def check(text):
         value = kind(text)
@@ -136,6 +143,7 @@ HYPERPARAMETERS = [
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
     Hyperparameter("augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"),
+    Hyperparameter("crop-scale", _crop_scale, 0.08, "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
     Hyperparameter("feature-cache", str, "",
                    "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false"),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),

@@ -164,7 +164,8 @@ class Trainer:
                        f"{len(s.validation)} validation, {len(s.test)} test images")
         # the feature cache needs one deterministic view of each image: no augmentation
         augment = hp.augment and not hp.feature_cache
-        self.train_set = data.ImageDataset(s.train, self.prep, train=augment, seed=hp.seed)
+        self.train_set = data.ImageDataset(s.train, self.prep, train=augment, seed=hp.seed,
+                                           crop_scale=hp.crop_scale)
         self.val_set = data.ImageDataset(s.validation, self.prep, train=False)
         self.test_set = data.ImageDataset(s.test, self.prep, train=False)
 
