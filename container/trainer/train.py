@@ -439,14 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (hyperparameters.HyperparameterError, data.DataError, weights.WeightsError,
             runtime.TrainingFailure, artifact.ArtifactError) as exc:
-        if dist_info.is_main:
+        if dist_info.local_rank == 0:  # each host's first process: every host has its own /opt/ml/output
             runtime.write_failure(paths, str(exc))
         return 1
     except Exception as exc:  # unexpected: keep the traceback in the log, the reason in the file
         import traceback
 
         traceback.print_exc()
-        if dist_info.is_main:
+        if dist_info.local_rank == 0:
             runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
