@@ -188,11 +188,14 @@ class LossNotDecreasing(LocalRule):
     def windows(self, name, mode) -> list[tuple[int, str, float]]:
         """(global step ending it, its steps, median loss) of each window with enough saved losses."""
         groups: dict[int, list[int]] = {}
-        for step in self.base_trial.tensor(name).steps(mode=mode):
+        saved = self.base_trial.tensor(name).steps(mode=mode)
+        for step in saved:
             groups.setdefault(step // self.num_steps, []).append(step)
         series, previous = [], None
         for window, steps in sorted(groups.items()):
-            if len(steps) < MIN_LOSSES_PER_WINDOW:
+            # A window counts when the run covered all of it, with enough saved losses: the run's
+            # last few steps alone (often one short epoch's tail) are too few to judge a trend by.
+            if len(steps) < MIN_LOSSES_PER_WINDOW or (window + 1) * self.num_steps - 1 > saved[-1]:
                 continue
             if previous is not None and window != previous + 1:
                 series.append(None)  # a gap: the windows either side are not compared
