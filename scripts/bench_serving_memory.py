@@ -8,7 +8,7 @@
     memory     RSS and PSS (/proc/PID/smaps_rollup) of master + workers at
                1, 2 and 4 workers, after a short warm load
     soak       whole-server RSS and PSS at request 500 vs 5,000 (2 workers,
-               bounded in time)
+               bounded in time), read between load phases, none in flight
     bounds     what each JSON / NPY body gets back (status, reason, time)
 
 The model is scripts/bench_serving.py's: ResNet50, 256-unit head, 133 classes.
@@ -104,13 +104,10 @@ def readiness(server: Server, probe: bytes, workers: int) -> dict:
     raise RuntimeError(f"{server.name}: no burst all 200 within {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
 
 
-def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_cap: float,
-         marks: tuple[int, ...] = (), on_mark=None) -> dict:
-    """`count` requests from `concurrency` threads (none started after `time_cap` s);
-    on_mark(n) is called once n requests have been answered, for each n in marks."""
+def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_cap: float) -> dict:
+    """`count` requests from `concurrency` threads, none started after `time_cap` seconds."""
     lock = threading.Lock()
     state = {"issued": 0, "done": 0, "errors": 0, "first_error": ""}
-    pending_marks = sorted(marks)
     deadline = time.perf_counter() + time_cap
 
     def client() -> None:
@@ -127,10 +124,6 @@ def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_ca
                 if status != 200:
                     state["errors"] += 1
                     state["first_error"] = state["first_error"] or f"{status} {body[:120]!r}"
-                while pending_marks and state["done"] >= pending_marks[0]:
-                    mark = pending_marks.pop(0)
-                    if on_mark:
-                        on_mark(mark)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
     for thread in threads:
@@ -138,6 +131,22 @@ def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_ca
     for thread in threads:
         thread.join(max(0.0, deadline + bench.REQUEST_TIMEOUT + 5 - time.perf_counter()))
     return state
+
+
+def soak(server: Server, payloads: list[bytes], total: int, concurrency: int, time_cap: float) -> tuple[dict, dict]:
+    """Load in phases up to each mark; memory is read between phases, with no request in
+    flight (a forward pass's activations would otherwise swing a sample by +-50 MiB)."""
+    samples, done, errors, first_error = {}, 0, 0, ""
+    deadline = time.perf_counter() + time_cap
+    for mark in [m for m in SOAK_MARKS if m <= total]:
+        state = load(server.port, payloads, mark - done, concurrency, max(0.0, deadline - time.perf_counter()))
+        done, errors = done + state["done"], errors + state["errors"]
+        first_error = first_error or state["first_error"]
+        if done < mark:
+            break  # out of time
+        time.sleep(1.0)
+        samples[mark] = memory_of(server)
+    return samples, {"done": done, "errors": errors, "first_error": first_error}
 
 
 # ---------------------------------------------------------------- bounds
@@ -240,10 +249,8 @@ def main() -> int:
             if "soak" in sections:
                 server = start(model_dir, work, args.container, 2, **extra_env)
                 readiness(server, small[0], 2)
-                samples = {}
                 began = time.perf_counter()
-                state = load(server.port, mixed, args.soak_requests, args.concurrency, args.soak_seconds,
-                             marks=SOAK_MARKS, on_mark=lambda n: samples.setdefault(n, memory_of(server)))
+                samples, state = soak(server, mixed, args.soak_requests, args.concurrency, args.soak_seconds)
                 wall = time.perf_counter() - began
                 print(f"\nsoak: {state['done']} requests in {wall:.0f} s, {state['errors']} errors "
                       f"{state['first_error']}; 2 workers, concurrency {args.concurrency}")
