@@ -3,6 +3,7 @@
 
     scripts/run_local.py [--data DIR_OR_ARCHIVE] [--workdir build/local] [--hp name=value ...]
                          [--trials 4] [--stage NAME ...] [--force] [--sagemaker-local] [--gpu]
+                         [--weights-cache DIR]
 
 Stages, one line each with its time (a progress bar for trials and epochs on a terminal):
   images    build the training and serving images (layer cache reused)
@@ -13,7 +14,10 @@ Stages, one line each with its time (a progress bar for trials and epochs on a t
   profile   the profiling report and the loss plot
   serve     the serving container on 127.0.0.1 (SageMaker's `serve`)
   classify  the held-out images through /invocations; p50 latency
-then a summary. A stage whose inputs have not changed since the last run is
+then a summary. --data is given to every stage as SageMaker gives a channel: a
+folder as the channel, an archive inside the channel folder (the trainer
+unpacks it). ImageNet weights are cached on the host (--weights-cache), so they
+are downloaded once. A stage whose inputs have not changed since the last run is
 skipped (workdir/state.json); `--stage NAME` runs only that stage (its inputs
 must exist), `--force` redoes everything. On failure, the failing stage's log
 is printed. Only the Python standard library is needed on the host.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -43,12 +48,30 @@ TRAIN_IMAGE = "byoc-train:latest"
 # Small and quick on the sample data; for real data pass e.g. --hp backbone=resnet50 --hp pretrained=imagenet
 DEMO_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
             "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
-DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses,weights:10,gradients:10", "profiler": "true"}
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+# losses every step: the loss rules judge medians over windows of them (a run of 5 epochs has 35 steps)
+DEBUG_HPS = {"debugger": "true", "debugger-collections": "losses:1,weights:10,gradients:10", "profiler": "true"}
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
 # The sample data's search: a space of our own (a JSON file, as users write them),
 # narrow enough that every trial learns the toy classes in a few epochs
 DEMO_SPACE = ROOT / "scripts" / "demo_space.json"
 STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
+CHANNEL = "/opt/ml/input/data/training"  # where SageMaker puts the training channel
+IMAGE_HUB_CACHE = "/opt/torch/hub/checkpoints"  # the training image's torch hub cache (TORCH_HOME=/opt/torch)
+# passed on to the containers when set: the trainer's archive limits, its weights mirror
+FORWARDED_ENV = ("TRAINER_ARCHIVE_MAX_BYTES", "TRAINER_ARCHIVE_MAX_MEMBERS", "TRAINER_ARCHIVE_MAX_DEPTH",
+                 "WEIGHTS_MIRROR_URL")
+
+
+def default_weights_cache() -> Path:
+    """The host's own torch hub cache: weights torchvision fetched on this machine are found there too."""
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+def channel_mount(data: Path, channel: str) -> str:
+    """A volume for --data as SageMaker delivers a channel: a folder is the channel; an archive lies in it."""
+    return f"{data}:{channel}:ro" if data.is_dir() else f"{data}:{channel}/{data.name}:ro"
 
 
 class StageFailed(RuntimeError):
@@ -100,6 +123,7 @@ class Workflow:
         self.gpu_flags = (["--device", "nvidia.com/gpu=all"] if self.cli == "podman" else ["--gpus", "all"]) \
             if args.gpu else []
         self.timings: dict[str, tuple[float, bool]] = {}
+        self.weights_cache = (args.weights_cache or default_weights_cache()).resolve()
         self.hps = dict(DEMO_HPS) if not args.data else {}
         for item in args.hp:
             name, sep, value = item.partition("=")
@@ -166,12 +190,22 @@ class Workflow:
     def in_training_image(self, *args: str, mounts: list[str] = ()) -> list[str]:
         """A command run in the training image, with the repository mounted read-only at /src."""
         volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
-        return [self.cli, "run", "--rm", *self.gpu_flags, *volumes, TRAIN_IMAGE, *args]
+        return [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), *volumes, TRAIN_IMAGE, *args]
+
+    def trainer_flags(self) -> list[str]:
+        """What every trainer run gets: the host's weights cache as the image's hub cache, forwarded settings."""
+        self.weights_cache.mkdir(parents=True, exist_ok=True)
+        env = [item for name in FORWARDED_ENV if name in os.environ for item in ("-e", f"{name}={os.environ[name]}")]
+        return ["-v", f"{self.weights_cache}:{IMAGE_HUB_CACHE}", *env]
 
     # -- the stages -------------------------------------------------------
     def images(self, log, progress):
         self.sh(log, ["bash", "scripts/build_image.sh", "train"])
         self.sh(log, ["bash", "scripts/build_image.sh", "serve", "gpu" if self.args.gpu else "cpu"])
+        # weights baked into the image (BAKE_WEIGHTS) are copied to the host cache, mounted over them later
+        self.weights_cache.mkdir(parents=True, exist_ok=True)
+        self.sh(log, [self.cli, "run", "--rm", "-v", f"{self.weights_cache}:/cache", TRAIN_IMAGE, "sh", "-c",
+                      f"cp -n {IMAGE_HUB_CACHE}/* /cache/ 2>/dev/null || true"])
         return {"train": self.image_id(TRAIN_IMAGE), "serve": self.image_id(self.serve_image)}
 
     def sample_data(self, log, progress):
@@ -196,7 +230,8 @@ class Workflow:
         space_file = Path(self.args.space) if self.args.space and Path(self.args.space).is_file() else None
         if space_file is None and not self.args.space and not self.args.data:
             space_file = DEMO_SPACE
-        mounts = [f"{data}:/data:ro", f"{out}:/work"] + ([f"{space_file.resolve()}:/space.json:ro"] if space_file else [])
+        mounts = [channel_mount(data, "/data"), f"{out}:/work"] + \
+            ([f"{space_file.resolve()}:/space.json:ro"] if space_file else [])
         space = "/space.json" if space_file else (self.args.space or "seed1")
         # values searched in the space must not be fixed too
         searched = {p["name"] for p in json.loads(space_file.read_text())["parameters"]} if space_file else set()
@@ -215,6 +250,7 @@ class Workflow:
         shutil.rmtree(opt_ml, ignore_errors=True)
         config = opt_ml / "input" / "config"
         config.mkdir(parents=True)
+        (opt_ml / "input" / "data" / "training").mkdir(parents=True)  # the channel folder an archive is mounted in
         (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hps.items()}))
         (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
         (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
@@ -228,8 +264,8 @@ class Workflow:
         if self.args.sagemaker_local:
             self.train_in_local_mode(log, data, hps, opt_ml, on_line)
         else:
-            self.sh(log, [self.cli, "run", "--rm", *self.gpu_flags, "-v", f"{opt_ml}:/opt/ml",
-                          "-v", f"{data}:/opt/ml/input/data/training:ro", TRAIN_IMAGE, "train"], on_line)
+            self.sh(log, [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), "-v", f"{opt_ml}:/opt/ml",
+                          "-v", channel_mount(data, CHANNEL), TRAIN_IMAGE, "train"], on_line)
         model = json.loads((opt_ml / "model" / "model_config.json").read_text())
         training = model["training"]
         split = "test" if "test_accuracy" in training else "validation"
@@ -270,7 +306,20 @@ class Workflow:
         outputs = [str(opt_ml / "output" / name) for name in ("profiler-report.html", "losses.png")]
         return {"verdicts": {v["rule"]: v["status"] for v in verdicts}, "outputs": outputs}
 
-    def serve_and_classify(self, test_dir: Path, model_dir: Path):
+    def heldout_images(self, log, data: Path, hps: dict, limit: int = 200) -> Path:
+        """The held-out images, found by the trainer's own code (every layout, archives too), one folder per class."""
+        out = self.workdir / "heldout"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        hp_args = [item for k, v in hps.items() for item in (f"--{k}", str(v))]  # the split's val-fraction and seed
+        # the repository's trainer code, as the tune stage runs it (/src), with the image's libraries (-P: not
+        # the image's copy in its working directory)
+        self.sh(log, self.in_training_image("env", "PYTHONPATH=/src/container", "python", "-P", "-m", "trainer.heldout",
+                                            "/out", "--limit", str(limit), *hp_args,
+                                            mounts=[channel_mount(data, CHANNEL), f"{out}:/out"]))
+        return out
+
+    def serve_and_classify(self, data: Path, hps: dict, model_dir: Path):
         """Two stages sharing one container: serve starts it, classify uses it; both redone together."""
         fingerprint = digest(self.state["train"]["fingerprint"], self.state["images"]["result"]["serve"])
         wanted = not self.args.stage or {"serve", "classify"} & set(self.args.stage)
@@ -289,7 +338,8 @@ class Workflow:
 
         try:
             self.stage("serve", fingerprint, serve, redo=True)
-            return self.stage("classify", fingerprint, lambda log, p: classify_images(log, p, test_dir, url), redo=True)
+            return self.stage("classify", fingerprint,
+                              lambda log, p: classify_images(log, p, self.heldout_images(log, data, hps), url), redo=True)
         finally:
             subprocess.run([self.cli, "rm", "-f", name], env=self.env, capture_output=True)
 
@@ -315,8 +365,7 @@ class Workflow:
                              lambda log, p: self.train(log, p, data, hps))
         rules = self.stage("rules", self.state["train"]["fingerprint"], self.rules)
         profile = self.stage("profile", self.state["train"]["fingerprint"], self.profile)
-        test_dir = next((data / d for d in ("test", "valid") if (data / d).is_dir()), data)
-        endpoint = self.serve_and_classify(test_dir, Path(trained["model"]))
+        endpoint = self.serve_and_classify(data, hps, Path(trained["model"]))
         self.summary(tuned, trained, rules, profile, endpoint)
 
     def summary(self, tuned, trained, rules, profile, endpoint) -> None:
@@ -390,7 +439,12 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--sagemaker-local", action="store_true", help="train through SageMaker local mode")
     parser.add_argument("--gpu", action="store_true", help="GPU containers and the GPU serving image")
-    Workflow(parser.parse_args()).run()
+    parser.add_argument("--weights-cache", type=Path, help="host folder for ImageNet weight files, mounted as the "
+                        "training image's torch hub cache (default: this machine's, ~/.cache/torch/hub/checkpoints)")
+    args = parser.parse_args()
+    if args.data and not args.data.exists():
+        parser.error(f"--data {args.data} does not exist")
+    Workflow(args).run()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,9 +50,30 @@ def print_top(source: str, result: dict) -> None:
     print(f"{source}: " + ", ".join(f"{p['label']} {p['probability']:.3f}" for p in top))
 
 
+def local_channels(sources: dict, workdir: Path) -> dict:
+    """Local mode mounts a file's whole folder as its channel (the SDK's LocalFileDataSource), where
+    SageMaker delivers the one object: a file (dogImages.zip, a .pth) gets a channel folder holding only it."""
+    staged = dict(sources)
+    for name, source in sources.items():
+        path = Path(source) if source and not source.startswith(("s3://", "file://")) else None
+        if path is None or not path.is_file():
+            continue
+        folder = workdir / "channels" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            os.link(path.resolve(), folder / path.name)  # no copy of a large archive where a link will do
+        except OSError:
+            shutil.copy2(path, folder / path.name)
+        staged[name] = str(folder)
+    return staged
+
+
 def cmd_train(args, config, session):
     sources = {"training": args.data, "validation": args.validation, "test": args.test,
                "pretrained": args.pretrained}
+    if config.is_local:
+        sources = local_channels(sources, args.workdir.resolve())
     name = args.job_name or training.job_name()
     estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args, config),
                                    tags=parse_tags(args.tag), workdir=args.workdir)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,19 @@ def encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def palette_png_with_overlong_transparency() -> bytes:
+    """A 2x2 palette PNG whose tRNS chunk has 300 entries for a 2-colour palette:
+    it decodes, and its conversion to RGB raises ValueError in PIL."""
+    rows = b"".join(b"\x00" + bytes([0, 1]) for _ in range(2))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 3, 0, 0, 0))
+            + png_chunk(b"PLTE", bytes(6)) + png_chunk(b"tRNS", bytes(300)) + png_chunk(b"IDAT", zlib.compress(rows))
+            + png_chunk(b"IEND", b""))
 
 
 class Reference:
@@ -123,11 +138,12 @@ class ServerProcess:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
 
-    def workers_rss_bytes(self) -> int:
+    def pss_bytes(self) -> int:
+        """Proportional set size of the whole server (master and workers): shared pages counted once."""
         total = 0
-        for pid in self.worker_pids():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+        for pid in [self.process.pid, *self.worker_pids()]:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         return total
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from contract import artifact
 from contract.model import BACKBONES, Architecture, build_classifier
-from contract.preprocess import ImageDecodeError, Preprocessing, decode_image, eval_transform
+from contract.preprocess import ImageDecodeError, ImageTooLarge, Preprocessing, decode_image, eval_transform
+from serving_fixtures import palette_png_with_overlong_transparency
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
@@ -79,6 +80,33 @@ def test_decompression_bomb_is_refused():
     assert len(buf.getvalue()) < 200_000
     with pytest.raises(ImageDecodeError, match="too large"):
         decode_image(buf.getvalue())
+
+
+def test_a_conversion_that_fails_is_an_image_decode_error():
+    with pytest.raises(ImageDecodeError, match="palette index out of range"):
+        decode_image(palette_png_with_overlong_transparency())
+
+
+def test_a_strip_the_resize_would_blow_up_is_refused_before_decoding():
+    buf = io.BytesIO()
+    Image.new("L", (1, 300_000)).save(buf, "PNG")  # resized for 224 px: 256 x 76,800,000
+    decode_image(buf.getvalue())  # without preprocessing it is a small image
+    with pytest.raises(ImageTooLarge, match="resized"):
+        decode_image(buf.getvalue(), Preprocessing.for_image_size(224))
+
+
+def test_training_skips_and_counts_a_file_whose_conversion_fails(tmp_path):
+    from trainer.data import ImageDataset, SkipTracker, collate
+
+    (tmp_path / "bad.png").write_bytes(palette_png_with_overlong_transparency())
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "good.png")
+    dataset = ImageDataset([(tmp_path / "bad.png", 0), (tmp_path / "good.png", 1)],
+                           Preprocessing.for_image_size(32), train=False)
+    images, labels, unreadable = collate([dataset[0], dataset[1]])
+    assert images.shape == (1, 3, 32, 32) and labels.tolist() == [1] and unreadable == [0]
+    skipped = SkipTracker()
+    skipped.add("train", dataset, unreadable)
+    assert skipped.total == 1 and skipped.paths["train"] == {str(tmp_path / "bad.png")}
 
 
 def test_artifact_round_trip_and_mismatch(tmp_path):

@@ -40,8 +40,11 @@ def sagemaker_hook_config(opt_ml, tensors):
 def sagemaker_run(sample_data, tmp_path_factory):
     opt_ml = tmp_path_factory.mktemp("opt_ml")
     sagemaker_hook_config(opt_ml, opt_ml / "output" / "tensors")
-    result = run_trainer(opt_ml, {"training": sample_data}, SHORT)
+    # amp true: bf16 autocast on every CPU (auto would use it only on CPUs with native bf16), so the
+    # hook's bf16-to-fp32 conversion is exercised wherever the test runs
+    result = run_trainer(opt_ml, {"training": sample_data}, dict(SHORT, amp="true"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "amp=torch.bfloat16" in result.stdout
     return opt_ml, result
 
 
@@ -87,6 +90,20 @@ def test_hyperparameters_switch_it_on_locally_with_own_folder_and_intervals(samp
     assert biases and trial.tensor(biases[0]).steps(mode=modes.TRAIN) == [0, 2]
     assert not trial.tensor_names(collection="weights")
     assert not (tmp_path / "opt_ml" / "output" / "tensors").exists()
+
+
+def test_every_epochs_scalars_are_kept_when_their_steps_are_not_saved(sample_data, tmp_path):
+    """Losses saved every 100 steps, so no step after the first: the per-epoch scalars must still all arrive."""
+    opt_ml = tmp_path / "opt_ml"
+    hps = dict(SHORT, epochs=3, debugger="true", **{"max-steps-per-epoch": 1, "debugger-collections": "losses:100"})
+    result = run_trainer(opt_ml, {"training": sample_data}, hps)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trial = load_trial(opt_ml / "output" / "tensors")
+    history = json.loads((opt_ml / "model" / "model_config.json").read_text())["training"]["history"]
+    for name in ("train_loss", "validation_loss"):
+        scalar = trial.tensor(f"scalar/{name}")
+        assert [float(scalar.value(step)) for step in scalar.steps()] == \
+            pytest.approx([epoch[name] for epoch in history], rel=1e-5), name
 
 
 def test_off_by_default_without_importing_smdebug(tmp_path):

@@ -60,3 +60,15 @@ def test_to_sagemaker_strings_round_trip():
     assert set(BY_NAME) >= {"lr", "batch-size", "epochs", "optimizer", "eps", "weight-decay", "backbone",
                             "trainable-layers", "head", "dropout", "init", "warmup", "label-smoothing",
                             "image-size", "num-workers", "amp", "seed", "pretrained", "patience"}
+
+
+@pytest.mark.parametrize("argv, layers", [
+    ([], 0),  # ImageNet weights: the seeds' frozen backbone
+    (["--pretrained", "none"], 5),  # random weights: a frozen backbone would hand the head random features
+    (["--pretrained", "none", "--trainable-layers", "auto"], 5),
+    (["--pretrained", "/weights/resnet50.pth"], 0),
+    (["--pretrained", "none", "--trainable-layers", "0"], 0),  # asked for: allowed, and the trainer warns
+    (["--trainable-layers", "2"], 2),
+])
+def test_trainable_layers_auto_trains_every_stage_without_pretrained_weights(argv, layers):
+    assert parse(argv).trainable_layers == layers

@@ -1,8 +1,10 @@
 """SageMaker Debugger's rules, evaluated locally over trials written by real training runs.
 
-Each rule has a run that must trigger it and one that must not. The runs are
-short (resnet18, 64 px, 3 steps of 32 images per epoch) and save what the
-rules read at every step.
+Each rule has a run that must trigger it and one that must not, each far from
+the rule's threshold: the trainer's `amp` is auto (bf16 on CPUs with native
+bf16, fp32 elsewhere), so it is pinned false here and the runs are the same on
+every CPU. The runs are short (resnet18, 64 px, 3 steps of 32 images per epoch)
+and save what the rules read.
 """
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ import torch
 from conftest import CONTAINER, FAST_HPS, run_trainer
 from trainer import rules
 
-BASE = dict(FAST_HPS, **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true", "profiler": "false"})
-ALL = "losses:1,weights:1,gradients:1,relu_input:1"
+BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
+                                      "profiler": "false"})
+# every collection at steps 0 and 3: the first steps for PoorWeightInitialization, a pair for WeightUpdateRatio
+ALL = "losses:1,weights:3,gradients:3,relu_input:3"
+# three-step windows: one window per epoch of these runs (the default, 10, needs longer runs)
+PER_EPOCH = {"LossNotDecreasing": {"num_steps": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,7 @@ def trial(sample_data, tmp_path_factory):
     def make(name: str, **hps) -> str:
         if name not in made:
             opt_ml = tmp_path_factory.mktemp(name)
-            result = run_trainer(opt_ml, {"training": sample_data}, dict(BASE, **hps))
+            result = run_trainer(opt_ml, {"training": sample_data}, dict(BASE, **hps), timeout=1200)
             expect_failure = name == "nan"
             assert (result.returncode != 0) == expect_failure, result.stdout[-2000:] + result.stderr[-3000:]
             made[name] = str(opt_ml / "output" / "tensors")
@@ -52,19 +58,24 @@ def tiny_init_weights(folder) -> str:
 RUNS = {
     # all layers trained from scratch at lr 1e-3: learns, nothing wrong
     "healthy": dict(epochs=2, **{"debugger-collections": ALL}),
+    # a head on fixed features (a frozen backbone, unaugmented images): a convex problem, whose loss
+    # falls from epoch to epoch without the noise of a network finding its way
+    "convex": dict(epochs=4, lr=0.01, augment="false", **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     # the seeds' set-up: a frozen backbone and a trained head; validation follows training
     "frozen": dict(epochs=3, lr=0.01, **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     "tiny": dict(epochs=1, **{"debugger-collections": "losses:1,gradients:1,relu_input:1"}),
-    # far past the best validation loss: training loss ~0, validation loss flat or rising
-    "long": dict(epochs=8, **{"debugger-collections": "losses:1"}),
+    # far past the best validation loss: unaugmented training images learnt by heart, training loss ~0
+    "long": dict(epochs=10, lr=0.003, augment="false", **{"debugger-collections": "losses:1"}),
     "hot": dict(epochs=4, lr=10, **{"debugger-collections": "losses:1,weights:1"}),
     "nan": dict(epochs=2, optimizer="sgd", lr="1e12", **{"debugger-collections": "losses:1"}),
+    # the same at lr 1e-9: nothing learns, the loss only wanders with the batches
+    "flat": dict(epochs=6, lr="1e-9", augment="false", **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
 }
 
 CASES = [  # rule, run that must trigger it, run that must not
     ("VanishingGradient", "tiny", "healthy"),
     ("PoorWeightInitialization", "tiny", "healthy"),
-    ("LossNotDecreasing", "hot", "healthy"),
+    ("LossNotDecreasing", "flat", "convex"),
     ("ExplodingTensor", "nan", "healthy"),
     ("WeightUpdateRatio", "hot", "healthy"),
     ("Overfit", "long", "frozen"),
@@ -81,11 +92,67 @@ def _trial_for(name, trial, tmp_path_factory):
 
 @pytest.mark.parametrize("rule, bad, good", CASES, ids=[c[0] for c in CASES])
 def test_rule_triggers_on_the_bad_run_only(rule, bad, good, trial, tmp_path_factory):
-    fired = rules.run(_trial_for(bad, trial, tmp_path_factory), [rule])[rule]
+    fired = rules.run(_trial_for(bad, trial, tmp_path_factory), [rule], PER_EPOCH)[rule]
     assert fired["status"] == "IssuesFound" and fired["first_step"] is not None, fired
-    quiet = rules.run(_trial_for(good, trial, tmp_path_factory), [rule])[rule]
+    quiet = rules.run(_trial_for(good, trial, tmp_path_factory), [rule], PER_EPOCH)[rule]
     assert quiet["status"] == "NoIssuesFound", quiet
-    assert quiet["steps_checked"] > 0  # it looked at every step, not at nothing
+    assert quiet["judgements"] > 0 and not quiet["message"]  # it compared something, and all was well
+
+
+def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(trial, tmp_path_factory):
+    """Windows of 100 steps: these runs have one; the trainer's per-epoch mean losses are judged instead."""
+    wide = {"LossNotDecreasing": {"num_steps": 100}}
+    quiet = rules.run(_trial_for("convex", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
+    assert quiet["LossNotDecreasing"]["status"] == "NoIssuesFound", quiet
+    assert quiet["LossNotDecreasing"]["judgements"] == 3  # epochs 2, 3 and 4 against the one before
+    fired = rules.run(_trial_for("flat", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
+    assert fired["LossNotDecreasing"]["status"] == "IssuesFound", fired
+    assert "per epoch" in fired["LossNotDecreasing"]["message"]
+
+
+def loss_trial(folder, losses) -> str:
+    """A trial with exactly these TRAIN losses, one per step, written by smdebug's PyTorch hook."""
+    import numpy as np
+    import smdebug.pytorch as smd
+    from smdebug import modes
+    from torch import nn
+
+    hook = smd.Hook(out_dir=str(folder), save_config=smd.SaveConfig(save_interval=1), include_collections=["losses"])
+    model, criterion = nn.Linear(1, 1), nn.CrossEntropyLoss()
+    hook.register_module(model)
+    hook.register_loss(criterion)
+    hook.set_mode(modes.TRAIN)
+    for value in losses:
+        model(torch.zeros(1, 1))  # a step
+        # two classes, logits (0, z) for class 0: the loss is log(1 + e^z)
+        criterion(torch.tensor([[0.0, float(np.log(np.expm1(value)))]]), torch.tensor([0]))
+    hook.close()
+    return str(folder)
+
+
+def test_loss_not_decreasing_judges_windows_not_single_batches(tmp_path):
+    """35 steps as the sample data's 5 epochs of 7: the loss falls, batch noise +-30%, and each epoch's
+    last batch (one image) 4x off. Single steps 10 apart would compare a spike (step 20) with a batch."""
+    import numpy as np
+
+    steps = np.arange(35)
+    noise = np.random.RandomState(0).uniform(0.7, 1.3, 35)  # the same numbers on every platform
+    falling = (1.2 * np.exp(-steps / 12) + 0.3) * noise
+    falling[6::7] *= 4
+    verdict = rules.run(loss_trial(tmp_path / "falling", falling), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 3, verdict
+    flat = rules.run(loss_trial(tmp_path / "flat", 1.4 * noise), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert flat["status"] == "IssuesFound", flat
+    short = rules.run(loss_trial(tmp_path / "short", falling[:12]), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert short["status"] == "NotEnoughData" and "losses:1" in short["message"], short
+
+
+@pytest.mark.parametrize("rule", ["LossNotDecreasing", "Overtraining", "WeightUpdateRatio"])
+def test_a_run_too_short_to_judge_says_not_enough_data(rule, trial, tmp_path_factory):
+    """One epoch of three steps: no two windows, no two epochs, too few steps for any patience."""
+    verdict = rules.run(_trial_for("tiny", trial, tmp_path_factory), [rule])[rule]
+    assert verdict["status"] == "NotEnoughData" and verdict["judgements"] == 0, verdict
+    assert verdict["message"]  # what it would need
 
 
 def test_cli_prints_each_rule_and_writes_a_summary(trial, tmp_path, tmp_path_factory):
@@ -97,9 +164,11 @@ def test_cli_prints_each_rule_and_writes_a_summary(trial, tmp_path, tmp_path_fac
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.split()}
     assert set(rules.BY_NAME) <= set(lines)
     assert "VanishingGradient" in lines and "IssuesFound at step 0" in lines["VanishingGradient"]
+    assert lines["LossNotDecreasing"].split()[1].startswith("NotEnoughData")
     result = json.loads(summary.read_text())["rules"]
     assert result["PoorWeightInitialization"]["parameters"] == {"steps": "3"}
     assert result["VanishingGradient"]["status"] == "IssuesFound"
+    assert result["LossNotDecreasing"]["status"] == "NotEnoughData" and result["LossNotDecreasing"]["message"]
 
 
 def test_defaults_are_the_ones_aws_documents():
@@ -131,5 +200,6 @@ def test_sagemaker_objects_are_built_from_the_same_list():
     assert config["profiler_config"].system_monitor_interval_millis == 500
     hook = config["debugger_hook_config"]
     names = {c.name: c.parameters for c in hook.collection_configs}
-    assert names["relu_input"]["include_regex"] == ".*relu_input" and names["losses"]["save_interval"] == "500"
+    assert names["relu_input"]["include_regex"] == ".*relu_input" and names["weights"]["save_interval"] == "500"
+    assert names["losses"]["save_interval"] == "1"  # the loss rules' windows need several losses each
     assert hook.s3_output_path == "s3://bucket/prefix"

@@ -1,6 +1,7 @@
 """The README's first command, end to end: images, data, tune, train, rules, profile, serve, classify."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -33,13 +34,18 @@ def test_summary_and_reports(first_run, engine):
     workdir, out, _ = first_run
     for stage in STAGES:
         assert re.search(rf"^  {stage}\s+done in \d+ s$", out, re.MULTILINE), stage
-    assert float(re.search(r"test accuracy\s+([0-9.]+)", out).group(1)) > 0.25  # 4 classes: chance
-    assert float(re.search(r"endpoint accuracy\s+([0-9.]+)", out).group(1)) > 0.25
+    # 4 easy classes (chance is 0.25); resnet18 trained from scratch on them reaches 0.9 and more
+    assert float(re.search(r"test accuracy\s+([0-9.]+)", out).group(1)) >= 0.6
+    assert float(re.search(r"endpoint accuracy\s+([0-9.]+)", out).group(1)) >= 0.6
     assert float(re.search(r"p50 latency\s+([0-9.]+) ms", out).group(1)) > 0
     assert re.search(r"best hyperparameters\s+.*lr=", out)
     rules = re.search(r"rule verdicts\s+(.*)$", out, re.MULTILINE).group(1)
+    summary = json.loads((workdir / "opt_ml" / "output" / "rules.json").read_text())["rules"]
     for rule in ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"):
-        assert re.search(rf"{rule}: (IssuesFound|NoIssuesFound)", rules), rule
+        assert f"{rule}: {summary[rule]['status']}" in rules, rule
+    # the training loss falls over the run's 35 steps, each saved: judged, and judged well
+    assert summary["LossNotDecreasing"]["status"] == "NoIssuesFound", summary["LossNotDecreasing"]
+    assert summary["LossNotDecreasing"]["judgements"] >= 2
     profiler = re.search(r"profiler verdicts\s+(.*)$", out, re.MULTILINE).group(1)
     assert re.search(r"CPUBottleneck: (IssuesFound|NoIssuesFound)", profiler)
     named = re.findall(r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"

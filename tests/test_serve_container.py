@@ -86,6 +86,9 @@ def classify_and_check(container) -> None:
 def test_container_classifies_a_jpeg(engine, container):
     wait_for_ping(engine, container)
     classify_and_check(container)
+    # serve became gunicorn's master (PID 1, so SIGTERM reaches it) with jemalloc preloaded
+    maps = engine_run(engine, "exec", container["id"], "grep", "-c", "libjemalloc", "/proc/1/maps")
+    assert maps.returncode == 0 and int(maps.stdout) > 0, maps.stdout + maps.stderr
 
 
 def image_packages(engine, image: str) -> set[str]:

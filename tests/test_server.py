@@ -11,18 +11,23 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from contract.preprocess import decode_image, eval_transform
 from serving_fixtures import (CLASS_NAMES, IMAGE_SIZE, Reference, ServerProcess, encode, make_model_dir,
-                              sample_image)
+                              palette_png_with_overlong_transparency, sample_image)
 
 PAYLOAD_LIMIT_MB = 1
+WORKERS = 2
+# Low bounds, so small bodies can cross them: 4 images of 96x80 fit, and so do 3 of 64x64 as npy.
+IMAGE_LIMIT = 4
+PIXEL_LIMIT = 40_000
 ATOL = 1e-4
 
 
@@ -39,7 +44,9 @@ def reference(model_dir):
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     process = ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "server.log",
-                            SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB))
+                            SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                            SAGEMAKER_MAX_IMAGES_PER_REQUEST=str(IMAGE_LIMIT),
+                            SAGEMAKER_MAX_PIXELS_PER_REQUEST=str(PIXEL_LIMIT))
     try:
         process.wait_ready()
         yield process
@@ -174,7 +181,7 @@ def test_top_k_from_custom_attributes(server, attribute, expected_count):
 def test_execution_parameters(server):
     response = server.get("/execution-parameters")
     assert response.status_code == 200
-    assert response.json() == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+    assert response.json() == {"MaxConcurrentTransforms": WORKERS, "BatchStrategy": "SINGLE_RECORD",
                                "MaxPayloadInMB": PAYLOAD_LIMIT_MB}
 
 
@@ -204,6 +211,14 @@ def chunks(total: int, size: int = 64 * 1024):
         yield b"\xff" * min(size, total - start)
 
 
+def png(size, mode: str = "RGB") -> bytes:
+    return encode(Image.new(mode, size), "PNG")
+
+
+def json_of(*images: bytes) -> bytes:
+    return json.dumps({"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}).encode()
+
+
 GOOD_ARRAY = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
 OVER_LIMIT = PAYLOAD_LIMIT_MB * 1024 * 1024 + 1
 
@@ -211,7 +226,7 @@ BAD_REQUESTS = {
     "empty body": (b"", "image/jpeg", {}, 400, "empty"),
     "not an image": (b"hello", "image/jpeg", {}, 400, "not a readable image"),
     "truncated jpeg": (jpeg()[:600], "image/jpeg", {}, 400, "not a readable image"),
-    "decompression bomb": (decompression_bomb_png(), "image/png", {}, 400, "too large"),
+    "decompression bomb": (decompression_bomb_png(), "image/png", {}, 413, "too large"),
     "unsupported content type": (b"some text", "text/plain", {}, 415, "text/plain"),
     "no content type": (jpeg(), "", {}, 415, "not supported"),
     "unsupported accept": (jpeg(), "image/jpeg", {"Accept": "image/png"}, 406, "image/png"),
@@ -235,6 +250,15 @@ BAD_REQUESTS = {
     "top_k not a number": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=two"}, 400, "top_k"),
     "top_k zero": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=0"}, 400, "top_k"),
     "payload over the limit": (b"\xff" * OVER_LIMIT, "image/jpeg", {}, 413, "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+    "json with more images than allowed": (json_of(*[png((8, 8))] * (IMAGE_LIMIT + 1)), "application/json", {},
+                                           413, "SAGEMAKER_MAX_IMAGES_PER_REQUEST"),
+    "json decoding to more pixels than allowed": (json_of(*[png((128, 128))] * 3), "application/json", {},
+                                                  413, "SAGEMAKER_MAX_PIXELS_PER_REQUEST"),
+    "npy with more images than allowed": (npy(np.zeros((IMAGE_LIMIT + 1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)),
+                                          "application/x-npy", {}, 413, "SAGEMAKER_MAX_IMAGES_PER_REQUEST"),
+    "a strip that the resize would blow up": (png((1, 20_000), "L"), "image/png", {}, 413, "resized"),
+    "a colour conversion that fails": (palette_png_with_overlong_transparency(), "image/png", {}, 400,
+                                       "palette index out of range"),
 }
 
 
@@ -268,21 +292,27 @@ def test_payload_limit_is_checked_before_reading_the_body(server, reference):
 
 # --- life cycle ----------------------------------------------------------------------------------
 
-SLOW_MODEL_FN = """
+COUNTING_SLOW_MODEL_FN = """
+    import os
     import time
     from contract import artifact
 
     def model_fn(model_dir):
+        with open(os.environ["MODEL_FN_CALLS"], "a") as calls:
+            calls.write(f"{os.getpid()}\\n")
         time.sleep(4)
         return artifact.load(model_dir)[0]
 """
 
 
-def test_ping_is_503_while_the_model_loads_then_200(start_server, reference):
-    # loading (4 s) outlasts gunicorn's worker timeout (2 s): the worker must survive it
-    server = start_server(SLOW_MODEL_FN, SAGEMAKER_MODEL_SERVER_TIMEOUT="2")
+def test_the_master_loads_the_model_once_and_answers_503_meanwhile(start_server, reference, tmp_path):
+    # loading (4 s) outlasts gunicorn's worker timeout (2 s): no worker exists yet, and
+    # the workers heartbeat while they warm up, so none is killed
+    calls = tmp_path / "model_fn_calls"
+    server = start_server(COUNTING_SLOW_MODEL_FN, SAGEMAKER_MODEL_SERVER_WORKERS="2",
+                          SAGEMAKER_MODEL_SERVER_TIMEOUT="2", MODEL_FN_CALLS=str(calls))
     deadline = time.monotonic() + 60
-    while True:  # until the worker listens
+    while True:  # until the master listens
         assert time.monotonic() < deadline, server.log()
         try:
             started = time.monotonic()
@@ -292,20 +322,74 @@ def test_ping_is_503_while_the_model_loads_then_200(start_server, reference):
             time.sleep(0.1)
     assert ping.status_code == 503 and time.monotonic() - started < 2, ping.text
     assert "loading" in ping.json()["error"]
-    assert server.invoke(jpeg()).status_code == 503
-    loading_workers = server.worker_pids()
+    loading = server.invoke(jpeg())
+    assert loading.status_code == 503 and "loading" in loading.json()["error"]
+    assert server.worker_pids() == []  # none forked before the model is there to share
     server.wait_ready(timeout=60)
-    assert server.worker_pids() == loading_workers, server.log()
+    assert calls.read_text().split() == [str(server.process.pid)], server.log()  # once, in the master
+    workers = server.worker_pids()
+    assert len(workers) == 2
     # a user model_fn with every other stage the default
     response = server.invoke(jpeg(), headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(probabilities_of(response.json()), reference.for_images(jpeg())[0], atol=ATOL)
+    assert server.worker_pids() == workers, server.log()
+
+
+REPORTING_PID = """
+    import json
+    import os
+
+    def output_fn(prediction, accept):
+        return json.dumps({"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}), "application/json"
+"""
+
+
+def concurrent_invocations(server: ServerProcess, count: int, body: bytes | None = None,
+                           content_type: str = "image/jpeg") -> list[requests.Response]:
+    """`count` requests at once, each on its own connection (so the kernel spreads them over the workers)."""
+    start = threading.Barrier(count)
+
+    def one(_):
+        start.wait(timeout=30)
+        return server.invoke(body or jpeg(), content_type, timeout=30)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+UNBATCHED_PREDICT_FN = """
+    import torch
+
+    def predict_fn(data, model):
+        with torch.inference_mode():
+            return model(data.unsqueeze(0))
+"""
+
+
+@pytest.mark.parametrize("predict", ["batched", "user predict_fn"])
+def test_every_worker_answers_as_soon_as_ping_is_200(start_server, predict):
+    """The user's bug: /ping 200 from one worker while another still loaded its model (503).
+    And the fork's safety: the workers run torch with 2 threads each after the master
+    loaded the model. With a user predict_fn the warm-up runs on the worker's main
+    thread: had the master's main thread run OpenMP work, it would hang there."""
+    code = REPORTING_PID + (UNBATCHED_PREDICT_FN if predict == "user predict_fn" else "")
+    server = start_server(code, SAGEMAKER_MODEL_SERVER_WORKERS="3", SAGEMAKER_TORCH_THREADS="2")
+    server.wait_ready()
+    seen = set()
+    for _ in range(8):  # bursts, right after the first /ping 200, until every worker has answered
+        responses = concurrent_invocations(server, 12)
+        assert [r.status_code for r in responses] == [200] * 12, [r.text for r in responses if r.status_code != 200]
+        seen |= {r.json()["pid"] for r in responses}
+        if len(seen) == 3:
+            break
+    assert seen == set(server.worker_pids()), server.log()
 
 
 def test_ping_is_500_with_the_reason_when_loading_fails(start_server, tmp_path):
     model_dir = make_model_dir(tmp_path / "broken")
     (model_dir / "model.pt").write_bytes(b"not a state dict")
-    server = start_server(model_dir=model_dir)
+    server = start_server(model_dir=model_dir, SAGEMAKER_MODEL_SERVER_WORKERS="2")
     deadline = time.monotonic() + 60
     while True:
         assert time.monotonic() < deadline, server.log()
@@ -332,18 +416,25 @@ SLOW_PREDICT_FN = """
 """
 
 
-def test_sigterm_lets_the_request_in_flight_finish(start_server):
-    server = start_server(SLOW_PREDICT_FN)
+def test_sigterm_lets_the_request_in_flight_finish_and_exits_within_30_s(start_server):
+    server = start_server(SLOW_PREDICT_FN, SAGEMAKER_MODEL_SERVER_WORKERS="2")
     server.wait_ready()
+    idle = requests.Session()  # a kept-alive connection with nothing in flight must not hold the exit up
+    assert idle.get(server.url + "/ping", timeout=30).status_code == 200
     results = []
     client = threading.Thread(target=lambda: results.append(server.invoke(jpeg())))
     client.start()
     time.sleep(1)  # the request is inside predict_fn now
+    workers = server.worker_pids()
+    terminated = time.monotonic()
     server.process.terminate()
     client.join(timeout=60)
     assert results and results[0].status_code == 200, results and results[0].text
     assert len(results[0].json()[0]["predictions"]) == 5
     assert server.process.wait(timeout=60) == 0
+    assert time.monotonic() - terminated < 30, server.log()  # SageMaker's SIGKILL comes at 30 s
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    idle.close()
     with pytest.raises(requests.ConnectionError):
         server.get("/ping")
 
@@ -531,20 +622,10 @@ def test_soak_no_errors_and_bounded_memory(server, reference):
         return errors
 
     assert run(300, time_limit=120) == []  # warm-up: allocator pools and caches fill
-    rss_before = server.workers_rss_bytes()
+    pss_before = server.pss_bytes()
     assert run(2000, time_limit=400) == []
-    rss_after = server.workers_rss_bytes()
-    assert rss_after < rss_before * 1.10, f"worker RSS grew from {rss_before >> 20} to {rss_after >> 20} MiB"
-
-
-REPORTING_DEVICES = """
-import json
-import os
-
-
-def output_fn(prediction, accept):
-    return json.dumps({"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}), "application/json"
-"""
+    pss_after = server.pss_bytes()
+    assert pss_after < pss_before * 1.03, f"server PSS grew from {pss_before >> 20} to {pss_after >> 20} MiB"
 
 
 def test_workers_are_spread_over_the_gpus(start_server):
@@ -552,19 +633,52 @@ def test_workers_are_spread_over_the_gpus(start_server):
 
     No GPU here: torch finds none and the model runs on the CPU, but the
     pinning is gunicorn's real pre_fork/post_fork on real workers."""
-    server = start_server(REPORTING_DEVICES, SM_NUM_GPUS="2", CUDA_VISIBLE_DEVICES="4,6",
+    server = start_server(REPORTING_PID, SM_NUM_GPUS="2", CUDA_VISIBLE_DEVICES="4,6",
                           SAGEMAKER_MODEL_SERVER_WORKERS="")
     server.wait_ready()
     seen: dict[int, str] = {}
-    deadline = time.monotonic() + 60
-    for _ in range(200):  # new connections: the kernel spreads them over both workers' accepts
-        if len(seen) == 2 or time.monotonic() > deadline:
+    for _ in range(8):  # bursts on new connections: the kernel spreads them over both workers' accepts
+        responses = concurrent_invocations(server, 8)
+        assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses if r.status_code != 200]
+        seen.update({r.json()["pid"]: r.json()["visible"] for r in responses})
+        if len(seen) == 2:
             break
-        response = server.invoke(jpeg())
-        if response.status_code == 503 and "loading" in response.text:
-            time.sleep(0.2)  # /ping was answered by one worker; the other is still loading its model
-            continue
-        assert response.status_code == 200, response.text
-        seen[response.json()["pid"]] = response.json()["visible"]
     assert sorted(seen.values()) == ["4", "6"], seen
     assert sorted(seen) == sorted(server.worker_pids())
+
+
+# --- dynamic batching and default bounds, in the real server ----------------------------------------
+
+@pytest.fixture(scope="module")
+def default_server(model_dir, tmp_path_factory):
+    """Every limit at its default, 2 workers; batches wait up to 200 ms for company."""
+    process = ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "default_server.log",
+                            SAGEMAKER_MODEL_SERVER_WORKERS="2", SAGEMAKER_BATCH_WAIT_MS="200")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def test_concurrent_requests_share_forward_passes(default_server, reference):
+    lone = default_server.invoke(jpeg())
+    assert lone.status_code == 200 and lone.headers["X-Forward-Batch-Size"] == "1", lone.headers
+    responses = concurrent_invocations(default_server, 16)
+    assert [r.status_code for r in responses] == [200] * 16
+    sizes = [int(r.headers["X-Forward-Batch-Size"]) for r in responses]
+    assert 1 < max(sizes) <= 8, sizes  # shared passes, never above SAGEMAKER_BATCH_SIZE
+    for response in responses:  # and each still gets its own answer
+        np.testing.assert_allclose(probabilities_of(response.json()), reference.for_images(jpeg())[0], atol=ATOL)
+
+
+def test_six_mb_of_tiny_base64_pngs_is_refused_before_decoding(default_server, reference):
+    """The user's body: ~80,000 8x8 PNGs, which would become ~50 GB of input tensors."""
+    tiny = png((8, 8))
+    body = json_of(*[tiny] * (6_000_000 // (len(base64.b64encode(tiny)) + 12)))
+    started = time.monotonic()
+    response = default_server.invoke(body, "application/json")
+    assert response.status_code == 413, response.text
+    assert "SAGEMAKER_MAX_IMAGES_PER_REQUEST" in response.json()["error"]
+    assert time.monotonic() - started < 10
+    assert_good_request_works(default_server, reference)

@@ -95,6 +95,17 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled():
     assert forward.sizes == [8, 8, 4]
 
 
+def test_each_request_thread_learns_the_size_of_its_forward_pass():
+    batcher = DynamicBatcher(RecordingForward(), max_batch_size=8, max_wait_ms=5)
+    with batcher.upcoming():
+        batcher.submit(torch.ones(3, 3))
+    assert batcher.last_batch_size() == 3
+    with batcher.upcoming():  # announced, submitted nothing (a bad request): no stale size
+        pass
+    assert batcher.last_batch_size() is None
+    assert (batcher.forward_passes, batcher.images) == (1, 3)
+
+
 def test_a_failing_forward_fails_its_requests_only():
     batcher = DynamicBatcher(RecordingForward(fail_on=-1.0), max_batch_size=8, max_wait_ms=5)
     with pytest.raises(RuntimeError, match="forward failed"):
@@ -105,15 +116,16 @@ def test_a_failing_forward_fails_its_requests_only():
 def test_settings_from_the_environment(tmp_path):
     settings = Settings.from_env({"SM_MODEL_DIR": str(tmp_path), "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
                                   "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100", "SAGEMAKER_BATCH_SIZE": "32",
-                                  "SM_NUM_GPUS": "0"})
+                                  "SM_NUM_GPUS": "0", "SAGEMAKER_MAX_IMAGES_PER_REQUEST": "500"})
     assert (settings.workers, settings.max_payload_bytes, settings.request_threads) == (3, 100 << 20, 64)
+    assert (settings.max_images_per_request, settings.max_pixels_per_request) == (500, 64_000_000)
     assert (settings.port, settings.host, settings.timeout, settings.batch_wait_ms) == (8080, "0.0.0.0", 60, 5)
     assert Settings.from_env(settings.to_env()) == settings
     assert Settings.from_env({"SM_NUM_GPUS": "4"}).workers == 4  # one per GPU
 
 
 @pytest.mark.parametrize("name, value", [("SAGEMAKER_BATCH_SIZE", "many"), ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
-                                         ("SAGEMAKER_BIND_TO_PORT", "-1")])
+                                         ("SAGEMAKER_BIND_TO_PORT", "-1"), ("SAGEMAKER_MAX_PIXELS_PER_REQUEST", "0")])
 def test_settings_name_the_variable_that_is_wrong(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value, "SM_NUM_GPUS": "0"})

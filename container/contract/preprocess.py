@@ -19,12 +19,24 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
 # Refuse images whose header claims more pixels than this before decoding
 # them: a few-KB PNG can claim 30000x30000 and would otherwise take GBs.
+# decode_image checks the size itself, before any pixel is allocated (PIL's
+# own check only warns below twice its limit, and turning that warning into
+# an error with warnings.catch_warnings is not thread-safe: the server
+# decodes in many threads at once). Above twice the limit PIL refuses too.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not an image we can use; the message says why."""
+    """The bytes are not an image we can use; the message says why.
+
+    Every failure of decoding or converting an image is this type: training
+    skips and counts such files, serving answers 4xx with the message."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The image would decode (or resize) to more pixels than allowed."""
 
 
 @dataclass
@@ -64,29 +76,47 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def decode_image(data: bytes, prep: Preprocessing | None = None) -> Image.Image:
+def decode_image(data: bytes, prep: Preprocessing | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Bytes -> RGB PIL image, or ImageDecodeError with a one-line reason.
 
     With `prep`, JPEGs are decoded at a reduced DCT scale that still covers
     the resize size (PIL's draft mode): a 4000x3000 photo decodes ~8x faster
     and the result after resizing differs by less than JPEG noise.
+
+    ImageTooLarge before any pixel is allocated when the image would decode
+    to more than `max_pixels` (counted after draft mode: what is allocated),
+    or, with `prep`, when its aspect ratio would make the resize before the
+    centre crop that large (a 1x60000 strip would be resized to 256x15360000).
     """
     if not data:
         raise ImageDecodeError("empty image payload")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            if prep is not None and img.format == "JPEG":
-                img.draft("RGB", (prep.resize_size, prep.resize_size))
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError(f"image too large: more than {MAX_IMAGE_PIXELS} pixels") from None
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        if prep is not None and img.format == "JPEG":
+            img.draft("RGB", (prep.resize_size, prep.resize_size))
+        check_pixels(img.size, max_pixels)
+        if prep is not None:
+            check_pixels(resized_size(img.size, prep), max_pixels, "resized before the crop to")
+        img.load()
+        # Inside the same guard: a mode conversion or EXIF orientation that
+        # fails is as much the file's fault as a decoder error.
+        return to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"image too large: more than {MAX_IMAGE_PIXELS} pixels") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(f"not a readable image: not one of {', '.join(FORMATS)}") from None
-    except Exception as exc:  # PIL raises many types for truncated or damaged data
+    except Exception as exc:  # PIL raises many types for truncated, damaged or odd data
         raise ImageDecodeError(f"not a readable image: {type(exc).__name__}: {exc}") from None
-    return to_rgb(img)
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, what: str = "") -> None:
+    width, height = size
+    if width * height > max_pixels:
+        where = f" ({what} {width}x{height})" if what else f" ({width}x{height})"
+        raise ImageTooLarge(f"image too large: more than {max_pixels} pixels{where}")
 
 
 def load_image_file(path, prep: Preprocessing | None = None) -> Image.Image:
@@ -94,12 +124,17 @@ def load_image_file(path, prep: Preprocessing | None = None) -> Image.Image:
         return decode_image(f.read(), prep)
 
 
-def resize_and_crop(img: Image.Image, prep: Preprocessing) -> Image.Image:
-    """Shorter side to resize_size (bilinear, antialiased), then centre crop."""
-    w, h = img.size
+def resized_size(size: tuple[int, int], prep: Preprocessing) -> tuple[int, int]:
+    """(width, height) with the shorter side scaled to resize_size."""
+    w, h = size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = prep.resize_size, int(prep.resize_size * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def resize_and_crop(img: Image.Image, prep: Preprocessing) -> Image.Image:
+    """Shorter side to resize_size (bilinear, antialiased), then centre crop."""
+    size = resized_size(img.size, prep)
     if size != img.size:
         img = img.resize(size, Image.BILINEAR)
     w, h = img.size

@@ -1,28 +1,30 @@
 """The HTTP side of SageMaker's hosting contract (Flask, run by gunicorn):
 
-    GET  /ping                  200 once the model is loaded and warmed,
-                                503 while it loads, 500 if loading failed
-    POST /invocations           request -> handler stages (service.py) -> response
+    GET  /ping                  200: the model is loaded and warmed; 500 if loading
+                                failed (while the master loads, it answers 503 itself)
+    POST /invocations           request -> handler stages (service.py) -> response;
+                                X-Forward-Batch-Size: images in the forward pass
+                                that served it (dynamic batching, batching.py)
     GET  /execution-parameters  batch transform's defaults for this container
 
+The model comes loaded from gunicorn's master (preload.py): a worker takes
+connections only once it can answer /invocations.
 Every error is JSON {"error": reason}, and none ends the worker.
 """
 from __future__ import annotations
 
 import logging
-import threading
-from typing import TYPE_CHECKING
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from server.errors import RequestError
+from server.preload import MODEL
 from server.settings import Settings
 
-if TYPE_CHECKING:
-    from server.service import InferenceService
-
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+BATCH_SIZE_HEADER = "X-Forward-Batch-Size"
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 log = logging.getLogger(__name__)
 
 
@@ -47,57 +49,32 @@ def read_body(max_bytes: int) -> bytes:
     raise too_large
 
 
-class ModelLoader:
-    """Loads the model in a thread, so the worker answers /ping at once and
-    keeps heartbeating to gunicorn's master however long loading takes."""
-
-    def __init__(self, settings: Settings):
-        self.service: InferenceService | None = None
-        self.failure: str | None = None
-        threading.Thread(target=self._load, args=(settings,), name="model-loader", daemon=True).start()
-
-    def _load(self, settings: Settings) -> None:
-        # torch is imported here, not by the worker's main thread: from a cold
-        # disk that takes long enough to matter for /ping and the heartbeat.
-        import torch
-
-        from server.service import InferenceService
-
-        torch.set_num_threads(settings.torch_threads)  # process-wide, the model thread included
-        try:
-            service = InferenceService(settings.model_dir, settings.batch_size, settings.batch_wait_ms)
-        except Exception as exc:
-            log.exception("loading the model from %s failed", settings.model_dir)
-            self.failure = f"{type(exc).__name__}: {exc}"
-        else:
-            log.info("model from %s ready", settings.model_dir)
-            self.service = service
-
-    def unavailable(self) -> tuple[Response, int]:
-        if self.failure:
-            return error_response(500, f"the model failed to load: {self.failure}")
-        return error_response(503, "the model is loading")
+def unavailable() -> tuple[Response, int]:
+    return error_response(500, f"the model failed to load: {MODEL.failure or 'unknown reason'}")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = settings or Settings.from_env()
-    loader = ModelLoader(settings)
     app = Flask(__name__)
 
     @app.get("/ping")
     def ping():
-        return ("", 200) if loader.service else loader.unavailable()
+        return ("", 200) if MODEL.service else unavailable()
 
     @app.post("/invocations")
     def invocations():
-        service = loader.service
+        service = MODEL.service
         if service is None:
-            return loader.unavailable()
+            return unavailable()
         body, content_type = service.invoke(
             read_body(settings.max_payload_bytes), request.headers.get("Content-Type"),
             request.headers.get("Accept"), request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
-        return Response(body, content_type=content_type)
+        response = Response(body, content_type=content_type)
+        batch_size = service.last_batch_size()
+        if batch_size is not None:
+            response.headers[BATCH_SIZE_HEADER] = str(batch_size)
+        return response
 
     @app.get("/execution-parameters")
     def execution_parameters():

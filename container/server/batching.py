@@ -8,6 +8,10 @@ this worker has announced itself with `upcoming()` and not yet submitted.
 So a lone request never waits: batching costs latency only when there is
 someone to batch with. max_wait_ms=0 never waits, yet still batches whatever
 queued up while the previous forward pass ran.
+
+Each request thread can read how many images shared its last forward pass
+(`last_batch_size`); the server reports it in a response header, and
+`forward_passes` / `images` count what this worker's model has run.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class _Job:
     inputs: torch.Tensor
     queued_at: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    batch_size: int = 0  # images in the forward pass that computed this job
 
 
 class DynamicBatcher:
@@ -40,6 +45,8 @@ class DynamicBatcher:
         # gthread runs a request start to end in one thread, so the announcement
         # made in upcoming() is found again by that thread's submit().
         self._announced = threading.local()
+        self.forward_passes = 0
+        self.images = 0
         threading.Thread(target=self._run, name="model", daemon=True).start()
 
     @contextmanager
@@ -48,6 +55,7 @@ class DynamicBatcher:
         with self._cond:
             self._upcoming += 1
         self._announced.pending = True
+        self._announced.batch_size = None
         try:
             yield
         finally:
@@ -71,12 +79,22 @@ class DynamicBatcher:
                 self._withdraw_announcement()
             self._cond.notify()
         outputs = [job.future.result() for job in jobs]
+        self._announced.batch_size = max(job.batch_size for job in jobs)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def last_batch_size(self) -> int | None:
+        """Images in the (largest) forward pass of this thread's last submit
+        since it announced itself with upcoming(); None if it submitted nothing."""
+        return getattr(self._announced, "batch_size", None)
 
     def _run(self) -> None:
         while True:
             jobs = self._next_batch()
             inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
+            self.forward_passes += 1
+            self.images += len(inputs)
+            for job in jobs:
+                job.batch_size = len(inputs)
             try:
                 outputs = self._forward(inputs)
             except Exception as exc:  # the requests fail, the model thread lives on

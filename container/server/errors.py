@@ -11,3 +11,8 @@ class UnsupportedContentType(RequestError):
 
 class UnsupportedAccept(RequestError):
     status = 406
+
+
+class TooLarge(RequestError):
+    """More images, or more pixels, than one request may hold."""
+    status = 413

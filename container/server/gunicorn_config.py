@@ -1,10 +1,14 @@
 """gunicorn's configuration for `serve` (gunicorn -c python:server.gunicorn_config)."""
+import logging
 import os
 from collections import Counter
 
-from server.settings import Settings
+from server import preload
+from server.app import LOG_FORMAT
+from server.settings import SHUTDOWN_GRACE_S, Settings
 
 _settings = Settings.from_env()
+logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 wsgi_app = "server.app:create_app()"
 bind = f"{_settings.host}:{_settings.port}"
@@ -13,16 +17,28 @@ workers = _settings.workers
 # the dynamic batcher put them into one forward pass.
 worker_class = "gthread"
 threads = _settings.request_threads
-# The worker heartbeats from its event loop while the model loads in a
-# thread, so this timeout catches hung workers, not slow model loading.
+# Workers heartbeat while they warm up (preload.start_in_worker) and the
+# master loads the model before any worker exists, so this timeout catches
+# hung workers, not slow model loading.
 timeout = _settings.timeout
-# On SIGTERM, in-flight requests get as long as any request may take.
-graceful_timeout = _settings.timeout
+# On SIGTERM, in-flight requests may finish: the server is gone before
+# SageMaker's SIGKILL, 30 s after its SIGTERM.
+graceful_timeout = SHUTDOWN_GRACE_S
 # gunicornc's control socket: nothing in a container uses it, and two
 # servers on one host (tests) would share its default path.
 control_socket_disable = True
 errorlog = "-"
 loglevel = "info"
+
+
+def when_ready(server):
+    # The master, listening, before it forks any worker: load the model once.
+    preload.load_while_answering(server, _settings)
+
+
+def post_worker_init(worker):
+    # A worker, before its first accept.
+    preload.start_in_worker(_settings, worker.notify)
 
 
 def pre_fork(server, worker):

@@ -31,9 +31,11 @@ import torch
 from PIL import Image
 
 from contract import artifact
-from contract.preprocess import ImageDecodeError, Preprocessing, decode_image, eval_transform
+from contract.preprocess import (MAX_IMAGE_PIXELS, ImageDecodeError, ImageTooLarge, Preprocessing, decode_image,
+                                 eval_transform)
 from server.batching import DynamicBatcher
-from server.errors import RequestError, UnsupportedAccept, UnsupportedContentType
+from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
+from server.settings import Settings
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "image/webp",
                          "image/bmp", "image/gif", "image/tiff"})
@@ -57,58 +59,66 @@ def forward(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 class DefaultHandlers:
-    def __init__(self, model_dir, max_batch_size: int, max_wait_ms: float):
+    def __init__(self, model_dir, settings: Settings):
         # A user model_fn may load a model the trainer did not write: then
         # there is no config, and the defaults fall back to ImageNet's sizes.
         config_path = Path(model_dir) / artifact.CONFIG_FILE
         config = artifact.read_config(model_dir) if config_path.exists() else None
         self.prep = artifact.preprocessing(config) if config else Preprocessing()
         self.class_names = config["class_names"] if config else None
-        self._batching = (max_batch_size, max_wait_ms)
+        self.settings = settings
         self.batcher: DynamicBatcher | None = None
 
     def model_fn(self, model_dir) -> torch.nn.Module:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, _ = artifact.load(model_dir, device)
-        model = model.eval().to(memory_format=torch.channels_last)
-        # The first pass allocates buffers and picks kernels: pay for it
-        # before /ping reports ready, not in the first client's request.
+        """The trainer's artifact on the CPU. It runs in gunicorn's master before
+        the fork (preload.py), where CUDA must not start; the worker moves it
+        to its GPU (InferenceService.start_in_worker)."""
+        model, _ = artifact.load(model_dir, "cpu")
+        return model.eval().to(memory_format=torch.channels_last)
+
+    def warm(self, model: torch.nn.Module) -> None:
+        """The first pass allocates buffers and picks kernels: pay for it before
+        the worker takes requests, not in the first client's request."""
         size = self.prep.image_size
         forward(model, torch.zeros(1, 3, size, size))
-        return model
 
     def bind(self, model: torch.nn.Module) -> None:
         """Batch the default predict_fn's forward passes of `model` (model_fn's result)."""
-        self.batcher = DynamicBatcher(lambda inputs: forward(model, inputs), *self._batching)
+        self.batcher = DynamicBatcher(lambda inputs: forward(model, inputs), self.settings.batch_size,
+                                      self.settings.batch_wait_ms)
         # Requests run their forward passes in the batcher's thread, at batch
-        # sizes up to the maximum: warm that thread at both ends before /ping
-        # says ready, so no client pays for first-use kernel selection.
+        # sizes up to the maximum: warm that thread at both ends before the
+        # worker takes requests, so no client pays for first-use kernel selection.
         size = self.prep.image_size
-        for batch in sorted({1, self._batching[0]}):
+        for batch in sorted({1, self.settings.batch_size}):
             self.batcher.submit(torch.zeros(batch, 3, size, size))
 
     def input_fn(self, request_body: bytes, content_type: str | None) -> torch.Tensor:
         if not request_body:
             raise RequestError("empty request body")
         kind = media_type(content_type)
+        budget = PixelBudget(self.settings.max_pixels_per_request)
         if kind in IMAGE_TYPES:
-            return self._preprocess(request_body)
+            return self._preprocess(request_body, budget)
         if kind == JSON:
-            images, is_batch = images_from_json(request_body)
-            tensors = [self._preprocess(image) for image in images]
+            images, is_batch = images_from_json(request_body, self.settings.max_images_per_request)
+            tensors = [self._preprocess(image, budget) for image in images]
             return torch.stack(tensors) if is_batch else tensors[0]
         if kind == NPY:
-            return read_npy(request_body, self.prep.image_size)
+            return read_npy(request_body, self.prep.image_size, self.settings.max_images_per_request, budget)
         raise UnsupportedContentType(
             f"content type {content_type!r} not supported: send an image ({', '.join(sorted(IMAGE_TYPES))}), "
             f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays")
 
-    def _preprocess(self, encoded_image: bytes) -> torch.Tensor:
+    def _preprocess(self, encoded_image: bytes, budget: PixelBudget) -> torch.Tensor:
         try:
-            image = decode_image(encoded_image, self.prep)
+            image = decode_image(encoded_image, self.prep, budget.per_image_limit())
+            budget.spend(image.width * image.height)
+            return torch.from_numpy(eval_transform(image, self.prep))
+        except ImageTooLarge as exc:
+            raise TooLarge(budget.explain(str(exc))) from None
         except ImageDecodeError as exc:
             raise RequestError(str(exc)) from None
-        return torch.from_numpy(eval_transform(image, self.prep))
 
     def predict_fn(self, data, model) -> torch.Tensor:
         """Probabilities from the batcher bound to `model` by bind()."""
@@ -147,8 +157,42 @@ class DefaultHandlers:
                 for i in order]
 
 
-def images_from_json(body: bytes) -> tuple[list[bytes], bool]:
-    """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch)."""
+class PixelBudget:
+    """The pixels one request's images may decode to, together
+    (SAGEMAKER_MAX_PIXELS_PER_REQUEST); each image is refused before its
+    pixels are allocated when it would overdraw what is left."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.left = limit
+
+    def per_image_limit(self) -> int:
+        return min(self.left, MAX_IMAGE_PIXELS)
+
+    def spend(self, pixels: int) -> None:
+        if pixels > self.left:
+            raise TooLarge(self.over_budget())
+        self.left -= pixels
+
+    def over_budget(self) -> str:
+        return (f"the request's images decode to more than {self.limit} pixels in all "
+                "(SAGEMAKER_MAX_PIXELS_PER_REQUEST)")
+
+    def explain(self, reason: str) -> str:
+        """Why an image was refused as too large: alone, or together with the request's others."""
+        if self.left < self.limit and self.left < MAX_IMAGE_PIXELS:
+            return self.over_budget()
+        return reason + (" (SAGEMAKER_MAX_PIXELS_PER_REQUEST)" if self.limit < MAX_IMAGE_PIXELS else "")
+
+
+def check_image_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise TooLarge(f"{count} images in one request: at most {max_images} (SAGEMAKER_MAX_IMAGES_PER_REQUEST)")
+
+
+def images_from_json(body: bytes, max_images: int) -> tuple[list[bytes], bool]:
+    """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch).
+    The count is checked before any base64 is decoded."""
     try:
         document = json.loads(body)
     except ValueError as exc:
@@ -157,6 +201,7 @@ def images_from_json(body: bytes) -> tuple[list[bytes], bool]:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
             raise RequestError('"instances" must be a non-empty list')
+        check_image_count(len(instances), max_images)
         return [base64_image(item, f"instances[{i}]") for i, item in enumerate(instances)], True
     return [base64_image(document, "the request")], False
 
@@ -172,7 +217,7 @@ def base64_image(item, where: str) -> bytes:
         raise RequestError(f"{where}: malformed base64") from None
 
 
-def read_npy(body: bytes, image_size: int) -> torch.Tensor:
+def read_npy(body: bytes, image_size: int, max_images: int, budget: PixelBudget) -> torch.Tensor:
     """A float32 (3,S,S) or (N,3,S,S) .npy array. The header is checked before
     any array is allocated: it could claim a shape far larger than the body."""
     stream = io.BytesIO(body)
@@ -192,6 +237,9 @@ def read_npy(body: bytes, image_size: int) -> torch.Tensor:
     if len(shape) not in (3, 4) or tuple(shape[-3:]) != image_shape or 0 in shape:
         raise RequestError(f"npy shape {shape}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
                            "preprocessed like training's evaluation")
+    images = shape[0] if len(shape) == 4 else 1
+    check_image_count(images, max_images)
+    budget.spend(images * image_size * image_size)
     if len(body) - stream.tell() != math.prod(shape) * dtype.itemsize:
         raise RequestError(f"npy data does not match its header's shape {shape}")
     array = np.load(io.BytesIO(body), allow_pickle=False)

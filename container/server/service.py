@@ -16,6 +16,7 @@ from types import ModuleType
 from contract.artifact import CODE_DIR
 from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
+from server.settings import Settings
 
 HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
 log = logging.getLogger(__name__)
@@ -50,19 +51,44 @@ def requested_top_k(custom_attributes: str | None) -> int:
 
 
 class InferenceService:
-    """Loads the model on construction (slow); then `invoke` serves requests from many threads."""
+    """Built in two steps around gunicorn's fork (preload.py):
 
-    def __init__(self, model_dir, max_batch_size: int, max_wait_ms: float):
-        self.defaults = DefaultHandlers(model_dir, max_batch_size, max_wait_ms)
+    __init__ (in the master): user code imported and model_fn run, so every
+        worker shares the weights' pages; on a GPU host a user's model_fn
+        waits for the worker instead, since it may start CUDA, which does not
+        survive a fork. No parallel work here (see preload.py).
+    start_in_worker: the model on the worker's device, the batcher's thread
+        started, and warm-up forward passes at the worker's thread count.
+    Then `invoke` serves requests from many threads.
+    """
+
+    def __init__(self, model_dir, settings: Settings):
+        self.model_dir = str(model_dir)
+        self.defaults = DefaultHandlers(model_dir, settings)
         user = load_user_module(model_dir)
         self.overridden = [name for name in HANDLER_NAMES if callable(getattr(user, name, None))]
         if self.overridden:
             log.info("code/inference.py overrides %s", ", ".join(self.overridden))
         self.model_fn, self.input_fn, self.predict_fn, self.output_fn = (
             getattr(user if name in self.overridden else self.defaults, name) for name in HANDLER_NAMES)
-        self.model = self.model_fn(str(model_dir))
+        self.model_fn_in_worker = bool(settings.gpus) and "model_fn" in self.overridden
+        self.model = None if self.model_fn_in_worker else self.model_fn(self.model_dir)
+
+    def start_in_worker(self) -> None:
+        import torch
+
+        if self.model_fn_in_worker:
+            self.model = self.model_fn(self.model_dir)
+        if "model_fn" not in self.overridden and torch.cuda.is_available():
+            self.model = self.model.to("cuda")  # this worker's GPU (gunicorn_config.post_fork)
         if "predict_fn" not in self.overridden:
             self.defaults.bind(self.model)
+        elif "model_fn" not in self.overridden:
+            self.defaults.warm(self.model)
+
+    def last_batch_size(self) -> int | None:
+        """Images in the forward pass that served this thread's last request (default predict_fn only)."""
+        return self.defaults.batcher.last_batch_size() if self.defaults.batcher else None
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None,
                custom_attributes: str | None) -> tuple[bytes | str, str]:

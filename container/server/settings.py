@@ -4,9 +4,13 @@
     SAGEMAKER_BIND_TO_PORT          8080
     SAGEMAKER_BIND_HOST             0.0.0.0 (tests bind 127.0.0.1)
     SAGEMAKER_MODEL_SERVER_WORKERS  one per GPU; on CPU as many as cores and memory fit
-    SAGEMAKER_MODEL_SERVER_TIMEOUT  60 s: gunicorn's worker timeout, and how long
-                                    in-flight requests may still run after SIGTERM
+    SAGEMAKER_MODEL_SERVER_TIMEOUT  60 s: gunicorn's worker timeout; in-flight requests
+                                    may still run SHUTDOWN_GRACE_S after SIGTERM
     SAGEMAKER_MAX_PAYLOAD_IN_MB     6 (batch transform sets its MaxPayloadInMB)
+    SAGEMAKER_MAX_IMAGES_PER_REQUEST  64: images in one JSON or NPY body (413 above)
+    SAGEMAKER_MAX_PIXELS_PER_REQUEST  64000000: pixels all of a request's images
+                                    decode to, together (413 above); one image
+                                    alone is also bounded by it
     SAGEMAKER_BATCH_SIZE            8: most images in one forward pass
     SAGEMAKER_BATCH_WAIT_MS         5: longest a request waits for others to join
                                     its forward pass; 0: never wait (batching.py)
@@ -17,7 +21,7 @@
     SM_NUM_GPUS                     GPUs to spread workers over (default: counted)
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
-MODEL_SERVER_THREADS, TORCH_THREADS) are this project's. `serve` resolves the
+MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*) are this project's. `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
 """
@@ -30,6 +34,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+# SageMaker sends SIGKILL 30 s after SIGTERM: in-flight requests get this
+# long to finish, and the server is gone before the SIGKILL.
+SHUTDOWN_GRACE_S = 25
 
 # What one CPU worker needs besides its weights: torch's libraries, the
 # request threads' decode buffers, activations. Weights count four times:
@@ -51,6 +59,8 @@ class Settings:
     request_threads: int
     torch_threads: int
     gpus: int
+    max_images_per_request: int = 64
+    max_pixels_per_request: int = 64_000_000
 
     @property
     def max_payload_bytes(self) -> int:
@@ -79,6 +89,10 @@ class Settings:
             request_threads=_int(env, "SAGEMAKER_MODEL_SERVER_THREADS", max(16, 2 * batch_size), minimum=1),
             torch_threads=_int(env, "SAGEMAKER_TORCH_THREADS", max(1, cores // workers), minimum=1),
             gpus=gpus,
+            max_images_per_request=_int(env, "SAGEMAKER_MAX_IMAGES_PER_REQUEST", cls.max_images_per_request,
+                                        minimum=1),
+            max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request,
+                                        minimum=1),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -88,6 +102,8 @@ class Settings:
             "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB", "batch_size": "SAGEMAKER_BATCH_SIZE",
             "batch_wait_ms": "SAGEMAKER_BATCH_WAIT_MS", "request_threads": "SAGEMAKER_MODEL_SERVER_THREADS",
             "torch_threads": "SAGEMAKER_TORCH_THREADS", "gpus": "SM_NUM_GPUS",
+            "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
+            "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
         }
         return {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
 

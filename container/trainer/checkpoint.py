@@ -1,9 +1,11 @@
 """Checkpoints in /opt/ml/checkpoints, which SageMaker syncs with checkpoint_s3_uri.
 
 Written atomically after every epoch and on SIGTERM; read back on start, so a
-managed-spot job that is interrupted and restarted continues where it was.
-Everything in the file is tensors and plain values: it loads with
-torch.load(weights_only=True).
+managed-spot job that is interrupted and restarted continues where it was:
+mid-epoch too, with the rest of that epoch's batches in the same order, the
+same random streams and the same optimizer step count, so its learning-rate
+schedule ends where an uninterrupted job's ends. Everything in the file is
+tensors and plain values: it loads with torch.load(weights_only=True).
 
 Only what trains is saved: the head and the unfrozen stages, with their
 buffers. The frozen stages are rebuilt from the pretrained weights at start,
@@ -15,9 +17,11 @@ moments) instead of 200 MB, which matters for short tuning trials.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,13 +50,43 @@ def state_digest(state: dict) -> str:
     return h.hexdigest()
 
 
+def rng_state(device: torch.device) -> dict:
+    """Python's, numpy's and torch's random streams (CPU and this process's GPU) as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
 @dataclass
 class TrainingState:
+    """Where the job is. At an epoch boundary the random streams need no saving: each epoch seeds its own."""
     epoch: int = 0  # last completed epoch
     best_loss: float = float("inf")
-    best_epoch: int = 0
+    best_epoch: int = 0  # early stopping counts the epochs since
     best_state: dict | None = None  # trainable part only, like the checkpoint
     history: list = field(default_factory=list)
+    global_step: int = 0  # optimizer steps taken: TensorBoard's and the profiler's step axis
+    # a stop part-way through epoch `epoch + 1`: the batches done (0: none), the
+    # sums its metric line needs ([loss sum, correct, images, seconds], all ranks)
+    # and the random streams to go on with
+    step: int = 0
+    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    rng: list | None = None  # rng_state() of every rank, by rank (their batches differ, so do their streams)
 
 
 class Checkpointer:
@@ -62,10 +96,12 @@ class Checkpointer:
 
     @staticmethod
     def fingerprint(trainer) -> dict:
-        """What must match for a checkpoint to be this job's."""
+        """What must match for a checkpoint to be this job's (and for a mid-epoch position to mean the same batches)."""
+        hp = trainer.hp
         return {"architecture": trainer.arch.to_dict(), "class_names": trainer.splits.class_names,
-                "image_size": trainer.hp.image_size, "trainable_layers": trainer.hp.trainable_layers,
-                "optimizer": trainer.hp.optimizer, "frozen_weights": trainer.frozen_digest}
+                "image_size": hp.image_size, "trainable_layers": hp.trainable_layers,
+                "optimizer": hp.optimizer, "frozen_weights": trainer.frozen_digest,
+                "seed": hp.seed, "batch_size": hp.batch_size, "world_size": trainer.dist.world_size}
 
     def save(self, trainer, state: TrainingState) -> None:
         if not self.writer:
@@ -81,6 +117,11 @@ class Checkpointer:
             "best_epoch": state.best_epoch,
             "best_state": state.best_state,
             "history": state.history,
+            "global_step": state.global_step,
+            "step": state.step,
+            "partial": state.partial,
+            "rng": state.rng,
+            "skipped": trainer.skips.summary(),
         }, self.path)
 
     def restore(self, trainer) -> TrainingState:
@@ -103,7 +144,10 @@ class Checkpointer:
         trainer.scaler.load_state_dict(saved["scaler"])
         best = saved["best_state"]
         state = TrainingState(saved["epoch"], saved["best_loss"], saved["best_epoch"],
-                              {k: v.cpu() for k, v in best.items()} if best else None, saved["history"])
+                              {k: v.cpu() for k, v in best.items()} if best else None, saved["history"],
+                              saved["global_step"], saved["step"], saved["partial"], saved["rng"])
+        trainer.skips.paths = {split: set(paths) for split, paths in saved["skipped"].items()}
         if trainer.dist.is_main:
-            print(f"resuming from checkpoint after epoch {state.epoch}", flush=True)
+            where = f"in epoch {state.epoch + 1} after step {state.step}" if state.step else f"after epoch {state.epoch}"
+            print(f"resuming from checkpoint {where} (optimizer step {state.global_step})", flush=True)
         return state

@@ -1,12 +1,15 @@
 """Input channels -> labelled image lists -> data loaders.
 
-Accepted in a channel (after unpacking any .zip / .tar[.gz|.bz2|.xz] in it):
+Accepted in a channel, as a folder or in .zip / .tar[.gz|.bz2|.xz] archives
+(unpacked by trainer.archives, nested ones too), under any wrapper folders:
   * an ImageFolder tree: one folder per class (`001.Affenpinscher/*.jpg`);
   * one tree holding `train/`, `valid/` (or `validation/`, `val/`) and
     `test/` ImageFolders: the dogImages layout, and Kaggle's packaged
     dogs-vs-cats (`train/cats`, `train/dogs`, `test/...`);
-  * a flat folder of `cat.0.jpg`, `dog.1.jpg`: Kaggle's original dogs-vs-cats,
-    the label being the file name up to the first dot.
+  * a `train/` folder of `cat.0.jpg`, `dog.1.jpg`: Kaggle's original
+    dogs-vs-cats (its zip holds train.zip, test1.zip and a csv; the unlabelled
+    test1/ is no split and is left alone), the label being the file name up to
+    the first dot.
 Channels: `training` (required), `validation` and `test` (optional). Without
 a validation set, a stratified, seeded share of training is held out.
 
@@ -15,12 +18,12 @@ and reports them (see SkipTracker).
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 import os
 import random
 import shutil
-import tarfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,19 +32,16 @@ import torch
 from torch.utils.data import Dataset
 
 from contract.preprocess import ImageDecodeError, Preprocessing, eval_transform, load_image_file, normalize
+from trainer import archives
+from trainer.archives import DataError  # callers catch data.DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 SPLIT_NAMES = {
     "train": ("train", "training"),
     "validation": ("valid", "validation", "val"),
     "test": ("test", "testing"),
 }
 IGNORED_NAMES = {"__MACOSX", ".DS_Store"}
-
-
-class DataError(ValueError):
-    """The input data cannot be used; the message is one line."""
 
 
 def channel_dir(name: str) -> Path | None:
@@ -51,53 +51,40 @@ def channel_dir(name: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _inside(root: Path, name: str) -> bool:
-    target = (root / name).resolve()
-    return target == root or root in target.parents
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Unpack `archive` into `dest`, refusing any member that would land outside it."""
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    if member.startswith("/") or not _inside(root, member):
-                        raise DataError(f"archive {archive.name} has a member outside its folder: {member!r}; refusing it")
-                zf.extractall(root)
-        else:
-            with tarfile.open(archive) as tf:
-                for member in tf.getmembers():
-                    if member.name.startswith("/") or not _inside(root, member.name):
-                        raise DataError(f"archive {archive.name} has a member outside its folder: {member.name!r}; refusing it")
-                    if (member.issym() or member.islnk()) and not _inside((root / member.name).parent.resolve(), member.linkname):
-                        raise DataError(f"archive {archive.name} has a link pointing outside: {member.name!r}; refusing it")
-                # the 'data' filter also drops device files and odd permissions
-                tf.extractall(root, filter="data")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"archive {archive.name} cannot be unpacked: {exc}") from None
+def _channel_fingerprint(packed: list[Path], limits: archives.Limits) -> str:
+    return json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in packed] + [repr(limits)])
 
 
 def unpack_channel(channel: Path, scratch: Path) -> Path:
-    """The channel itself, or (if it holds archives) the folder they unpack to."""
+    """The channel itself, or (if it holds archives) the folder they unpack to.
+
+    Processes of one host share the unpacked tree: the first to take the lock
+    unpacks, the others (DDP workers) find it done."""
     entries = [p for p in channel.iterdir() if p.name not in IGNORED_NAMES]
-    archives = [p for p in entries if _is_archive(p)]
-    if not archives:
+    packed = sorted(p for p in entries if archives.is_archive(p))
+    if not packed:
         return channel
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    for archive in sorted(archives):
-        safe_extract(archive, scratch)
+    limits = archives.Limits.from_env()
+    fingerprint = _channel_fingerprint(packed, limits)
+    done = scratch.with_name(scratch.name + ".unpacked")
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    with open(scratch.with_name(scratch.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file() and done.read_text() == fingerprint and scratch.is_dir():
+            return scratch
+        done.unlink(missing_ok=True)
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        try:
+            archives.unpack_all(packed, scratch, limits)
+        except DataError:
+            shutil.rmtree(scratch, ignore_errors=True)  # nothing half-unpacked stays on the disk
+            raise
+        done.write_text(fingerprint)
     return scratch
 
 
@@ -141,7 +128,9 @@ def list_samples(split_dir: Path, what: str) -> list[tuple[Path, str]]:
         flat = sorted(p for p in split_dir.iterdir() if p.is_file() and _is_image(p))
         samples = [(p, p.name.split(".")[0]) for p in flat if p.name.count(".") >= 2]
     if not samples:
-        raise DataError(f"no images found in {what} ({split_dir})")
+        others = sorted(p.name for p in split_dir.iterdir() if p.is_file() and p.name not in IGNORED_NAMES)[:3]
+        hint = f"; it holds {', '.join(others)} (archives: {', '.join(archives.ARCHIVE_SUFFIXES)})" if others else ""
+        raise DataError(f"no images found in {what} ({split_dir}){hint}")
     return samples
 
 
@@ -205,11 +194,18 @@ def discover(scratch: Path, val_fraction: float, seed: int) -> Splits:
 
 
 class ImageDataset(Dataset):
-    """Yields (CHW float tensor or None, label, index); None marks an unreadable image."""
+    """Yields (CHW float tensor or None, label, index); None marks an unreadable image.
 
-    def __init__(self, samples, prep: Preprocessing, train: bool, crop_scale: float = 0.08):
+    A training image's random crop and flip are drawn from a generator seeded
+    by (seed, epoch, index) alone: the same in every loader worker, however
+    many there are and whichever gets the image, and in a job resumed
+    mid-epoch. Call set_epoch before each epoch's loader starts its workers.
+    """
+
+    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0, crop_scale: float = 0.08):
         self.samples = samples
         self.prep = prep
+        self.seed, self.epoch = seed, 0
         self.augment = None
         if train:
             from torchvision import transforms  # training only; serving needs no torchvision
@@ -224,13 +220,29 @@ class ImageDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def augmented(self, img, index: int):
+        # torchvision's transforms draw from torch's CPU generator: seed it for this
+        # image and put it back, so the caller's stream (dropout, in a loader
+        # without workers) is untouched. (torch.manual_seed would cost 0.3 ms: it
+        # seeds every device type too.)
+        generator = torch.default_generator
+        caller_state = generator.get_state()
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+        try:
+            return self.augment(img)
+        finally:
+            generator.set_state(caller_state)
+
     def __getitem__(self, index):
         path, label = self.samples[index]
         try:
             img = load_image_file(path, self.prep)
         except (ImageDecodeError, OSError):
             return None, label, index
-        array = normalize(self.augment(img), self.prep) if self.augment else eval_transform(img, self.prep)
+        array = normalize(self.augmented(img, index), self.prep) if self.augment else eval_transform(img, self.prep)
         return torch.from_numpy(array), label, index
 
 
@@ -267,9 +279,3 @@ def worker_count(requested: int) -> int:
     if requested >= 0:
         return requested
     return min(8, len(os.sched_getaffinity(0)))
-
-
-def seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)

@@ -114,6 +114,10 @@ class Debugger(NullDebugger):
 
     def save_scalar(self, name, value) -> None:
         self._call(self.hook.save_scalar, name, float(value))
+        # smdebug writes cached scalars when it closes the files of a step it saves; after a step it
+        # does not save they would wait for a later one, where the next epoch's values overwrite
+        # them. Written now, every epoch's value stays (LossNotDecreasing falls back on them).
+        self._call(self.hook._write_scalars)
 
     def close(self) -> None:
         # writes the end-of-job marker: rules and trials stop waiting for more steps

@@ -94,6 +94,13 @@ def parse_collections(text) -> list[str]:
     return result
 
 
+def _auto_or(kind: Callable) -> Callable:
+    def parse(text):
+        return None if str(text).strip().lower() == "auto" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _workers(text):
     return -1 if str(text).strip().lower() in ("auto", "-1") else _non_negative(int)(text)
 
@@ -127,8 +134,9 @@ HYPERPARAMETERS = [
     # model
     Hyperparameter("backbone", str, "resnet50", "torchvision ResNet architecture", tuple(BACKBONES)),
     Hyperparameter("pretrained", str, "imagenet", "backbone weights: imagenet, none, or a file path"),
-    Hyperparameter("trainable-layers", _non_negative(int), 0,
-                   f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all)"),
+    Hyperparameter("trainable-layers", _auto_or(_non_negative(int)), None,
+                   f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all; auto = 0 with "
+                   f"pretrained weights, {len(STAGES)} with pretrained none)"),
     Hyperparameter("head", parse_int_list, [], "hidden sizes of the new fully connected head, e.g. 256 or 512,128"),
     Hyperparameter("dropout", _fraction, 0.0, "dropout in the head"),
     Hyperparameter("init", str, "kaiming", "initialisation of the head", ("kaiming", "xavier", "default")),
@@ -148,8 +156,9 @@ HYPERPARAMETERS = [
     Hyperparameter("max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"),
     # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
     Hyperparameter("debugger", parse_bool, False, "smdebug hook without SageMaker's DebuggerHookConfig"),
-    Hyperparameter("debugger-collections", parse_collections, ["losses"],
-                   "collections to save, name or name:interval, e.g. losses,weights:100,gradients:100"),
+    # losses every step (one number each): the loss rules compare medians of several per window
+    Hyperparameter("debugger-collections", parse_collections, ["losses:1"],
+                   "collections to save, name or name:interval, e.g. losses:1,weights:100,gradients:100"),
     Hyperparameter("debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"),
     Hyperparameter("debugger-dir", str, "", "where the hook writes its trial (default /opt/ml/output/tensors)"),
     Hyperparameter("profiler", parse_optional_bool, None,
@@ -197,6 +206,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
             setattr(args, hp.dest, _with_choices(hp)(raw))
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise HyperparameterError(f"hyperparameter {hp.name}: {exc}") from None
+    if args.trainable_layers is None:
+        # a frozen random backbone hands the head random features: with no pretrained
+        # weights to keep, every stage is trained
+        args.trainable_layers = len(STAGES) if args.pretrained == "none" else 0
     return args
 
 

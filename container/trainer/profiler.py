@@ -6,7 +6,8 @@
                 utilisation and memory (NVML via pynvml, else `nvidia-smi -lms`,
                 else none);
   steps.jsonl   one line per training step: time waiting for the loader and
-                time computing (forward, backward, optimiser step);
+                time computing (forward, backward, optimiser step), and for
+                an optimiser step its global number and learning rate;
   trace/        a torch.profiler trace of a few training steps (Chrome trace
                 JSON, for chrome://tracing or Perfetto) and its operator table;
   meta.json     what the report needs to judge the numbers (cores, GPUs,
@@ -59,8 +60,11 @@ def sagemaker_interval_ms(paths) -> int | None:
 class NullProfiler:
     enabled = False
 
-    def timed(self, batches, epoch: int):
+    def timed(self, batches, epoch: int, first_step: int = 0):
         return batches
+
+    def note(self, **fields) -> None:
+        """Add fields to the current step's line."""
 
     def close(self) -> None: ...
 
@@ -182,6 +186,7 @@ class Profiler(NullProfiler):
         self.meta = dict(meta, interval_ms=interval_ms, cpu_count=os.cpu_count(), host=socket.gethostname(),
                          started=time.time(), pid=os.getpid())
         self.steps_file = open(out_dir / "steps.jsonl", "a")
+        self.notes: dict = {}
         self.traced = trace_steps == 0
         self.sampler = SystemSampler(out_dir / "system.jsonl", interval_ms)
         self.meta["gpu_source"] = self.sampler.gpu.source
@@ -193,9 +198,11 @@ class Profiler(NullProfiler):
     def _write_meta(self):
         (self.out_dir / "meta.json").write_text(json.dumps(self.meta, indent=1))
 
-    def timed(self, batches, epoch: int):
-        """Yield the loader's batches, timing the wait for each and the work done with it."""
-        iterator, step, trace = iter(batches), 0, None
+    def timed(self, batches, epoch: int, first_step: int = 0):
+        """Yield the loader's batches, timing the wait for each and the work done with it.
+
+        `first_step`: where in the epoch the batches start (a job resumed mid-epoch)."""
+        iterator, step, trace, traced_from = iter(batches), first_step, None, first_step + TRACE_WARMUP_STEPS
         try:
             while True:
                 start = time.perf_counter()
@@ -204,7 +211,7 @@ class Profiler(NullProfiler):
                 except StopIteration:
                     return
                 ready = time.perf_counter()
-                if not self.traced and step == TRACE_WARMUP_STEPS:
+                if not self.traced and step == traced_from:
                     trace = self._start_trace()
                 try:
                     yield batch
@@ -215,16 +222,21 @@ class Profiler(NullProfiler):
                     self.steps_file.write(json.dumps(
                         {"epoch": epoch, "step": step, "t": time.time() - (done - start),
                          "data_s": round(ready - start, 6), "compute_s": round(done - ready, 6),
-                         "images": images, "traced": trace is not None}, separators=(",", ":")) + "\n")
+                         "images": images, "traced": trace is not None, **self.notes},
+                        separators=(",", ":")) + "\n")
+                    self.notes = {}
                     if trace is not None:
                         trace.step()
-                        if step + 1 >= TRACE_WARMUP_STEPS + self.trace_steps:
+                        if step + 1 >= traced_from + self.trace_steps:
                             trace = self._stop_trace(trace)
                 step += 1
         finally:
             if trace is not None:
                 self._stop_trace(trace)
             self.steps_file.flush()
+
+    def note(self, **fields) -> None:
+        self.notes.update(fields)
 
     def _start_trace(self):
         import torch

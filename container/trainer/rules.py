@@ -3,8 +3,10 @@
     python -m trainer.rules TRIAL_DIR_OR_S3_URI [--out summary.json] [--rule Overfit ...]
                             [--param Overfit.patience=3 ...]
 
-prints `IssuesFound` / `NoIssuesFound` per rule, with the first step that
-triggered it, and writes a JSON summary. The rules are the ones the seeds
+prints `IssuesFound` / `NoIssuesFound` / `NotEnoughData` per rule, with the
+first step that triggered it (or what the rule would need), and writes a JSON
+summary. A rule that could not make a single comparison says NotEnoughData:
+"no issues" would claim more than it looked at. The rules are the ones the seeds
 attached (VanishingGradient, Overfit, Overtraining, PoorWeightInitialization,
 LossNotDecreasing) plus ExplodingTensor and WeightUpdateRatio, with the
 parameter names and defaults AWS documents for its built-in rules.
@@ -33,6 +35,7 @@ from smdebug.exceptions import TensorUnavailableForStep  # noqa: E402
 from smdebug.rules import Rule, invoke_rule  # noqa: E402
 
 LOSS_NAME = "CrossEntropyLoss_output_0"
+ISSUES, NO_ISSUES, NOT_ENOUGH_DATA = "IssuesFound", "NoIssuesFound", "NotEnoughData"
 
 
 def _regex_list(value) -> list[str]:
@@ -46,11 +49,13 @@ def _bool(value) -> bool:
 
 
 class LocalRule(Rule):
-    """smdebug Rule that remembers the first step it fired at, and why."""
+    """smdebug Rule that remembers the first step it fired at, and why, and counts its
+    judgements: the comparisons it could make. `check` adds to `judged` whenever it had
+    the data to decide; with none, the verdict is NotEnoughData and `needs` says why."""
 
     def __init__(self, base_trial):
         super().__init__(base_trial, action_str="")
-        self.first_step, self.message, self.checked = None, "", 0
+        self.first_step, self.message, self.checked, self.judged = None, "", 0, 0
 
     def invoke_at_step(self, step):
         message = self.check(step)
@@ -61,6 +66,15 @@ class LocalRule(Rule):
 
     def check(self, step) -> str | None:
         raise NotImplementedError
+
+    def needs(self) -> str:
+        """What the rule lacked, for a NotEnoughData verdict."""
+        raise NotImplementedError
+
+    def verdict(self) -> tuple[str, str]:
+        if self.first_step is not None:
+            return ISSUES, self.message
+        return (NO_ISSUES, "") if self.judged else (NOT_ENOUGH_DATA, self.needs())
 
     # helpers over the trial
     def mode_of(self, step) -> tuple[ModeKeys, int]:
@@ -98,9 +112,14 @@ class VanishingGradient(LocalRule):
     def check(self, step):
         for name in self.names(["gradients"]):
             value = self.value(name, step)
-            if value is not None and value.size and np.mean(np.abs(value)) < self.threshold:
-                return f"{name}: mean |gradient| {np.mean(np.abs(value)):.3g} < {self.threshold:g}"
+            if value is not None and value.size:
+                self.judged += 1
+                if np.mean(np.abs(value)) < self.threshold:
+                    return f"{name}: mean |gradient| {np.mean(np.abs(value)):.3g} < {self.threshold:g}"
         return None
+
+    def needs(self):
+        return "no gradients saved: add gradients to the collections (debugger-collections gradients:N)"
 
 
 class ExplodingTensor(LocalRule):
@@ -118,17 +137,32 @@ class ExplodingTensor(LocalRule):
             value = self.value(name, step)
             if value is None:
                 continue
+            self.judged += 1
             bad = np.isnan(value) if self.only_nan else ~np.isfinite(value)
             if bad.any():
                 return f"{name}: {int(bad.sum())} non-finite value(s)"
         return None
 
+    def needs(self):
+        return "no tensors of the selected collections saved"
+
+
+# One saved loss is one batch's: comparing two of them compares two batches' difficulty (and an
+# epoch's last batch may hold one image). A window's median of this many saved losses or more is
+# the loss there: one odd batch cannot move it.
+MIN_LOSSES_PER_WINDOW = 3
+# The trainer's per-epoch mean losses (debugger.save_scalar), smoothed over every batch of an epoch
+EPOCH_LOSSES = {ModeKeys.TRAIN: "scalar/train_loss", ModeKeys.EVAL: "scalar/validation_loss"}
+
 
 class LossNotDecreasing(LocalRule):
-    """Every `num_steps` steps of `mode`, the loss must be `diff_percent` % below the loss
-    at the newest saved step at least `num_steps` earlier; a loss more than
-    `increase_threshold_percent` % above the lowest seen also triggers. Without `mode`,
-    the first of EVAL, TRAIN, GLOBAL with losses is used (as AWS documents)."""
+    """AWS's rule, on smoothed losses. The losses of `mode` saved in each window of `num_steps`
+    steps are reduced to their median; each window's must be `diff_percent` % below the previous
+    window's and at most `increase_threshold_percent` % above the lowest before it. A window
+    counts only with MIN_LOSSES_PER_WINDOW saved losses. Where the saved losses are too sparse for
+    two such windows (a short run, a long save interval), the epochs' mean losses that the trainer
+    records are compared instead, epoch after epoch; with neither, the verdict is NotEnoughData.
+    Without `mode`, the first of EVAL, TRAIN, GLOBAL with losses is used (as AWS documents)."""
 
     def __init__(self, base_trial, collection_names=None, tensor_regex=None, use_losses_collection=True,
                  num_steps=10, diff_percent=0.0, increase_threshold_percent=5.0, mode=None):
@@ -138,7 +172,7 @@ class LossNotDecreasing(LocalRule):
         self.tensors = self.loss_names(_regex_list(collection_names), _regex_list(tensor_regex),
                                        _bool(use_losses_collection))
         self.mode = ModeKeys[mode.upper()] if isinstance(mode, str) and mode else mode
-        self.last_checked, self.lowest = {}, {}
+        self.findings = None  # global step -> message ("" = the loss decreased there)
 
     def _mode(self):
         if self.mode is None:
@@ -148,29 +182,73 @@ class LossNotDecreasing(LocalRule):
                     break
         return self.mode
 
-    def check(self, step):
-        mode = self._mode()
-        step_mode, mode_step = self.mode_of(step)
-        if mode is None or (mode != ModeKeys.GLOBAL and step_mode != mode):
-            return None
-        mode_step = step if mode == ModeKeys.GLOBAL else mode_step
+    def _global(self, mode, mode_step) -> int:
+        return mode_step if mode == ModeKeys.GLOBAL else self.base_trial.global_step(mode, mode_step)
+
+    def windows(self, name, mode) -> list[tuple[int, str, float]]:
+        """(global step ending it, its steps, median loss) of each window with enough saved losses."""
+        groups: dict[int, list[int]] = {}
+        for step in self.base_trial.tensor(name).steps(mode=mode):
+            groups.setdefault(step // self.num_steps, []).append(step)
+        series, previous = [], None
+        for window, steps in sorted(groups.items()):
+            if len(steps) < MIN_LOSSES_PER_WINDOW:
+                continue
+            if previous is not None and window != previous + 1:
+                series.append(None)  # a gap: the windows either side are not compared
+            median = float(np.median([self.value(name, s, mode) for s in steps]))
+            series.append((self._global(mode, steps[-1]), f"{mode.name} steps {steps[0]}-{steps[-1]}", median))
+            previous = window
+        return series
+
+    def epochs(self, mode) -> list[tuple[int, str, float]]:
+        name = EPOCH_LOSSES.get(mode)
+        if name not in self.base_trial.tensor_names():
+            return []
+        tensor = self.base_trial.tensor(name)
+        return [(step, f"epoch {number} ({name})", float(tensor.value(step)))
+                for number, step in enumerate(tensor.steps(), start=1)]
+
+    def compare(self, label, series) -> dict[int, str]:
+        findings, lowest = {}, np.inf
+        for before, now in zip(series, series[1:]):
+            if before is None or now is None:
+                continue
+            lowest = min(lowest, before[2])
+            message = ""
+            if not now[2] <= before[2] * (1 - self.diff / 100):
+                message = (f"{label}: {now[2]:.4g} over {now[1]}, not {self.diff:g}% below "
+                           f"{before[2]:.4g} over {before[1]}")
+            elif now[2] > lowest * (1 + self.increase / 100):
+                message = (f"{label}: {now[2]:.4g} over {now[1]} is over {self.increase:g}% above "
+                           f"the lowest before it, {lowest:.4g}")
+            findings[now[0]] = message
+        return findings
+
+    def _findings(self) -> dict[int, str]:
+        mode, findings = self._mode(), {}
+        if mode is None:
+            return findings
         for name in self.tensors:
-            steps = self.base_trial.tensor(name).steps(mode=mode)
-            if mode_step not in steps:
-                continue
-            current = float(self.value(name, mode_step, mode))
-            self.lowest[name] = min(self.lowest.get(name, np.inf), current)
-            if mode_step < self.last_checked.get(name, steps[0]) + self.num_steps:
-                continue
-            earlier = [s for s in steps if s <= mode_step - self.num_steps]
-            reference = float(self.value(name, earlier[-1], mode))
-            self.last_checked[name] = mode_step
-            if not current <= reference * (1 - self.diff / 100):
-                return (f"{name} ({mode.name}): {current:.4g} at step {mode_step}, not "
-                        f"{self.diff:g}% below {reference:.4g} at step {earlier[-1]}")
-            if current > self.lowest[name] * (1 + self.increase / 100):
-                return f"{name} ({mode.name}): {current:.4g} is over {self.increase:g}% above its lowest"
-        return None
+            found = self.compare(f"{name} ({mode.name})", self.windows(name, mode))
+            findings.update({step: findings.get(step) or message for step, message in found.items()})
+        if not findings:
+            findings = self.compare(f"{mode.name} loss per epoch", self.epochs(mode))
+        return findings
+
+    def check(self, step):
+        if self.findings is None:
+            self.findings = self._findings()
+        if step not in self.findings:
+            return None
+        self.judged += 1
+        return self.findings[step] or None
+
+    def needs(self):
+        mode = self.mode.name if self.mode else "any mode"
+        return (f"no two {self.num_steps}-step windows of {mode} with {MIN_LOSSES_PER_WINDOW} saved losses each, "
+                f"and fewer than two epochs' mean losses: save losses every step (debugger-collections "
+                f"losses:1) and train for at least {2 * self.num_steps} steps")
 
 
 def _phase_means(trial, name) -> list[tuple[int, float, float]]:
@@ -202,7 +280,7 @@ class Overfit(LocalRule):
         self.start, self.patience, self.ratio = int(start_step), int(patience), float(ratio_threshold)
         self.tensors = self.loss_names(tensor_regex=_regex_list(tensor_regex))
         self.phases = None
-        self.streak = 0
+        self.streak = self.passes = 0
 
     def check(self, step):
         if self.phases is None:
@@ -212,6 +290,8 @@ class Overfit(LocalRule):
             if phase is None or step < self.start:
                 continue
             _, train, val = phase
+            self.passes += 1
+            self.judged += self.passes >= self.patience  # fewer passes than patience cannot trigger it
             ratio = (val - train) / max(abs(train), 1e-12)
             self.streak = self.streak + 1 if ratio > self.ratio else 0
             if self.streak >= self.patience:
@@ -219,17 +299,22 @@ class Overfit(LocalRule):
                         f"{self.ratio:g} for {self.streak} validation pass(es)")
         return None
 
+    def needs(self):
+        return (f"{self.passes} validation pass(es) with saved training and validation losses after step "
+                f"{self.start}; patience is {self.patience}")
+
 
 class Overtraining(LocalRule):
     """Training loss not better by `delta` for `patience_train` TRAIN steps, or validation loss
-    not better by `delta` for `patience_validation` EVAL steps."""
+    not better by `delta` for `patience_validation` EVAL steps; the loss at a step being the
+    median of the last MIN_LOSSES_PER_WINDOW saved (one lucky batch is not a best to beat)."""
 
     def __init__(self, base_trial, patience_train=5, patience_validation=10, delta=0.01):
         super().__init__(base_trial)
         self.patience = {ModeKeys.TRAIN: int(patience_train), ModeKeys.EVAL: int(patience_validation)}
         self.delta = float(delta)
         self.tensors = self.loss_names()
-        self.best, self.since = {}, {}
+        self.best, self.since, self.seen, self.recent = {}, {}, {}, {}
 
     def check(self, step):
         mode, mode_step = self.mode_of(step)
@@ -240,6 +325,13 @@ class Overtraining(LocalRule):
             if value is None:
                 continue
             key = (name, mode)
+            recent = self.recent.setdefault(key, [])
+            recent.append(float(value))
+            if len(recent) < MIN_LOSSES_PER_WINDOW:
+                continue
+            value = np.median(recent[-MIN_LOSSES_PER_WINDOW:])
+            self.seen[key] = self.seen.get(key, 0) + 1
+            self.judged += self.seen[key] > self.patience[mode]  # only then can `since` reach patience
             if float(value) < self.best.get(key, np.inf) - self.delta:
                 self.best[key], self.since[key] = float(value), 0
             else:
@@ -248,6 +340,12 @@ class Overtraining(LocalRule):
                 return (f"{name} ({mode.name}): no improvement by {self.delta:g} over {self.best[key]:.4g} "
                         f"for {self.since[key]} steps")
         return None
+
+    def needs(self):
+        seen = {mode.name: len(values) for (_, mode), values in self.recent.items()}
+        return (f"saved losses {seen or 'none'}: more than {self.patience[ModeKeys.TRAIN]} TRAIN or "
+                f"{self.patience[ModeKeys.EVAL]} EVAL steps (after the first {MIN_LOSSES_PER_WINDOW - 1}) "
+                f"are needed")
 
 
 class PoorWeightInitialization(LocalRule):
@@ -262,7 +360,7 @@ class PoorWeightInitialization(LocalRule):
         self.threshold, self.range = float(threshold), float(distribution_range)
         self.patience, self.steps = int(patience), int(steps)
         self.losses = self.loss_names()
-        self.best_loss, self.since = np.inf, 0
+        self.best_loss, self.since, self.losses_seen = np.inf, 0, 0
 
     def check(self, step):
         mode, mode_step = self.mode_of(step)
@@ -271,6 +369,7 @@ class PoorWeightInitialization(LocalRule):
         variances = {n: float(np.var(v)) for n in self.activations
                      if (v := self.value(n, step)) is not None and v.size > 1}
         if len(variances) > 1:
+            self.judged += 1
             low, high = min(variances.values()), max(variances.values())
             if high > self.threshold * max(low, 1e-30):
                 return (f"ReLU input variance ranges from {low:.3g} ({min(variances, key=variances.get)}) "
@@ -278,6 +377,7 @@ class PoorWeightInitialization(LocalRule):
         for name in self.names(["gradients"]):
             value = self.value(name, step)
             if value is not None and value.size > 1:
+                self.judged += 1
                 spread = float(np.subtract(*np.percentile(value, [95, 5])))
                 if spread < self.range:
                     return f"{name}: 5th-95th percentile range {spread:.3g} < {self.range:g}"
@@ -285,6 +385,8 @@ class PoorWeightInitialization(LocalRule):
             value = self.value(name, mode_step, ModeKeys.TRAIN)
             if value is None:
                 continue
+            self.losses_seen += 1
+            self.judged += self.losses_seen > self.patience
             if float(value) < self.best_loss:
                 self.best_loss, self.since = float(value), 0
             else:
@@ -292,6 +394,10 @@ class PoorWeightInitialization(LocalRule):
             if self.since >= self.patience:
                 return f"{name}: loss has not decreased for {self.since} of the first {self.steps} steps"
         return None
+
+    def needs(self):
+        return (f"within the first {self.steps} TRAIN steps: no ReLU inputs of two layers, no gradients, and "
+                f"{self.losses_seen} saved losses (more than {self.patience} needed)")
 
 
 class WeightUpdateRatio(LocalRule):
@@ -319,10 +425,15 @@ class WeightUpdateRatio(LocalRule):
             update = float(np.linalg.norm(now - before))
             if update == 0.0:
                 continue
+            self.judged += 1
             ratio = update / (float(np.linalg.norm(before)) + self.epsilon)
             if not self.small <= ratio <= self.large:
                 return f"{name}: update/weight ratio {ratio:.3g} outside [{self.small:g}, {self.large:g}]"
         return None
+
+    def needs(self):
+        return (f"no trained weights saved at two TRAIN steps at most {self.num_steps} apart: "
+                f"add weights to the collections (debugger-collections weights:N)")
 
 
 @dataclass(frozen=True)
@@ -347,8 +458,9 @@ RULES = [
     RuleSpec(WeightUpdateRatio, "weight_update_ratio"),
 ]
 BY_NAME = {spec.name: spec for spec in RULES}
-# Collections the rules read, with the save interval AWS's rule configs use.
-COLLECTIONS = {"losses": 500, "weights": 500, "gradients": 500, "relu_input": 500}
+# Collections the rules read, with the save interval AWS's rule configs use; but the losses every
+# step (one number each): LossNotDecreasing and Overtraining take medians of several saved losses.
+COLLECTIONS = {"losses": 1, "weights": 500, "gradients": 500, "relu_input": 500}
 PROFILER_RULES = ["ProfilerReport", "LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "BatchSize",
                   "StepOutlier"]
 
@@ -392,7 +504,8 @@ def open_trial(trial_path: str):
 
 
 def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict | None = None) -> dict:
-    """Evaluate the rules over a finished trial; {rule: {status, first_step, message, parameters}}."""
+    """Evaluate the rules over a finished trial; {rule: {status, first_step, message, parameters,
+    judgements}}, status IssuesFound, NoIssuesFound or NotEnoughData (message: what was missing)."""
     trial = open_trial(trial_path)
     steps = trial.steps()
     results = {}
@@ -402,9 +515,9 @@ def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict |
         if steps:
             # end_step: a trial's last step is known, and invoke_rule would otherwise wait for more
             invoke_rule(rule, start_step=steps[0], end_step=steps[-1] + 1)
-        results[spec.name] = {"status": "IssuesFound" if rule.first_step is not None else "NoIssuesFound",
-                              "first_step": rule.first_step, "message": rule.message,
-                              "parameters": values, "steps_checked": rule.checked}
+        status, message = rule.verdict()
+        results[spec.name] = {"status": status, "first_step": rule.first_step, "message": message,
+                              "parameters": values, "steps_checked": rule.checked, "judgements": rule.judged}
     return results
 
 
@@ -428,8 +541,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = run(args.trial, args.rule, _parse_params(args.param))
     for name, result in results.items():
-        where = f" at step {result['first_step']}: {result['message']}" if result["first_step"] is not None else ""
-        print(f"{name:26s} {result['status']}{where}")
+        where = f" at step {result['first_step']}" if result["first_step"] is not None else ""
+        why = f": {result['message']}" if result["message"] else ""
+        print(f"{name:26s} {result['status']}{where}{why}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"trial": args.trial, "rules": results}, f, indent=1)

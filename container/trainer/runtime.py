@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -71,16 +72,31 @@ def write_failure(paths: Paths, reason: str) -> None:
     print(f"FAILED: {line}", file=sys.stderr, flush=True)
 
 
+# Fault injection for the resume tests: rank 0 sends itself SIGTERM after this
+# optimizer step, through the same handler a real StopTrainingJob reaches.
+SIGTERM_AT_STEP_ENV = "TRAINER_SIGTERM_AT_STEP"
+
+
 class StopFlag:
-    """Set by SIGTERM (StopTrainingJob, spot interruption: 120 s of grace)."""
+    """Set by SIGTERM (StopTrainingJob, spot interruption); SIGKILL follows 30 s later."""
 
     def __init__(self):
         self.requested = False
+        self.received_at: float | None = None  # time.monotonic() of the signal
+        self.sigterm_at_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, "0")) or None
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.received_at = time.monotonic()
         print("SIGTERM received: saving a checkpoint after this step", flush=True)
+
+    def step_done(self, global_step: int, is_main: bool) -> None:
+        if is_main and global_step == self.sigterm_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def seconds_since_signal(self) -> float:
+        return time.monotonic() - self.received_at if self.received_at is not None else 0.0
 
     def agreed(self, device) -> bool:
         """Under DDP every rank must stop at the same step, or collectives hang."""
@@ -126,6 +142,13 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
     if nproc == 1 and len(all_hosts) == 1:
         return
     master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
+    if len(all_hosts) > 1:
+        # Talk over the interface SageMaker names (resourceconfig.json's
+        # network_interface_name), as its own framework images do: gloo would
+        # otherwise take the address the container's host name resolves to.
+        interface = os.environ.get("SM_NETWORK_INTERFACE_NAME", "eth0")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
            f"--node-rank={all_hosts.index(current)}",
@@ -168,6 +191,49 @@ def all_sum(values: list[float], device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather(value) -> list:
+    """Every rank's `value` (picklable), by rank; [value] without DDP."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def all_max(value: float, device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
+def wait_for_all_ranks() -> None:
+    """Return once every rank got here: the master's files are written before any host leaves.
+
+    A job may end when its first host exits (SageMaker local mode's compose
+    stops the others then), so no host may leave while the master still writes
+    the model, the report or a SIGTERM checkpoint.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def union_over_ranks(groups: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Every rank's {name: set of strings} merged, on every rank.
+
+    A union, not a sum: DistributedSampler reshuffles each epoch, so one file
+    can reach two ranks (and padding repeats files): a sum would count it twice.
+    """
+    if not dist.is_initialized():
+        return groups
+    merged: dict[str, set[str]] = {}
+    for part in all_gather({name: sorted(values) for name, values in groups.items()}):
+        for name, values in part.items():
+            merged.setdefault(name, set()).update(values)
+    return merged
 
 
 def exit_process(status: int) -> NoReturn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import sys
 import time
@@ -26,7 +27,7 @@ from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
-from trainer.checkpoint import Checkpointer, frozen_keys, state_digest
+from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
 
 
 def log(dist_info, message: str) -> None:
@@ -109,13 +110,31 @@ class EvalShard(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def loader(dataset, hp, dist_info, train: bool, epoch_seed: int = 0):
+class SkipFirst(torch.utils.data.Sampler):
+    """A sampler's order without its first `count` indices: the rest of an epoch a stopped job began."""
+
+    def __init__(self, sampler, count: int):
+        self.sampler, self.count = sampler, count
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.count, None)
+
+    def __len__(self):
+        return max(len(self.sampler) - self.count, 0)
+
+
+def loader(dataset, hp, dist_info, train: bool, epoch: int = 0, first_batch: int = 0):
+    """Evaluation: this rank's share in order. Training: epoch `epoch`'s order, a function of the seed
+    and the epoch alone, from batch `first_batch` on."""
     if train and dist_info.world_size > 1:
         sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=hp.seed)
+        sampler.set_epoch(epoch)
     elif train:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(epoch_seed))
+        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(hp.seed + epoch))
     else:
         sampler = EvalShard(len(dataset), dist_info.rank, dist_info.world_size)
+    if first_batch:
+        sampler = SkipFirst(sampler, first_batch * hp.batch_size)
     # worker processes pay off for decoding images; for tensors already in memory their start-up is all cost
     workers = 0 if getattr(dataset, "in_memory", False) else data.worker_count(hp.num_workers)
     return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers,
@@ -133,6 +152,7 @@ class Trainer:
         self.amp = amp_dtype(hp, device)
         self.memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
         self.debugger, self.profiler = debugger.NullDebugger(), profiler.NullProfiler()
+        self.tensorboard = None
 
     # -- set-up -----------------------------------------------------------
     def setup(self):
@@ -144,7 +164,8 @@ class Trainer:
                        f"{len(s.validation)} validation, {len(s.test)} test images")
         # the feature cache needs one deterministic view of each image: no augmentation
         augment = hp.augment and not hp.feature_cache
-        self.train_set = data.ImageDataset(s.train, self.prep, train=augment, crop_scale=hp.crop_scale)
+        self.train_set = data.ImageDataset(s.train, self.prep, train=augment, seed=hp.seed,
+                                           crop_scale=hp.crop_scale)
         self.val_set = data.ImageDataset(s.validation, self.prep, train=False)
         self.test_set = data.ImageDataset(s.test, self.prep, train=False)
 
@@ -154,6 +175,9 @@ class Trainer:
         if source is not None:
             weights.load_backbone(model, source)
             log(self.dist, f"backbone {hp.backbone} initialised from {source.name}")
+        elif hp.trainable_layers == 0:  # asked for explicitly (the default trains every stage then)
+            log(self.dist, "warning: pretrained none and trainable-layers 0: the head learns from a frozen, "
+                           "random backbone's features")
         init_head(model.fc, hp.init)
         self.frozen = freeze(model, hp.trainable_layers)
         self.frozen_keys = frozen_keys(model, self.frozen)
@@ -225,20 +249,30 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     # -- one pass ---------------------------------------------------------
-    def run_epoch(self, epoch: int) -> tuple[float, float, float] | None:
-        """Train one epoch; None when a stop was requested part-way."""
+    def run_epoch(self, epoch: int, state: TrainingState) -> tuple[float, float, float, int] | None:
+        """Train epoch `epoch` from batch `state.step` on (a resumed job: the rest of it): its
+        (loss, accuracy, images/s, images) over all ranks.
+
+        None when a stop was requested part-way; `state` then holds where, and the sums so far."""
         set_train_mode(self.model, self.frozen)
         self.debugger.train()
-        batches = loader(self.train_set, self.hp, self.dist, train=True, epoch_seed=self.hp.seed + epoch)
-        if isinstance(batches.sampler, DistributedSampler):
-            batches.sampler.set_epoch(epoch)
-        torch.manual_seed(self.hp.seed + epoch)  # augmentation stream per epoch: resumable
-        loss_sum = correct = seen = 0.0
-        start = time.perf_counter()
-        for step, (images, labels, bad) in enumerate(self.profiler.timed(batches, epoch)):
+        first = state.step
+        if hasattr(self.train_set, "set_epoch"):  # augmentation seeds (cached features have none)
+            self.train_set.set_epoch(epoch)
+        batches = loader(self.train_set, self.hp, self.dist, train=True, epoch=epoch, first_batch=first)
+        torch.manual_seed(self.hp.seed + epoch)  # dropout's stream per epoch
+        batches = iter(batches)  # draws the loader's base seed from that stream
+        if first:  # go on with the streams as the stopped job left them
+            set_rng_state(state.rng[self.dist.rank], self.device)
+        # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
+        loss_sum, correct, seen = state.partial[:3] if self.dist.is_main else (0.0, 0.0, 0.0)
+        start = time.perf_counter() - state.partial[3]
+        unreadable = 0
+        for step, (images, labels, bad) in enumerate(self.profiler.timed(batches, epoch, first), start=first):
             if step >= self.steps_per_epoch:
                 break
             self.skips.add("train", self.train_set, bad)
+            unreadable += len(bad)
             if images is not None:
                 images = images.to(self.device, non_blocking=True, memory_format=self.input_format)
                 labels = labels.to(self.device, non_blocking=True)
@@ -251,18 +285,39 @@ class Trainer:
                         f"(lr={self.hp.lr}) or add warm-up")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
+                lr = self.optimizer.param_groups[0]["lr"]
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.schedule.step()
+                state.global_step += 1
+                self.profiler.note(global_step=state.global_step, lr=lr)
+                if self.tensorboard:
+                    self.tensorboard.add_scalar("train/learning_rate", lr, state.global_step)
                 n = labels.numel()
                 loss_sum += loss.item() * n
                 correct += (logits.argmax(1) == labels).sum().item()
                 seen += n
+            self.stop.step_done(state.global_step, self.dist.is_main)
             if self.stop.agreed(self.device):
+                state.step = step + 1
+                state.partial = [*runtime.all_sum([loss_sum, correct, seen], self.device), time.perf_counter() - start]
+                state.rng = runtime.all_gather(rng_state(self.device))
                 return None
-        elapsed = time.perf_counter() - start
+        if self.dist.world_size > 1:  # every rank's share, in its own host's log
+            print(f"{self.rank_label()} epoch {epoch}: trained on {int(seen)} images, "
+                  f"skipped {unreadable} unreadable", flush=True)
+        # global: every rank's sums; the speed over the slowest rank's time
+        elapsed = runtime.all_max(time.perf_counter() - start, self.device)
         loss_sum, correct, seen = runtime.all_sum([loss_sum, correct, seen], self.device)
-        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9)
+        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9), int(seen)
+
+    def rank_label(self) -> str:
+        return f"[rank {self.dist.rank}/{self.dist.world_size} on {runtime.hosts()[1]}]"
+
+    def merge_skips(self) -> None:
+        """Every rank's unreadable images, on every rank: what checkpoints and the report keep."""
+        if self.dist.world_size > 1:
+            self.skips.paths = runtime.union_over_ranks(self.skips.paths)
 
     @torch.no_grad()
     def evaluate(self, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray]:
@@ -271,8 +326,10 @@ class Trainer:
         n_classes = len(self.splits.class_names)
         confusion = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros(1, dtype=torch.float64, device=self.device)
+        unreadable = 0
         for images, labels, bad in loader(dataset, self.hp, self.dist, train=False):
             self.skips.add(split, dataset, bad)
+            unreadable += len(bad)
             if images is None:
                 continue
             images = images.to(self.device, non_blocking=True, memory_format=self.input_format)
@@ -283,6 +340,8 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
             confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes ** 2)
         if dist.is_initialized():
+            print(f"{self.rank_label()} {split}: scored {int(confusion.sum().item())} images, "
+                  f"skipped {unreadable} unreadable", flush=True)
             dist.all_reduce(confusion)
             dist.all_reduce(loss_sum)
         matrix = confusion.view(n_classes, n_classes).cpu().numpy()
@@ -294,13 +353,15 @@ class Trainer:
         """Train to the end (True) or until SIGTERM (False, after a checkpoint)."""
         hp, state = self.hp, self.checkpointer.restore(self)
         for epoch in range(state.epoch + 1, hp.epochs + 1):
-            result = self.run_epoch(epoch)
+            result = self.run_epoch(epoch, state)
             if result is None:
+                self.merge_skips()
                 self.checkpointer.save(self, state)
-                log(self.dist, f"stopped during epoch {epoch}; checkpoint of epoch {state.epoch} saved, "
-                               "a restart resumes from it")
+                log(self.dist, f"stopped in epoch {epoch} after step {state.step}: checkpoint saved "
+                               f"{self.stop.seconds_since_signal():.2f} s after SIGTERM, a restart resumes from it")
                 return False
-            train_loss, train_acc, speed = result
+            state.step, state.partial, state.rng = 0, [0.0, 0.0, 0.0, 0.0], None
+            train_loss, train_acc, speed, train_images = result
             log(self.dist, metrics.format_line("train", train_loss, train_acc, epoch, images_per_sec=speed))
             val_loss, val_acc, _ = self.evaluate(self.val_set, "validation")
             log(self.dist, metrics.format_line("validation", val_loss, val_acc, epoch))
@@ -313,10 +374,12 @@ class Trainer:
                     self.tensorboard.add_scalar(name, value, epoch)
             state.epoch = epoch
             state.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                                  "train_images": train_images,
                                   "validation_loss": val_loss, "validation_accuracy": val_acc})
             if val_loss < state.best_loss:
                 state.best_loss, state.best_epoch = val_loss, epoch
                 state.best_state = copy.deepcopy({k: v.cpu() for k, v in self.trainable_state().items()})
+            self.merge_skips()
             self.checkpointer.save(self, state)
             if hp.patience and epoch - state.best_epoch >= hp.patience:
                 log(self.dist, f"early stop: validation loss has not improved for {hp.patience} epochs "
@@ -336,6 +399,7 @@ class Trainer:
         loss, acc, confusion = self.evaluate(dataset, split, final=True)
         if split == "test":
             log(self.dist, metrics.format_line("test", loss, acc))
+        self.merge_skips()
         if self.skips.total:
             log(self.dist, f"skipped {self.skips.total} unreadable image(s): "
                            + ", ".join(p for paths in self.skips.summary().values() for p in paths[:5]))
@@ -347,15 +411,17 @@ class Trainer:
                       training={"hyperparameters": {k: v for k, v in vars(self.hp).items()},
                                 "best_epoch": state.best_epoch, "history": state.history,
                                 f"{split}_accuracy": acc, f"{split}_loss": loss,
-                                "skipped_images": self.skips.total})
-        if self.tensorboard:
-            self.tensorboard.close()
+                                "skipped_images": self.skips.total,
+                                "world_size": self.dist.world_size, "hosts": runtime.hosts()[0]})
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
     def close(self) -> None:
-        """Also after a failure: the debugger's end-of-job marker lets rules run on what was written."""
+        """Also after a failure or a stop: the debugger's end-of-job marker lets rules run on what was
+        written; TensorBoard's last scalars are flushed."""
         self.debugger.close()
         self.profiler.close()
+        if self.tensorboard:
+            self.tensorboard.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(hp, paths, dist_info, device)
         trainer.setup()
         trainer.fit()
+        runtime.wait_for_all_ranks()
         return 0
     except (hyperparameters.HyperparameterError, data.DataError, weights.WeightsError,
             runtime.TrainingFailure, artifact.ArtifactError) as exc:
