@@ -2,7 +2,7 @@
 """Model quality on real photographs: test accuracy of training recipes.
 
     .venv/bin/python scripts/bench_quality.py [--per-class 60] [--epochs 10] [--image-size 32]
-                                              [--recipes defaults,no-augment,...] [--seeds 0,1] [--jobs 2]
+                                              [--recipes defaults,no-augment,...] [--seeds 0] [--jobs 2]
 
 The data set is Fashion-MNIST as Debian's package dataset-fashion-mnist ships
 it (Zalando's catalogue photographs of clothes, 28x28 greyscale, 10 classes):
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a hyperparameter for every run (repeatable), e.g. --set lr=0.003")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated; every recipe runs once per seed")
+    parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1; every recipe runs once per seed")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     args = parser.parse_args()
