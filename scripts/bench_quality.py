@@ -15,7 +15,7 @@ once per recipe and seed, as SageMaker's toolkit would run it: at nice 10
 not depend on whether a CPU has bf16. Prints one table row per
 recipe: test accuracy per seed (of the epoch with the lowest validation loss,
 as the trainer keeps it), their mean, and the wall time of a run. Each
-run's /opt/ml tree and train.log stay in build/quality/runs/.
+run's train.log and evaluation report stay in build/quality/runs/.
 
 Every run trains resnet18 from scratch (pretrained none, all stages
 trainable): no package ships ImageNet weights, and none may be downloaded.
@@ -139,6 +139,8 @@ def run(data: Path, opt_ml: Path, hps: dict, threads: int, timeout: float) -> tu
     seconds = time.perf_counter() - start
     log = out.stdout + out.stderr
     (opt_ml / "train.log").write_text(log)
+    for bulky in ("checkpoints", "model", "scratch"):  # ~150 MB a run; the log and the report stay
+        shutil.rmtree(opt_ml / bulky, ignore_errors=True)
     if out.returncode != 0:
         raise RuntimeError(f"trainer failed ({out.returncode}) with {hps}:\n{log[-3000:]}")
     return metrics.parse_log(log), seconds, log
