@@ -52,11 +52,10 @@ BASE = {"backbone": "resnet18", "pretrained": "none", "trainable-layers": "5", "
 # the knobs under study, as the trainer's defaults had them before this benchmark
 OLD_DEFAULTS = {"augment": "true", "crop-scale": "0.08", "label-smoothing": "0", "warmup": "0", "init": "kaiming"}
 RECIPES = {
-    "defaults": {},  # whatever hyperparameters.py says now
+    "defaults": {},  # whatever hyperparameters.py says now (crop-scale 1: shifted crops and flips, no zoom)
     "old-defaults": OLD_DEFAULTS,
     "no-augment": {**OLD_DEFAULTS, "augment": "false"},
     "crop-0.35": {**OLD_DEFAULTS, "crop-scale": "0.35"},
-    "shift-crop": {**OLD_DEFAULTS, "crop-scale": "1"},  # the evaluation view at a random place, and flips
     "label-smoothing-0.1": {**OLD_DEFAULTS, "label-smoothing": "0.1"},
     "warmup-1": {**OLD_DEFAULTS, "warmup": "1"},
     "init-default": {**OLD_DEFAULTS, "init": "default"},
