@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from contract.preprocess import Preprocessing, normalize
@@ -43,10 +42,14 @@ def placed_at(view: np.ndarray, full: np.ndarray, size: int) -> bool:
     return False
 
 
-def views(path, prep, crop_scale: float, count: int = 8) -> list[np.ndarray]:
-    torch.manual_seed(0)
+def views(path, prep, crop_scale: float, epochs: int = 8) -> list[np.ndarray]:
+    """The image's training view in each of `epochs` epochs (a view is a function of seed, epoch and index)."""
     dataset = data.ImageDataset([(path, 0)], prep, train=True, crop_scale=crop_scale)
-    return [dataset[0][0].numpy() for _ in range(count)]
+    seen = []
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        seen.append(dataset[0][0].numpy())
+    return seen
 
 
 def test_crop_scale_one_shifts_the_evaluation_view(photo):

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from contract.preprocess import ImageDecodeError, Preprocessing, eval_transform, load_image_file, normalize
-from trainer import archives
+from trainer import archives, hyperparameters
 from trainer.archives import DataError  # callers catch data.DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -202,7 +202,8 @@ class ImageDataset(Dataset):
     mid-epoch. Call set_epoch before each epoch's loader starts its workers.
     """
 
-    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0, crop_scale: float = 0.08):
+    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0,
+                 crop_scale: float = hyperparameters.DEFAULTS["crop-scale"]):
         self.samples = samples
         self.prep = prep
         self.seed, self.epoch = seed, 0

@@ -143,7 +143,7 @@ HYPERPARAMETERS = [
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
     Hyperparameter("augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"),
-    Hyperparameter("crop-scale", _crop_scale, 0.08, "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
+    Hyperparameter("crop-scale", _crop_scale, 1.0, "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
     Hyperparameter("feature-cache", str, "",
                    "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false"),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
