@@ -25,10 +25,11 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
     ln -s "$venv" .venv
 fi
 
-# a local registry for build_and_push.sh's test (Debian's package, on 127.0.0.1 only)
-if ! command -v docker-registry >/dev/null; then
-    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry) >/tmp/test-apt.log 2>&1 \
-        || { echo "[test] installing docker-registry failed, see /tmp/test-apt.log" >&2; exit 1; }
+# Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
+# and jemalloc, which the server preloads as the serving image does (tests/test_server.py's soak)
+if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >/tmp/test-apt.log 2>&1 \
+        || { echo "[test] installing docker-registry and libjemalloc2 failed, see /tmp/test-apt.log" >&2; exit 1; }
 fi
 
 source scripts/engine.sh
