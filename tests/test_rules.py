@@ -149,6 +149,17 @@ def test_loss_not_decreasing_judges_windows_not_single_batches(tmp_path):
     assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 2, verdict
     flat = rules.run(loss_trial(tmp_path / "flat", 1.4 * noise), ["LossNotDecreasing"])["LossNotDecreasing"]
     assert flat["status"] == "IssuesFound", flat
+    # converged: the loss falls from about 1 to 0.36, then its last window's median is 4% higher (0.377),
+    # inside the batches' noise: a plateau, not a stall (single comparisons of medians called it one)
+    plateau = np.maximum(1.5 * np.exp(-steps / 10), 0.3) * noise
+    plateau[20:] *= 1.2
+    verdict = rules.run(loss_trial(tmp_path / "plateau", plateau), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 2, verdict
+    # a loss that climbs back well above its noise is an issue even after it had fallen
+    climbing = plateau.copy()
+    climbing[20:] *= 2.5
+    verdict = rules.run(loss_trial(tmp_path / "climbing", climbing), ["LossNotDecreasing"])["LossNotDecreasing"]
+    assert verdict["status"] == "IssuesFound" and verdict["first_step"] == 29, verdict
     short = rules.run(loss_trial(tmp_path / "short", falling[:12]), ["LossNotDecreasing"])["LossNotDecreasing"]
     assert short["status"] == "NotEnoughData" and "losses:1" in short["message"], short
 

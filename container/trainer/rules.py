@@ -151,6 +151,8 @@ class ExplodingTensor(LocalRule):
 # epoch's last batch may hold one image). A window's median of this many saved losses or more is
 # the loss there: one odd batch cannot move it.
 MIN_LOSSES_PER_WINDOW = 3
+# A loss this far below its first window's (or epoch's) has converged, not stalled: its plateau is no issue
+CONVERGED_DECREASE = 0.25
 # The trainer's per-epoch mean losses (debugger.save_scalar), smoothed over every batch of an epoch
 EPOCH_LOSSES = {ModeKeys.TRAIN: "scalar/train_loss", ModeKeys.EVAL: "scalar/validation_loss"}
 
@@ -158,8 +160,10 @@ EPOCH_LOSSES = {ModeKeys.TRAIN: "scalar/train_loss", ModeKeys.EVAL: "scalar/vali
 class LossNotDecreasing(LocalRule):
     """AWS's rule, on smoothed losses. The losses of `mode` saved in each window of `num_steps`
     steps are reduced to their median; each window's must be `diff_percent` % below the previous
-    window's and at most `increase_threshold_percent` % above the lowest before it. A window
-    counts only with MIN_LOSSES_PER_WINDOW saved losses. Where the saved losses are too sparse for
+    window's, unless the loss has already fallen CONVERGED_DECREASE below the first window's (a
+    converged run's plateau), and may not rise `increase_threshold_percent` % above the lowest
+    before it and over the previous window's upper quartile (a rise above the batches' noise). A
+    window counts when the run covered all its steps, with MIN_LOSSES_PER_WINDOW saved losses. Where the saved losses are too sparse for
     two such windows (a short run, a long save interval), the epochs' mean losses that the trainer
     records are compared instead, epoch after epoch; with neither, the verdict is NotEnoughData.
     Without `mode`, the first of EVAL, TRAIN, GLOBAL with losses is used (as AWS documents)."""
@@ -199,8 +203,9 @@ class LossNotDecreasing(LocalRule):
                 continue
             if previous is not None and window != previous + 1:
                 series.append(None)  # a gap: the windows either side are not compared
-            median = float(np.median([self.value(name, s, mode) for s in steps]))
-            series.append((self._global(mode, steps[-1]), f"{mode.name} steps {steps[0]}-{steps[-1]}", median))
+            values = [self.value(name, s, mode) for s in steps]
+            series.append((self._global(mode, steps[-1]), f"{mode.name} steps {steps[0]}-{steps[-1]}",
+                           float(np.median(values)), float(np.percentile(values, 75))))
             previous = window
         return series
 
@@ -209,20 +214,27 @@ class LossNotDecreasing(LocalRule):
         if name not in self.base_trial.tensor_names():
             return []
         tensor = self.base_trial.tensor(name)
-        return [(step, f"epoch {number} ({name})", float(tensor.value(step)))
+        return [(step, f"epoch {number} ({name})", float(tensor.value(step)), float(tensor.value(step)))
                 for number, step in enumerate(tensor.steps(), start=1)]
 
     def compare(self, label, series) -> dict[int, str]:
+        """series: (global step, what, median loss, its upper quartile) per window or epoch; None = gap."""
         findings, lowest = {}, np.inf
+        start = next((point[2] for point in series if point is not None), None)
         for before, now in zip(series, series[1:]):
             if before is None or now is None:
                 continue
             lowest = min(lowest, before[2])
             message = ""
-            if not now[2] <= before[2] * (1 - self.diff / 100):
+            # A plateau is an issue while the loss is still near where the run began (stuck), not
+            # once it has fallen far (converged): there, two windows' medians differ by noise alone.
+            converged = now[2] <= start * (1 - CONVERGED_DECREASE)
+            if not now[2] <= before[2] * (1 - self.diff / 100) and not converged:
                 message = (f"{label}: {now[2]:.4g} over {now[1]}, not {self.diff:g}% below "
-                           f"{before[2]:.4g} over {before[1]}")
-            elif now[2] > lowest * (1 + self.increase / 100):
+                           f"{before[2]:.4g} over {before[1]}, and within {CONVERGED_DECREASE:.0%} of "
+                           f"where the run began ({start:.4g})")
+            # a rise counts when it is above the noise: over the earlier window's upper quartile
+            elif now[2] > lowest * (1 + self.increase / 100) and now[2] > before[3]:
                 message = (f"{label}: {now[2]:.4g} over {now[1]} is over {self.increase:g}% above "
                            f"the lowest before it, {lowest:.4g}")
             findings[now[0]] = message
