@@ -67,7 +67,12 @@ def test_tensorboard_scalars_one_per_epoch(trained):
     events = EventAccumulator(str(opt_ml / "output" / "tensorboard"))
     events.Reload()
     tags = {"train/loss", "train/accuracy", "validation/loss", "validation/accuracy"}
-    assert set(events.Tags()["scalars"]) == tags
+    assert set(events.Tags()["scalars"]) == tags | {"train/learning_rate"}
+    # the learning rate at every optimizer step (1, 2, ...), the peak first, cosine-decayed after it
+    rates = events.Scalars("train/learning_rate")
+    assert [s.step for s in rates] == list(range(1, len(rates) + 1)) and len(rates) >= 10
+    assert rates[0].value == pytest.approx(float(FAST_HPS["lr"]), rel=1e-6)
+    assert all(b.value <= a.value for a, b in zip(rates, rates[1:])) and rates[-1].value < rates[0].value / 10
     found = metrics.parse_log(result.stdout)
     for tag in tags:
         scalars = events.Scalars(tag)
