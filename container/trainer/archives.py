@@ -135,7 +135,6 @@ def _write(source, target: Path, archive: str, name: str, declared: int, budget:
 
 
 def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
-    written = []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         budget.check_members(archive.name, len(infos))
@@ -146,19 +145,8 @@ def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type given (zipfile's writestr)
                 raise DataError(f"archive {archive.name} has a member that is not a file or folder: "
                                 f"{info.filename!r}; refusing it")
-            _member_path(root, archive.name, info.filename)
-        budget.declare(archive.name, len(infos), sum(i.file_size for i in infos), root)
-        for info in infos:
-            target = _member_path(root, archive.name, info.filename)
-            if target is None:
-                continue
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            with zf.open(info) as source:
-                _write(source, target, archive.name, info.filename, info.file_size, budget)
-            written.append(target)
-    return written
+        members = [(i.filename, i.file_size, i.is_dir(), i) for i in infos]
+        return _write_members(archive.name, root, budget, members, zf.open)
 
 
 def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarfile.TarInfo]:
@@ -175,22 +163,28 @@ def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarf
 
 
 def _extract_tar(archive: Path, root: Path, budget: Budget) -> list[Path]:
-    written = []
     with tarfile.open(archive) as tf:
-        members = _tar_members(tf, archive.name, budget)
-        for member in members:
-            _member_path(root, archive.name, member.name)
-        budget.declare(archive.name, len(members), sum(m.size for m in members), root)
-        for member in members:
-            target = _member_path(root, archive.name, member.name)
-            if target is None:
-                continue
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            with tf.extractfile(member) as source:
-                _write(source, target, archive.name, member.name, member.size, budget)
-            written.append(target)
+        members = [(m.name, m.size, m.isdir(), m) for m in _tar_members(tf, archive.name, budget)]
+        return _write_members(archive.name, root, budget, members, tf.extractfile)
+
+
+def _write_members(archive: str, root: Path, budget: Budget, members, open_member) -> list[Path]:
+    """Write (name, declared size, is a folder, member) entries of a zip or tar, whose types were checked:
+    every path first, then the budget for them all, then the bytes. Returns the files written."""
+    for name, _, _, _ in members:
+        _member_path(root, archive, name)
+    budget.declare(archive, len(members), sum(size for _, size, _, _ in members), root)
+    written = []
+    for name, size, is_dir, member in members:
+        target = _member_path(root, archive, name)
+        if target is None:
+            continue
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        with open_member(member) as source:
+            _write(source, target, archive, name, size, budget)
+        written.append(target)
     return written
 
 
