@@ -23,18 +23,17 @@ import argparse
 import base64
 import io
 import json
-import struct
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import bench_serving as bench
+from crafted_png import decompression_bomb_png
 from bench_serving import CONTAINER, Server, free_port, make_images, make_model_dir, process_tree, request
 
 SECTIONS = ("readiness", "memory", "soak", "bounds")
@@ -157,19 +156,6 @@ def png(width: int, height: int, mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(side: int = 30_000) -> bytes:
-    """A valid 1-bit PNG of side x side pixels: ~100 KB claiming 900 MB."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (side + 7) // 8)
-    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))
-
-
 def json_of(images: list[bytes]) -> bytes:
     return json.dumps({"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}).encode()
 
@@ -190,7 +176,7 @@ def bound_cases(photo: bytes) -> list[tuple[str, bytes, str]]:
         ("JSON, 8 photos of 500x375", json_of([photo] * 8), "application/json"),
         ("JSON, 5 PNGs of 4000x4000 (80 M pixels together)", json_of([png(4000, 4000, "L")] * 5),
          "application/json"),
-        ("PNG decompression bomb (30000x30000, 113 KB)", bomb_png(), "image/png"),
+        ("PNG decompression bomb (30000x30000, 113 KB)", decompression_bomb_png(), "image/png"),
         ("PNG strip of 1x60000 (resized: 256x15 M)", png(1, 60_000, "L"), "image/png"),
         ("NPY (8,3,224,224)", npy_of((8, 3, 224, 224)), "application/x-npy"),
         ("NPY (65,3,224,224), 39 MB under a 100 MB payload limit", npy_of((65, 3, 224, 224)),

@@ -24,6 +24,7 @@ sys.path.insert(0, str(CONTAINER))
 from contract import artifact  # noqa: E402
 from contract.model import Architecture, build_classifier  # noqa: E402
 from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
+from crafted_png import png_chunk  # noqa: E402
 from localnet import free_port  # noqa: E402
 
 CLASS_NAMES = ["cat", "dog", "fish", "bird", "frog", "horse"]
@@ -62,10 +63,6 @@ def encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def palette_png_with_overlong_transparency() -> bytes:

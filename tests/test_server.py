@@ -6,10 +6,8 @@ import base64
 import io
 import json
 import socket
-import struct
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from contract.preprocess import decode_image, eval_transform
+from crafted_png import decompression_bomb_png
 from serving_fixtures import (CLASS_NAMES, IMAGE_SIZE, Reference, ServerProcess, encode, make_model_dir,
                               palette_png_with_overlong_transparency, sample_image)
 
@@ -186,18 +185,6 @@ def test_execution_parameters(server):
 
 
 # --- bad requests: a 4xx JSON reason, and the worker carries on ---------------------------------
-
-def decompression_bomb_png(side: int = 30_000) -> bytes:
-    """A valid 1-bit PNG of side x side pixels: ~100 KB that would decode to 900 MB."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
-    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-
 
 def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     buffer = io.BytesIO()
