@@ -5,25 +5,39 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The test environment lives outside the clone, keyed by the requirements'
-# hash, so fresh clones (CI) reuse it; .venv links to it. Older ones are removed.
-stamp=$(cat tests/requirements.txt container/requirements-*.txt | sha256sum | cut -c1-16)
+# The test environments live outside the clone, keyed by their requirements'
+# hash, so fresh clones (CI) reuse them; .venv and .venv-sdk-v2 link to them. Older ones are removed.
 cache=${BYOC_VENV_CACHE:-$HOME/.cache/byoc-venv}
-venv=$cache/$stamp
-if [ ! -f "$venv/.complete" ]; then
-    echo "[test] creating the test environment in $venv (torch and the rest: a few minutes the first time)" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    { "$venv/bin/pip" install -q -r tests/requirements.txt \
-        && "$venv/bin/pip" install -q --no-deps -r container/requirements-smdebug.txt; } >/tmp/test-venv.log 2>&1 \
-        || { tail -n 30 /tmp/test-venv.log >&2; echo "[test] making the test environment failed" >&2; exit 1; }
-    touch "$venv/.complete"
-fi
-find "$cache" -mindepth 1 -maxdepth 1 ! -name "$stamp" -exec rm -rf {} + 2>/dev/null || true
-if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
-    rm -rf .venv
-    ln -s "$venv" .venv
-fi
+keep=()
+# make_venv LINK EXTRA_PIP_STEP REQUIREMENTS...: the environment for these requirement files
+make_venv() {
+    local link=$1 extra=$2; shift 2
+    local stamp venv
+    stamp=$(cat "$@" | sha256sum | cut -c1-16)
+    venv=$cache/$stamp
+    keep+=("$stamp")
+    if [ ! -f "$venv/.complete" ]; then
+        echo "[test] creating the environment $link in $venv (a few minutes the first time)" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        { "$venv/bin/pip" install -q -r "$1" && { [ -z "$extra" ] || "$venv/bin/pip" install -q $extra; }; } \
+            >"/tmp/test-venv-$stamp.log" 2>&1 \
+            || { tail -n 30 "/tmp/test-venv-$stamp.log" >&2; echo "[test] making $link failed" >&2; exit 1; }
+        touch "$venv/.complete"
+    fi
+    if [ "$(readlink "$link" 2>/dev/null)" != "$venv" ]; then
+        rm -rf "$link"
+        ln -s "$venv" "$link"
+    fi
+}
+# the main one (SDK v3, torch, the images' pins, smdebug without its stale protobuf pin)
+make_venv .venv "--no-deps -r container/requirements-smdebug.txt" \
+    tests/requirements.txt container/requirements-*.txt
+# SDK v2, kept until its end of support: `sagemaker` cannot be v2 and v3 in one environment
+make_venv .venv-sdk-v2 "" tests/requirements-sdk-v2.txt
+for dir in "$cache"/*; do
+    [[ " ${keep[*]} " == *" $(basename "$dir") "* ]] || rm -rf "$dir"
+done
 
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
 # and jemalloc, which the server preloads as the serving image does (tests/test_server.py's soak)
