@@ -79,7 +79,7 @@ def train(data: Path, hps: dict, args, keep: dict | None = None) -> float:
             cmd += [f"--{name}", str(value)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         if keep is not None and Path(opt_ml, "output", "profiler").is_dir():
-            from trainer import profiler_report
+            from insights import profiler_report
 
             keep.update(profiler_report.load(Path(opt_ml, "output", "profiler")))
     speeds = [float(line.rsplit("images_per_sec=", 1)[1]) for line in out.splitlines() if "images_per_sec=" in line]

@@ -288,7 +288,7 @@ class Workflow:
 
     def rules(self, log, progress):
         opt_ml = self.workdir / "opt_ml"
-        self.sh(log, self.in_training_image("python", "-m", "trainer.rules", "/opt_ml/output/tensors",
+        self.sh(log, self.in_training_image("python", "-m", "insights.rules", "/opt_ml/output/tensors",
                                             "--out", "/opt_ml/output/rules.json", mounts=[f"{opt_ml}:/opt_ml"]))
         summary = json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]
         return {"rules": {name: r["status"] for name, r in summary.items()},
@@ -297,10 +297,10 @@ class Workflow:
     def profile(self, log, progress):
         opt_ml = self.workdir / "opt_ml"
         self.sh(log, self.in_training_image(
-            "python", "-m", "trainer.profiler_report", "/opt_ml/output/profiler",
+            "python", "-m", "insights.profiler_report", "/opt_ml/output/profiler",
             "--out", "/opt_ml/output/profiler-report.html", "--json", "/opt_ml/output/profiler-verdicts.json",
             mounts=[f"{opt_ml}:/opt_ml"]))
-        self.sh(log, self.in_training_image("python", "-m", "trainer.loss_plot", "/opt_ml/output/tensors",
+        self.sh(log, self.in_training_image("python", "-m", "insights.loss_plot", "/opt_ml/output/tensors",
                                             "--out", "/opt_ml/output/losses.png", mounts=[f"{opt_ml}:/opt_ml"]))
         verdicts = json.loads((opt_ml / "output" / "profiler-verdicts.json").read_text())
         outputs = [str(opt_ml / "output" / name) for name in ("profiler-report.html", "losses.png")]

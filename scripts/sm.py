@@ -134,7 +134,7 @@ def debugger_settings(args, config) -> dict | None:
     """Debugger hook, rules and profiler for AWS jobs, from the rule list the local runner uses."""
     if args.no_debugger or config.is_local:
         return None
-    from trainer.rules import sagemaker_debugger_config
+    from insights.rules import sagemaker_debugger_config
 
     return sagemaker_debugger_config(s3_output_path=f"{config.s3_prefix.rstrip('/')}/debug")
 

@@ -22,7 +22,7 @@ def load_trial(path):
 
 
 def sagemaker_hook_config(opt_ml, tensors):
-    """What SageMaker writes for DebuggerHookConfig(collection_configs=[...]) (see trainer/rules.py)."""
+    """What SageMaker writes for DebuggerHookConfig(collection_configs=[...]) (see insights/rules.py)."""
     config = {"LocalPath": str(tensors), "HookParameters": {"save_interval": "1"},
               "CollectionConfigurations": [
                   {"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}},
@@ -146,7 +146,7 @@ def test_an_error_inside_the_hooks_switches_the_debugger_off(tmp_path, capsys):
 
 
 def test_loss_plot_from_the_trial(sagemaker_run, tmp_path):
-    from trainer import loss_plot
+    from insights import loss_plot
 
     opt_ml, _ = sagemaker_run
     counts = loss_plot.plot(str(opt_ml / "output" / "tensors"), str(tmp_path / "losses.png"))

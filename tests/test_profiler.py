@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HPS, build_image, run_trainer, write_sagemaker_config
-from trainer import profiler, profiler_report
+from trainer import profiler
+from insights import profiler_report
 
 
 class Images(torch.utils.data.Dataset):
@@ -135,7 +136,7 @@ def test_trainer_profiles_when_asked_and_the_report_is_built(sample_data, tmp_pa
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["interval_ms"] == 200 and meta["batch_size"] == 16 and "ended" in meta
     assert len(profiler_report.read_jsonl(folder / "steps.jsonl")) == 14  # 97 images / 16, two epochs
-    out = subprocess.run([sys.executable, "-m", "trainer.profiler_report", str(folder), "--out",
+    out = subprocess.run([sys.executable, "-m", "insights.profiler_report", str(folder), "--out",
                           str(tmp_path / "report.html"), "--json", str(tmp_path / "verdicts.json")],
                          cwd=CONTAINER, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -181,8 +182,8 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
     assert (folder / "trace" / "trace.json").is_file()
     after = subprocess.run(
         [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "byoc-train:latest", "bash", "-c",
-         "python -m trainer.profiler_report /opt/ml/output/profiler --out /opt/ml/output/report.html && "
-         "python -m trainer.rules /opt/ml/output/tensors --rule LossNotDecreasing --out /opt/ml/output/rules.json"],
+         "python -m insights.profiler_report /opt/ml/output/profiler --out /opt/ml/output/report.html && "
+         "python -m insights.rules /opt/ml/output/tensors --rule LossNotDecreasing --out /opt/ml/output/rules.json"],
         env=env, capture_output=True, text=True, timeout=600)
     assert after.returncode == 0, (after.stdout + after.stderr)[-4000:]
     check_report(folder, opt_ml / "output" / "report.html")

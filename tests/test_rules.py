@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HPS, run_trainer
-from trainer import rules
+from insights import rules
 
 BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
                                       "profiler": "false"})
@@ -174,7 +174,7 @@ def test_a_run_too_short_to_judge_says_not_enough_data(rule, trial, tmp_path_fac
 
 def test_cli_prints_each_rule_and_writes_a_summary(trial, tmp_path, tmp_path_factory):
     summary = tmp_path / "summary.json"
-    out = subprocess.run([sys.executable, "-m", "trainer.rules", _trial_for("tiny", trial, tmp_path_factory),
+    out = subprocess.run([sys.executable, "-m", "insights.rules", _trial_for("tiny", trial, tmp_path_factory),
                           "--out", str(summary), "--param", "PoorWeightInitialization.steps=3"],
                          cwd=CONTAINER, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -264,7 +264,7 @@ def test_grid_needs_categorical_parameters(aws):
 
 
 def test_training_job_carries_debugger_rules_and_profiler(aws):
-    from trainer.rules import RULES, sagemaker_debugger_config
+    from insights.rules import RULES, sagemaker_debugger_config
 
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/d"})

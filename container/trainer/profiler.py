@@ -13,7 +13,7 @@
   meta.json     what the report needs to judge the numbers (cores, GPUs,
                 batch size, loader workers).
 
-`python -m trainer.profiler_report DIR` turns it into one HTML report.
+`python -m insights.profiler_report DIR` turns it into one HTML report.
 Everything here is best effort: a failure is logged and profiling stops.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One HTML file from what trainer/profiler.py wrote: charts and verdicts.
 
-    python -m trainer.profiler_report /opt/ml/output/profiler [--out report.html] [--json verdicts.json]
+    python -m insights.profiler_report /opt/ml/output/profiler [--out report.html] [--json verdicts.json]
 
 The verdicts follow SageMaker's profiler rules (LowGPUUtilization, CPUBottleneck,
 IOBottleneck, BatchSize, StepOutlier) with their default thresholds where the
@@ -243,7 +243,7 @@ font-weight:bold}} .NoIssuesFound td:nth-child(2){{color:#070}} code{{font-size:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.profiler_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m insights.profiler_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="what the profiler wrote (/opt/ml/output/profiler)")
     parser.add_argument("--out", type=Path, help="HTML file (default FOLDER/profiler-report.html)")
     parser.add_argument("--json", type=Path, help="also write the verdicts as JSON")

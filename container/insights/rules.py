@@ -1,6 +1,6 @@
 """SageMaker Debugger's built-in rules, evaluated locally with smdebug's rule invoker.
 
-    python -m trainer.rules TRIAL_DIR_OR_S3_URI [--out summary.json] [--rule Overfit ...]
+    python -m insights.rules TRIAL_DIR_OR_S3_URI [--out summary.json] [--rule Overfit ...]
                             [--param Overfit.patience=3 ...]
 
 prints `IssuesFound` / `NoIssuesFound` / `NotEnoughData` per rule, with the
@@ -548,7 +548,7 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.rules", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m insights.rules", description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="smdebug trial folder or s3:// URI (e.g. /opt/ml/output/tensors)")
     parser.add_argument("--out", help="JSON summary file")
     parser.add_argument("--rule", action="append", choices=list(BY_NAME), help="only these rules")

@@ -1,6 +1,6 @@
 """Training and validation loss per step from a debugger trial, as PNG (the second seed's plot).
 
-    python -m trainer.loss_plot TRIAL_DIR_OR_S3_URI [--out losses.png]
+    python -m insights.loss_plot TRIAL_DIR_OR_S3_URI [--out losses.png]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def plot(trial_path: str, out: str, tensor: str = "CrossEntropyLoss_output_0") -
     import matplotlib.pyplot as plt
     from smdebug import modes
 
-    from trainer.rules import open_trial
+    from insights.rules import open_trial
 
     trial = open_trial(trial_path)
     loss = trial.tensor(tensor)
@@ -41,7 +41,7 @@ def plot(trial_path: str, out: str, tensor: str = "CrossEntropyLoss_output_0") -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.loss_plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m insights.loss_plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("trial", help="smdebug trial folder or s3:// URI")
     parser.add_argument("--out", default="losses.png")
     parser.add_argument("--tensor", default="CrossEntropyLoss_output_0")
