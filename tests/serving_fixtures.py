@@ -17,13 +17,12 @@ import requests
 import torch
 from PIL import Image
 
+from contract import artifact
+from contract.model import Architecture, build_classifier
+from contract.preprocess import Preprocessing, decode_image, eval_transform
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
-sys.path.insert(0, str(CONTAINER))
-
-from contract import artifact  # noqa: E402
-from contract.model import Architecture, build_classifier  # noqa: E402
-from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
 from crafted_png import png_chunk  # noqa: E402
 from localnet import free_port  # noqa: E402
 

@@ -11,10 +11,11 @@ import requests
 
 import container_engine
 from conftest import build_image
+from contract.spec import images
 from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
-IMAGE = "byoc-serve:cpu"
-GPU_IMAGE = "byoc-serve:gpu"
+IMAGE = images.serve_image("cpu")
+GPU_IMAGE = images.serve_image("gpu")
 
 
 def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

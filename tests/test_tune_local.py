@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 import proctree
 from conftest import FAST_HPS, ROOT, build_image
+from contract.spec import hyperparameters, metrics, search_space
 from launch import local_tuning
-from trainer import hyperparameters, metrics, search_space
 
 TINY = {**{k: v for k, v in FAST_HPS.items() if k != "lr"},
         "trainable-layers": 0, "epochs": 2, "max-steps-per-epoch": 4}

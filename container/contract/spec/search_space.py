@@ -14,13 +14,18 @@ Presets are the two seeds' searches. A user's own space is a JSON file:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import metrics
-from trainer.hyperparameters import BY_NAME
+from contract.spec import metrics
+from contract.spec.hyperparameters import BY_NAME
 
 TYPES = ("continuous", "integer", "categorical")
+# The local tuner's line for each finished trial (`trial 3 COMPLETE 0.41 in 12 s: ...`);
+# scripts/run_local.py counts them for its progress bar.
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+TRIAL_FINISHED = re.compile(rf"^trial (\d+) ({'|'.join(TRIAL_STATES)})\b")
 SCALINGS = ("linear", "log")
 
 
@@ -74,7 +79,7 @@ class SearchSpace:
 
     @property
     def objective_regex(self) -> str:
-        return next(d["Regex"] for d in metrics.METRIC_DEFINITIONS if d["Name"] == self.objective_metric)
+        return metrics.regex(self.objective_metric)
 
 
 PRESETS = {
