@@ -185,6 +185,11 @@ def _with_choices(hp: Hyperparameter) -> Callable:
     return parse
 
 
+def parse_value(name: str, text: str):
+    """One hyperparameter's value as the trainer reads it (type, range and choices); ValueError if it would refuse it."""
+    return _with_choices(BY_NAME[name])(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit(2)
         raise HyperparameterError(message)

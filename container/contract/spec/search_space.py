@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.spec import metrics
-from contract.spec.hyperparameters import BY_NAME
+from contract.spec.hyperparameters import BY_NAME, parse_value
 
 TYPES = ("continuous", "integer", "categorical")
 # The local tuner's line for each finished trial (`trial 3 COMPLETE 0.41 in 12 s: ...`);
@@ -53,7 +53,7 @@ class Parameter:
             if not self.values:
                 raise SearchSpaceError(f"{self.name}: a categorical parameter needs values")
             for value in self.values:  # every value must be one the trainer accepts
-                BY_NAME[self.name].parse(str(value))
+                parse_value(self.name, str(value))
         else:
             if self.low is None or self.high is None or not self.low < self.high:
                 raise SearchSpaceError(f"{self.name}: needs low < high")
