@@ -17,10 +17,10 @@ import container_engine
 from contract.spec import hyperparameters, images
 from contract.spec import search_space as spaces
 
+from . import slots as hardware
 from .errors import TuningError
 from .reports import STUDY_NAME, StudyResult, params_text, write_reports
 from .runners import RUNNERS, ContainerRunner, ProcessRunner
-from .slots import cpu_count, default_parallel, detect_gpus, make_slots
 from .space import GRID_POINTS, SAMPLERS, grid_size, make_pruner, make_sampler, space_with_overrides
 from .trials import TrialWork
 
@@ -109,11 +109,11 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         study.sampler = make_sampler(sampler, space, seed + len(study.trials), target, grid_points)
         study.pruner = make_pruner(pruner)
 
-        gpus, cores = detect_gpus(), cpu_count()
-        width = default_parallel(parallel, len(gpus), cores)
+        gpus, cores = hardware.detect_gpus(), hardware.cpu_count()
+        width = hardware.default_parallel(parallel, len(gpus), cores)
         if parallel and width < parallel:
             log(f"parallel {parallel} lowered to {width} ({len(gpus)} GPU(s), {cores} cores)")
-        slots = make_slots(width, gpus, cores)
+        slots = hardware.make_slots(width, gpus, cores)
         the_runner = (ProcessRunner(data, workdir) if runner == "process"
                       else ContainerRunner(data, image or images.train_image(), engine))
         _requeue_stale(study, storage, the_runner, log)
