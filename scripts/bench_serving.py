@@ -58,16 +58,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+import container_path  # noqa: F401  (first: container/ on the import path)
+import proctree
+from contract import artifact
+from contract.model import Architecture, build_classifier
+from contract.preprocess import Preprocessing, decode_image, eval_transform
+from localnet import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
 BENCH = ROOT / "scripts" / "bench"
-sys.path.insert(0, str(CONTAINER))
-
-from contract import artifact  # noqa: E402
-from contract.model import Architecture, build_classifier  # noqa: E402
-from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
-import proctree  # noqa: E402
-from localnet import free_port  # noqa: E402
 
 NUM_CLASSES = 133
 HEAD = [256]
@@ -180,8 +180,8 @@ def decode_ms(images: dict[str, list[bytes]], prep: Preprocessing, repeats: int)
     result = {}
     for name, datas in images.items():
         data = datas[0]
-        ours = median_ms(lambda: torch.from_numpy(eval_transform(decode_image(data, prep), prep)), repeats)
-        seeds = median_ms(lambda: seed_transform(Image.open(io.BytesIO(data)).convert("RGB")), repeats)
+        ours = median_ms(lambda data=data: torch.from_numpy(eval_transform(decode_image(data, prep), prep)), repeats)
+        seeds = median_ms(lambda data=data: seed_transform(Image.open(io.BytesIO(data)).convert("RGB")), repeats)
         result[name] = {"ours": ours, "seeds": seeds}
     return result
 
@@ -324,7 +324,7 @@ def rss_bytes(pid: int) -> int:
 class Server:
     """A server command in its own session (process group), stoppable as a whole."""
 
-    running: list["Server"] = []
+    running: list[Server] = []
 
     def __init__(self, name: str, cmd: list[str], port: int, env: dict, log_path: Path, cwd: Path | None = None):
         self.name, self.port, self.log_path = name, port, log_path
@@ -556,7 +556,7 @@ def main() -> int:
         model, config = artifact.load(model_dir)
         prep = artifact.preprocessing(config)
 
-        def in_process(data: bytes) -> np.ndarray:
+        def probabilities(data: bytes) -> np.ndarray:  # in this process, as the reference
             with torch.inference_mode():
                 x = torch.from_numpy(eval_transform(decode_image(data, prep), prep))[None]
                 return torch.softmax(model(x), 1)[0].numpy()
@@ -570,7 +570,7 @@ def main() -> int:
                     if status != 200:
                         raise RuntimeError(f"ours answered {status} for a {name} image: {body[:200]!r}")
                     served = np.load(io.BytesIO(body), allow_pickle=False).reshape(-1)
-                    worst = max(worst, float(np.abs(served - in_process(data)).max()))
+                    worst = max(worst, float(np.abs(served - probabilities(data)).max()))
             print(f"  ours: max |p - p_in_process| = {worst:.2e}", flush=True)
             return worst
 
@@ -580,7 +580,7 @@ def main() -> int:
             for datas in images.values():
                 served = seed_probabilities(server.port, datas[0])
                 if served is not None:
-                    worst = max(worst, float(np.abs(served - in_process(datas[0])).max()))
+                    worst = max(worst, float(np.abs(served - probabilities(datas[0])).max()))
             return worst
 
         # Servers start one at a time (cold starts measured alone) and then all
@@ -659,7 +659,7 @@ def report(results: dict, floor: dict, decode: dict, images: dict, notes: list, 
     kb = {name: np.mean([len(d) for d in datas]) / 1024 for name, datas in images.items()}
     print(f"\n## Serving benchmark: ResNet50 (+256 head, 133 classes), {cpu}, torch {torch.__version__}\n")
     print("Random weights (seeded; no weights can be downloaded here). Images: synthetic photo-like JPEGs "
-          f"(smooth random colour fields, blurred shapes, texture, grain; quality 90; mean "
+          "(smooth random colour fields, blurred shapes, texture, grain; quality 90; mean "
           + ", ".join(f"{name} {size:.0f} KB" for name, size in kb.items())
           + "), no real photos being available offline. One request per connection, all on 127.0.0.1; "
           f"requests per cell: c=1 {counts[1]}, c=4 {counts[4]}, c=16 {counts[16]}, at most {cell_seconds:.0f} s "

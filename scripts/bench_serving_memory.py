@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 import bench_serving as bench
-from crafted_png import decompression_bomb_png
 from bench_serving import CONTAINER, Server, free_port, make_images, make_model_dir, process_tree, request
+from crafted_png import decompression_bomb_png
 
 SECTIONS = ("readiness", "memory", "soak", "bounds")
 START_TIMEOUT = 300.0

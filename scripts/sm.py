@@ -18,27 +18,24 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # the project chose SDK v2 on purpose
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
 
+import container_path  # noqa: E402,F401  (first: container/ on the import path)
+from contract.spec.hyperparameters import HyperparameterError, parse_assignments  # noqa: E402
 from launch import config as configuration  # noqa: E402
 from launch import hosting, training, tuning  # noqa: E402
 from launch.session import make_session, remove_local_containers  # noqa: E402
 
 
 def parse_hps(items: list[str]) -> dict:
-    hps = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--hp takes name=value, got {item!r}")
-        hps[name] = value
-    return hps
+    try:
+        return parse_assignments(items)
+    except HyperparameterError as exc:
+        raise SystemExit(f"--hp: {exc}") from None
 
 
 def parse_tags(items: list[str]) -> list[dict]:
@@ -86,7 +83,7 @@ def cmd_train(args, config, session):
 
 
 def cmd_tune(args, config, session):
-    from trainer import search_space
+    from contract.spec import search_space
 
     space = search_space.load(args.space)
     fixed = {**space.fixed, **parse_hps(args.hp)}
@@ -156,7 +153,7 @@ def cmd_deploy(args, config, session):
             for path in args.invoke:
                 print_top(str(path), hosting.invoke_with_predictor(predictor, path, args.top_k))
         else:
-            print(f"serving on http://localhost:8080 (local mode); Ctrl-C stops it")
+            print("serving on http://localhost:8080 (local mode); Ctrl-C stops it")
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import boto3
 import pytest
@@ -11,9 +10,9 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from conftest import ROOT
+from contract.spec.metrics import METRIC_DEFINITIONS
 from launch import config as configuration
 from launch import hosting, training
-from trainer.metrics import METRIC_DEFINITIONS
 
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -217,8 +216,8 @@ def test_config_precedence(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
 def test_create_tuning_job_from_the_search_space(aws, strategy):
+    from contract.spec import search_space
     from launch import tuning
-    from trainer import search_space
 
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {
@@ -254,8 +253,8 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
 
 
 def test_grid_needs_categorical_parameters(aws):
+    from contract.spec import search_space
     from launch import tuning
-    from trainer import search_space
 
     session, config, _ = aws
     estimator = training.estimator(session, config, {}, "trial")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -11,10 +10,12 @@ import requests
 
 import container_engine
 from conftest import build_image
+from contract.spec import images
+from localnet import wait_healthy
 from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
-IMAGE = "byoc-serve:cpu"
-GPU_IMAGE = "byoc-serve:gpu"
+IMAGE = images.serve_image("cpu")
+GPU_IMAGE = images.serve_image("gpu")
 
 
 def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -58,17 +59,14 @@ def container(engine, serve_image, tmp_path):
 
 
 def wait_for_ping(engine, container, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(container["url"] + "/ping", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass  # the port is forwarded before gunicorn listens
+    def running():  # the port is forwarded before gunicorn listens: connection errors until then
         running = engine_run(engine, "inspect", "-f", "{{.State.Running}}", container["id"])
         assert running.stdout.strip() == "true", engine_run(engine, "logs", container["id"]).stderr
-        time.sleep(0.5)
-    raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr)
+
+    try:
+        wait_healthy(container["url"], timeout, check=running)
+    except TimeoutError:
+        raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr) from None
 
 
 def classify_and_check(container) -> None:

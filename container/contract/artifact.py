@@ -1,14 +1,4 @@
-"""The model artifact: what training writes to /opt/ml/model, what serving reads.
-
-    model.pt            state dict of contract.model.build_classifier(...),
-                        plain tensors only: loads with torch.load(weights_only=True)
-    model_config.json   {"format_version", "architecture", "preprocessing",
-                         "class_names", "training"}
-    code/inference.py   optional handler overrides for serving (model_fn, ...)
-
-SageMaker tars this directory into model.tar.gz and extracts it again into
-/opt/ml/model of the serving container.
-"""
+"""The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py."""
 from __future__ import annotations
 
 import json
@@ -20,11 +10,7 @@ import torch
 
 from contract.model import Architecture, build_classifier
 from contract.preprocess import Preprocessing
-
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.pt"
-CONFIG_FILE = "model_config.json"
-CODE_DIR = "code"
+from contract.spec.artifact import CODE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TrainingSummary  # noqa: F401
 
 
 class ArtifactError(RuntimeError):
@@ -63,7 +49,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def save(model_dir, state_dict: dict, arch: Architecture, prep: Preprocessing,
-         class_names: list, training: dict | None = None) -> None:
+         class_names: list, training: TrainingSummary | None = None) -> None:
     if len(class_names) != arch.num_classes:
         raise ArtifactError(f"{len(class_names)} class names for {arch.num_classes} outputs")
     model_dir = Path(model_dir)
@@ -74,7 +60,7 @@ def save(model_dir, state_dict: dict, arch: Architecture, prep: Preprocessing,
         "architecture": arch.to_dict(),
         "preprocessing": prep.to_dict(),
         "class_names": list(class_names),
-        "training": training or {},
+        "training": training.to_dict() if training else {},
     }
     atomic_write_bytes(model_dir / CONFIG_FILE, json.dumps(config, indent=2).encode())
 
@@ -90,6 +76,10 @@ def read_config(model_dir) -> dict:
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
     return config
+
+
+def training_summary(config: dict) -> TrainingSummary:
+    return TrainingSummary.from_dict(config["training"])
 
 
 def architecture(config: dict) -> Architecture:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -101,7 +101,7 @@ class DynamicBatcher:
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
-            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs])):
+            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs]), strict=True):
                 job.future.set_result(output)
 
     def _queued_images(self) -> int:

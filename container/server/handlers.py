@@ -31,8 +31,14 @@ import torch
 from PIL import Image
 
 from contract import artifact
-from contract.preprocess import (MAX_IMAGE_PIXELS, ImageDecodeError, ImageTooLarge, Preprocessing, decode_image,
-                                 eval_transform)
+from contract.preprocess import (
+    MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    ImageTooLarge,
+    Preprocessing,
+    decode_image,
+    eval_transform,
+)
 from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.settings import Settings

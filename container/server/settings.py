@@ -67,7 +67,7 @@ class Settings:
         return self.max_payload_mb * 1024 * 1024
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "Settings":
+    def from_env(cls, env=os.environ) -> Settings:
         """Raises ValueError naming the variable that is not a valid number."""
         model_dir = env.get("SM_MODEL_DIR", "/opt/ml/model")
         gpus = _int(env, "SM_NUM_GPUS", None, minimum=0)
