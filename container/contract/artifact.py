@@ -5,12 +5,16 @@
     model_config.json   {"format_version", "architecture", "preprocessing",
                          "class_names", "training"}
     code/inference.py   optional handler overrides for serving (model_fn, ...)
+    calibration/*.jpg   a few training images, shorter side at the resize size:
+                        serving calibrates int8 on them and checks every
+                        precision against fp32 on them (server/precision.py)
 
 SageMaker tars this directory into model.tar.gz and extracts it again into
 /opt/ml/model of the serving container.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -19,12 +23,14 @@ from pathlib import Path
 import torch
 
 from contract.model import Architecture, build_classifier
-from contract.preprocess import Preprocessing
+from contract.preprocess import ImageDecodeError, Preprocessing, load_image_file, resized_size
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 CODE_DIR = "code"
+CALIBRATION_DIR = "calibration"
+CALIBRATION_IMAGES = 16  # enough for int8's activation ranges; the server calibrates on all of them
 
 
 class ArtifactError(RuntimeError):
@@ -116,3 +122,27 @@ def load(model_dir, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         raise ArtifactError(f"{path} does not match {CONFIG_FILE}: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), config
+
+
+def write_calibration(model_dir, image_paths, prep: Preprocessing, limit: int = CALIBRATION_IMAGES) -> int:
+    """Up to `limit` of `image_paths` into model_dir/calibration/ as JPEGs with the
+    shorter side at prep.resize_size (what serving's transform resizes to anyway,
+    so the sample stays small). Unreadable images are skipped. -> images written."""
+    out = Path(model_dir) / CALIBRATION_DIR
+    written = 0
+    for path in image_paths:
+        if written == limit:
+            break
+        try:
+            image = load_image_file(path, prep)
+        except (ImageDecodeError, OSError):  # as training does: skipped, not fatal
+            continue
+        buffer = io.BytesIO()
+        image.resize(resized_size(image.size, prep)).save(buffer, format="JPEG", quality=95)
+        atomic_write_bytes(out / f"{written:03d}.jpg", buffer.getvalue())
+        written += 1
+    return written
+
+
+def calibration_files(model_dir) -> list[Path]:
+    return sorted((Path(model_dir) / CALIBRATION_DIR).glob("*.jpg"))[:CALIBRATION_IMAGES]

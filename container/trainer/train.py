@@ -28,6 +28,7 @@ from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
 from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
+from trainer.heldout import spread
 
 
 def log(dist_info, message: str) -> None:
@@ -413,6 +414,8 @@ class Trainer:
                                 f"{split}_accuracy": acc, f"{split}_loss": loss,
                                 "skipped_images": self.skips.total,
                                 "world_size": self.dist.world_size, "hosts": runtime.hosts()[0]})
+        # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
+        artifact.write_calibration(self.paths.model, [path for path, _ in spread(self.splits.train, 64)], self.prep)
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
     def close(self) -> None:
