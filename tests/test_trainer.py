@@ -38,6 +38,7 @@ def test_artifacts_load_with_weights_only(trained):
     state = torch.load(opt_ml / "model" / artifact.WEIGHTS_FILE, weights_only=True)
     assert state["fc.0.weight"].shape == (4, 512)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+    assert len(artifact.calibration_files(opt_ml / "model")) == artifact.CALIBRATION_IMAGES  # int8 serving's sample
 
 
 def test_metric_lines_match_the_project_regexes(trained):

@@ -1,6 +1,7 @@
 """The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -9,8 +10,16 @@ from pathlib import Path
 import torch
 
 from contract.model import Architecture, build_classifier
-from contract.preprocess import Preprocessing
-from contract.spec.artifact import CODE_DIR, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TrainingSummary  # noqa: F401
+from contract.preprocess import ImageDecodeError, Preprocessing, load_image_file, resized_size
+from contract.spec.artifact import (  # noqa: F401
+    CALIBRATION_DIR,
+    CALIBRATION_IMAGES,
+    CODE_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    TrainingSummary,
+)
 
 
 class ArtifactError(RuntimeError):
@@ -106,3 +115,27 @@ def load(model_dir, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         raise ArtifactError(f"{path} does not match {CONFIG_FILE}: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), config
+
+
+def write_calibration(model_dir, image_paths, prep: Preprocessing, limit: int = CALIBRATION_IMAGES) -> int:
+    """Up to `limit` of `image_paths` into model_dir/calibration/ as JPEGs with the
+    shorter side at prep.resize_size (what serving's transform resizes to anyway,
+    so the sample stays small). Unreadable images are skipped. -> images written."""
+    out = Path(model_dir) / CALIBRATION_DIR
+    written = 0
+    for path in image_paths:
+        if written == limit:
+            break
+        try:
+            image = load_image_file(path, prep)
+        except (ImageDecodeError, OSError):  # as training does: skipped, not fatal
+            continue
+        buffer = io.BytesIO()
+        image.resize(resized_size(image.size, prep)).save(buffer, format="JPEG", quality=95)
+        atomic_write_bytes(out / f"{written:03d}.jpg", buffer.getvalue())
+        written += 1
+    return written
+
+
+def calibration_files(model_dir) -> list[Path]:
+    return sorted((Path(model_dir) / CALIBRATION_DIR).glob("*.jpg"))[:CALIBRATION_IMAGES]

@@ -39,6 +39,7 @@ from contract.preprocess import (
     decode_image,
     eval_transform,
 )
+from server import precision
 from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.settings import Settings
@@ -80,7 +81,8 @@ class DefaultHandlers:
         the fork (preload.py), where CUDA must not start; the worker moves it
         to its GPU (InferenceService.start_in_worker)."""
         model, _ = artifact.load(model_dir, "cpu")
-        return model.eval().to(memory_format=torch.channels_last)
+        model = model.eval().to(memory_format=torch.channels_last)
+        return precision.prepare(model, self.settings, model_dir, self.prep)  # SAGEMAKER_MODEL_PRECISION
 
     def warm(self, model: torch.nn.Module) -> None:
         """The first pass allocates buffers and picks kernels: pay for it before

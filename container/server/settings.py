@@ -19,9 +19,16 @@
     SAGEMAKER_TORCH_THREADS         torch CPU threads per worker, default
                                     cores // workers, so workers do not oversubscribe
     SM_NUM_GPUS                     GPUs to spread workers over (default: counted)
+    SAGEMAKER_MODEL_PRECISION       fp32 (default) | bf16 | int8 | fp16 (GPU only):
+                                    the numbers the model runs in (precision.py)
+    SAGEMAKER_MODEL_COMPILE         none (default) | jit: trace and freeze the model
+                                    (folds batch norm, fuses oneDNN ops; CPU only)
+    SAGEMAKER_CPU_FLAGS             the instruction sets precision.py decides by,
+                                    default read from /proc/cpuinfo (tests override it)
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
-MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*) are this project's. `serve` resolves the
+MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, MODEL_PRECISION, MODEL_COMPILE,
+CPU_FLAGS) are this project's. `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
 """
@@ -45,6 +52,11 @@ SHUTDOWN_GRACE_S = 25
 WORKER_BASE_BYTES = 512 << 20
 WEIGHTS_FACTOR = 4
 
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+COMPILE_MODES = ("none", "jit")
+# The /proc/cpuinfo flags that decide which precision runs well here.
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -61,6 +73,9 @@ class Settings:
     gpus: int
     max_images_per_request: int = 64
     max_pixels_per_request: int = 64_000_000
+    precision: str = "fp32"
+    compile: str = "none"
+    cpu_flags: str = ""  # space-separated, only PRECISION_FLAGS
 
     @property
     def max_payload_bytes(self) -> int:
@@ -93,6 +108,10 @@ class Settings:
                                         minimum=1),
             max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request,
                                         minimum=1),
+            precision=_choice(env, "SAGEMAKER_MODEL_PRECISION", PRECISIONS),
+            compile=_choice(env, "SAGEMAKER_MODEL_COMPILE", COMPILE_MODES),
+            cpu_flags=" ".join(sorted(set(env["SAGEMAKER_CPU_FLAGS"].split()) & set(PRECISION_FLAGS)))
+            if "SAGEMAKER_CPU_FLAGS" in env else cpu_flags(),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -104,6 +123,8 @@ class Settings:
             "torch_threads": "SAGEMAKER_TORCH_THREADS", "gpus": "SM_NUM_GPUS",
             "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
             "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
+            "precision": "SAGEMAKER_MODEL_PRECISION", "compile": "SAGEMAKER_MODEL_COMPILE",
+            "cpu_flags": "SAGEMAKER_CPU_FLAGS",
         }
         return {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
 
@@ -119,6 +140,25 @@ def _int(env, name: str, default: int | None, minimum: int) -> int | None:
     if value is None or value < minimum:
         raise ValueError(f"{name}={text!r}: expected a whole number >= {minimum}")
     return value
+
+
+def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The PRECISION_FLAGS this CPU has (its first processor's), space-separated."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " ".join(sorted(set(line.split(":", 1)[1].split()) & set(PRECISION_FLAGS)))
+    except OSError:
+        pass
+    return ""
 
 
 def count_gpus() -> int:

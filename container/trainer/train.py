@@ -30,6 +30,7 @@ from contract.spec import hyperparameters, metrics
 from contract.spec.artifact import TrainingSummary
 from trainer import data, debugger, feature_cache, profiler, report, runtime, weights
 from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
+from trainer.heldout import spread
 
 
 def log(dist_info, message: str) -> None:
@@ -413,6 +414,8 @@ class Trainer:
                       training=TrainingSummary(dict(vars(self.hp)), state.best_epoch, state.history, split,
                                                acc, loss, self.skips.total, self.dist.world_size,
                                                runtime.hosts()[0]))
+        # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
+        artifact.write_calibration(self.paths.model, [path for path, _ in spread(self.splits.train, 64)], self.prep)
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
     def close(self) -> None:

@@ -5,6 +5,9 @@
     model_config.json   {"format_version", "architecture", "preprocessing",
                          "class_names", "training": TrainingSummary}
     code/inference.py   optional handler overrides for serving (model_fn, ...)
+    calibration/*.jpg   a few training images, shorter side at the resize size:
+                        serving calibrates int8 on them and checks every
+                        precision against fp32 on them (server/precision.py)
 
 SageMaker tars this directory into model.tar.gz and extracts it again into
 /opt/ml/model of the serving container. contract/artifact.py writes and loads it.
@@ -17,6 +20,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 CODE_DIR = "code"
+CALIBRATION_DIR = "calibration"
+CALIBRATION_IMAGES = 16  # enough for int8's activation ranges; the server calibrates on all of them
 EVALUATED_SPLITS = ("test", "validation")
 
 
