@@ -18,13 +18,11 @@ from pathlib import Path
 
 import torch
 
+from contract.layout import CODE_DIR, CONFIG_FILE, WEIGHTS_FILE  # noqa: F401  (re-exported: artifact.WEIGHTS_FILE)
 from contract.model import Architecture, build_classifier
 from contract.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.pt"
-CONFIG_FILE = "model_config.json"
-CODE_DIR = "code"
 
 
 class ArtifactError(RuntimeError):
