@@ -75,13 +75,13 @@ class WorkerModels:
 
     # --- the endpoint's operations -------------------------------------------
     def load(self, name: str, url: str) -> Entry:
-        check_model_dir(url)
-        cost = model_cost(url)
-        if cost > self.budget:
-            raise InsufficientMemory(f"model {name!r} needs about {cost >> 20} MB, more than the "
-                                     f"{self.budget >> 20} MB budget (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)")
-        entry = self.registry.reserve(name, url)
+        entry = self.registry.reserve(name, url)  # 409 first, whatever the url holds
         try:
+            check_model_dir(url)
+            cost = model_cost(url)
+            if cost > self.budget:
+                raise InsufficientMemory(f"model {name!r} needs about {cost >> 20} MB, more than the "
+                                         f"{self.budget >> 20} MB budget (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)")
             resident = self._admit(entry, cost)
             try:
                 with resident.lock:
