@@ -163,6 +163,20 @@ def cmd_deploy(args, config, session):
         print(f"local endpoint {name} stopped")
 
 
+def cmd_deploy_mme(args, config, session):
+    from launch import multi_model
+
+    name = args.endpoint_name or f"byoc-mme-{time.strftime('%Y%m%d-%H%M%S')}"
+    mme = multi_model.multi_data_model(session, config, name, args.model_prefix, args.memory_budget_mb)
+    predictor = multi_model.deploy(mme, config, name, args.instance_count)
+    print(f"multi-model endpoint {name} is in service, models from {args.model_prefix}")
+    for target in multi_model.add_models(mme, args.add_model):
+        print(f"added {target}")
+    for target in args.target_model:
+        for path in args.invoke:
+            print_top(f"{path} ({target})", multi_model.invoke(predictor, target, path, args.top_k))
+
+
 def cmd_invoke(args, config, session):
     predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session)
     for path in args.images:
@@ -228,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY")
     deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
     deploy.add_argument("--top-k", type=int, default=3)
+
+    mme = command("deploy-mme", cmd_deploy_mme, "deploy a multi-model endpoint (SDK v2 MultiDataModel)")
+    mme.add_argument("--model-prefix", required=True, help="S3 prefix holding the models' tar.gz files")
+    mme.add_argument("--endpoint-name")
+    mme.add_argument("--instance-count", type=int, default=1)
+    mme.add_argument("--memory-budget-mb", type=int, help="SAGEMAKER_MODEL_MEMORY_BUDGET_MB per worker")
+    mme.add_argument("--add-model", action="append", default=[], metavar="S3_URI",
+                     help="copy a training job's model.tar.gz under the prefix (as JOB.tar.gz)")
+    mme.add_argument("--target-model", action="append", default=[], metavar="NAME.tar.gz",
+                     help="then classify --invoke images with this model")
+    mme.add_argument("--invoke", nargs="*", type=Path, default=[], metavar="IMAGE")
+    mme.add_argument("--top-k", type=int, default=3)
 
     invoke = command("invoke", cmd_invoke, "classify images with an endpoint")
     invoke.add_argument("--endpoint-name", required=True)

@@ -118,6 +118,9 @@ class ServerProcess:
         return requests.post(self.url + "/invocations", data=data, timeout=timeout,
                              headers={"Content-Type": content_type, **(headers or {})})
 
+    def delete_ok(self, path: str) -> bool:
+        return requests.delete(self.url + path, timeout=30).status_code == 200
+
     def wait_ready(self, timeout: float = 120) -> None:
         def running():
             assert self.process.poll() is None, f"serve exited with {self.process.returncode}:\n{self.log()}"

@@ -98,8 +98,10 @@ class DefaultHandlers:
         # sizes up to the maximum: warm that thread at both ends before the
         # worker takes requests, so no client pays for first-use kernel selection.
         size = self.prep.image_size
+        self.batcher.observed = False  # warm-up passes are no requests: not in /metrics
         for batch in sorted({1, self.settings.batch_size}):
             self.batcher.submit(torch.zeros(batch, 3, size, size))
+        self.batcher.observed = True
 
     def input_fn(self, request_body: bytes, content_type: str | None) -> torch.Tensor:
         if not request_body:
