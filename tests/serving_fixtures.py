@@ -20,6 +20,7 @@ from contract import artifact
 from contract.model import Architecture, build_classifier
 from contract.preprocess import Preprocessing, decode_image, eval_transform
 from localnet import wait_healthy
+from trainer.heldout import spread
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
@@ -47,6 +48,18 @@ def make_model_dir(path: Path, backbone: str = "resnet18", class_names=CLASS_NAM
         (path / artifact.CODE_DIR).mkdir()
         (path / artifact.CODE_DIR / "inference.py").write_text(textwrap.dedent(inference_code))
     return path
+
+
+def make_calibrated_model_dir(path: Path, sample_data: Path, unreadable: tuple[Path, ...] = ()) -> Path:
+    """make_model_dir plus the calibration sample (int8 calibrates on it), chosen as the trainer
+    chooses it (trainer.train): the data set's training images, classes in turn. `unreadable`
+    files go first, for the writer to skip."""
+    model_dir = make_model_dir(path)
+    prep = artifact.preprocessing(artifact.read_config(model_dir))
+    files = sorted(file for file in (sample_data / "train").rglob("*") if file.is_file())
+    chosen = [file for file, _ in spread([(file, file.parent.name) for file in files], 64)]
+    assert artifact.write_calibration(model_dir, [*unreadable, *chosen], prep) == artifact.CALIBRATION_IMAGES
+    return model_dir
 
 
 def sample_image(seed: int = 0, size=(96, 80)) -> Image.Image:

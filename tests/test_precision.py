@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from contract import artifact
-from serving_fixtures import Reference, ServerProcess, make_model_dir
-from trainer.heldout import spread
+from serving_fixtures import Reference, ServerProcess, make_calibrated_model_dir
 
 NPY = "application/x-npy"
 TEST_IMAGES = 16
@@ -26,15 +25,10 @@ TEST_IMAGES = 16
 
 @pytest.fixture(scope="module")
 def trained_model(sample_data, tmp_path_factory):
-    model_dir = make_model_dir(tmp_path_factory.mktemp("precision") / "model")
-    prep = artifact.preprocessing(artifact.read_config(model_dir))
-    files = sorted(path for path in (sample_data / "train").rglob("*") if path.is_file())
-    corrupt = model_dir.parent / "corrupt.jpg"
+    root = tmp_path_factory.mktemp("precision")
+    corrupt = root / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not a JPEG")
-    # the trainer's choice: classes in turn (trainer.train)
-    chosen = [path for path, _ in spread([(path, path.parent.name) for path in files], 64)]
-    assert artifact.write_calibration(model_dir, [corrupt, *chosen], prep) == artifact.CALIBRATION_IMAGES
-    return model_dir
+    return make_calibrated_model_dir(root / "model", sample_data, unreadable=(corrupt,))
 
 
 @pytest.fixture(scope="module")

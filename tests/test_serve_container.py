@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 
 import numpy as np
@@ -12,10 +13,20 @@ import container_engine
 from conftest import build_image
 from contract.spec import images
 from localnet import wait_healthy
-from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
+from serving_fixtures import (
+    CLASS_NAMES,
+    Reference,
+    encode,
+    free_port,
+    make_calibrated_model_dir,
+    make_model_dir,
+    sample_image,
+)
 
 IMAGE = images.serve_image("cpu")
 GPU_IMAGE = images.serve_image("gpu")
+# uncompressed, as `ENGINE image inspect` counts it (issue #16); MB = 10**6 bytes, as the README counts
+MAX_IMAGE_BYTES = {"cpu": 1_000 * 10**6, "gpu": 6_000 * 10**6}
 
 
 def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -36,12 +47,13 @@ def gpu_serve_image(engine):
 
 
 @contextlib.contextmanager
-def serving(engine, image: str, tmp_path):
-    """`ENGINE run -d -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro IMAGE serve`, removed afterwards."""
-    model_dir = make_model_dir(tmp_path / "model")
-    model_dir.chmod(0o755)  # the mount is read by the container's user
+def serving(engine, image: str, model_dir, **env: str):
+    """`ENGINE run -d -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro -e ... IMAGE serve`, removed afterwards."""
+    for path in [model_dir, *model_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the mount is read by the container's user
     port = free_port()
-    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080",
+    env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", *env_args,
                          "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve")
     assert started.returncode == 0, started.stderr
     container_id = started.stdout.strip()
@@ -54,7 +66,7 @@ def serving(engine, image: str, tmp_path):
 
 @pytest.fixture
 def container(engine, serve_image, tmp_path):
-    with serving(engine, serve_image, tmp_path) as running:
+    with serving(engine, serve_image, make_model_dir(tmp_path / "model")) as running:
         yield running
 
 
@@ -90,15 +102,63 @@ def test_container_classifies_a_jpeg(engine, container):
 
 
 def image_packages(engine, image: str) -> set[str]:
-    listed = engine_run(engine, "run", "--rm", image, "pip", "list", "--format=freeze")
+    """The distributions installed in the image's Python (it has no pip to list them)."""
+    listed = engine_run(engine, "run", "--rm", image, "python", "-c",
+                        "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))")
     assert listed.returncode == 0, listed.stderr
-    return {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    return {line.strip().lower().replace("_", "-") for line in listed.stdout.splitlines()}  # PEP 503 names
+
+
+def image_bytes(engine, image: str) -> int:
+    inspected = engine_run(engine, "image", "inspect", "--format", "{{.Size}}", image)
+    assert inspected.returncode == 0, inspected.stderr
+    return int(inspected.stdout)
 
 
 def test_image_holds_no_training_packages(engine, serve_image):
     installed = image_packages(engine, serve_image)
-    assert {"torch", "flask", "gunicorn", "pillow", "numpy"} <= installed
-    assert not installed & {"torchvision", "smdebug", "sagemaker-training"}
+    assert {"torch", "flask", "gunicorn", "pillow", "numpy", "prometheus-client"} <= installed
+    # nothing installs at run time: no installers either (Dockerfile.serve)
+    assert not installed & {"torchvision", "smdebug", "sagemaker-training", "pip", "setuptools"}
+
+
+def test_cpu_image_is_at_most_1000_mb(engine, serve_image):
+    """What Dockerfile.serve leaves out (torch's tests and headers, apt's caches, ...) stays out;
+    the tests below prove that what inference needs is still in."""
+    size = image_bytes(engine, serve_image)
+    assert size <= MAX_IMAGE_BYTES["cpu"], f"{serve_image} is {size / 1e6:,.0f} MB"
+
+
+@pytest.mark.parametrize("precision, compile_mode, flags, atol", [
+    ("bf16", "none", "avx2 avx512_bf16", 0.05),  # the flags claim native bf16: the conversion runs on every CPU
+    ("int8", "none", "avx2", 0.3),  # torch.ao's FX quantization, calibrated on the artifact's sample
+    ("fp32", "jit", "avx2", 1e-3),  # torch.jit trace + freeze
+    ("int8", "jit", "avx2 avx512_vnni", 0.3),
+])
+def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engine, serve_image, sample_data,
+                                      tmp_path):
+    """Each mode runs in the image, not only against the test environment's torch (test_precision.py):
+    what Dockerfile.serve removes must include nothing these modes load (sympy for torch.fx, ...)."""
+    model_dir = make_calibrated_model_dir(tmp_path / "model", sample_data)
+    test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
+    images = [path.read_bytes() for path in test_files]
+    assert len(images) == 8
+    with serving(engine, serve_image, model_dir, SAGEMAKER_MODEL_PRECISION=precision,
+                 SAGEMAKER_MODEL_COMPILE=compile_mode, SAGEMAKER_CPU_FLAGS=flags) as running:
+        wait_for_ping(engine, running)
+        rows = []
+        for data in images:
+            response = requests.post(running["url"] + "/invocations", data=data, timeout=60,
+                                     headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"})
+            assert response.status_code == 200, response.text
+            rows.append(np.load(io.BytesIO(response.content)))
+        log = engine_run(engine, "logs", running["id"])
+    assert f"precision {precision} (compile {compile_mode}) in effect" in log.stdout + log.stderr, log.stderr
+    served, expected = np.concatenate(rows), Reference(model_dir).for_images(*images)
+    assert (served.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(served - expected).max() < atol
+    if precision != "fp32":  # the answer is the mode's own, not fp32's
+        assert np.abs(served - expected).max() > 1e-6
 
 
 def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):
@@ -111,7 +171,8 @@ def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_
     installed = image_packages(engine, gpu_serve_image)
     assert {"torch", "flask", "gunicorn"} <= installed
     assert not installed & {"triton", "torchvision", "smdebug", "sagemaker-training"}
-    with serving(engine, gpu_serve_image, tmp_path) as running:
+    assert image_bytes(engine, gpu_serve_image) <= MAX_IMAGE_BYTES["gpu"]
+    with serving(engine, gpu_serve_image, make_model_dir(tmp_path / "model")) as running:
         wait_for_ping(engine, running)
         classify_and_check(running)
 
