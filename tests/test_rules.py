@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HPS, run_trainer
+from helpers.trials import loss_trial, overfitting_epochs, write_trial
 from insights import rules
 
 BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
@@ -64,7 +65,8 @@ RUNS = {
     # the seeds' set-up: a frozen backbone and a trained head; validation follows training
     "frozen": dict(epochs=3, lr=0.01, **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     "tiny": dict(epochs=1, **{"debugger-collections": "losses:1,gradients:1,relu_input:1"}),
-    # far past the best validation loss: unaugmented training images learnt by heart, training loss ~0
+    # from scratch, unaugmented, 10 epochs: the first validation pass's loss is 100x the training loss
+    # (BatchNorm's running statistics not yet settled), then both fall to ~0.02: no overfitting
     "long": dict(epochs=10, lr=0.003, augment="false", **{"debugger-collections": "losses:1"}),
     "hot": dict(epochs=4, lr=10, **{"debugger-collections": "losses:1,weights:1"}),
     "nan": dict(epochs=2, optimizer="sgd", lr="1e12", **{"debugger-collections": "losses:1"}),
@@ -78,12 +80,17 @@ CASES = [  # rule, run that must trigger it, run that must not
     ("LossNotDecreasing", "flat", "convex"),
     ("ExplodingTensor", "nan", "healthy"),
     ("WeightUpdateRatio", "hot", "healthy"),
-    ("Overfit", "long", "frozen"),
-    ("Overtraining", "long", "frozen"),
+    ("Overfit", "overfitting", "frozen"),
+    ("Overtraining", "overfitting", "frozen"),
 ]
+# The sample data is too easy for a short run to overfit (validation loss falls to the end in every run
+# tried); this trial has the losses of one that does, written by smdebug's hook (helpers/trials.py)
+SYNTHETIC = {"overfitting": overfitting_epochs}
 
 
 def _trial_for(name, trial, tmp_path_factory):
+    if name in SYNTHETIC:
+        return write_trial(tmp_path_factory.mktemp(name), SYNTHETIC[name]())
     hps = dict(RUNS[name])
     if name == "tiny":
         hps["pretrained"] = tiny_init_weights(tmp_path_factory.mktemp("weights"))
@@ -99,6 +106,19 @@ def test_rule_triggers_on_the_bad_run_only(rule, bad, good, trial, tmp_path_fact
     assert quiet["judgements"] > 0 and not quiet["message"]  # it compared something, and all was well
 
 
+def test_a_first_passes_gap_from_scratch_is_not_overfitting(trial, tmp_path_factory):
+    """AWS's Overfit fires on the first validation pass of a run from scratch (validation loss 100x the
+    training loss, BatchNorm statistics not settled); that run's validation loss then falls to the end."""
+    from insights.trial import LOSS_NAME, open_trial, phase_means
+
+    path = _trial_for("long", trial, tmp_path_factory)
+    phases = phase_means(open_trial(path), LOSS_NAME)
+    assert phases[0].validation > 10 * phases[0].train and len(phases) == 10  # the premise: a first-pass gap
+    verdicts = rules.run(path, ["Overfit", "Overtraining"])
+    for name, verdict in verdicts.items():  # and a converged training loss's batch noise is no overtraining
+        assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 9, (name, verdict)
+
+
 def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(trial, tmp_path_factory):
     """Windows of 100 steps: these runs have one; the trainer's per-epoch mean losses are judged instead."""
     wide = {"LossNotDecreasing": {"num_steps": 100}}
@@ -108,26 +128,6 @@ def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(
     fired = rules.run(_trial_for("flat", trial, tmp_path_factory), ["LossNotDecreasing"], wide)
     assert fired["LossNotDecreasing"]["status"] == "IssuesFound", fired
     assert "per epoch" in fired["LossNotDecreasing"]["message"]
-
-
-def loss_trial(folder, losses) -> str:
-    """A trial with exactly these TRAIN losses, one per step, written by smdebug's PyTorch hook."""
-    import numpy as np
-    import smdebug.pytorch as smd
-    from smdebug import modes
-    from torch import nn
-
-    hook = smd.Hook(out_dir=str(folder), save_config=smd.SaveConfig(save_interval=1), include_collections=["losses"])
-    model, criterion = nn.Linear(1, 1), nn.CrossEntropyLoss()
-    hook.register_module(model)
-    hook.register_loss(criterion)
-    hook.set_mode(modes.TRAIN)
-    for value in losses:
-        model(torch.zeros(1, 1))  # a step
-        # two classes, logits (0, z) for class 0: the loss is log(1 + e^z)
-        criterion(torch.tensor([[0.0, float(np.log(np.expm1(value)))]]), torch.tensor([0]))
-    hook.close()
-    return str(folder)
 
 
 def test_loss_not_decreasing_judges_windows_not_single_batches(tmp_path):
