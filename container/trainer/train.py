@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
-from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
+from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, tracking, weights
 from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
 
 
@@ -153,6 +153,7 @@ class Trainer:
         self.memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
         self.debugger, self.profiler = debugger.NullDebugger(), profiler.NullProfiler()
         self.tensorboard = None
+        self.tracker = tracking.NullTracker()
 
     # -- set-up -----------------------------------------------------------
     def setup(self):
@@ -210,6 +211,7 @@ class Trainer:
         self.profiler = profiler.create(hp, self.paths, self.dist.local_rank == 0, {
             "batch_size": hp.batch_size, "num_workers": data.worker_count(hp.num_workers),
             "device": str(self.device), "world_size": self.dist.world_size, "steps_per_epoch": self.steps_per_epoch})
+        self.tracker = tracking.create(hp, self.paths, self.dist.is_main)
         self.tensorboard = None
         if self.dist.is_main:
             try:
@@ -291,6 +293,7 @@ class Trainer:
                 self.schedule.step()
                 state.global_step += 1
                 self.profiler.note(global_step=state.global_step, lr=lr)
+                self.tracker.step(state.global_step, epoch, loss=loss.item(), learning_rate=lr)
                 if self.tensorboard:
                     self.tensorboard.add_scalar("train/learning_rate", lr, state.global_step)
                 n = labels.numel()
@@ -365,6 +368,8 @@ class Trainer:
             log(self.dist, metrics.format_line("train", train_loss, train_acc, epoch, images_per_sec=speed))
             val_loss, val_acc, _ = self.evaluate(self.val_set, "validation")
             log(self.dist, metrics.format_line("validation", val_loss, val_acc, epoch))
+            self.tracker.epoch(epoch, train_loss=train_loss, train_accuracy=train_acc, train_images_per_sec=speed,
+                               validation_loss=val_loss, validation_accuracy=val_acc)
             for name, value in (("train_loss", train_loss), ("validation_loss", val_loss),
                                 ("validation_accuracy", val_acc)):
                 self.debugger.save_scalar(name, value)
@@ -413,6 +418,7 @@ class Trainer:
                                 f"{split}_accuracy": acc, f"{split}_loss": loss,
                                 "skipped_images": self.skips.total,
                                 "world_size": self.dist.world_size, "hosts": runtime.hosts()[0]})
+        self.tracker.final(split, loss, acc, self.paths)
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
     def close(self) -> None:
@@ -422,6 +428,7 @@ class Trainer:
         self.profiler.close()
         if self.tensorboard:
             self.tensorboard.close()
+        self.tracker.close(self.paths)
 
 
 def main(argv: list[str] | None = None) -> int:
