@@ -182,3 +182,46 @@ def test_many_classes_get_tables_not_cell_text(tmp_path):
     assert built["most_confused"][0]["true"] == names[4] and built["worst_recall"][0]["recall"] == pytest.approx(1 / 3)
     report.write(built, tmp_path)
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 20_000
+
+
+def test_profiler_report_speaks_in_words_and_units(tracked):
+    from insights import profiler_report
+
+    opt_ml, _ = tracked
+    folder = opt_ml / "output" / "profiler"
+    run = profiler_report.load(folder)
+    page = profiler_report.render(folder, run, profiler_report.analyse(run))
+    verdicts = page[page.index("<h2>Verdicts</h2>"):page.index("</table>")]
+    assert '{"' not in verdicts and "{&quot;" not in verdicts  # no raw JSON
+    assert re.search(r"data loading \d+% of step time", verdicts)
+    assert re.search(r"median step: [\d.,]+ ms waiting for data, [\d.,]+ ms computing", verdicts)
+    assert re.search(r"steps take [\d.,]+ ms on average", verdicts)
+
+
+def test_tuning_report_has_every_section(tmp_path):
+    import optuna
+
+    from insights import tuning_report
+
+    study = optuna.create_study(study_name="local-tuning", direction="minimize")
+    for number, (lr, batch) in enumerate([(0.01, 16), (0.001, 32), (0.003, 16), (0.0003, 64)]):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                           "batch-size": optuna.distributions.CategoricalDistribution([16, 32, 64])})
+        losses = [1.5 - 0.1 * epoch - number * 0.05 for epoch in range(3)]
+        for epoch, value in enumerate(losses, start=1):
+            trial.report(value, epoch)
+        study.tell(trial, losses[-1])
+    best = study.best_trial.number
+    (tmp_path / "leaderboard.csv").write_text("rank,trial,state,objective\n1,3,COMPLETE,1.15\n2,2,COMPLETE,1.2\n")
+    data = tmp_path / "trials" / f"{best:04d}" / "opt_ml" / "output" / "data"
+    data.mkdir(parents=True)
+    (data / "losses.json").write_text(json.dumps({
+        "train_step_loss": {"x": list(range(1, 22)), "y": [1.5 - i / 30 for i in range(21)]},
+        "validation_loss": {"x": [7, 14, 21], "y": [1.3, 1.2, 1.15]}}))
+    page = tuning_report.write(study, tmp_path).read_text()
+    assert "not drawn" not in page
+    for title in ("Leaderboard", "Optimisation history", "Parameter importances",
+                  "Validation loss per epoch, every trial", f"Best trial ({best}): loss"):
+        assert title in page, title
+    assert page.count('class="plotly-graph-div"') == 5
+    assert page.count("<tr>") == 3  # the header and two trials

@@ -77,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT / "container") not in sys.path:
     sys.path.insert(0, str(ROOT / "container"))
 
+from insights import tuning_report  # noqa: E402
 from trainer import hyperparameters  # noqa: E402
 from trainer import search_space as spaces  # noqa: E402
 
@@ -793,6 +794,7 @@ def write_reports(study: optuna.Study, space, fixed: dict, workdir: Path, n_tria
         best_file.unlink(missing_ok=True)
     plots, notes = _plots(study, space, workdir)
     files.update(plots)
+    files["report"] = tuning_report.write(study, workdir)  # one HTML page of the above, with plotly figures
     if best is None:
         notes.insert(0, "no trial completed: no best_params.json")
     return StudyResult(workdir, f"sqlite:///{workdir / 'study.db'}", STUDY_NAME, n_trials, rows, best,
