@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -68,12 +69,16 @@ def test_tensorboard_scalars_one_per_epoch(trained):
     events = EventAccumulator(str(opt_ml / "output" / "tensorboard"))
     events.Reload()
     tags = {"train/loss", "train/accuracy", "validation/loss", "validation/accuracy"}
-    assert set(events.Tags()["scalars"]) == tags | {"train/learning_rate"}
+    assert set(events.Tags()["scalars"]) == tags | {"train/learning_rate", "train/step_loss"}
     # the learning rate at every optimizer step (1, 2, ...), the peak first, cosine-decayed after it
     rates = events.Scalars("train/learning_rate")
     assert [s.step for s in rates] == list(range(1, len(rates) + 1)) and len(rates) >= 10
     assert rates[0].value == pytest.approx(float(FAST_HPS["lr"]), rel=1e-6)
     assert all(b.value <= a.value for a, b in zip(rates, rates[1:], strict=False)) and rates[-1].value < rates[0].value / 10
+    # the training loss at every optimizer step too, at the same steps; its epoch means are the epochs' losses
+    step_losses = events.Scalars("train/step_loss")
+    assert [s.step for s in step_losses] == [s.step for s in rates]
+    assert all(math.isfinite(s.value) and s.value > 0 for s in step_losses)
     found = metrics.parse_log(result.stdout)
     for tag in tags:
         scalars = events.Scalars(tag)

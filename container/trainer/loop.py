@@ -120,7 +120,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             loop.schedule.step()
             state.global_step += 1
             loss_value, n = loss.item(), labels.numel()
-            loop.reporter.report_step(state.global_step, lr=lr, loss=loss_value)
+            loop.reporter.report_step(state.global_step, lr=lr, loss=loss_value, epoch=epoch)
             loss_sum += loss_value * n
             correct += (logits.argmax(1) == labels).sum().item()
             seen += n

@@ -2,9 +2,9 @@
 
 `report_step` and `report_epoch` send each result to every consumer: the
 metric lines SageMaker's regexes read (metrics.py, rank 0 only), TensorBoard
-scalars (rank 0), the debugger's per-epoch scalars, and the profiler's
-per-step notes. A new consumer (an experiment tracker, say) is one more line
-in each.
+scalars (rank 0), the debugger's per-epoch scalars, the profiler's per-step
+notes, and the tracker (tracking.py: scalars.jsonl, MLflow). A new consumer
+is one more line in each.
 """
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ def log(dist_info, message: str) -> None:
 
 
 class Reporter:
-    def __init__(self, dist_info, tensorboard_dir=None, profiler=None, debugger=None):
+    def __init__(self, dist_info, tensorboard_dir=None, profiler=None, debugger=None, tracker=None):
         from trainer.debugger import NullDebugger
         from trainer.profiler import NullProfiler
+        from trainer.tracking import NullTracker
 
         self.dist = dist_info
+        self.tracker = tracker or NullTracker()
         self.profiler = profiler or NullProfiler()
         self.debugger = debugger or NullDebugger()
         self.tensorboard = None
@@ -38,16 +40,21 @@ class Reporter:
     def log(self, message: str) -> None:
         log(self.dist, message)
 
-    def report_step(self, global_step: int, lr: float, loss: float) -> None:
-        """After optimizer step `global_step` (from 1), taken at learning rate `lr` on a batch with `loss`."""
+    def report_step(self, global_step: int, lr: float, loss: float, epoch: int = 0) -> None:
+        """After optimizer step `global_step` (from 1) of `epoch`, taken at learning rate `lr` on a batch with `loss`."""
         self.profiler.note(global_step=global_step, lr=lr)
+        self.tracker.step(global_step, epoch, loss=loss, learning_rate=lr)
         if self.tensorboard:
             self.tensorboard.add_scalar("train/learning_rate", lr, global_step)
+            self.tensorboard.add_scalar("train/step_loss", loss, global_step)
 
     def report_epoch(self, epoch: int, train, val_loss: float, val_accuracy: float) -> None:
         """After epoch `epoch` (from 1): `train` its loop.EpochResult, then the validation pass's results."""
         self.log(metrics.format_line("train", train.loss, train.accuracy, epoch, images_per_sec=train.images_per_sec))
         self.log(metrics.format_line("validation", val_loss, val_accuracy, epoch))
+        self.tracker.epoch(epoch, train_loss=train.loss, train_accuracy=train.accuracy,
+                           train_images_per_sec=train.images_per_sec, validation_loss=val_loss,
+                           validation_accuracy=val_accuracy)
         for name, value in (("train_loss", train.loss), ("validation_loss", val_loss),
                             ("validation_accuracy", val_accuracy)):
             self.debugger.save_scalar(name, value)
@@ -60,6 +67,12 @@ class Reporter:
         """The final scoring of the test set (the selected epoch's weights)."""
         self.log(metrics.format_line("test", loss, accuracy))
 
-    def close(self) -> None:
+    def report_final(self, split: str, loss: float, accuracy: float, paths) -> None:
+        """Once the artifact is written (rank 0): the tracker's end-of-run reports and artifacts."""
+        self.tracker.final(split, loss, accuracy, paths)
+
+    def close(self, paths=None) -> None:
+        """After the profiler has closed (its report goes to the tracker too)."""
         if self.tensorboard:
             self.tensorboard.close()
+        self.tracker.close(paths)

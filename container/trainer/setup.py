@@ -11,7 +11,7 @@ from torch import nn
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from contract.spec import hyperparameters
-from trainer import data, debugger, feature_cache, profiler, runtime, weights
+from trainer import data, debugger, feature_cache, profiler, runtime, tracking, weights
 from trainer.checkpoint import frozen_keys, state_digest
 from trainer.loop import Loop
 from trainer.optim import amp_dtype, make_optimizer, make_schedule
@@ -134,5 +134,6 @@ def build(hp, paths: runtime.Paths, dist_info, device) -> tuple[Datasets, Loop]:
     loop.profiler = profiler.create(hp, paths, dist_info.local_rank == 0, {
         "batch_size": hp.batch_size, "num_workers": data.worker_count(hp.num_workers),
         "device": str(device), "world_size": dist_info.world_size, "steps_per_epoch": steps_per_epoch})
-    loop.reporter = Reporter(dist_info, paths.tensorboard, loop.profiler, loop.debugger)
+    loop.reporter = Reporter(dist_info, paths.tensorboard, loop.profiler, loop.debugger,
+                             tracking.create(hp, paths, dist_info.is_main))
     return sets, loop

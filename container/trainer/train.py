@@ -61,7 +61,7 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
         finish(loop, sets, state, paths)
         return True
     finally:
-        close(loop)
+        close(loop, paths)
 
 
 def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtime.Paths) -> None:
@@ -91,14 +91,15 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
     # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
     artifact.write_calibration(paths.model, [path for path, _ in spread(sets.splits.train, 64)], sets.prep)
     log(f"model written to {paths.model}; evaluation report in {paths.output_data}")
+    loop.reporter.report_final(split, loss, acc, paths)
 
 
-def close(loop: Loop) -> None:
+def close(loop: Loop, paths: runtime.Paths) -> None:
     """Also after a failure or a stop: the debugger's end-of-job marker lets rules run on what was
     written; TensorBoard's last scalars are flushed."""
     loop.debugger.close()
     loop.profiler.close()
-    loop.reporter.close()
+    loop.reporter.close(paths)
 
 
 def main(argv: list[str] | None = None) -> int:

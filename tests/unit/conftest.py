@@ -20,7 +20,7 @@ class RecordingReporter(Reporter):
         super().__init__(distributed.Distributed())
         self.steps, self.epochs = [], []
 
-    def report_step(self, global_step, lr, loss):
+    def report_step(self, global_step, lr, loss, epoch=0):
         self.steps.append((global_step, lr, loss))
 
     def report_epoch(self, epoch, train, val_loss, val_accuracy):
