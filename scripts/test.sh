@@ -46,7 +46,7 @@ done
 flock -u 9
 
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
-# and jemalloc, which the server preloads as the serving image does (tests/test_server.py's soak)
+# and jemalloc, which the server preloads as the serving image does (tests/process/test_server.py's soak)
 if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1; then
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >/tmp/test-apt.log 2>&1 \
         || { echo "[test] installing docker-registry and libjemalloc2 failed, see /tmp/test-apt.log" >&2; exit 1; }
@@ -57,7 +57,7 @@ engine_setup
 trap engine_teardown EXIT
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python  # as in the training image (smdebug)
 export SAGEMAKER_SUPPRESS_V2_WARNING=1  # SDK v2 is the project's choice
-# all of tests/ unless the arguments name tests themselves (e.g. tests/test_trainer.py::test_x)
+# all of tests/ unless the arguments name tests themselves (e.g. tests/process/test_trainer.py::test_x)
 paths=(tests)
 for arg in "$@"; do [[ $arg == tests/* ]] && paths=(); done
 .venv/bin/python -m pytest "${paths[@]}" "$@"

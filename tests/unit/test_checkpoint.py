@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from conftest import blobs, hp_for, make_loop
 from contract.model import Architecture
+from helpers.tiny_loop import blobs, hp_for, make_loop
 from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, state_digest
 from trainer.loop import train_one_epoch
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import blobs, hp_for, make_loop
+from helpers.tiny_loop import blobs, hp_for, make_loop
 from trainer import runtime
 from trainer.checkpoint import TrainingState
 from trainer.loop import evaluate, set_train_mode, train_one_epoch

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST_HPS, run_trainer
 from contract import artifact
 from contract.spec import metrics
+from helpers.training import FAST_HPS, run_trainer
 from trainer import runtime
 
 # A head with dropout: the torch RNG state matters; augmentation on: the

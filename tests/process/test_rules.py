@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CONTAINER, FAST_HPS, run_trainer
+from helpers.training import CONTAINER, FAST_HPS, run_trainer
 from helpers.trials import loss_trial, overfitting_epochs, write_trial
 from insights import rules
 

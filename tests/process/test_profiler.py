@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from conftest import CONTAINER, FAST_HPS, build_image, run_trainer, write_sagemaker_config
 from contract.spec import images as image_names
+from helpers.training import CONTAINER, FAST_HPS, build_image, run_trainer, write_sagemaker_config
 from insights import profiler_report
 from trainer import profiler
 

@@ -21,7 +21,7 @@ from contract.model import Architecture, build_classifier
 from contract.preprocess import Preprocessing, decode_image, eval_transform
 from localnet import wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = ROOT / "container"
 from crafted_png import png_chunk  # noqa: E402
 from localnet import free_port  # noqa: E402

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving_fixtures import ServerProcess, encode, make_model_dir, sample_image
+from helpers.serving import ServerProcess, encode, make_model_dir, sample_image
 
 WORKERS = 2
 GOOD, MALFORMED, TOO_LARGE, UNSUPPORTED = 40, 6, 3, 2  # requests of each kind in the load run

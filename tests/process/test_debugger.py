@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CONTAINER, FAST_HPS, run_trainer
 from contract.spec import hyperparameters
+from helpers.training import CONTAINER, FAST_HPS, run_trainer
 from trainer import debugger, runtime
 
 SHORT = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 3, "profiler": "false"})

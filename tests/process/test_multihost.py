@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST_HPS, ROOT, build_image, run_trainer
 from contract import artifact
 from contract.spec import metrics
+from helpers.training import FAST_HPS, ROOT, build_image, run_trainer
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 # few images and only the head trained: the shares, not the learning, are under test

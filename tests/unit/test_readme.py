@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
 from contract.spec.hyperparameters import HYPERPARAMETERS
+from helpers.training import ROOT
 
 
 def test_every_hyperparameter_is_in_the_readme_table():

@@ -9,10 +9,10 @@ import pytest
 import requests
 
 import container_engine
-from conftest import build_image
 from contract.spec import images
+from helpers.serving import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
+from helpers.training import build_image
 from localnet import wait_healthy
-from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
 IMAGE = images.serve_image("cpu")
 GPU_IMAGE = images.serve_image("gpu")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from conftest import FAST_HPS, run_trainer
 from contract import artifact
+from helpers.training import FAST_HPS, run_trainer
 
 # Frozen backbone, deterministic preprocessing, fp32 and no loader workers, so
 # the run with the cache and the one without see the very same features.

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONTAINER, FAST_HPS, failure_reason, hp_args, run_trainer, trainer_env
 from contract import artifact
 from contract.spec import metrics
+from helpers.training import CONTAINER, FAST_HPS, failure_reason, hp_args, run_trainer, trainer_env
 
 
 @pytest.fixture(scope="module")

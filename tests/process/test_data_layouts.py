@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import make_sample_data  # noqa: E402  (scripts/, on the path through conftest)
-from conftest import FAST_HPS, ROOT, build_image, failure_reason, run_trainer, write_sagemaker_config
 from contract.spec import images
+from helpers.training import FAST_HPS, ROOT, build_image, failure_reason, run_trainer, write_sagemaker_config
 
 ONE_STEP = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 1})
 BREEDS = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from contract.preprocess import decode_image, eval_transform
 from crafted_png import decompression_bomb_png
-from serving_fixtures import (
+from helpers.serving import (
     CLASS_NAMES,
     IMAGE_SIZE,
     Reference,

@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 import container_engine
-from conftest import ROOT
 from contract.spec import images
+from helpers.training import ROOT
 from localnet import free_port, wait_http
 
 ACCOUNT = "123456789012"  # moto's default account

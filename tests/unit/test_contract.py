@@ -12,7 +12,7 @@ from PIL import Image
 from contract import artifact
 from contract.model import BACKBONES, Architecture, build_classifier
 from contract.preprocess import ImageDecodeError, ImageTooLarge, Preprocessing, decode_image, eval_transform
-from serving_fixtures import palette_png_with_overlong_transparency
+from helpers.serving import palette_png_with_overlong_transparency
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])

@@ -13,9 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FAST_HPS, run_trainer
+from contract.spec import metrics
+from helpers.training import FAST_HPS, run_trainer
+from insights import report
 from localnet import free_port, wait_http
-from trainer import metrics, report, tracking
+from trainer import tracking
 
 # two epochs of the sample data: 97 training images in batches of 16 make 7 steps per epoch
 HPS = dict(FAST_HPS, epochs=2, amp="false", profiler="true", **{"profiler-trace-steps": 2})

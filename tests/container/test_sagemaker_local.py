@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, build_image
+from helpers.training import ROOT, build_image
 
 
 @pytest.fixture(scope="module")

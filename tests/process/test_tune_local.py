@@ -20,8 +20,8 @@ import pytest
 from optuna.trial import TrialState
 
 import proctree
-from conftest import FAST_HPS, ROOT, build_image
 from contract.spec import hyperparameters, metrics, search_space
+from helpers.training import FAST_HPS, ROOT, build_image
 from launch import local_tuning
 
 TINY = {**{k: v for k, v in FAST_HPS.items() if k != "lr"},

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 import make_sample_data
-from conftest import FAST_HPS, run_trainer
-from serving_fixtures import Reference, ServerProcess, encode, make_model_dir, sample_image
+from helpers.serving import Reference, ServerProcess, encode, make_model_dir, sample_image
+from helpers.training import FAST_HPS, run_trainer
 
 WORKERS = 2
 # A trained resnet18 counts about 90 MB (its weights twice): one fits a worker,

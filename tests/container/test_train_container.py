@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from conftest import FAST_HPS, build_image, write_sagemaker_config
 from contract import artifact
 from contract.spec import images, metrics
+from helpers.training import FAST_HPS, build_image, write_sagemaker_config
 
 IMAGE = images.train_image()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers.training import ROOT
 
 STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
 

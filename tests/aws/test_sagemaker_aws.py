@@ -9,8 +9,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from conftest import ROOT
 from contract.spec.metrics import METRIC_DEFINITIONS
+from helpers.training import ROOT
 from launch import config as configuration
 from launch import hosting, training
 

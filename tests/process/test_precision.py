@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from contract import artifact
-from serving_fixtures import Reference, ServerProcess, make_model_dir
+from helpers.serving import Reference, ServerProcess, make_model_dir
 from trainer.heldout import spread
 
 NPY = "application/x-npy"
