@@ -143,6 +143,18 @@ class ServerProcess:
                     total += int(line.split()[1]) * 1024
         return total
 
+    def __enter__(self) -> ServerProcess:
+        """`with ServerProcess(...) as server:` ready to answer, stopped (whole group) on the way out."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         try:  # the whole group: workers too, even when the master already exited
             os.killpg(self.process.pid, signal.SIGKILL)

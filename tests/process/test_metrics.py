@@ -21,13 +21,9 @@ SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
-    process = ServerProcess(make_model_dir(root / "model"), root / "server.log",
-                            SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS), SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
-    try:
-        process.wait_ready()
+    with ServerProcess(make_model_dir(root / "model"), root / "server.log",
+                        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS), SAGEMAKER_MAX_PAYLOAD_IN_MB="1") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def scrape(server: ServerProcess) -> dict[tuple, float]:

@@ -53,14 +53,10 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     logs = tmp_path_factory.mktemp("mme-logs")
-    process = ServerProcess(logs / "no-model-dir", logs / "server.log", SAGEMAKER_MULTI_MODEL="true",
-                            SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
-                            SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB), SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
-    try:
-        process.wait_ready()
+    with ServerProcess(logs / "no-model-dir", logs / "server.log", SAGEMAKER_MULTI_MODEL="true",
+                        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                        SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB), SAGEMAKER_MAX_PAYLOAD_IN_MB="1") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def load(server: ServerProcess, name: str, url) -> requests.Response:

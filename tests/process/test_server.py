@@ -50,15 +50,11 @@ def reference(model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    process = ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "server.log",
-                            SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
-                            SAGEMAKER_MAX_IMAGES_PER_REQUEST=str(IMAGE_LIMIT),
-                            SAGEMAKER_MAX_PIXELS_PER_REQUEST=str(PIXEL_LIMIT))
-    try:
-        process.wait_ready()
+    with ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "server.log",
+                        SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                        SAGEMAKER_MAX_IMAGES_PER_REQUEST=str(IMAGE_LIMIT),
+                        SAGEMAKER_MAX_PIXELS_PER_REQUEST=str(PIXEL_LIMIT)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -647,13 +643,9 @@ def test_workers_are_spread_over_the_gpus(start_server):
 @pytest.fixture(scope="module")
 def default_server(model_dir, tmp_path_factory):
     """Every limit at its default, 2 workers; batches wait up to 200 ms for company."""
-    process = ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "default_server.log",
-                            SAGEMAKER_MODEL_SERVER_WORKERS="2", SAGEMAKER_BATCH_WAIT_MS="200")
-    try:
-        process.wait_ready()
+    with ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "default_server.log",
+                        SAGEMAKER_MODEL_SERVER_WORKERS="2", SAGEMAKER_BATCH_WAIT_MS="200") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_concurrent_requests_share_forward_passes(default_server, reference):
