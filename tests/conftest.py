@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 # as scripts/test.sh and the training image set them: smdebug's protobuf code
-# needs the pure-Python protobuf, and SDK v2 is the project's choice
+# needs the pure-Python protobuf
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
@@ -21,6 +20,11 @@ sys.path.insert(0, str(CONTAINER))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import container_engine  # noqa: E402
+
+
+def pytest_configure(config):
+    # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x) and the rest in .venv (SDK v3)
+    config.addinivalue_line("markers", "sdk_v2: needs SageMaker SDK v2 (the .venv-sdk-v2 environment)")
 
 # Small and fast, yet learns the sample data to well above chance in seconds.
 FAST_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",

@@ -24,7 +24,6 @@ def prepare_local_environment(config: Config) -> None:
     os.environ.setdefault("AWS_REGION", config.region)
     os.environ.setdefault("AWS_DEFAULT_REGION", config.region)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     if not os.environ.get("DOCKER_HOST"):
         try:
             found = container_engine.setup()
@@ -47,6 +46,8 @@ def remove_local_containers(cli: str | None = None) -> None:
 
 def make_session(config: Config):
     import boto3
+
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is this path's choice
 
     if config.is_local:
         prepare_local_environment(config)
