@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 ROOT = Path(__file__).resolve().parent.parent
+SDK_V2_PYTHON = ROOT / ".venv-sdk-v2" / "bin" / "python"  # scripts/test.sh's SageMaker SDK v2 environment
 CONTAINER = ROOT / "container"
 sys.path.insert(0, str(CONTAINER))
 sys.path.insert(0, str(ROOT / "scripts"))
