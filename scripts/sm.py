@@ -74,7 +74,6 @@ def cmd_tune(args, config, session):
         sources = {"training": args.data, "validation": args.validation, "test": args.test}
         estimator = training.estimator(session, config, fixed, "byoc-tune-trial", debugger=None,
                                        tags=parse_tags(args.tag))
-        estimator.checkpoint_s3_uri = None  # tuning trials start fresh; SageMaker names their jobs
         tuner = tuning.tuner(estimator, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
                              args.warm_start.split(",") if args.warm_start else None,
                              epochs=int(fixed.get("epochs", 5)))
