@@ -78,8 +78,10 @@ def invoke_with_endpoint(session, endpoint_name: str, path: Path, top_k: int) ->
 
 
 def transform(session, config: Config, model_name: str, input_uri: str, output_uri: str, instance_count: int = 1,
-              max_payload_mb: int = 20, wait: bool = True):
-    """Batch transform as in v2: one image per request (SingleRecord, no splitting), JSON out per file."""
+              max_payload_mb: int = 20, wait: bool = True, job_name: str | None = None):
+    """Batch transform as in v2: one image per request (SingleRecord, no splitting), JSON out per file.
+    The job is named `job_name` (default: the model's name): without one, v3 asks the SageMaker API
+    (Model.get) for the model's image to name it after, a call to AWS even in local mode."""
     from sagemaker.core.transformer import Transformer
 
     transformer = Transformer(
@@ -87,5 +89,6 @@ def transform(session, config: Config, model_name: str, input_uri: str, output_u
         output_path=output_uri, strategy="SingleRecord", max_payload=max_payload_mb, accept="application/json",
         env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)}, tags=[PROJECT_TAG], sagemaker_session=session)
     # logs=False: following logs needs CloudWatch, which local mode does not have
-    transformer.transform(input_uri, content_type="application/x-image", split_type=None, wait=wait, logs=False)
+    transformer.transform(input_uri, content_type="application/x-image", split_type=None, wait=wait, logs=False,
+                          job_name=job_name or model_name)
     return transformer
