@@ -103,8 +103,8 @@ def test_two_processes_report_global_skips_and_metrics(small_data, tmp_path):
 # -- two hosts: SageMaker local mode with instance_count=2 ----------------------
 
 # docker-compose's prefix on each container's lines: "<random>-algo-2-<job suffix>  | text" (v2),
-# "<random>-algo-2  | text" (v3)
-COMPOSE_LINE = re.compile(r"^\S+?-(algo-\d+)(?:-[a-z0-9]+)?\s+\| ?(.*)$")
+# "algo-2_1  | text" (v3, whose compose file names no containers: compose names them <job>_algo-2_1)
+COMPOSE_LINE = re.compile(r"^(?:\S*?-)?(algo-\d+)(?:[-_][a-z0-9]+)?\s+\| ?(.*)$")
 HOST = re.compile(r"algo-\d+")  # a compose service's host: algo-1-<suffix> (v2), algo-1 (v3)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOCAL_NETWORK = "sagemaker-local"  # the one network the SDK's compose files name
@@ -122,8 +122,9 @@ def logs_by_host(output: str) -> dict[str, str]:
 def remove_job_containers(engine, jobs_root: Path) -> None:
     """Local mode never runs `compose down`: remove this job's containers (named in its compose
     file), and the SDK's network unless another job still uses it (rm refuses then)."""
-    names = [service["container_name"] for compose in jobs_root.glob("*/docker-compose.yaml")
-             for service in yaml.safe_load(compose.read_text())["services"].values()]
+    names = [service.get("container_name", f"{compose.parent.name}_{host}_1")  # v3: compose's default name
+             for compose in jobs_root.glob("*/docker-compose.yaml")
+             for host, service in yaml.safe_load(compose.read_text())["services"].items()]
     if names:
         subprocess.run([engine.cli, "rm", "-f", *names], env=engine.env, capture_output=True, timeout=120)
     subprocess.run([engine.cli, "network", "rm", LOCAL_NETWORK], env=engine.env, capture_output=True, timeout=60)

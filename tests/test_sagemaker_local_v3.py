@@ -93,4 +93,4 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
 
     leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
                                capture_output=True, text=True).stdout
-    assert "-algo-" not in leftovers
+    assert "algo-" not in leftovers, leftovers  # v3's training containers are <job>_algo-N_1
