@@ -82,7 +82,9 @@ uris=()
 for name in "${wanted[@]}"; do
     kind=${name%%-*}
     variant=${name#serve-}
-    if [ "$kind" = train ]; then local_tag=byoc-train:latest; variant=""; else local_tag=byoc-serve:$variant; fi
+    if [ "$kind" = train ]; then variant=""; fi
+    # shellcheck disable=SC2086
+    local_tag=$(PYTHONPATH=container python3 -m contract.spec.images "$kind" $variant)
     start=$(date +%s)
     run bash scripts/build_image.sh "$kind" $variant \
         || die "building $name failed (the build output above says why)"

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+import container_path  # noqa: F401  (container/ on the import path: trainer.profiler)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "container"))
 
 
 def sampler_cost_ms(samples: int = 200) -> float:
@@ -70,7 +70,7 @@ CONFIGS = [
 
 def train(data: Path, hps: dict, args, keep: dict | None = None) -> float:
     with tempfile.TemporaryDirectory() as opt_ml:
-        env = dict(os.environ, OPT_ML=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch",
+        env = dict(os.environ, SAGEMAKER_BASE_DIR=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch",
                    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
         base = {"backbone": "resnet18", "pretrained": "none", "trainable-layers": "5", "epochs": args.epochs,
                 "batch-size": args.batch_size, "image-size": args.image_size, "val-fraction": "0.05"}

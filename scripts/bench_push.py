@@ -23,10 +23,13 @@ import urllib.request
 from pathlib import Path
 
 import container_engine
+import container_path  # noqa: F401  (container/ on the import path, for contract.spec)
+from contract.spec import images
 from localnet import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_TAGS = {"train": "byoc-train:latest", "serve-cpu": "byoc-serve:cpu", "serve-gpu": "byoc-serve:gpu"}
+LOCAL_TAGS = {"train": images.train_image(), "serve-cpu": images.serve_image("cpu"),
+              "serve-gpu": images.serve_image("gpu")}
 
 
 def pushed_size(registry: str, repo: str) -> int:

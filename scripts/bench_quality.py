@@ -28,8 +28,8 @@ import argparse
 import concurrent.futures
 import gzip
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "container")]
+import container_path  # noqa: F401  (first: container/ on the import path)
+from contract.spec import metrics
 
-from trainer import metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGE = "dataset-fashion-mnist"
 INSTALLED = Path("/usr/share/datasets/fashion-mnist")
@@ -128,7 +128,7 @@ def run(data: Path, opt_ml: Path, hps: dict, threads: int, timeout: float) -> tu
     shutil.rmtree(opt_ml, ignore_errors=True)
     opt_ml.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(OPT_ML=str(opt_ml), TRAINER_SCRATCH=str(opt_ml / "scratch"), TORCH_HOME=str(opt_ml / "torch-home"),
+    env.update(SAGEMAKER_BASE_DIR=str(opt_ml), TRAINER_SCRATCH=str(opt_ml / "scratch"), TORCH_HOME=str(opt_ml / "torch-home"),
                SM_CHANNEL_TRAINING=str(data), PYTHONUNBUFFERED="1",
                PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python", OMP_NUM_THREADS=str(threads))
     args = [item for name, value in hps.items() for item in (f"--{name}", str(value))]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import http.client
 import io
 import json
 import os
@@ -50,96 +49,31 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+import container_path  # noqa: F401  (first: container/ on the import path)
+import proctree
+from contract import artifact
+from contract.preprocess import Preprocessing, decode_image, eval_transform
+from localnet import free_port
+from serving_bench.loadgen import REQUEST_TIMEOUT, cell_summary, invoke, request, run_cell
+from serving_bench.workload import HEAD, IMAGE_SIZES, NUM_CLASSES, make_images, make_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
 BENCH = ROOT / "scripts" / "bench"
-sys.path.insert(0, str(CONTAINER))
 
-from contract import artifact  # noqa: E402
-from contract.model import Architecture, build_classifier  # noqa: E402
-from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
-import proctree  # noqa: E402
-from localnet import free_port  # noqa: E402
-
-NUM_CLASSES = 133
-HEAD = [256]
-IMAGE_SIZES = {"500x375": (500, 375), "1600x1200": (1600, 1200)}
-IMAGES_PER_SIZE = 4
 CONCURRENCY = (1, 4, 16)
-REQUEST_TIMEOUT = 60.0  # seconds for any one HTTP request
 START_TIMEOUT = 240.0  # seconds for a server to answer its first /invocations
 TOLERANCE = 1e-4
 TARGET_THROUGHPUT_RATIO = 1.3
 TARGET_P50_SLACK = 0.15
 AWS_IMAGE_MB = {"cpu": 4900, "gpu": 14000}
-
-
-# ---------------------------------------------------------------- workload
-
-def synth_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A smooth, photo-like picture: large colour regions, mid-scale shading,
-    blurred object outlines, fine texture and sensor grain. JPEG compresses it
-    like a photo, unlike white noise or flat colour."""
-    def upscaled(shape, scale):
-        field = torch.from_numpy(rng.normal(0.0, scale, shape).astype(np.float32)).permute(2, 0, 1)[None]
-        up = torch.nn.functional.interpolate(field, size=(height, width), mode="bicubic", align_corners=False)
-        return up[0].permute(1, 2, 0).numpy()
-
-    pixels = 128.0 + upscaled((3, 4, 3), 45.0)  # large regions: sky, ground, walls
-    pixels += upscaled((12, 16, 1), 25.0) + upscaled((12, 16, 3), 8.0)  # shading, mostly in brightness
-    pixels += upscaled((max(2, height // 12), max(2, width // 12), 1), 10.0)  # texture
-    shapes = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(shapes)
-    for _ in range(6):
-        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        x1, y1 = x0 + rng.uniform(0.1, 0.4) * width, y0 + rng.uniform(0.1, 0.4) * height
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3)) + (int(rng.integers(90, 200)),)
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    shapes = shapes.filter(ImageFilter.GaussianBlur(max(1.0, width / 400)))
-    layer = np.asarray(shapes, np.float32)
-    alpha = layer[..., 3:] / 255.0
-    pixels = pixels * (1 - alpha) + layer[..., :3] * alpha
-    pixels += rng.normal(0.0, 4.0, (height, width, 1)).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
-def make_images(seed: int = 0) -> dict[str, list[bytes]]:
-    rng = np.random.default_rng(seed)
-    images = {}
-    for name, (width, height) in IMAGE_SIZES.items():
-        images[name] = []
-        for _ in range(IMAGES_PER_SIZE):
-            buffer = io.BytesIO()
-            synth_photo(rng, width, height).save(buffer, format="JPEG", quality=90)
-            images[name].append(buffer.getvalue())
-    return images
-
-
-def make_model_dir(path: Path, calibration: list[bytes]) -> Path:
-    """ResNet50 + [256] head + 133 classes, seeded random weights. The last
-    layer is rescaled so the logits' spread is ~2: probabilities neither
-    saturate at 1.0 nor flatten at 1/133, so the 1e-4 check means something."""
-    torch.manual_seed(0)
-    arch = Architecture(backbone="resnet50", num_classes=NUM_CLASSES, head=list(HEAD))
-    prep = Preprocessing.for_image_size(224)
-    model = build_classifier(arch).eval()
-    batch = torch.from_numpy(np.stack([eval_transform(decode_image(data, prep), prep) for data in calibration]))
-    with torch.inference_mode():
-        spread = float(model(batch).std())
-    with torch.no_grad():
-        model.fc[-1].weight.mul_(2.0 / max(spread, 1e-6))
-        model.fc[-1].bias.mul_(2.0 / max(spread, 1e-6))
-    names = [f"{i + 1:03d}.class_{i + 1}" for i in range(NUM_CLASSES)]
-    artifact.save(path, model.state_dict(), arch, prep, names)
-    return path
 
 
 # ---------------------------------------------------------------- in-process floor
@@ -180,82 +114,10 @@ def decode_ms(images: dict[str, list[bytes]], prep: Preprocessing, repeats: int)
     result = {}
     for name, datas in images.items():
         data = datas[0]
-        ours = median_ms(lambda: torch.from_numpy(eval_transform(decode_image(data, prep), prep)), repeats)
-        seeds = median_ms(lambda: seed_transform(Image.open(io.BytesIO(data)).convert("RGB")), repeats)
+        ours = median_ms(lambda data=data: torch.from_numpy(eval_transform(decode_image(data, prep), prep)), repeats)
+        seeds = median_ms(lambda data=data: seed_transform(Image.open(io.BytesIO(data)).convert("RGB")), repeats)
         result[name] = {"ours": ours, "seeds": seeds}
     return result
-
-
-# ---------------------------------------------------------------- HTTP client
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
-    """One request on a fresh connection to 127.0.0.1; (0, reason) when none could be made."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        return 0, f"{type(exc).__name__}: {exc}".encode()
-    finally:
-        conn.close()
-
-
-def invoke(port: int, data: bytes, accept: str | None = None) -> tuple[int, bytes]:
-    headers = {"Content-Type": "image/jpeg"}
-    if accept:
-        headers["Accept"] = accept
-    return request(port, "POST", "/invocations", data, headers)
-
-
-def run_cell(port: int, payloads: list[bytes], concurrency: int, count: int, time_cap: float) -> dict:
-    """`count` requests from `concurrency` threads, none started after `time_cap` seconds."""
-    lock = threading.Lock()
-    issued = [0]
-    latencies: list[float] = []
-    errors: list[str] = []
-    start = time.perf_counter()
-    deadline = start + time_cap
-
-    def client() -> None:
-        while True:
-            with lock:
-                if issued[0] >= count or time.perf_counter() >= deadline:
-                    return
-                index = issued[0]
-                issued[0] += 1
-            began = time.perf_counter()
-            status, body = invoke(port, payloads[index % len(payloads)])
-            elapsed = time.perf_counter() - began
-            with lock:
-                if status == 200:
-                    latencies.append(elapsed)
-                else:
-                    errors.append(f"{status} {body[:120]!r}")
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:  # bounded: a request ends within REQUEST_TIMEOUT
-        thread.join(max(0.0, deadline + REQUEST_TIMEOUT + 5 - time.perf_counter()))
-    wall = time.perf_counter() - start
-    with lock:
-        return cell_summary(list(latencies), list(errors), wall, count)
-
-
-def cell_summary(latencies: list[float], errors: list[str], wall: float, count: int) -> dict:
-    """A cell's table row: successes, errors, req/s over `wall` seconds, latency percentiles (ms)."""
-    ms = np.asarray(latencies) * 1000
-    return {
-        "ok": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else "",
-        "rps": len(latencies) / wall if wall > 0 else 0.0,
-        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p90": float(np.percentile(ms, 90)) if len(ms) else float("nan"),
-        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "capped": len(latencies) + len(errors) < count,
-    }
 
 
 class InProcess:
@@ -324,7 +186,7 @@ def rss_bytes(pid: int) -> int:
 class Server:
     """A server command in its own session (process group), stoppable as a whole."""
 
-    running: list["Server"] = []
+    running: list[Server] = []
 
     def __init__(self, name: str, cmd: list[str], port: int, env: dict, log_path: Path, cwd: Path | None = None):
         self.name, self.port, self.log_path = name, port, log_path
@@ -556,7 +418,7 @@ def main() -> int:
         model, config = artifact.load(model_dir)
         prep = artifact.preprocessing(config)
 
-        def in_process(data: bytes) -> np.ndarray:
+        def probabilities(data: bytes) -> np.ndarray:  # in this process, as the reference
             with torch.inference_mode():
                 x = torch.from_numpy(eval_transform(decode_image(data, prep), prep))[None]
                 return torch.softmax(model(x), 1)[0].numpy()
@@ -570,7 +432,7 @@ def main() -> int:
                     if status != 200:
                         raise RuntimeError(f"ours answered {status} for a {name} image: {body[:200]!r}")
                     served = np.load(io.BytesIO(body), allow_pickle=False).reshape(-1)
-                    worst = max(worst, float(np.abs(served - in_process(data)).max()))
+                    worst = max(worst, float(np.abs(served - probabilities(data)).max()))
             print(f"  ours: max |p - p_in_process| = {worst:.2e}", flush=True)
             return worst
 
@@ -580,7 +442,7 @@ def main() -> int:
             for datas in images.values():
                 served = seed_probabilities(server.port, datas[0])
                 if served is not None:
-                    worst = max(worst, float(np.abs(served - in_process(datas[0])).max()))
+                    worst = max(worst, float(np.abs(served - probabilities(datas[0])).max()))
             return worst
 
         # Servers start one at a time (cold starts measured alone) and then all
@@ -659,7 +521,7 @@ def report(results: dict, floor: dict, decode: dict, images: dict, notes: list, 
     kb = {name: np.mean([len(d) for d in datas]) / 1024 for name, datas in images.items()}
     print(f"\n## Serving benchmark: ResNet50 (+256 head, 133 classes), {cpu}, torch {torch.__version__}\n")
     print("Random weights (seeded; no weights can be downloaded here). Images: synthetic photo-like JPEGs "
-          f"(smooth random colour fields, blurred shapes, texture, grain; quality 90; mean "
+          "(smooth random colour fields, blurred shapes, texture, grain; quality 90; mean "
           + ", ".join(f"{name} {size:.0f} KB" for name, size in kb.items())
           + "), no real photos being available offline. One request per connection, all on 127.0.0.1; "
           f"requests per cell: c=1 {counts[1]}, c=4 {counts[4]}, c=16 {counts[16]}, at most {cell_seconds:.0f} s "

@@ -8,7 +8,9 @@
     memory     RSS and PSS (/proc/PID/smaps_rollup) of master + workers at
                1, 2 and 4 workers, after a short warm load
     soak       whole-server RSS and PSS at request 500 vs 5,000 (2 workers,
-               bounded in time), read between load phases, none in flight
+               bounded in time), read between load phases, none in flight;
+               PSS split into anonymous (heap, tensors: where a leak shows)
+               and file-backed (mapped libraries paged in from the page cache)
     bounds     what each JSON / NPY body gets back (status, reason, time)
 
 The model is scripts/bench_serving.py's: ResNet50, 256-unit head, 133 classes.
@@ -33,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 import bench_serving as bench
-from crafted_png import decompression_bomb_png
 from bench_serving import CONTAINER, Server, free_port, make_images, make_model_dir, process_tree, request
+from crafted_png import decompression_bomb_png
 
 SECTIONS = ("readiness", "memory", "soak", "bounds")
 START_TIMEOUT = 300.0
@@ -51,8 +53,9 @@ def start(model_dir: Path, work: Path, container: Path, workers: int, **env: str
 
 
 def memory_of(server: Server) -> dict:
-    """Whole-server RSS and PSS (MiB) and the process count, from smaps_rollup."""
-    totals = {"Rss": 0, "Pss": 0}
+    """Whole-server RSS and PSS (MiB; PSS also split into anonymous and file-backed pages)
+    and the process count, from smaps_rollup."""
+    totals = {"Rss": 0, "Pss": 0, "Pss_Anon": 0, "Pss_File": 0}
     pids = process_tree(server.process.pid)
     for pid in pids:
         try:
@@ -62,7 +65,8 @@ def memory_of(server: Server) -> dict:
                     totals[key] += int(rest.split()[0])
         except OSError:
             pass
-    return {"rss": totals["Rss"] / 1024, "pss": totals["Pss"] / 1024, "processes": len(pids)}
+    return {"rss": totals["Rss"] / 1024, "pss": totals["Pss"] / 1024, "pss_anon": totals["Pss_Anon"] / 1024,
+            "pss_file": totals["Pss_File"] / 1024, "processes": len(pids)}
 
 
 def burst(port: int, body: bytes, count: int) -> list[int]:
@@ -240,12 +244,15 @@ def main() -> int:
                 wall = time.perf_counter() - began
                 print(f"\nsoak: {state['done']} requests in {wall:.0f} s, {state['errors']} errors "
                       f"{state['first_error']}; 2 workers, concurrency {args.concurrency}")
-                print("\n| after request | RSS, MiB | PSS, MiB | PSS vs request 500 |")
-                print("|---|---|---|---|")
+                print("\n| after request | RSS, MiB | PSS, MiB | vs request 500 | anonymous PSS, MiB | vs request 500 "
+                      "| file-backed PSS, MiB |")
+                print("|---|---|---|---|---|---|---|")
                 base = samples.get(SOAK_MARKS[0])
                 for mark, memory in sorted(samples.items()):
                     growth = f"{100 * (memory['pss'] / base['pss'] - 1):+.1f}%" if base else "-"
-                    print(f"| {mark:,} | {memory['rss']:,.0f} | {memory['pss']:,.0f} | {growth} |")
+                    anon = f"{100 * (memory['pss_anon'] / base['pss_anon'] - 1):+.1f}%" if base else "-"
+                    print(f"| {mark:,} | {memory['rss']:,.0f} | {memory['pss']:,.0f} | {growth} "
+                          f"| {memory['pss_anon']:,.0f} | {anon} | {memory['pss_file']:,.0f} |")
                 server.stop()
             if "bounds" in sections:
                 server = start(model_dir, work, args.container, 2, SAGEMAKER_MAX_PAYLOAD_IN_MB="100", **extra_env)

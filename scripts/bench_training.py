@@ -77,7 +77,7 @@ def plain_loop(data: Path, trainable_layers: int, args) -> float:
 
 def our_trainer(data: Path, trainable_layers: int, args, amp: str = "auto") -> float:
     with tempfile.TemporaryDirectory() as opt_ml:
-        env = dict(os.environ, OPT_ML=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch")
+        env = dict(os.environ, SAGEMAKER_BASE_DIR=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch")
         cmd = [sys.executable, str(ROOT / "container" / "train.py"), "--backbone", "resnet50", "--pretrained", "none",
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--head", "256",
                "--image-size", str(args.image_size), "--trainable-layers", str(trainable_layers),

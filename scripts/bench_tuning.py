@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
+import container_path  # noqa: F401  (first: container/ on the import path)
+import make_sample_data
+from contract.spec import hyperparameters
+from launch import local_tuning
 
-import make_sample_data  # noqa: E402
-from launch import local_tuning  # noqa: E402
-from trainer import hyperparameters  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CACHE_HP = "feature-cache"
 

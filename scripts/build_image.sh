@@ -3,9 +3,11 @@
 #
 #   scripts/build_image.sh train            -> byoc-train:latest
 #   scripts/build_image.sh serve [cpu|gpu]  -> byoc-serve:cpu / byoc-serve:gpu
+# (names from container/contract/spec/images.py; BYOC_IMAGE_TAG=NAME gives byoc-train:NAME,
+# byoc-serve:NAME-cpu, ... so two checkouts need not share images)
 #
 # Environment: BASE_IMAGE (default: see scripts/engine.sh), IMAGE_TAG (overrides
-# the tag), BAKE_WEIGHTS (train: e.g. resnet50), EXTRA_BUILD_ARGS, and for the
+# the whole name), BAKE_WEIGHTS (train: e.g. resnet50), EXTRA_BUILD_ARGS, and for the
 # CPU serving variant TORCH_CPU_INDEX (default PyTorch's CPU wheel index) or
 # TORCH_CPU_WHEELS, a folder holding a torch +cpu wheel for Python 3.11 (used
 # automatically when /opt/wheels has one, as on the project's CI machines,
@@ -27,11 +29,11 @@ fi
 
 case "$kind" in
 train)
-    tag=${IMAGE_TAG:-byoc-train:latest}
+    tag=${IMAGE_TAG:-$(PYTHONPATH=container python3 -m contract.spec.images train)}
     args+=(-f Dockerfile.train --build-arg "BAKE_WEIGHTS=${BAKE_WEIGHTS:-}")
     ;;
 serve)
-    tag=${IMAGE_TAG:-byoc-serve:$variant}
+    tag=${IMAGE_TAG:-$(PYTHONPATH=container python3 -m contract.spec.images serve "$variant")}
     args+=(-f Dockerfile.serve --build-arg "VARIANT=$variant")
     if [ "$variant" = cpu ]; then
         wheels=${TORCH_CPU_WHEELS:-}

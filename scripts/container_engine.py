@@ -49,3 +49,17 @@ def untag(cli: str, registry: str, env: dict | None = None) -> None:
     pushed = [name for name in names if name.startswith(f"{registry}/")]
     if pushed:
         subprocess.run([cli, "rmi", *pushed], env=env, capture_output=True)
+
+
+def gpu_flags(cli: str, device: str = "all") -> list[str]:
+    """`run` flags that give a container the GPU `device` (an index, or "all"): Docker's --gpus, podman's CDI."""
+    if Path(cli).name == "docker":
+        return ["--gpus", "all" if device == "all" else f"device={device}"]
+    return ["--device", f"nvidia.com/gpu={device}"]
+
+
+def channel_mount(data: Path, channel) -> str:
+    """A read-only volume for a data set as SageMaker delivers a channel: a folder is the channel;
+    an archive lies in the channel folder (the trainer unpacks it)."""
+    data = Path(data)
+    return f"{data}:{channel}:ro" if data.is_dir() else f"{data}:{channel}/{data.name}:ro"

@@ -1,9 +1,11 @@
-"""Loopback helpers for the scripts and tests that start servers on 127.0.0.1."""
+"""Loopback helpers for the scripts and tests that start servers on 127.0.0.1. Standard library only."""
 from __future__ import annotations
 
 import socket
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -23,3 +25,23 @@ def wait_http(url: str, timeout: float = 30) -> None:
         except Exception:
             time.sleep(0.2)
     raise TimeoutError(url)
+
+
+def wait_healthy(url: str, timeout_s: float = 240, interval_s: float = 0.5,
+                 check: Callable[[], None] | None = None) -> float:
+    """Poll `url`/ping until it answers 200 (a serving container is ready); the seconds it took.
+
+    TimeoutError after `timeout_s`. `check` runs between tries: it raises to stop waiting early,
+    e.g. when the server's process or container has exited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if check is not None:
+            check()
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=min(5.0, timeout_s)) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass  # not listening yet, or not ready (urlopen raises HTTPError for a 5xx)
+        time.sleep(interval_s)
+    raise TimeoutError(f"{url}/ping did not answer 200 within {timeout_s:.0f} s")

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
 
-from launch import config as configuration
-from launch import hosting, training, tuning
-from launch.cli import local_channels, parse_hps, parse_tags, print_top
-from launch.session import make_session, remove_local_containers
+import container_path  # noqa: E402,F401  (first: container/ on the import path)
+from launch import config as configuration  # noqa: E402
+from launch import hosting, training, tuning  # noqa: E402
+from launch.cli import local_channels, parse_hps, parse_tags, print_top  # noqa: E402
+from launch.session import make_session, remove_local_containers  # noqa: E402
 
 
 def cmd_train(args, config, session):
@@ -51,7 +50,7 @@ def cmd_train(args, config, session):
 
 
 def cmd_tune(args, config, session):
-    from trainer import search_space
+    from contract.spec import search_space
 
     space = search_space.load(args.space)
     fixed = {**space.fixed, **parse_hps(args.hp)}
@@ -130,6 +129,20 @@ def cmd_deploy(args, config, session):
         print(f"local endpoint {name} stopped")
 
 
+def cmd_deploy_mme(args, config, session):
+    from launch import multi_model
+
+    name = args.endpoint_name or f"byoc-mme-{time.strftime('%Y%m%d-%H%M%S')}"
+    mme = multi_model.multi_data_model(session, config, name, args.model_prefix, args.memory_budget_mb)
+    predictor = multi_model.deploy(mme, config, name, args.instance_count)
+    print(f"multi-model endpoint {name} is in service, models from {args.model_prefix}")
+    for target in multi_model.add_models(mme, args.add_model):
+        print(f"added {target}")
+    for target in args.target_model:
+        for path in args.invoke:
+            print_top(f"{path} ({target})", multi_model.invoke(predictor, target, path, args.top_k))
+
+
 def cmd_invoke(args, config, session):
     predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session)
     for path in args.images:
@@ -200,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
     deploy.add_argument("--top-k", type=int, default=3)
 
+    mme = command("deploy-mme", cmd_deploy_mme, "deploy a multi-model endpoint (SDK v2 MultiDataModel)")
+    mme.add_argument("--model-prefix", required=True, help="S3 prefix holding the models' tar.gz files")
+    mme.add_argument("--endpoint-name")
+    mme.add_argument("--instance-count", type=int, default=1)
+    mme.add_argument("--memory-budget-mb", type=int, help="SAGEMAKER_MODEL_MEMORY_BUDGET_MB per worker")
+    mme.add_argument("--add-model", action="append", default=[], metavar="S3_URI",
+                     help="copy a training job's model.tar.gz under the prefix (as JOB.tar.gz)")
+    mme.add_argument("--target-model", action="append", default=[], metavar="NAME.tar.gz",
+                     help="then classify --invoke images with this model")
+    mme.add_argument("--invoke", nargs="*", type=Path, default=[], metavar="IMAGE")
+    mme.add_argument("--top-k", type=int, default=3)
+
     invoke = command("invoke", cmd_invoke, "classify images with an endpoint")
     invoke.add_argument("--endpoint-name", required=True)
     invoke.add_argument("images", nargs="+", type=Path)
@@ -239,9 +264,11 @@ def main(argv: list[str] | None = None) -> None:
         from launch.v3 import commands
         from launch.v3 import session as v3_session
 
+        if args.command not in commands.COMMANDS:
+            raise SystemExit(f"{args.command} runs on SDK v2 only: add --sdk v2 (an environment with sagemaker<3)")
         session, func = v3_session.make_session(config), commands.COMMANDS[args.command]
     else:
-        if getattr(args, "subnet", None) or getattr(args, "security_group", None) or getattr(args, "network_isolation", False):
+        if any(getattr(args, name, None) for name in ("subnet", "security_group", "network_isolation")):
             raise SystemExit("--subnet, --security-group and --network-isolation are v3 options")
         session, func = make_session(config), args.func
     try:

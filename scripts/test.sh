@@ -30,6 +30,11 @@ make_venv() {
         ln -s "$venv" "$link"
     fi
 }
+# One test.sh at a time makes or removes environments (two checkouts starting at once would
+# otherwise build into, and delete, the same folder)
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
 # the main one (SDK v3, torch, the images' pins, smdebug without its stale protobuf pin)
 make_venv .venv "--no-deps -r container/requirements-smdebug.txt" \
     tests/requirements.txt container/requirements-*.txt
@@ -38,6 +43,7 @@ make_venv .venv-sdk-v2 "" tests/requirements-sdk-v2.txt
 for dir in "$cache"/*; do
     [[ " ${keep[*]} " == *" $(basename "$dir") "* ]] || rm -rf "$dir"
 done
+flock -u 9
 
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
 # and jemalloc, which the server preloads as the serving image does (tests/test_server.py's soak)

@@ -16,7 +16,7 @@ Without --data the synthetic sample set is made and small, fast settings apply
 (resnet18, no pretrained weights, 64 px, 3 epochs); --hp overrides any
 hyperparameter for every trial and takes a searched one out of the search.
 Results: WORKDIR/leaderboard.csv, best_params.json, *.png; the table is printed.
-See scripts/launch/local_tuning.py for the details.
+See scripts/launch/local_tuning/ for the details.
 """
 from __future__ import annotations
 
@@ -25,15 +25,12 @@ import signal
 import sys
 from pathlib import Path
 
+import container_path  # noqa: F401  (first: container/ on the import path)
+from contract.spec import presets
+from contract.spec.search_space import SearchSpaceError
+from launch import local_tuning
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "container")]
-
-from launch import local_tuning  # noqa: E402
-from trainer.search_space import SearchSpaceError  # noqa: E402
-
-# Quick on the sample data, as scripts/run_local.py's demo settings
-SAMPLE_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": 64, "trainable-layers": 5,
-              "epochs": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             data = args.workdir.resolve() / "sample-data" / "dogImages"
             if not data.is_dir():
                 make_sample_data.make(data)
-            overrides = {**SAMPLE_HPS, **overrides}
+            overrides = {**presets.TUNING_SAMPLE, **overrides}  # quick on the sample data
             print(f"sample data in {data}; settings {', '.join(f'{k}={v}' for k, v in overrides.items())}")
         result = local_tuning.run_study(
             args.space, data, args.workdir, args.trials, sampler=args.sampler, parallel=args.parallel,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -14,22 +13,15 @@ import pytest
 # needs the pure-Python protobuf
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
+import container_engine  # container/ and scripts/ are on the path: pyproject.toml's pytest pythonpath
+from contract.spec import hyperparameters, paths, presets
+
 ROOT = Path(__file__).resolve().parent.parent
 SDK_V2_PYTHON = ROOT / ".venv-sdk-v2" / "bin" / "python"  # scripts/test.sh's SageMaker SDK v2 environment
 CONTAINER = ROOT / "container"
-sys.path.insert(0, str(CONTAINER))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import container_engine  # noqa: E402
-
-
-def pytest_configure(config):
-    # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x) and the rest in .venv (SDK v3)
-    config.addinivalue_line("markers", "sdk_v2: needs SageMaker SDK v2 (the .venv-sdk-v2 environment)")
-
-# Small and fast, yet learns the sample data to well above chance in seconds.
-FAST_HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "5",
-            "batch-size": "16", "trainable-layers": "5", "lr": "0.001"}
+# Small and fast, yet learns the sample data to well above chance in seconds (as SageMaker passes them: strings).
+FAST_HPS = hyperparameters.as_strings(presets.DEMO)
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +32,12 @@ def sample_data(tmp_path_factory) -> Path:
 
 
 def hp_args(hps: dict) -> list[str]:
-    return [item for name, value in hps.items() for item in (f"--{name}", str(value))]
+    return hyperparameters.to_argv(hps)
 
 
 def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update({"OPT_ML": str(opt_ml), "TRAINER_SCRATCH": str(opt_ml / "scratch"),
+    env.update({paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(opt_ml / "scratch"),
                 "TRAINER_REASON_FILE": str(opt_ml / "reason"), "PYTHONUNBUFFERED": "1",
                 "TORCH_HOME": str(opt_ml / "torch-home"), "MASTER_PORT": str(29500 + os.getpid() % 1000)})
     env.update({f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()})
@@ -80,11 +72,4 @@ def build_image(engine: container_engine.Engine, *args: str) -> None:
 
 def write_sagemaker_config(opt_ml: Path, hps: dict, channels: list[str]) -> None:
     """The files SageMaker writes into /opt/ml/input/config before `train`."""
-    config = opt_ml / "input" / "config"
-    config.mkdir(parents=True, exist_ok=True)
-    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hps.items()}))
-    (config / "inputdataconfig.json").write_text(json.dumps(
-        {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-         for c in channels}))
-    (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+    paths.write_input_config(opt_ml, hyperparameters.as_strings(hps), channels)

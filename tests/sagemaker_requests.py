@@ -8,8 +8,8 @@ from __future__ import annotations
 import boto3
 from botocore.stub import Stubber
 from launch import config as configuration
-from trainer.hyperparameters import BY_NAME
-from trainer.metrics import METRIC_DEFINITIONS
+from contract.spec.hyperparameters import parse_value
+from contract.spec.metrics import METRIC_DEFINITIONS
 
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -66,7 +66,7 @@ def aws_config() -> configuration.Config:
 def parsed(hyperparameters: dict) -> dict:
     """Hyperparameters as the trainer reads them: v2 sends "256", v3 "[256]"; both parse to [256].
     The SDK's own entries (v2's tuner adds _tuning_objective_metric) are left out."""
-    return {name: BY_NAME[name].parse(value) for name, value in hyperparameters.items()
+    return {name: parse_value(name, value) for name, value in hyperparameters.items()
             if not name.startswith(("_", "sagemaker_"))}
 
 

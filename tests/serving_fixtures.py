@@ -8,7 +8,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 
@@ -17,13 +16,13 @@ import requests
 import torch
 from PIL import Image
 
+from contract import artifact
+from contract.model import Architecture, build_classifier
+from contract.preprocess import Preprocessing, decode_image, eval_transform
+from localnet import wait_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"
-sys.path.insert(0, str(CONTAINER))
-
-from contract import artifact  # noqa: E402
-from contract.model import Architecture, build_classifier  # noqa: E402
-from contract.preprocess import Preprocessing, decode_image, eval_transform  # noqa: E402
 from crafted_png import png_chunk  # noqa: E402
 from localnet import free_port  # noqa: E402
 
@@ -119,17 +118,17 @@ class ServerProcess:
         return requests.post(self.url + "/invocations", data=data, timeout=timeout,
                              headers={"Content-Type": content_type, **(headers or {})})
 
+    def delete_ok(self, path: str) -> bool:
+        return requests.delete(self.url + path, timeout=30).status_code == 200
+
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def running():
             assert self.process.poll() is None, f"serve exited with {self.process.returncode}:\n{self.log()}"
-            try:
-                if self.get("/ping").status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass  # not listening yet
-            time.sleep(0.2)
-        raise AssertionError(f"/ping not 200 within {timeout} s:\n{self.log()}")
+
+        try:
+            wait_healthy(self.url, timeout, interval_s=0.2, check=running)
+        except TimeoutError:
+            raise AssertionError(f"/ping not 200 within {timeout} s:\n{self.log()}") from None
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()

@@ -14,6 +14,7 @@ import pytest
 
 import container_engine
 from conftest import ROOT
+from contract.spec import images
 from localnet import free_port, wait_http
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -87,7 +88,7 @@ def test_push_to_a_registry_with_ecr_calls_on_moto(engine, registry, moto):
         "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(request) as response:
         manifest = json.loads(response.read())
-    local_id = subprocess.run([engine.cli, "image", "inspect", "--format", "{{.Id}}", "byoc-serve:cpu"],
+    local_id = subprocess.run([engine.cli, "image", "inspect", "--format", "{{.Id}}", images.serve_image("cpu")],
                               env=engine.env, capture_output=True, text=True).stdout.strip()
     assert manifest["config"]["digest"] == f"sha256:{local_id.removeprefix('sha256:')}"  # the very image
 
@@ -102,7 +103,7 @@ def test_dry_run_prints_the_commands(engine):
     host = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com"
     assert "+ bash scripts/build_image.sh train" in result.stdout
     assert f"--password-stdin {host}" in result.stdout
-    assert f"push {host}/byoc-train:latest" in result.stdout
+    assert f"push {host}/{images.train_image()}" in result.stdout
 
 
 def test_one_line_reason_without_credentials(engine, tmp_path):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_HPS, ROOT, build_image, failure_reason, run_trainer, write_sagemaker_config
-
 import make_sample_data  # noqa: E402  (scripts/, on the path through conftest)
+from conftest import FAST_HPS, ROOT, build_image, failure_reason, run_trainer, write_sagemaker_config
+from contract.spec import images
 
 ONE_STEP = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 1})
 BREEDS = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
@@ -57,7 +57,7 @@ def tar_of(path: Path, members: dict[str, bytes]) -> Path:
 def dogimages_members(per_split=(4, 2, 2)) -> dict[str, bytes]:
     """dogImages.zip as Udacity distributes it: dogImages/{train,valid,test}/001.Affenpinscher/Affenpinscher_00001.jpg."""
     rng, members, number = random.Random(1), {}, 0
-    for split, count in zip(("train", "valid", "test"), per_split):
+    for split, count in zip(("train", "valid", "test"), per_split, strict=True):
         for kind, breed in enumerate(BREEDS):
             for _ in range(count):
                 number += 1
@@ -382,7 +382,7 @@ def test_archive_in_the_channel_folder_of_the_training_image(engine, tmp_path):
     channel.mkdir(parents=True)
     kaggle_original(channel / "dogs-vs-cats.zip")
     write_sagemaker_config(opt_ml, ONE_STEP, ["training"])
-    result = subprocess.run([engine.cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "byoc-train:latest", "train"],
+    result = subprocess.run([engine.cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", images.train_image(), "train"],
                             env=engine.env, capture_output=True, text=True, timeout=900)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from conftest import CONTAINER, FAST_HPS, run_trainer
-from trainer import debugger, hyperparameters, runtime
+from contract.spec import hyperparameters
+from trainer import debugger, runtime
 
 SHORT = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 3, "profiler": "false"})
 
@@ -107,7 +108,8 @@ def test_every_epochs_scalars_are_kept_when_their_steps_are_not_saved(sample_dat
 
 
 def test_off_by_default_without_importing_smdebug(tmp_path):
-    code = ("import sys; from pathlib import Path; from trainer import debugger, hyperparameters, runtime;"
+    code = ("import sys; from pathlib import Path; from contract.spec import hyperparameters; "
+            "from trainer import debugger, runtime;"
             f"d = debugger.create(hyperparameters.parse([]), runtime.Paths(Path({str(tmp_path)!r})));"
             "print(type(d).__name__, 'smdebug' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=CONTAINER, capture_output=True, text=True, timeout=120)

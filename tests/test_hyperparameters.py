@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.hyperparameters import BY_NAME, DEFAULTS, HyperparameterError, parse, to_sagemaker
+from contract.spec.hyperparameters import BY_NAME, DEFAULTS, HyperparameterError, parse, to_sagemaker
 
 
 def test_defaults_when_nothing_is_given():

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import FAST_HPS, ROOT, SDK_V2_PYTHON, build_image, run_trainer
 from contract import artifact
-from trainer import metrics
+from contract.spec import metrics
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 # few images and only the head trained: the shares, not the learning, are under test

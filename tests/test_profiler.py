@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import CONTAINER, FAST_HPS, build_image, run_trainer, write_sagemaker_config
-from trainer import profiler
+from contract.spec import images as image_names
 from insights import profiler_report
+from trainer import profiler
 
 
 class Images(torch.utils.data.Dataset):
@@ -170,7 +171,7 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
         "LocalPath": "/opt/ml/output/tensors",
         "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}}]}))
     cli, env = engine.cli, engine.env
-    run = subprocess.run([cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "byoc-train:latest", "train"],
+    run = subprocess.run([cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", image_names.train_image(), "train"],
                          env=env, capture_output=True, text=True, timeout=900)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
@@ -181,7 +182,7 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
     assert json.loads((folder / "meta.json").read_text())["interval_ms"] == 500
     assert (folder / "trace" / "trace.json").is_file()
     after = subprocess.run(
-        [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", "byoc-train:latest", "bash", "-c",
+        [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", image_names.train_image(), "bash", "-c",
          "python -m insights.profiler_report /opt/ml/output/profiler --out /opt/ml/output/report.html && "
          "python -m insights.rules /opt/ml/output/tensors --rule LossNotDecreasing --out /opt/ml/output/rules.json"],
         env=env, capture_output=True, text=True, timeout=600)

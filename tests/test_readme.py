@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from conftest import ROOT
-from trainer.hyperparameters import HYPERPARAMETERS
+from contract.spec.hyperparameters import HYPERPARAMETERS
 
 
 def test_every_hyperparameter_is_in_the_readme_table():

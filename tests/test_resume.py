@@ -16,7 +16,8 @@ import torch
 
 from conftest import FAST_HPS, run_trainer
 from contract import artifact
-from trainer import metrics, runtime
+from contract.spec import metrics
+from trainer import runtime
 
 # A head with dropout: the torch RNG state matters; augmentation on: the
 # per-sample seeds matter. amp off: the numbers hold on CPUs with and without bf16.

@@ -156,8 +156,8 @@ def test_config_precedence(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
 def test_create_tuning_job_from_the_search_space(aws, strategy):
+    from contract.spec import search_space
     from launch import tuning
-    from trainer import search_space
 
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {
@@ -172,8 +172,8 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
 
 
 def test_grid_needs_categorical_parameters(aws):
+    from contract.spec import search_space
     from launch import tuning
-    from trainer import search_space
 
     session, config, _ = aws
     estimator = training.estimator(session, config, {}, "trial")

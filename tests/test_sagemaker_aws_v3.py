@@ -86,7 +86,7 @@ def test_hyperparameters_are_checked_before_anything_is_sent():
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
 def test_create_tuning_job_from_the_search_space(aws, strategy):
-    from trainer import search_space
+    from contract.spec import search_space
 
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN})
@@ -105,7 +105,7 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
 
 
 def test_grid_needs_categorical_parameters(aws):
-    from trainer import search_space
+    from contract.spec import search_space
 
     session, config, _ = aws
     with pytest.raises(search_space.SearchSpaceError, match="categorical"):

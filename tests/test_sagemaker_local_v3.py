@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from conftest import ROOT, build_image
-from contract import artifact
-from trainer import metrics
+from contract.spec.artifact import WEIGHTS_FILE
+from contract.spec import metrics
 
 HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "4", "batch-size": "16",
        "trainable-layers": "5", "amp": "false"}
@@ -53,7 +53,7 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
     assert model_data == f"file://{archive}"
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-    assert any(name.endswith(artifact.WEIGHTS_FILE) for name in names), names
+    assert any(name.endswith(WEIGHTS_FILE) for name in names), names
 
     red, blue = (sorted((sample_data / "test" / folder).glob("*.jpg"))[0] for folder in ("001.red_disc", "003.blue_square"))
     deployed = sm(engine, tmp_path, "deploy", "--model-data", model_data, "--invoke", str(red), str(blue))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -11,10 +10,12 @@ import requests
 
 import container_engine
 from conftest import build_image
+from contract.spec import images
+from localnet import wait_healthy
 from serving_fixtures import CLASS_NAMES, Reference, encode, free_port, make_model_dir, sample_image
 
-IMAGE = "byoc-serve:cpu"
-GPU_IMAGE = "byoc-serve:gpu"
+IMAGE = images.serve_image("cpu")
+GPU_IMAGE = images.serve_image("gpu")
 
 
 def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -58,17 +59,14 @@ def container(engine, serve_image, tmp_path):
 
 
 def wait_for_ping(engine, container, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(container["url"] + "/ping", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass  # the port is forwarded before gunicorn listens
+    def running():  # the port is forwarded before gunicorn listens: connection errors until then
         running = engine_run(engine, "inspect", "-f", "{{.State.Running}}", container["id"])
         assert running.stdout.strip() == "true", engine_run(engine, "logs", container["id"]).stderr
-        time.sleep(0.5)
-    raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr)
+
+    try:
+        wait_healthy(container["url"], timeout, check=running)
+    except TimeoutError:
+        raise AssertionError("no /ping 200: " + engine_run(engine, "logs", container["id"]).stderr) from None
 
 
 def classify_and_check(container) -> None:
@@ -116,3 +114,38 @@ def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_
     with serving(engine, gpu_serve_image, tmp_path) as running:
         wait_for_ping(engine, running)
         classify_and_check(running)
+
+
+def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
+    """SageMaker's multi-model layout: models under /opt/ml/models/<name>/model, no /opt/ml/model."""
+    label = engine_run(engine, "inspect", "-f",
+                       '{{index .Config.Labels "com.amazonaws.sagemaker.capabilities.multi-models"}}', serve_image)
+    assert label.stdout.strip() == "true", label.stdout + label.stderr
+    models = tmp_path / "models"
+    for name, classes in (("first", CLASS_NAMES[:2]), ("second", CLASS_NAMES)):
+        make_model_dir(models / name / "model", class_names=classes)
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # read by the container's user
+    port = free_port()
+    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MULTI_MODEL=true",
+                         "-v", f"{models}:/opt/ml/models:ro", serve_image, "serve")
+    assert started.returncode == 0, started.stderr
+    running = {"id": started.stdout.strip(), "url": f"http://127.0.0.1:{port}"}
+    try:
+        wait_for_ping(engine, running)
+        image = encode(sample_image(5), "JPEG")
+        for name, classes in (("first", 2), ("second", len(CLASS_NAMES))):
+            loaded = requests.post(running["url"] + "/models", timeout=120,
+                                   json={"model_name": name, "url": f"/opt/ml/models/{name}/model"})
+            assert loaded.status_code == 200, loaded.text
+            answer = requests.post(running["url"] + f"/models/{name}/invoke", data=image, timeout=60,
+                                   headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Target-Model": name})
+            assert answer.status_code == 200, answer.text
+            assert len(answer.json()["predictions"]) == min(classes, 5)
+        assert requests.post(running["url"] + "/models", timeout=60,
+                             json={"model_name": "first", "url": "/opt/ml/models/first/model"}).status_code == 409
+        scraped = requests.get(running["url"] + "/metrics", timeout=30).text
+        assert "byoc_models_loaded 2.0" in scraped, scraped
+    finally:
+        engine_run(engine, "stop", "-t", "10", running["id"])
+        engine_run(engine, "rm", "-f", running["id"])

@@ -19,8 +19,16 @@ from PIL import Image, ImageOps
 
 from contract.preprocess import decode_image, eval_transform
 from crafted_png import decompression_bomb_png
-from serving_fixtures import (CLASS_NAMES, IMAGE_SIZE, Reference, ServerProcess, encode, make_model_dir,
-                              palette_png_with_overlong_transparency, sample_image)
+from serving_fixtures import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    Reference,
+    ServerProcess,
+    encode,
+    make_model_dir,
+    palette_png_with_overlong_transparency,
+    sample_image,
+)
 
 PAYLOAD_LIMIT_MB = 1
 WORKERS = 2

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from serving_fixtures import ROOT
 from server.batching import DynamicBatcher
 from server.settings import WORKER_BASE_BYTES, Settings, cpu_workers
+from serving_fixtures import ROOT
 
 
 class RecordingForward:

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import FAST_HPS, build_image, write_sagemaker_config
 from contract import artifact
-from trainer import metrics
+from contract.spec import images, metrics
 
-IMAGE = "byoc-train:latest"
+IMAGE = images.train_image()
 
 
 @pytest.fixture(scope="module")

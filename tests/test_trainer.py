@@ -18,7 +18,7 @@ import torch
 
 from conftest import CONTAINER, FAST_HPS, failure_reason, hp_args, run_trainer, trainer_env
 from contract import artifact
-from trainer import metrics
+from contract.spec import metrics
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_artifacts_load_with_weights_only(trained):
     state = torch.load(opt_ml / "model" / artifact.WEIGHTS_FILE, weights_only=True)
     assert state["fc.0.weight"].shape == (4, 512)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+    assert len(artifact.calibration_files(opt_ml / "model")) == artifact.CALIBRATION_IMAGES  # int8 serving's sample
 
 
 def test_metric_lines_match_the_project_regexes(trained):
@@ -72,7 +73,7 @@ def test_tensorboard_scalars_one_per_epoch(trained):
     rates = events.Scalars("train/learning_rate")
     assert [s.step for s in rates] == list(range(1, len(rates) + 1)) and len(rates) >= 10
     assert rates[0].value == pytest.approx(float(FAST_HPS["lr"]), rel=1e-6)
-    assert all(b.value <= a.value for a, b in zip(rates, rates[1:])) and rates[-1].value < rates[0].value / 10
+    assert all(b.value <= a.value for a, b in zip(rates, rates[1:], strict=False)) and rates[-1].value < rates[0].value / 10
     found = metrics.parse_log(result.stdout)
     for tag in tags:
         scalars = events.Scalars(tag)
@@ -266,8 +267,7 @@ def test_kaggle_flat_dogs_vs_cats_and_carved_validation(sample_data, tmp_path, m
 # process group, and one that lets go of a tensor during teardown aborted the
 # worker (about 1 run in 6 under load). A single process still tears down.
 EXIT_SCRIPT = """
-import atexit, sys
-sys.path.insert(0, sys.argv[1])
+import atexit
 from trainer import runtime
 atexit.register(print, "teardown ran")
 print("buffered, not yet flushed", end="")
@@ -278,9 +278,10 @@ runtime.exit_process(3)
 @pytest.mark.parametrize("torchrun_worker", [True, False])
 def test_exit_skips_interpreter_teardown_only_in_torchrun_workers(tmp_path, torchrun_worker):
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "PYTHONUNBUFFERED")}
+    env["PYTHONPATH"] = str(CONTAINER)
     if torchrun_worker:
         env["LOCAL_RANK"] = "0"
-    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(CONTAINER)], env=env,
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stdout.startswith("buffered, not yet flushed")  # what was printed still arrives

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 import proctree
 from conftest import FAST_HPS, ROOT, build_image
+from contract.spec import hyperparameters, metrics, search_space
 from launch import local_tuning
-from trainer import hyperparameters, metrics, search_space
 
 TINY = {**{k: v for k, v in FAST_HPS.items() if k != "lr"},
         "trainable-layers": 0, "epochs": 2, "max-steps-per-epoch": 4}
@@ -148,8 +148,8 @@ def test_trainer_failure_fails_the_trial_with_its_reason(sample_data, space_file
 
 
 def test_parallel_trials_share_the_cores(sample_data, space_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(local_tuning, "cpu_count", lambda: 4)  # two trials at once, two threads each
-    monkeypatch.setattr(local_tuning, "detect_gpus", lambda: [])
+    monkeypatch.setattr(local_tuning.slots, "cpu_count", lambda: 4)  # two trials at once, two threads each
+    monkeypatch.setattr(local_tuning.slots, "detect_gpus", lambda: [])
     result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 2, sampler="random",
                                     parallel=4, fixed_overrides=TINY, log=quiet)
     assert result.count("COMPLETE") == 2, result.markdown()

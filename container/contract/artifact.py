@@ -1,16 +1,7 @@
-"""The model artifact: what training writes to /opt/ml/model, what serving reads.
-
-    model.pt            state dict of contract.model.build_classifier(...),
-                        plain tensors only: loads with torch.load(weights_only=True)
-    model_config.json   {"format_version", "architecture", "preprocessing",
-                         "class_names", "training"}
-    code/inference.py   optional handler overrides for serving (model_fn, ...)
-
-SageMaker tars this directory into model.tar.gz and extracts it again into
-/opt/ml/model of the serving container.
-"""
+"""The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -19,12 +10,16 @@ from pathlib import Path
 import torch
 
 from contract.model import Architecture, build_classifier
-from contract.preprocess import Preprocessing
-
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.pt"
-CONFIG_FILE = "model_config.json"
-CODE_DIR = "code"
+from contract.preprocess import ImageDecodeError, Preprocessing, load_image_file, resized_size
+from contract.spec.artifact import (  # noqa: F401
+    CALIBRATION_DIR,
+    CALIBRATION_IMAGES,
+    CODE_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    TrainingSummary,
+)
 
 
 class ArtifactError(RuntimeError):
@@ -63,7 +58,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def save(model_dir, state_dict: dict, arch: Architecture, prep: Preprocessing,
-         class_names: list, training: dict | None = None) -> None:
+         class_names: list, training: TrainingSummary | None = None) -> None:
     if len(class_names) != arch.num_classes:
         raise ArtifactError(f"{len(class_names)} class names for {arch.num_classes} outputs")
     model_dir = Path(model_dir)
@@ -74,7 +69,7 @@ def save(model_dir, state_dict: dict, arch: Architecture, prep: Preprocessing,
         "architecture": arch.to_dict(),
         "preprocessing": prep.to_dict(),
         "class_names": list(class_names),
-        "training": training or {},
+        "training": training.to_dict() if training else {},
     }
     atomic_write_bytes(model_dir / CONFIG_FILE, json.dumps(config, indent=2).encode())
 
@@ -90,6 +85,10 @@ def read_config(model_dir) -> dict:
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
     return config
+
+
+def training_summary(config: dict) -> TrainingSummary:
+    return TrainingSummary.from_dict(config["training"])
 
 
 def architecture(config: dict) -> Architecture:
@@ -116,3 +115,27 @@ def load(model_dir, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         raise ArtifactError(f"{path} does not match {CONFIG_FILE}: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), config
+
+
+def write_calibration(model_dir, image_paths, prep: Preprocessing, limit: int = CALIBRATION_IMAGES) -> int:
+    """Up to `limit` of `image_paths` into model_dir/calibration/ as JPEGs with the
+    shorter side at prep.resize_size (what serving's transform resizes to anyway,
+    so the sample stays small). Unreadable images are skipped. -> images written."""
+    out = Path(model_dir) / CALIBRATION_DIR
+    written = 0
+    for path in image_paths:
+        if written == limit:
+            break
+        try:
+            image = load_image_file(path, prep)
+        except (ImageDecodeError, OSError):  # as training does: skipped, not fatal
+            continue
+        buffer = io.BytesIO()
+        image.resize(resized_size(image.size, prep)).save(buffer, format="JPEG", quality=95)
+        atomic_write_bytes(out / f"{written:03d}.jpg", buffer.getvalue())
+        written += 1
+    return written
+
+
+def calibration_files(model_dir) -> list[Path]:
+    return sorted((Path(model_dir) / CALIBRATION_DIR).glob("*.jpg"))[:CALIBRATION_IMAGES]

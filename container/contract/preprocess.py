@@ -47,7 +47,7 @@ class Preprocessing:
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     @classmethod
-    def for_image_size(cls, image_size: int) -> "Preprocessing":
+    def for_image_size(cls, image_size: int) -> Preprocessing:
         # torchvision's 224/256 ratio, kept for every size
         return cls(image_size=image_size, resize_size=int(round(image_size * 256 / 224)))
 

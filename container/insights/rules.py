@@ -163,9 +163,10 @@ class LossNotDecreasing(LocalRule):
     window's, unless the loss has already fallen CONVERGED_DECREASE below the first window's (a
     converged run's plateau), and may not rise `increase_threshold_percent` % above the lowest
     before it and over the previous window's upper quartile (a rise above the batches' noise). A
-    window counts when the run covered all its steps, with MIN_LOSSES_PER_WINDOW saved losses. Where the saved losses are too sparse for
-    two such windows (a short run, a long save interval), the epochs' mean losses that the trainer
-    records are compared instead, epoch after epoch; with neither, the verdict is NotEnoughData.
+    window counts when the run covered all its steps, with MIN_LOSSES_PER_WINDOW saved losses. Where
+    the saved losses are too sparse for two such windows (a short run, a long save interval), the
+    epochs' mean losses that the trainer records are compared instead, epoch after epoch; with
+    neither, the verdict is NotEnoughData.
     Without `mode`, the first of EVAL, TRAIN, GLOBAL with losses is used (as AWS documents)."""
 
     def __init__(self, base_trial, collection_names=None, tensor_regex=None, use_losses_collection=True,
@@ -221,7 +222,7 @@ class LossNotDecreasing(LocalRule):
         """series: (global step, what, median loss, its upper quartile) per window or epoch; None = gap."""
         findings, lowest = {}, np.inf
         start = next((point[2] for point in series if point is not None), None)
-        for before, now in zip(series, series[1:]):
+        for before, now in zip(series, series[1:], strict=False):
             if before is None or now is None:
                 continue
             lowest = min(lowest, before[2])
@@ -488,8 +489,14 @@ def sagemaker_debugger_config(s3_output_path: str | None = None, rule_names: lis
     `parameters` = {"Overfit": {"patience": 3}} overrides RULES' parameters;
     `collections` = {"losses": 10} overrides COLLECTIONS' save intervals.
     """
-    from sagemaker.debugger import (CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule,
-                                    rule_configs)
+    from sagemaker.debugger import (
+        CollectionConfig,
+        DebuggerHookConfig,
+        ProfilerConfig,
+        ProfilerRule,
+        Rule,
+        rule_configs,
+    )
 
     rules = []
     for spec in (BY_NAME[n] for n in (rule_names or [s.name for s in RULES])):

@@ -1,28 +1,35 @@
 """The HTTP side of SageMaker's hosting contract (Flask, run by gunicorn):
 
     GET  /ping                  200: the model is loaded and warmed; 500 if loading
-                                failed (while the master loads, it answers 503 itself)
+                                failed (while the master loads, it answers 503 itself);
+                                a multi-model endpoint: 200 (it starts with no model)
     POST /invocations           request -> handler stages (service.py) -> response;
                                 X-Forward-Batch-Size: images in the forward pass
-                                that served it (dynamic batching, batching.py)
+                                that served it (dynamic batching, batching.py).
+                                Multi-model: the model named by X-Amzn-SageMaker-Target-Model
     GET  /execution-parameters  batch transform's defaults for this container
+    GET  /metrics               Prometheus text format, all workers (metrics.py)
+    /models...                  multi-model endpoints only (multi_model_routes.py)
 
-The model comes loaded from gunicorn's master (preload.py): a worker takes
+A single model comes loaded from gunicorn's master (preload.py): a worker takes
 connections only once it can answer /invocations.
 Every error is JSON {"error": reason}, and none ends the worker.
 """
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from server import metrics
 from server.errors import RequestError
 from server.preload import MODEL
 from server.settings import Settings
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 BATCH_SIZE_HEADER = "X-Forward-Batch-Size"
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 log = logging.getLogger(__name__)
@@ -53,28 +60,56 @@ def unavailable() -> tuple[Response, int]:
     return error_response(500, f"the model failed to load: {MODEL.failure or 'unknown reason'}")
 
 
+def invoke(service, settings: Settings) -> Response:
+    """One request through `service`'s handler stages."""
+    body, content_type = service.invoke(
+        read_body(settings.max_payload_bytes), request.headers.get("Content-Type"),
+        request.headers.get("Accept"), request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
+    response = Response(body, content_type=content_type)
+    batch_size = service.last_batch_size()
+    if batch_size is not None:
+        response.headers[BATCH_SIZE_HEADER] = str(batch_size)
+    return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    models = None
+    if settings.multi_model:
+        from server import multi_model_routes
+
+        models = multi_model_routes.add_routes(app, settings)
+
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, str(response.status_code),
+                                metrics.content_type_label(request.headers.get("Content-Type"))).inc()
+        metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
 
     @app.get("/ping")
     def ping():
-        return ("", 200) if MODEL.service else unavailable()
+        return ("", 200) if models is not None or MODEL.service else unavailable()
 
     @app.post("/invocations")
     def invocations():
-        service = MODEL.service
-        if service is None:
+        if models is not None:
+            name = request.headers.get(TARGET_MODEL_HEADER)
+            if not name:
+                raise RequestError(f"a multi-model endpoint needs the {TARGET_MODEL_HEADER} header "
+                                   "(or POST /models/<name>/invoke)")
+            with models.using(name) as service:
+                return invoke(service, settings)
+        if MODEL.service is None:
             return unavailable()
-        body, content_type = service.invoke(
-            read_body(settings.max_payload_bytes), request.headers.get("Content-Type"),
-            request.headers.get("Accept"), request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
-        response = Response(body, content_type=content_type)
-        batch_size = service.last_batch_size()
-        if batch_size is not None:
-            response.headers[BATCH_SIZE_HEADER] = str(batch_size)
-        return response
+        return invoke(MODEL.service, settings)
 
     @app.get("/execution-parameters")
     def execution_parameters():
@@ -82,6 +117,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         # caller names a strategy itself; every record is one request anyway.
         return jsonify(MaxConcurrentTransforms=settings.workers, BatchStrategy="SINGLE_RECORD",
                        MaxPayloadInMB=settings.max_payload_mb)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        body, content_type = metrics.exposition(
+            (lambda: len(models.registry.ready())) if models is not None else None)
+        return Response(body, content_type=content_type)
 
     @app.errorhandler(RequestError)
     def client_error(exc: RequestError):

@@ -11,19 +11,24 @@ queued up while the previous forward pass ran.
 
 Each request thread can read how many images shared its last forward pass
 (`last_batch_size`); the server reports it in a response header, and
-`forward_passes` / `images` count what this worker's model has run.
+`forward_passes` / `images` count what this worker's model has run; each
+forward pass's size and each request's wait go to /metrics (metrics.py).
+`close` ends the model thread once the queue is empty (a multi-model worker
+unloading a model).
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
+
+from server.metrics import FORWARD_BATCH_SIZE, QUEUE_WAIT_SECONDS
 
 
 @dataclass
@@ -42,6 +47,8 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._upcoming = 0
+        self._closed = False
+        self.observed = True  # forward passes and waits go to /metrics
         # gthread runs a request start to end in one thread, so the announcement
         # made in upcoming() is found again by that thread's submit().
         self._announced = threading.local()
@@ -82,34 +89,47 @@ class DynamicBatcher:
         self._announced.batch_size = max(job.batch_size for job in jobs)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
+    def close(self) -> None:
+        """End the model thread after the jobs already queued; no submit may follow."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
     def last_batch_size(self) -> int | None:
         """Images in the (largest) forward pass of this thread's last submit
         since it announced itself with upcoming(); None if it submitted nothing."""
         return getattr(self._announced, "batch_size", None)
 
     def _run(self) -> None:
-        while True:
-            jobs = self._next_batch()
+        while jobs := self._next_batch():
             inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
             self.forward_passes += 1
             self.images += len(inputs)
+            started = time.monotonic()
             for job in jobs:
                 job.batch_size = len(inputs)
+                if self.observed:
+                    QUEUE_WAIT_SECONDS.observe(started - job.queued_at)
+            if self.observed:
+                FORWARD_BATCH_SIZE.observe(len(inputs))
             try:
                 outputs = self._forward(inputs)
             except Exception as exc:  # the requests fail, the model thread lives on
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
-            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs])):
+            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs]), strict=True):
                 job.future.set_result(output)
 
     def _queued_images(self) -> int:
         return sum(len(job.inputs) for job in self._queue)
 
     def _next_batch(self) -> list[_Job]:
+        """The next forward pass's jobs; [] once closed and drained."""
         with self._cond:
-            self._cond.wait_for(lambda: self._queue)
+            self._cond.wait_for(lambda: self._queue or self._closed)
+            if not self._queue:
+                return []
             deadline = self._queue[0].queued_at + self._max_wait_s
             while self._upcoming and self._queued_images() < self.max_batch_size:
                 remaining = deadline - time.monotonic()

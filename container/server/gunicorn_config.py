@@ -3,11 +3,16 @@ import logging
 import os
 from collections import Counter
 
-from server import preload
-from server.app import LOG_FORMAT
+from server import rundir
 from server.settings import SHUTDOWN_GRACE_S, Settings
 
 _settings = Settings.from_env()
+# Before server.metrics is imported (below): prometheus_client opens its files as metrics are defined.
+rundir.prepare(_settings)
+
+from server import metrics, preload  # noqa: E402
+from server.app import LOG_FORMAT  # noqa: E402
+
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 wsgi_app = "server.app:create_app()"
@@ -33,12 +38,26 @@ loglevel = "info"
 
 def when_ready(server):
     # The master, listening, before it forks any worker: load the model once.
-    preload.load_while_answering(server, _settings)
+    # A multi-model endpoint starts with none (POST /models loads them in the workers).
+    if not _settings.multi_model:
+        preload.load_while_answering(server, _settings)
 
 
 def post_worker_init(worker):
     # A worker, before its first accept.
-    preload.start_in_worker(_settings, worker.notify)
+    if _settings.multi_model:
+        preload.set_torch_threads(_settings)
+    else:
+        preload.start_in_worker(_settings, worker.notify)
+
+
+def child_exit(server, worker):
+    # The master, after a worker exited: its live gauges leave /metrics.
+    metrics.worker_exited(worker.pid, _settings.metrics_dir)
+
+
+def on_exit(server):
+    rundir.remove(_settings)
 
 
 def pre_fork(server, worker):
@@ -52,6 +71,6 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     # Before the worker imports torch: the worker then sees its GPU as cuda:0.
     if _settings.gpus:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = _settings.cuda_visible_devices
         devices = visible.split(",") if visible else [str(gpu) for gpu in range(_settings.gpus)]
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[worker.gpu]

@@ -31,8 +31,15 @@ import torch
 from PIL import Image
 
 from contract import artifact
-from contract.preprocess import (MAX_IMAGE_PIXELS, ImageDecodeError, ImageTooLarge, Preprocessing, decode_image,
-                                 eval_transform)
+from contract.preprocess import (
+    MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    ImageTooLarge,
+    Preprocessing,
+    decode_image,
+    eval_transform,
+)
+from server import precision
 from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.settings import Settings
@@ -74,7 +81,8 @@ class DefaultHandlers:
         the fork (preload.py), where CUDA must not start; the worker moves it
         to its GPU (InferenceService.start_in_worker)."""
         model, _ = artifact.load(model_dir, "cpu")
-        return model.eval().to(memory_format=torch.channels_last)
+        model = model.eval().to(memory_format=torch.channels_last)
+        return precision.prepare(model, self.settings, model_dir, self.prep)  # SAGEMAKER_MODEL_PRECISION
 
     def warm(self, model: torch.nn.Module) -> None:
         """The first pass allocates buffers and picks kernels: pay for it before
@@ -90,8 +98,10 @@ class DefaultHandlers:
         # sizes up to the maximum: warm that thread at both ends before the
         # worker takes requests, so no client pays for first-use kernel selection.
         size = self.prep.image_size
+        self.batcher.observed = False  # warm-up passes are no requests: not in /metrics
         for batch in sorted({1, self.settings.batch_size}):
             self.batcher.submit(torch.zeros(batch, 3, size, size))
+        self.batcher.observed = True
 
     def input_fn(self, request_body: bytes, content_type: str | None) -> torch.Tensor:
         if not request_body:

@@ -30,8 +30,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from server.settings import Settings
 
@@ -57,15 +58,25 @@ def load(settings: Settings) -> None:
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the master: see the module's docstring
+    from server.metrics import MODEL_LOAD_SECONDS
     from server.service import InferenceService
 
+    started = time.monotonic()
     try:
         MODEL.service = InferenceService(settings.model_dir, settings)
     except Exception as exc:
         log.exception("loading the model from %s failed", settings.model_dir)
         MODEL.failure = f"{type(exc).__name__}: {exc}"
     else:
-        log.info("model from %s loaded", settings.model_dir)
+        MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
+        log.info("model from %s loaded in %.2f s", settings.model_dir, time.monotonic() - started)
+
+
+def set_torch_threads(settings: Settings) -> None:
+    """Process-wide, the batchers' threads included: workers do not oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
 
 
 def load_while_answering(server, settings: Settings) -> None:
@@ -132,9 +143,7 @@ def start_in_worker(settings: Settings, heartbeat: Callable[[], None]) -> None:
     `heartbeat` tells gunicorn's master the worker lives while this runs."""
     if MODEL.service is None:
         return  # loading failed: the worker answers with the reason
-    import torch
-
-    torch.set_num_threads(settings.torch_threads)  # process-wide, the batcher's thread included
+    set_torch_threads(settings)
     done = threading.Event()
 
     def beat() -> None:

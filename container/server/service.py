@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from contract.artifact import CODE_DIR
+from contract.spec.artifact import CODE_DIR
 from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
 from server.settings import Settings
@@ -22,15 +22,16 @@ HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
 log = logging.getLogger(__name__)
 
 
-def load_user_module(model_dir) -> ModuleType | None:
+def load_user_module(model_dir, module_name: str = "inference") -> ModuleType | None:
+    """model_dir/code/inference.py as a module; a multi-model worker names each model's its own."""
     path = Path(model_dir) / CODE_DIR / "inference.py"
     if not path.is_file():
         return None
     # As in SageMaker's images, inference.py may import modules next to it.
     sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("inference", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["inference"] = module
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -62,10 +63,10 @@ class InferenceService:
     Then `invoke` serves requests from many threads.
     """
 
-    def __init__(self, model_dir, settings: Settings):
+    def __init__(self, model_dir, settings: Settings, module_name: str = "inference"):
         self.model_dir = str(model_dir)
         self.defaults = DefaultHandlers(model_dir, settings)
-        user = load_user_module(model_dir)
+        user = load_user_module(model_dir, module_name)
         self.overridden = [name for name in HANDLER_NAMES if callable(getattr(user, name, None))]
         if self.overridden:
             log.info("code/inference.py overrides %s", ", ".join(self.overridden))
@@ -85,6 +86,11 @@ class InferenceService:
             self.defaults.bind(self.model)
         elif "model_fn" not in self.overridden:
             self.defaults.warm(self.model)
+
+    def close(self) -> None:
+        """Stop the batcher's thread (a multi-model worker unloading this model)."""
+        if self.defaults.batcher:
+            self.defaults.batcher.close()
 
     def last_batch_size(self) -> int | None:
         """Images in the forward pass that served this thread's last request (default predict_fn only)."""

@@ -19,9 +19,28 @@
     SAGEMAKER_TORCH_THREADS         torch CPU threads per worker, default
                                     cores // workers, so workers do not oversubscribe
     SM_NUM_GPUS                     GPUs to spread workers over (default: counted)
+    SAGEMAKER_MODEL_PRECISION       fp32 (default) | bf16 | int8 | fp16 (GPU only):
+                                    the numbers the model runs in (precision.py)
+    SAGEMAKER_MODEL_COMPILE         none (default) | jit: trace and freeze the model
+                                    (folds batch norm, fuses oneDNN ops; CPU only)
+    SAGEMAKER_CPU_FLAGS             the instruction sets precision.py decides by,
+                                    default read from /proc/cpuinfo (tests override it)
+    CUDA_VISIBLE_DEVICES            the GPUs this server may use (each worker gets one)
+    SAGEMAKER_MULTI_MODEL           true: a multi-model endpoint (multi_model.py): models
+                                    are loaded through POST /models, none from SM_MODEL_DIR
+    SAGEMAKER_MODEL_MEMORY_BUDGET_MB  multi-model: the memory one worker's loaded models
+                                    may take (estimated, model_memory_bytes); the least
+                                    recently used are unloaded above it. Default: half of
+                                    what memory leaves each worker
+    SAGEMAKER_SERVER_RUN_DIR        the server's scratch: the multi-model registry and the
+                                    metrics files; emptied at start (default /tmp/byoc-serve-PORT)
+    PROMETHEUS_MULTIPROC_DIR        where prometheus_client's worker files live
+                                    (default RUN_DIR/metrics); emptied at start
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
-MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*) are this project's. `serve` resolves the
+MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, MODEL_PRECISION, MODEL_COMPILE,
+CPU_FLAGS, MODEL_MEMORY_*, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
+environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exported here). `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
 """
@@ -32,8 +51,11 @@ import glob
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from contract.spec.artifact import WEIGHTS_FILE
 
 # SageMaker sends SIGKILL 30 s after SIGTERM: in-flight requests get this
 # long to finish, and the server is gone before the SIGKILL.
@@ -44,6 +66,11 @@ SHUTDOWN_GRACE_S = 25
 # the loaded state dict, the model, and headroom for activations of a batch.
 WORKER_BASE_BYTES = 512 << 20
 WEIGHTS_FACTOR = 4
+
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+COMPILE_MODES = ("none", "jit")
+# The /proc/cpuinfo flags that decide which precision runs well here.
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -61,26 +88,47 @@ class Settings:
     gpus: int
     max_images_per_request: int = 64
     max_pixels_per_request: int = 64_000_000
+    precision: str = "fp32"
+    compile: str = "none"
+    cpu_flags: str = ""  # space-separated, only PRECISION_FLAGS
+    multi_model: bool = False
+    model_memory_budget_mb: int = 1024
+    run_dir: str = ""
+    metrics_dir: str = ""
+    cuda_visible_devices: str = ""
 
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
 
+    @property
+    def model_memory_budget_bytes(self) -> int:
+        return self.model_memory_budget_mb << 20
+
+    @property
+    def registry_dir(self) -> str:
+        return os.path.join(self.run_dir, "models")
+
     @classmethod
-    def from_env(cls, env=os.environ) -> "Settings":
+    def from_env(cls, env=os.environ) -> Settings:
         """Raises ValueError naming the variable that is not a valid number."""
         model_dir = env.get("SM_MODEL_DIR", "/opt/ml/model")
+        multi_model = _bool(env, "SAGEMAKER_MULTI_MODEL")
         gpus = _int(env, "SM_NUM_GPUS", None, minimum=0)
         gpus = count_gpus() if gpus is None else gpus
         cores = cpu_cores()
         workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1)
         if workers is None:
-            workers = gpus or cpu_workers(cores, memory_bytes(), model_bytes(model_dir))
+            weights = 0 if multi_model else model_bytes(model_dir)
+            workers = gpus or cpu_workers(cores, memory_bytes(), weights)
         batch_size = _int(env, "SAGEMAKER_BATCH_SIZE", 8, minimum=1)
+        port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1)
+        run_dir = env.get("SAGEMAKER_SERVER_RUN_DIR") or os.path.join(tempfile.gettempdir(), f"byoc-serve-{port}")
+        default_budget = max(1, (memory_bytes() // workers - WORKER_BASE_BYTES) // 2 >> 20)
         return cls(
             model_dir=model_dir,
             host=env.get("SAGEMAKER_BIND_HOST", "0.0.0.0"),
-            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1),
+            port=port,
             workers=workers,
             timeout=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, minimum=1),
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, minimum=1),
@@ -93,6 +141,15 @@ class Settings:
                                         minimum=1),
             max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request,
                                         minimum=1),
+            precision=_choice(env, "SAGEMAKER_MODEL_PRECISION", PRECISIONS),
+            compile=_choice(env, "SAGEMAKER_MODEL_COMPILE", COMPILE_MODES),
+            cpu_flags=" ".join(sorted(set(env["SAGEMAKER_CPU_FLAGS"].split()) & set(PRECISION_FLAGS)))
+            if "SAGEMAKER_CPU_FLAGS" in env else cpu_flags(),
+            multi_model=multi_model,
+            model_memory_budget_mb=_int(env, "SAGEMAKER_MODEL_MEMORY_BUDGET_MB", default_budget, minimum=1),
+            run_dir=run_dir,
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(run_dir, "metrics"),
+            cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -104,8 +161,26 @@ class Settings:
             "torch_threads": "SAGEMAKER_TORCH_THREADS", "gpus": "SM_NUM_GPUS",
             "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
             "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
+            "precision": "SAGEMAKER_MODEL_PRECISION", "compile": "SAGEMAKER_MODEL_COMPILE",
+            "cpu_flags": "SAGEMAKER_CPU_FLAGS",
+            "multi_model": "SAGEMAKER_MULTI_MODEL", "model_memory_budget_mb": "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
+            "run_dir": "SAGEMAKER_SERVER_RUN_DIR", "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+            "cuda_visible_devices": "CUDA_VISIBLE_DEVICES",
         }
-        return {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
+        env = {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
+        env["SAGEMAKER_MULTI_MODEL"] = "true" if self.multi_model else "false"
+        if not self.cuda_visible_devices:
+            del env["CUDA_VISIBLE_DEVICES"]  # set but empty would hide every GPU
+        return env
+
+
+def _bool(env, name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "false", "0", "no"):
+        return False
+    if text in ("true", "1", "yes"):
+        return True
+    raise ValueError(f"{name}={text!r}: expected true or false")
 
 
 def _int(env, name: str, default: int | None, minimum: int) -> int | None:
@@ -119,6 +194,25 @@ def _int(env, name: str, default: int | None, minimum: int) -> int | None:
     if value is None or value < minimum:
         raise ValueError(f"{name}={text!r}: expected a whole number >= {minimum}")
     return value
+
+
+def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The PRECISION_FLAGS this CPU has (its first processor's), space-separated."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " ".join(sorted(set(line.split(":", 1)[1].split()) & set(PRECISION_FLAGS)))
+    except OSError:
+        pass
+    return ""
 
 
 def count_gpus() -> int:
@@ -154,9 +248,14 @@ def memory_bytes() -> int:
 
 
 def model_bytes(model_dir) -> int:
-    # contract.artifact.WEIGHTS_FILE; not imported, as that would load torch here
-    weights = Path(model_dir) / "model.pt"
+    weights = Path(model_dir) / WEIGHTS_FILE
     return weights.stat().st_size if weights.is_file() else 0
+
+
+def model_memory_bytes(model_dir) -> int:
+    """What one loaded model is counted as against SAGEMAKER_MODEL_MEMORY_BUDGET_MB:
+    its weights twice (the model's parameters and a forward pass's activations)."""
+    return 2 * model_bytes(model_dir)
 
 
 def cpu_workers(cores: int, memory: int, weights: int) -> int:

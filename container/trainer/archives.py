@@ -46,7 +46,7 @@ class Limits:
            "max_depth": "TRAINER_ARCHIVE_MAX_DEPTH"}
 
     @classmethod
-    def from_env(cls) -> "Limits":
+    def from_env(cls) -> Limits:
         values = {}
         for field_name, var in cls.ENV.items():
             text = os.environ.get(var, "").strip()

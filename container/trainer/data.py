@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from contract.preprocess import ImageDecodeError, Preprocessing, eval_transform, load_image_file, normalize
-from trainer import archives, hyperparameters
+from contract.spec import hyperparameters
+from trainer import archives
 from trainer.archives import DataError  # callers catch data.DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

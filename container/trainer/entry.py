@@ -22,16 +22,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.spec import paths
 from trainer.runtime import reason_copy
 
 PROGRAM_DIR = Path(__file__).resolve().parent.parent
-OPT_ML = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+OPT_ML = paths.base_dir()  # SAGEMAKER_BASE_DIR, as the toolkit reads it
 
 
 def ensure_code_dir() -> None:
     """Mirror the toolkit: it only looks in /opt/ml/code, which a mount may hide."""
-    code = OPT_ML / "code"
-    hp_file = OPT_ML / "input" / "config" / "hyperparameters.json"
+    code = OPT_ML / paths.CODE_DIR
+    hp_file = OPT_ML / paths.CONFIG_DIR / paths.HYPERPARAMETERS_FILE
     user_code = hp_file.is_file() and "sagemaker_submit_directory" in json.loads(hp_file.read_text() or "{}")
     if user_code or (code.is_dir() and any(code.iterdir())):
         return
@@ -41,7 +42,7 @@ def ensure_code_dir() -> None:
 
 def ensure_hosts_resolve() -> None:
     """A lone host (algo-1) resolves to this container when Docker was not told its name."""
-    config = OPT_ML / "input" / "config" / "resourceconfig.json"
+    config = OPT_ML / paths.CONFIG_DIR / paths.RESOURCE_CONFIG_FILE
     if not config.is_file():
         return
     hosts = json.loads(config.read_text()).get("hosts", [])
@@ -80,7 +81,7 @@ def run_training() -> int:
     signal.signal(signal.SIGINT, forward)
     code = toolkit.wait()
     if code != 0 and reason_copy().is_file():
-        failure = OPT_ML / "output" / "failure"
+        failure = OPT_ML / paths.FAILURE_FILE
         failure.parent.mkdir(parents=True, exist_ok=True)
         failure.write_text(reason_copy().read_text())
     return code

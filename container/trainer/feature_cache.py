@@ -67,7 +67,7 @@ class FeatureCache:
             self.refused = True
             self.log(f"refusing feature cache {self.path.name}: {str(exc).splitlines()[0]}; rebuilding it")
             return
-        self.entries = dict(zip(digests, features))
+        self.entries = dict(zip(digests, features, strict=True))  # lengths checked above
 
     def save(self) -> None:
         digests = sorted(self.entries)
@@ -117,7 +117,7 @@ def build(samples, model, prep, cache: FeatureCache, device, batch_size: int, wo
                 continue
             with autocast():
                 output = model.features(batch.to(device, memory_format=memory_format)).float().cpu()
-            for position, feature in zip(positions, output):
+            for position, feature in zip(positions, output, strict=True):
                 cache.entries[digests[missing[position]]] = feature.clone()
         if cache.writer:
             cache.save()

@@ -19,7 +19,8 @@ import sys
 from itertools import chain, zip_longest
 from pathlib import Path
 
-from trainer import data, hyperparameters
+from contract.spec import hyperparameters
+from trainer import data
 
 
 def spread(samples: list[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:

@@ -15,6 +15,9 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from contract.spec import paths as spec_paths
+
+
 # The sagemaker-training toolkit replaces /opt/ml/output/failure with its own
 # multi-line report when the script exits non-zero; the image's entry point
 # (trainer/entry.py) puts our one-line reason back from this copy.
@@ -28,21 +31,21 @@ class Paths:
     root: Path
 
     @classmethod
-    def from_env(cls) -> "Paths":
-        # OPT_ML lets the trainer run outside a container on a local tree
-        return cls(Path(os.environ.get("OPT_ML", "/opt/ml")))
+    def from_env(cls) -> Paths:
+        # SAGEMAKER_BASE_DIR lets the trainer run outside a container on a local tree
+        return cls(spec_paths.base_dir())
 
     @property
     def model(self) -> Path:
-        return Path(os.environ.get("SM_MODEL_DIR", self.root / "model"))
+        return Path(os.environ.get("SM_MODEL_DIR", self.root / spec_paths.MODEL_DIR))
 
     @property
     def output(self) -> Path:
-        return self.root / "output"
+        return self.root / spec_paths.OUTPUT_DIR
 
     @property
     def output_data(self) -> Path:
-        return Path(os.environ.get("SM_OUTPUT_DATA_DIR", self.output / "data"))
+        return Path(os.environ.get("SM_OUTPUT_DATA_DIR", self.root / spec_paths.OUTPUT_DATA_DIR))
 
     @property
     def tensorboard(self) -> Path:
@@ -50,7 +53,7 @@ class Paths:
 
     @property
     def checkpoints(self) -> Path:
-        return Path(os.environ.get("SM_CHECKPOINT_DIR", self.root / "checkpoints"))
+        return Path(os.environ.get("SM_CHECKPOINT_DIR", self.root / spec_paths.CHECKPOINTS_DIR))
 
     @property
     def scratch(self) -> Path:
@@ -63,7 +66,7 @@ class TrainingFailure(RuntimeError):
 
 def write_failure(paths: Paths, reason: str) -> None:
     line = " ".join(str(reason).split())[:1000]  # one line; SageMaker shows 1 KB
-    for path in (paths.output / "failure", reason_copy()):
+    for path in (paths.root / spec_paths.FAILURE_FILE, reason_copy()):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(line + "\n")

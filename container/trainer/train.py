@@ -26,8 +26,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from contract import artifact
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
-from trainer import data, debugger, feature_cache, hyperparameters, metrics, profiler, report, runtime, weights
+from contract.spec import hyperparameters, metrics
+from contract.spec.artifact import TrainingSummary
+from trainer import data, debugger, feature_cache, profiler, report, runtime, weights
 from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, rng_state, set_rng_state, state_digest
+from trainer.heldout import spread
 
 
 def log(dist_info, message: str) -> None:
@@ -408,11 +411,11 @@ class Trainer:
         report.write(report.build(split, confusion, self.splits.class_names, loss, self.skips.summary()),
                      self.paths.output_data)
         artifact.save(self.paths.model, self.model.state_dict(), self.arch, self.prep, self.splits.class_names,
-                      training={"hyperparameters": {k: v for k, v in vars(self.hp).items()},
-                                "best_epoch": state.best_epoch, "history": state.history,
-                                f"{split}_accuracy": acc, f"{split}_loss": loss,
-                                "skipped_images": self.skips.total,
-                                "world_size": self.dist.world_size, "hosts": runtime.hosts()[0]})
+                      training=TrainingSummary(dict(vars(self.hp)), state.best_epoch, state.history, split,
+                                               acc, loss, self.skips.total, self.dist.world_size,
+                                               runtime.hosts()[0]))
+        # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
+        artifact.write_calibration(self.paths.model, [path for path, _ in spread(self.splits.train, 64)], self.prep)
         log(self.dist, f"model written to {self.paths.model}; evaluation report in {self.paths.output_data}")
 
     def close(self) -> None:

@@ -91,7 +91,8 @@ def load_backbone(model: torch.nn.Module, path: Path) -> None:
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise WeightsError(f"weights file {path.name} does not fit this backbone: {len(missing)} tensors missing, e.g. {missing[0]}")
+        raise WeightsError(f"weights file {path.name} does not fit this backbone: "
+                           f"{len(missing)} tensors missing, e.g. {missing[0]}")
     wrong = [k for k in expected if state[k].shape != expected[k].shape]
     if wrong:
         raise WeightsError(f"weights file {path.name} does not fit this backbone: {wrong[0]} has shape "

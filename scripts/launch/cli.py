@@ -5,15 +5,14 @@ import os
 import shutil
 from pathlib import Path
 
+from contract.spec.hyperparameters import HyperparameterError, parse_assignments
+
 
 def parse_hps(items: list[str]) -> dict:
-    hps = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--hp takes name=value, got {item!r}")
-        hps[name] = value
-    return hps
+    try:
+        return parse_assignments(items)
+    except HyperparameterError as exc:
+        raise SystemExit(f"--hp: {exc}") from None
 
 
 def parse_tags(items: list[str]) -> list[dict]:

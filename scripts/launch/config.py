@@ -17,9 +17,10 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from contract.spec import images
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-LOCAL_TRAIN_IMAGE = "byoc-train:latest"
-LOCAL_SERVE_IMAGES = {"local": "byoc-serve:cpu", "local_gpu": "byoc-serve:gpu"}
+LOCAL_SERVE_VARIANTS = {"local": "cpu", "local_gpu": "gpu"}
 
 
 @dataclass
@@ -86,8 +87,8 @@ def load(args: argparse.Namespace | None = None, environ=os.environ) -> Config:
                 break
     config = Config(**values)
     if config.is_local:
-        config.train_image = config.train_image or LOCAL_TRAIN_IMAGE
-        config.serve_image = config.serve_image or LOCAL_SERVE_IMAGES[config.local]
+        config.train_image = config.train_image or images.train_image(environ)
+        config.serve_image = config.serve_image or images.serve_image(LOCAL_SERVE_VARIANTS[config.local], environ)
         config.region = config.region or "us-east-1"  # the SDK wants one even offline
         config.role = config.role or "arn:aws:iam::111111111111:role/local-mode"  # never checked locally
     return config
@@ -98,5 +99,5 @@ def default_image_uris(config: Config, account: str) -> None:
     version = (ROOT / "VERSION").read_text().strip()
     registry = f"{account}.dkr.ecr.{config.region}.amazonaws.com"
     variant = "gpu" if config.serve_instance.split(".")[1][:1] in ("g", "p") else "cpu"
-    config.train_image = config.train_image or f"{registry}/byoc-train:{version}"
-    config.serve_image = config.serve_image or f"{registry}/byoc-serve-{variant}:{version}"
+    config.train_image = config.train_image or f"{registry}/{images.TRAIN_REPOSITORY}:{version}"
+    config.serve_image = config.serve_image or f"{registry}/{images.SERVE_REPOSITORY}-{variant}:{version}"

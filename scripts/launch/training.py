@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.spec.hyperparameters import to_sagemaker
+from contract.spec.metrics import METRIC_DEFINITIONS
 from launch.config import Config
-from trainer.hyperparameters import to_sagemaker
-from trainer.metrics import METRIC_DEFINITIONS
 
 CHANNELS = ("training", "validation", "test", "pretrained")
 PROJECT_TAG = {"Key": "project", "Value": "byoc-image-classifier"}

@@ -1,8 +1,8 @@
 """SageMaker's HyperparameterTuner around our training Estimator, from trainer/search_space.py."""
 from __future__ import annotations
 
-from trainer.metrics import METRIC_DEFINITIONS
-from trainer.search_space import SearchSpace, SearchSpaceError
+from contract.spec.metrics import METRIC_DEFINITIONS
+from contract.spec.search_space import SearchSpace, SearchSpaceError
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 
@@ -30,8 +30,13 @@ def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: i
     for Hyperband, which stops trials itself and allows no other early stopping.
     Grid search takes categorical parameters only and runs every combination.
     """
-    from sagemaker.tuner import (HyperbandStrategyConfig, HyperparameterTuner, StrategyConfig, WarmStartConfig,
-                                 WarmStartTypes)
+    from sagemaker.tuner import (
+        HyperbandStrategyConfig,
+        HyperparameterTuner,
+        StrategyConfig,
+        WarmStartConfig,
+        WarmStartTypes,
+    )
 
     if strategy not in STRATEGIES:
         raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")

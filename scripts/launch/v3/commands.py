@@ -37,7 +37,7 @@ def cmd_train(args, config, session):
 
 
 def cmd_tune(args, config, session):
-    from trainer import search_space
+    from contract.spec import search_space
 
     space = search_space.load(args.space)
     fixed = {**space.fixed, **parse_hps(args.hp)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.hyperparameters import BY_NAME, to_sagemaker
-from trainer.metrics import METRIC_DEFINITIONS
+from contract.spec.hyperparameters import parse_value, to_sagemaker
+from contract.spec.metrics import METRIC_DEFINITIONS
 
 from launch.config import Config
 from launch.training import PROJECT_TAG, channel_uri, output_location
@@ -24,7 +24,7 @@ def typed_hyperparameters(values: dict) -> dict:
     checked against the trainer's spec first; 'auto' and other words stay strings."""
     typed = {}
     for name, text in to_sagemaker(values).items():  # unknown names are refused here
-        value = BY_NAME[name].parse(text)
+        value = parse_value(name, text)
         typed[name] = value if isinstance(value, (bool, int, float, list, str)) else text
     return typed
 

@@ -3,8 +3,8 @@ search space (trainer/search_space.py) and metric definitions as the v2 tuner (l
 v3's tuner has no local mode: `sm.py tune --local` runs the Optuna study (launch/local_tuning.py)."""
 from __future__ import annotations
 
-from trainer.metrics import METRIC_DEFINITIONS
-from trainer.search_space import SearchSpace, SearchSpaceError
+from contract.spec.metrics import METRIC_DEFINITIONS
+from contract.spec.search_space import SearchSpace, SearchSpaceError
 
 from launch.tuning import STRATEGIES, best_hyperparameters, leaderboard  # noqa: F401 (one definition, both SDKs)
 

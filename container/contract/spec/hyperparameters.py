@@ -2,6 +2,7 @@
 
 The single source of truth: the trainer's CLI, the SageMaker scripts, the
 tuning search spaces and the README table are all built from HYPERPARAMETERS.
+Standard library only (see contract/spec/__init__.py): the host scripts read it too.
 
 SageMaker hands hyperparameters over as strings; the sagemaker-training
 toolkit JSON-decodes them and passes `--name value` arguments, so a boolean
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from contract.model import BACKBONES, STAGES
+from contract.spec.architecture import BACKBONES, STAGES
 
 
 class HyperparameterError(ValueError):
@@ -143,13 +145,15 @@ HYPERPARAMETERS = [
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
     Hyperparameter("augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"),
-    Hyperparameter("crop-scale", _crop_scale, 1.0, "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
+    Hyperparameter("crop-scale", _crop_scale, 1.0,
+                   "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
     Hyperparameter("feature-cache", str, "",
                    "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false"),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
     Hyperparameter("num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)"),
     # runtime
-    Hyperparameter("amp", parse_optional_bool, None, "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false"),
+    Hyperparameter("amp", parse_optional_bool, None,
+                   "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false"),
     Hyperparameter("channels-last", parse_bool, True, "NHWC memory format (faster convolutions on GPUs and oneDNN)"),
     Hyperparameter("seed", _non_negative(int), 0, "random seed for splits, initialisation and augmentation"),
     Hyperparameter("processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"),
@@ -179,6 +183,11 @@ def _with_choices(hp: Hyperparameter) -> Callable:
             raise ValueError(f"choose one of {', '.join(hp.choices)}; got {text!r}")
         return value
     return parse
+
+
+def parse_value(name: str, text: str):
+    """One hyperparameter's value as the trainer reads it (type, range and choices); ValueError if it would refuse it."""
+    return _with_choices(BY_NAME[name])(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -213,11 +222,43 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def as_strings(values: dict) -> dict[str, str]:
+    """Values as SageMaker hands them over: strings, lists comma-separated. Names are not checked
+    (the trainer refuses unknown ones with its one-line reason)."""
+    return {name: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            for name, value in values.items()}
+
+
 def to_sagemaker(values: dict) -> dict:
     """Hyperparameters for Estimator(hyperparameters=...): known names, string values."""
-    out = {}
-    for name, value in values.items():
+    for name in values:
         if name not in BY_NAME:
             raise HyperparameterError(f"unknown hyperparameter {name!r}; known: {', '.join(BY_NAME)}")
-        out[name] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    return out
+    return as_strings(values)
+
+
+def to_argv(values: dict) -> list[str]:
+    """`--name value` arguments, as the sagemaker-training toolkit passes them to train.py."""
+    return [item for name, value in as_strings(values).items() for item in (f"--{name}", value)]
+
+
+def typed_value(text: str):
+    """'3' -> 3, '0.01' -> 0.01, anything else as it is: JSON-friendly, and as Optuna compares values."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_assignments(items: list[str], typed: bool = False) -> dict:
+    """The command lines' `--hp name=value` items: ['epochs=3', 'lr=0.01'] -> {'epochs': '3', 'lr': '0.01'}
+    (with typed: {'epochs': 3, 'lr': 0.01}). Values are not checked here: the trainer does that."""
+    hps = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise HyperparameterError(f"expected name=value, got {item!r}")
+        hps[name.strip()] = typed_value(value.strip()) if typed else value
+    return hps

@@ -15,13 +15,10 @@ environment, not the request.
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "container"))
+import torch._dynamo  # noqa: F401  (what the optimiser would import during the trial)
 
-import torch._dynamo  # noqa: E402,F401  (what the optimiser would import during the trial)
-
-from trainer import train  # noqa: E402
+from trainer import train  # the checkout's container/ is on PYTHONPATH (runners.ProcessRunner.slot_env)
 
 if __name__ == "__main__":
     line = sys.stdin.readline()

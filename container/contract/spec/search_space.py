@@ -14,13 +14,18 @@ Presets are the two seeds' searches. A user's own space is a JSON file:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import metrics
-from trainer.hyperparameters import BY_NAME
+from contract.spec import metrics
+from contract.spec.hyperparameters import BY_NAME, parse_value
 
 TYPES = ("continuous", "integer", "categorical")
+# The local tuner's line for each finished trial (`trial 3 COMPLETE 0.41 in 12 s: ...`);
+# scripts/run_local.py counts them for its progress bar.
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+TRIAL_FINISHED = re.compile(rf"^trial (\d+) ({'|'.join(TRIAL_STATES)})\b")
 SCALINGS = ("linear", "log")
 
 
@@ -48,7 +53,7 @@ class Parameter:
             if not self.values:
                 raise SearchSpaceError(f"{self.name}: a categorical parameter needs values")
             for value in self.values:  # every value must be one the trainer accepts
-                BY_NAME[self.name].parse(str(value))
+                parse_value(self.name, str(value))
         else:
             if self.low is None or self.high is None or not self.low < self.high:
                 raise SearchSpaceError(f"{self.name}: needs low < high")
@@ -74,7 +79,7 @@ class SearchSpace:
 
     @property
     def objective_regex(self) -> str:
-        return next(d["Regex"] for d in metrics.METRIC_DEFINITIONS if d["Name"] == self.objective_metric)
+        return metrics.regex(self.objective_metric)
 
 
 PRESETS = {

@@ -1,0 +1,61 @@
+"""What the machine can do without a server: its CPU's instruction sets, the
+in-process forward limit of a precision (best batch size, channels-last), and
+what decoding and resizing one image costs (with and without JPEG draft mode)."""
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from contract import artifact
+from contract.preprocess import decode_image, eval_transform
+from server import precision
+from server.settings import PRECISION_FLAGS, Settings
+
+BATCH_SIZES = (1, 4, 8, 16)
+
+
+def cpu_flags() -> str:
+    return Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}).cpu_flags
+
+
+def served_model(model_dir, settings: Settings) -> torch.nn.Module:
+    """The model exactly as the server's model_fn prepares it for `settings`."""
+    model, config = artifact.load(model_dir)
+    model = model.eval().to(memory_format=torch.channels_last)
+    return precision.prepare(model, settings, model_dir, artifact.preprocessing(config))
+
+
+def forward_limit(model: torch.nn.Module, image_size: int, seconds: float) -> tuple[float, int]:
+    """(images/s at the best batch size, that batch size), each size run for about `seconds`."""
+    best = (0.0, 1)
+    with torch.inference_mode():
+        for batch in BATCH_SIZES:
+            x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+            model(x)  # first pass: kernel choice, buffers
+            done, began = 0, time.perf_counter()
+            while time.perf_counter() - began < seconds or done < 2 * batch:
+                model(x)
+                done += batch
+            best = max(best, (done / (time.perf_counter() - began), batch))
+    return best
+
+
+def decode_ms(data: bytes, prep, repeats: int = 10) -> dict[str, float]:
+    """Median ms of decode + eval_transform: ours (draft-mode JPEG) and a full decode."""
+    def median(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - began)
+        return float(np.median(times) * 1000)
+
+    return {"draft": median(lambda: eval_transform(decode_image(data, prep), prep)),
+            "full": median(lambda: eval_transform(Image.open(io.BytesIO(data)).convert("RGB"), prep))}
+
+
+__all__ = ["BATCH_SIZES", "PRECISION_FLAGS", "cpu_flags", "decode_ms", "forward_limit", "served_model"]

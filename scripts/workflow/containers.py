@@ -1,0 +1,53 @@
+"""The container commands the stages run: the engine, GPU flags, the training image with this repository."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import container_engine
+from contract.spec import images
+
+from .stages import ROOT
+
+IMAGE_HUB_CACHE = "/opt/torch/hub/checkpoints"  # the training image's torch hub cache (TORCH_HOME=/opt/torch)
+# passed on to the containers when set: the trainer's archive limits, its weights mirror
+FORWARDED_ENV = ("TRAINER_ARCHIVE_MAX_BYTES", "TRAINER_ARCHIVE_MAX_MEMBERS", "TRAINER_ARCHIVE_MAX_DEPTH",
+                 "WEIGHTS_MIRROR_URL")
+
+
+def default_weights_cache() -> Path:
+    """The host's own torch hub cache: weights torchvision fetched on this machine are found there too."""
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+class Containers:
+    def __init__(self, gpu: bool, weights_cache: Path | None):
+        try:
+            found = container_engine.setup()
+        except container_engine.EngineError as exc:
+            sys.exit(f"no container engine: {exc}")
+        self.cli, self.env = found.cli, found.env
+        self.train_image = images.train_image()
+        self.serve_variant = "gpu" if gpu else "cpu"
+        self.serve_image = images.serve_image(self.serve_variant)
+        self.gpu_flags = container_engine.gpu_flags(self.cli) if gpu else []
+        self.weights_cache = (weights_cache or default_weights_cache()).resolve()
+
+    def image_id(self, image: str) -> str:
+        out = subprocess.run([self.cli, "image", "inspect", "--format", "{{.Id}}", image], env=self.env,
+                             capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def in_training_image(self, *args: str, mounts: list[str] = ()) -> list[str]:
+        """A command run in the training image, with the repository mounted read-only at /src."""
+        volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
+        return [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), *volumes, self.train_image, *args]
+
+    def trainer_flags(self) -> list[str]:
+        """What every trainer run gets: the host's weights cache as the image's hub cache, forwarded settings."""
+        self.weights_cache.mkdir(parents=True, exist_ok=True)
+        env = [item for name in FORWARDED_ENV if name in os.environ for item in ("-e", f"{name}={os.environ[name]}")]
+        return ["-v", f"{self.weights_cache}:{IMAGE_HUB_CACHE}", *env]

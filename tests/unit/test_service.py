@@ -1,0 +1,58 @@
+"""InferenceService (server/service.py): the handler stages wired together, in process."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.errors import RequestError
+from server.service import InferenceService, requested_top_k
+from server.settings import Settings
+from serving_fixtures import Reference, encode, make_model_dir, sample_image
+
+USER_OUTPUT_FN = """
+    def output_fn(prediction, accept):
+        return "classes=%d" % prediction.shape[-1], "text/plain"
+"""
+
+
+def settings() -> Settings:
+    return Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH_SIZE": "2"})
+
+
+def test_default_stages_answer_like_training(tmp_path):
+    model_dir = make_model_dir(tmp_path / "model")
+    service = InferenceService(model_dir, settings())
+    service.start_in_worker()
+    try:
+        image = encode(sample_image(2), "JPEG")
+        body, kind = service.invoke(image, "image/jpeg", None, "top_k=1")
+        best = json.loads(body)["predictions"]
+        expected = Reference(model_dir).for_images(image)[0]
+        assert kind == "application/json" and len(best) == 1
+        assert best[0]["index"] == int(expected.argmax())
+        assert service.last_batch_size() == 1
+    finally:
+        service.close()
+
+
+def test_user_output_fn_replaces_the_default(tmp_path):
+    service = InferenceService(make_model_dir(tmp_path / "model", inference_code=USER_OUTPUT_FN), settings(),
+                               module_name="inference_unit")
+    service.start_in_worker()
+    try:
+        assert service.overridden == ["output_fn"]
+        assert service.invoke(encode(sample_image(), "PNG"), "image/png", None, None) == ("classes=6", "text/plain")
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("attributes, top_k", [(None, 5), ("top_k=2", 2), (" top_k = 3 ;", 3)])
+def test_requested_top_k(attributes, top_k):
+    assert requested_top_k(attributes) == top_k
+
+
+@pytest.mark.parametrize("attributes", ["top_k=0", "top_k=x", "colour=red"])
+def test_bad_custom_attributes(attributes):
+    with pytest.raises(RequestError):
+        requested_top_k(attributes)
