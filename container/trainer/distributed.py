@@ -49,9 +49,12 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
         # Talk over the interface SageMaker names (resourceconfig.json's
         # network_interface_name), as its own framework images do: gloo would
         # otherwise take the address the container's host name resolves to.
-        interface = os.environ.get("SM_NETWORK_INTERFACE_NAME", "eth0")
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        # SDK v3's local mode names "ethwe", which its containers lack: then eth0, else gloo's choice.
+        named = os.environ.get("SM_NETWORK_INTERFACE_NAME", "eth0")
+        interface = next((name for name in (named, "eth0") if os.path.exists(f"/sys/class/net/{name}")), None)
+        if interface:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
            f"--node-rank={all_hosts.index(current)}",

@@ -4,67 +4,38 @@ from __future__ import annotations
 import io
 import json
 
-import boto3
 import pytest
 from botocore.response import StreamingBody
-from botocore.stub import Stubber
 
-from contract.spec.metrics import METRIC_DEFINITIONS
+from helpers.sagemaker_requests import (
+    MODEL_DATA,
+    TRAINING_CHANNELS,
+    TRAINING_HPS,
+    aws_config,
+    check_autoscaling,
+    check_deployment,
+    check_training_job,
+    check_transform_job,
+    check_tuning_job,
+    stubbed_boto_session,
+)
 from helpers.training import ROOT
 from launch import config as configuration
 from launch import hosting, training
 
-REGION = "eu-west-1"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-TRAIN_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/byoc-train:0.1.0"
-SERVE_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/byoc-serve-cpu:0.1.0"
-
-
-class Recorder:
-    """Stubbed clients that keep every request they validated."""
-
-    def __init__(self, boto_session):
-        self.requests: list[tuple[str, dict]] = []
-        self.stubbers: dict[str, Stubber] = {}
-        self.clients = {}
-        for service in ("sagemaker", "sagemaker-runtime", "application-autoscaling"):
-            client = boto_session.client(service, region_name=REGION)
-            client.meta.events.register("before-parameter-build.*.*", self._keep)
-            self.clients[service] = client
-            self.stubbers[service] = Stubber(client)
-            self.stubbers[service].activate()
-
-    def _keep(self, params, model, **kwargs):
-        self.requests.append((model.name, dict(params)))
-
-    def expect(self, service: str, operation: str, response: dict | None = None) -> None:
-        self.stubbers[service].add_response(operation, response or {})
-
-    def request(self, operation: str) -> dict:
-        matches = [params for name, params in self.requests if name == operation]
-        assert matches, f"no {operation} request; made: {[name for name, _ in self.requests]}"
-        return matches[-1]
+pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
 
 
 @pytest.fixture
 def aws(monkeypatch):
     import sagemaker
 
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
-    recorder = Recorder(boto_session)
+    boto_session, recorder = stubbed_boto_session(monkeypatch)
     session = sagemaker.Session(boto_session=boto_session, sagemaker_client=recorder.clients["sagemaker"],
                                 sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
                                 sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {
                                     "PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
-    # Application Auto Scaling's client comes from the boto session: hand out the stubbed one
-    original_client = boto_session.client
-    monkeypatch.setattr(boto_session, "client", lambda name, *a, **k: recorder.clients.get(name) or
-                        original_client(name, *a, **k))
-    config = configuration.Config(region=REGION, role=ROLE, s3_prefix="s3://my-bucket/byoc",
-                                  train_image=TRAIN_IMAGE, serve_image=SERVE_IMAGE, spot=True,
-                                  max_wait_s=7200, max_run_s=3600)
-    yield session, config, recorder
+    yield session, aws_config(), recorder
     for stubber in recorder.stubbers.values():
         stubber.assert_no_pending_responses()
 
@@ -74,27 +45,13 @@ def test_create_training_job(aws):
     recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/x"})
     name = "byoc-train-test"
     debugger = {"debugger_hook_config": False, "disable_profiler": True}
-    estimator = training.estimator(session, config, {"lr": 0.01, "head": [256], "epochs": 3}, name,
+    estimator = training.estimator(session, config, TRAINING_HPS, name,
                                    debugger=debugger, tags=[{"Key": "team", "Value": "vision"}])
-    estimator.fit(training.inputs(session, config, {"training": "s3://my-bucket/dogImages.zip",
-                                                    "validation": "s3://my-bucket/valid/"}),
-                  job_name=name, wait=False)
+    estimator.fit(training.inputs(session, config, TRAINING_CHANNELS), job_name=name, wait=False)
     request = recorder.request("CreateTrainingJob")
     assert request["TrainingJobName"] == name
-    spec = request["AlgorithmSpecification"]
-    assert spec["TrainingImage"] == TRAIN_IMAGE and spec["TrainingInputMode"] == "File"
-    assert spec["MetricDefinitions"] == METRIC_DEFINITIONS
+    check_training_job(request, name)
     assert request["HyperParameters"] == {"lr": "0.01", "head": "256", "epochs": "3"}
-    assert request["RoleArn"] == ROLE
-    assert request["EnableManagedSpotTraining"] is True
-    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
-    assert request["CheckpointConfig"]["S3Uri"] == f"s3://my-bucket/byoc/checkpoints/{name}"
-    assert request["OutputDataConfig"]["S3OutputPath"] == "s3://my-bucket/byoc/output"
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
-    assert channels == {"training": "s3://my-bucket/dogImages.zip", "validation": "s3://my-bucket/valid/"}
-    assert request["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
-    assert {"Key": "project", "Value": "byoc-image-classifier"} in request["Tags"]
-    assert {"Key": "team", "Value": "vision"} in request["Tags"]
 
 
 def test_deploy_with_autoscaling(aws):
@@ -104,26 +61,16 @@ def test_deploy_with_autoscaling(aws):
     recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/e"})
     recorder.expect("application-autoscaling", "register_scalable_target")
     recorder.expect("application-autoscaling", "put_scaling_policy", {"PolicyARN": "arn:aws:autoscaling:p"})
-    served = hosting.model(session, config, "s3://my-bucket/byoc/output/job/output/model.tar.gz", name="dogs-model")
+    served = hosting.model(session, config, MODEL_DATA, name="dogs-model")
     predictor = hosting.deploy(served, config, "dogs", instance_count=2, wait=False)
     hosting.autoscale(session, "dogs", 1, 4, 100)
 
-    model = recorder.request("CreateModel")
-    assert model["ModelName"] == "dogs-model"
-    assert model["PrimaryContainer"]["Image"] == SERVE_IMAGE
-    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://my-bucket/byoc/output/job/output/model.tar.gz"
-    assert model["ExecutionRoleArn"] == ROLE
+    check_deployment(recorder.request("CreateModel"), recorder.request("CreateEndpointConfig"), "dogs-model")
     variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
-    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 2
     assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
     assert variant["ModelDataDownloadTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
     assert recorder.request("CreateEndpoint")["EndpointName"] == "dogs"
-    target = recorder.request("RegisterScalableTarget")
-    assert target["ResourceId"] == "endpoint/dogs/variant/AllTraffic"
-    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
-    policy = recorder.request("PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"]
-    assert policy["TargetValue"] == 100.0
-    assert policy["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+    check_autoscaling(recorder.request("RegisterScalableTarget"), recorder.request("PutScalingPolicy"))
     assert predictor.endpoint_name == "dogs"
 
 
@@ -168,13 +115,7 @@ def test_batch_transform(aws):
         "CreationTime": "2026-01-01T00:00:00Z"})
     served = hosting.model(session, config, "s3://b/model.tar.gz", name="m")
     hosting.transform(served, config, "s3://b/in/", "s3://b/out/", max_payload_mb=20)
-    job = recorder.request("CreateTransformJob")
-    assert job["ModelName"] == "m"
-    assert job["BatchStrategy"] == "SingleRecord" and job["MaxPayloadInMB"] == 20
-    assert job["TransformInput"]["ContentType"] == "application/x-image"
-    assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/in/"
-    assert job["TransformOutput"] == {"S3OutputPath": "s3://b/out/", "Accept": "application/json"}
-    assert job["Environment"] == {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}
+    check_transform_job(recorder.request("CreateTransformJob"), "m")
 
 
 def test_cleanup_deletes_endpoint_config_and_model(aws):
@@ -228,28 +169,7 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
                          warm_start_parents=["byoc-tune-old"], epochs=5)
     tuner.fit(training.inputs(session, config, {"training": "s3://my-bucket/dogImages.zip"}), wait=False)
 
-    request = recorder.request("CreateHyperParameterTuningJob")
-    job = request["HyperParameterTuningJobConfig"]
-    assert job["Strategy"] == strategy
-    assert job["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "validation:loss"}
-    assert job["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3}
-    assert job["TrainingJobEarlyStoppingType"] == ("Auto" if strategy == "Bayesian" else "Off")
-    continuous = {r["Name"]: r for r in job["ParameterRanges"]["ContinuousParameterRanges"]}
-    assert continuous["lr"] == {"Name": "lr", "MinValue": "1e-05", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
-    assert continuous["eps"]["ScalingType"] == "Logarithmic" and continuous["eps"]["MinValue"] == "1e-09"
-    assert continuous["weight-decay"]["MaxValue"] == "0.1"
-    categorical = job["ParameterRanges"]["CategoricalParameterRanges"]
-    assert categorical == [{"Name": "batch-size", "Values": ["64", "128"]}]
-    if strategy == "Hyperband":
-        assert job["StrategyConfig"]["HyperbandStrategyConfig"] == {"MinResource": 1, "MaxResource": 5}
-    definition = request["TrainingJobDefinition"]
-    assert definition["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
-    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
-    static = definition["StaticHyperParameters"]
-    assert static["optimizer"] == "adamw" and static["head"] == "256,128" and static["backbone"] == "resnet50"
-    assert not {"lr", "eps", "weight-decay", "batch-size"} & set(static)
-    assert request["WarmStartConfig"] == {"ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "byoc-tune-old"}],
-                                          "WarmStartType": "IdenticalDataAndAlgorithm"}
+    check_tuning_job(recorder.request("CreateHyperParameterTuningJob"), strategy)
 
 
 def test_grid_needs_categorical_parameters(aws):

@@ -1,15 +1,15 @@
-"""SageMaker local mode end to end on the images the test run built, with no AWS credentials."""
+"""SageMaker local mode end to end on the images the test run built, with no AWS credentials:
+the v2 path (`sm.py --sdk v2` in .venv-sdk-v2); test_sagemaker_local_v3.py runs the v3 one."""
 from __future__ import annotations
 
 import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from helpers.training import ROOT, build_image
+from helpers.training import ROOT, SDK_V2_PYTHON, build_image
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def images(engine):
 
 def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
-    env["HOME"] = str(workdir)  # no ~/.aws to find credentials in
-    result = subprocess.run([sys.executable, "scripts/sm.py", *args, "--local", "--workdir", str(workdir)],
+    env.update(HOME=str(workdir), SAGEMAKER_SUPPRESS_V2_WARNING="1")  # HOME: no ~/.aws to find credentials in
+    result = subprocess.run([str(SDK_V2_PYTHON), "scripts/sm.py", *args, "--sdk", "v2", "--local", "--workdir", str(workdir)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

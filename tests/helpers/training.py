@@ -12,6 +12,7 @@ from contract.spec import hyperparameters, paths, presets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = ROOT / "container"
+SDK_V2_PYTHON = ROOT / ".venv-sdk-v2" / "bin" / "python"  # scripts/test.sh's SageMaker SDK v2 environment
 
 # Small and fast, yet learns the sample data to well above chance in seconds (as SageMaker passes them: strings).
 FAST_HPS = hyperparameters.as_strings(presets.DEMO)

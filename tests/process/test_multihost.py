@@ -18,7 +18,7 @@ import yaml
 
 from contract import artifact
 from contract.spec import metrics
-from helpers.training import FAST_HPS, ROOT, build_image, run_trainer
+from helpers.training import FAST_HPS, ROOT, SDK_V2_PYTHON, build_image, run_trainer
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 # few images and only the head trained: the shares, not the learning, are under test
@@ -102,8 +102,10 @@ def test_two_processes_report_global_skips_and_metrics(small_data, tmp_path):
 
 # -- two hosts: SageMaker local mode with instance_count=2 ----------------------
 
-# docker-compose's prefix on each container's lines: "<random>-algo-2-<job suffix>  | text"
-COMPOSE_LINE = re.compile(r"^\S+-(algo-\d+)-[a-z0-9]+\s+\| ?(.*)$")
+# docker-compose's prefix on each container's lines: "<random>-algo-2-<job suffix>  | text" (v2),
+# "algo-2_1  | text" (v3, whose compose file names no containers: compose names them <job>_algo-2_1)
+COMPOSE_LINE = re.compile(r"^(?:\S*?-)?(algo-\d+)(?:[-_][a-z0-9]+)?\s+\| ?(.*)$")
+HOST = re.compile(r"algo-\d+")  # a compose service's host: algo-1-<suffix> (v2), algo-1 (v3)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOCAL_NETWORK = "sagemaker-local"  # the one network the SDK's compose files name
 
@@ -120,8 +122,9 @@ def logs_by_host(output: str) -> dict[str, str]:
 def remove_job_containers(engine, jobs_root: Path) -> None:
     """Local mode never runs `compose down`: remove this job's containers (named in its compose
     file), and the SDK's network unless another job still uses it (rm refuses then)."""
-    names = [service["container_name"] for compose in jobs_root.glob("*/docker-compose.yaml")
-             for service in yaml.safe_load(compose.read_text())["services"].values()]
+    names = [service.get("container_name", f"{compose.parent.name}_{host}_1")  # v3: compose's default name
+             for compose in jobs_root.glob("*/docker-compose.yaml")
+             for host, service in yaml.safe_load(compose.read_text())["services"].items()]
     if names:
         subprocess.run([engine.cli, "rm", "-f", *names], env=engine.env, capture_output=True, timeout=120)
     subprocess.run([engine.cli, "network", "rm", LOCAL_NETWORK], env=engine.env, capture_output=True, timeout=60)
@@ -132,15 +135,21 @@ def train_image(engine):
     build_image(engine, "train")
 
 
-def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, small_data, tmp_path):
+@pytest.mark.parametrize("sdk", ["v3", "v2"])
+def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, small_data, tmp_path, sdk):
+    """v3: ModelTrainer(Mode.LOCAL_CONTAINER, instance_count=2); v2: Estimator(instance_type="local")."""
     data = tmp_path / "dogImages"
     corrupt = data_with_corrupt_files(small_data, data)
-    jobs_root = tmp_path / "jobs"  # local mode's per-job folder (tempfile.mkdtemp) lands here
+    # the job's folder: v2 makes it with tempfile.mkdtemp, v3 is given <workdir>/jobs/<job name>
+    jobs_root = tmp_path / "jobs"
     jobs_root.mkdir()
     env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
     env.update(HOME=str(tmp_path), TMPDIR=str(jobs_root))  # HOME: no ~/.aws to find credentials in
-    command = [sys.executable, "scripts/sm.py", "train", "--local", "--train-instance-count", "2",
-               "--workdir", str(tmp_path), "--data", str(data),
+    if sdk == "v2":
+        env["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
+    python = sys.executable if sdk == "v3" else str(SDK_V2_PYTHON)
+    command = [python, "scripts/sm.py", "train", "--sdk", sdk, "--local", "--train-instance-count", "2",
+               "--workdir", str(tmp_path), "--data", str(data), "--job-name", "two-hosts",
                *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")]]
     try:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -152,23 +161,24 @@ def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, 
     logs = logs_by_host(result.stdout)
     assert sorted(logs) == ["algo-1", "algo-2"], result.stdout[-3000:]
     (compose,) = jobs_root.glob("*/docker-compose.yaml")
-    hosts = sorted(yaml.safe_load(compose.read_text())["services"])  # algo-1-<suffix>, algo-2-<suffix>
-    assert [h.rsplit("-", 1)[0] for h in hosts] == ["algo-1", "algo-2"]
+    hosts = sorted(yaml.safe_load(compose.read_text())["services"])
+    assert [HOST.match(h).group(0) for h in hosts] == ["algo-1", "algo-2"]
     for node, host in enumerate(hosts):
-        log = logs[host.rsplit("-", 1)[0]]
+        log = logs[HOST.match(host).group(0)]
         # each host started its own torchrun node, and its rank trained a share of every epoch
         launch = re.search(r"launching 1 process\(es\) per host on 2 host\(s\): .*", log)
         assert launch and f"--node-rank={node} --master-addr={hosts[0]}" in launch.group(0), log[-3000:]
         shares = re.findall(rf"\[rank {node}/2 on {host}\] epoch \d+: trained on [1-9]\d* images", log)
         assert len(shares) == 2, log[-3000:]
-    master, worker = (logs[h.rsplit("-", 1)[0]] for h in hosts)
+    master, worker = (logs[HOST.match(h).group(0)] for h in hosts)
 
     # one writer: the master prints the metrics and writes the model and the report
     assert len(metrics.parse_log(master)["validation:loss"]) == 2
     assert metrics.parse_log(worker) == {}
     assert "model written to" in master and "model written to" not in worker
     # local mode gives the hosts one model folder, and merges their output folders into output.tar.gz
-    with tarfile.open(tmp_path / "output" / "output.tar.gz") as archive:
+    delivered = compose.parent / "compressed_artifacts" if sdk == "v3" else tmp_path / "output"
+    with tarfile.open(delivered / "output.tar.gz") as archive:
         archive.extractall(tmp_path / "delivered", filter="data")
     training = check_global_counts(master + "\n" + worker, tmp_path / "delivered" / "data", compose.parent / "model",
                                    corrupt, data / "test", world=2)
