@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 import container_path  # noqa: E402,F401  (first: container/ on the import path)
 from launch import config as configuration  # noqa: E402
 from launch import hosting, training, tuning  # noqa: E402
-from launch.cli import local_channels, parse_hps, parse_tags, print_top  # noqa: E402
+from launch.cli import (  # noqa: E402
+    add_environment_arguments,
+    job_environment,
+    local_channels,
+    parse_hps,
+    parse_tags,
+    print_top,
+)
 from launch.session import make_session, remove_local_containers  # noqa: E402
 
 
@@ -40,7 +47,7 @@ def cmd_train(args, config, session):
         sources = local_channels(sources, args.workdir.resolve())
     name = args.job_name or training.job_name()
     estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args, config),
-                                   tags=parse_tags(args.tag), workdir=args.workdir)
+                                   tags=parse_tags(args.tag), workdir=args.workdir, environment=job_environment(args))
     estimator.fit(training.inputs(session, config, sources), job_name=name, wait=not args.no_wait,
                   logs="All" if not args.no_wait else None)
     if args.no_wait:
@@ -72,7 +79,7 @@ def cmd_tune(args, config, session):
     else:
         sources = {"training": args.data, "validation": args.validation, "test": args.test}
         estimator = training.estimator(session, config, fixed, "byoc-tune-trial", debugger=None,
-                                       tags=parse_tags(args.tag))
+                                       tags=parse_tags(args.tag), environment=job_environment(args))
         tuner = tuning.tuner(estimator, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
                              args.warm_start.split(",") if args.warm_start else None,
                              epochs=int(fixed.get("epochs", 5)))
@@ -203,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subnet", action="append", default=[], help="VPC subnet (v3; repeat for more)")
     train.add_argument("--security-group", action="append", default=[], help="VPC security group (v3)")
     train.add_argument("--network-isolation", action="store_true", help="no network inside the container (v3)")
+    add_environment_arguments(train)
 
     deploy = command("deploy", cmd_deploy, "deploy a model to a real-time endpoint")
     deploy.add_argument("--model-data", required=True, help="model.tar.gz: S3 URI (file:// in local mode)")
@@ -236,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validation")
     tune.add_argument("--test")
     tune.add_argument("--space", default="seed2", help="preset (seed1, seed2) or a JSON file")
+    add_environment_arguments(tune)
     tune.add_argument("--strategy", choices=tuning.STRATEGIES, default="Bayesian")
     tune.add_argument("--max-jobs", type=int, default=20)
     tune.add_argument("--max-parallel-jobs", type=int, default=2)

@@ -13,6 +13,8 @@ Metric names are the metric lines' (trainer/metrics.py: `validation:loss` ...), 
 step = epoch; per optimiser step `train:step_loss` and `train:learning_rate` at step = the
 global step; `test:loss`/`test:accuracy` once at the end.
 
+The variables' names are contract/spec/tracking.py's.
+
 Rank 0 only. A tracking server never fails or stalls training: the client's HTTP retries and
 timeout are bounded, the server is asked once at the start (CONNECT_TIMEOUT_S), and every call
 to it is made by one background thread fed through a bounded queue; the first failure is logged
@@ -35,6 +37,15 @@ import time
 import traceback
 from pathlib import Path
 
+from contract.spec.tracking import (
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_ENV,
+    PARENT_RUN_ENV,
+    REGISTER_ENV,
+    RUN_NAME_ENV,
+    TRACKING_URI_ENV,
+)
+
 SCALARS_FILE = "scalars.jsonl"
 CONNECT_TIMEOUT_S = 10.0  # the first contact, the only one training waits for
 CLOSE_TIMEOUT_S = 120.0  # what the end of the job waits for queued metrics and artifacts
@@ -44,8 +55,6 @@ BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 SYSTEM_METRICS_ENV = "TRAINER_MLFLOW_SYSTEM_METRICS_S"  # sampling interval, seconds (default 10)
-PARENT_RUN_ENV, RUN_NAME_ENV, REGISTER_ENV = ("TRAINER_MLFLOW_PARENT_RUN_ID", "TRAINER_MLFLOW_RUN_NAME",
-                                              "TRAINER_MLFLOW_REGISTER_MODEL")
 # A SageMaker tuning job names its training jobs <tuning job>-<NNN>-<8 hex digits>
 TUNING_JOB_NAME = re.compile(r"^(?P<tuning>.+)-\d{3}-[0-9a-f]{8}$")
 
@@ -266,7 +275,7 @@ def tuning_parent(client, experiment_id: str, job_name: str) -> str | None:
 
 
 def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    uri = os.environ.get(TRACKING_URI_ENV, "").strip()
     if not uri:
         return None
     for name, value in HTTP_SETTINGS.items():
@@ -283,7 +292,7 @@ def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
             say(f"MLflow at {uri} is not reachable after {time.monotonic() - asked:.1f} s ({problem}); "
                 "training goes on without it")
             return None
-        experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "byoc-image-classifier")
+        experiment_name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
         job = os.environ.get("TRAINING_JOB_NAME", "")

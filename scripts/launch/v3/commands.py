@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from launch.cli import local_channels, parse_hps, parse_tags, print_top
+from launch.cli import job_environment, local_channels, parse_hps, parse_tags, print_top
 from launch.v3 import hosting, local, training, tuning
 
 
@@ -22,7 +22,7 @@ def cmd_train(args, config, session):
     name = args.job_name or _job_name()
     root = args.workdir.resolve() / "jobs" / name
     trainer = training.model_trainer(session, config, parse_hps(args.hp), name, tags=parse_tags(args.tag),
-                                     container_root=root, subnets=args.subnet or None,
+                                     environment=job_environment(args), container_root=root, subnets=args.subnet or None,
                                      security_group_ids=args.security_group or None,
                                      network_isolation=args.network_isolation)
     trainer.train(input_data_config=training.input_data(session, config, sources), wait=not args.no_wait,
@@ -58,7 +58,7 @@ def cmd_tune(args, config, session):
         raise SystemExit("--data (the training channel) is required to start a tuning job")
     sources = {"training": args.data, "validation": args.validation, "test": args.test}
     trainer = training.model_trainer(session, config, fixed, "byoc-tune-trial", tags=parse_tags(args.tag),
-                                     tensorboard=False)
+                                     environment=job_environment(args), tensorboard=False)
     tuner = tuning.tuner(trainer, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
                          args.warm_start.split(",") if args.warm_start else None, epochs=int(fixed.get("epochs", 5)))
     tuner.tune(inputs=training.input_data(session, config, sources), wait=False)
