@@ -13,7 +13,7 @@
                and file-backed (mapped libraries paged in from the page cache)
     bounds     what each JSON / NPY body gets back (status, reason, time)
 
-The model is scripts/bench_serving.py's: ResNet50, 256-unit head, 133 classes.
+The model is the serving benchmark's (scripts/serving_bench/workload.py): ResNet50, 256-unit head, 133 classes.
 
     .venv/bin/python scripts/bench_serving_memory.py                  # all sections
     .venv/bin/python scripts/bench_serving_memory.py --sections soak --env MALLOC_ARENA_MAX=0
@@ -34,9 +34,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import bench_serving as bench
-from bench_serving import CONTAINER, Server, free_port, make_images, make_model_dir, process_tree, request
+import container_path  # noqa: F401  (first: container/ on the import path)
 from crafted_png import decompression_bomb_png
+from localnet import free_port
+from serving_bench.loadgen import REQUEST_TIMEOUT, request
+from serving_bench.servers import CONTAINER, Server, process_tree, server_env
+from serving_bench.workload import make_images, make_model_dir
 
 SECTIONS = ("readiness", "memory", "soak", "bounds")
 START_TIMEOUT = 300.0
@@ -45,10 +48,10 @@ SOAK_MARKS = (500, 1000, 2000, 3000, 4000, 5000)
 
 def start(model_dir: Path, work: Path, container: Path, workers: int, **env: str) -> Server:
     port = free_port()
-    server_env = bench.server_env(SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_HOST="127.0.0.1",
+    env_of_server = server_env(SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_HOST="127.0.0.1",
                                   SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
                                   **env)
-    return Server(f"serve-{workers}w", [sys.executable, str(container / "serve")], port, server_env,
+    return Server(f"serve-{workers}w", [sys.executable, str(container / "serve")], port, env_of_server,
                   work / f"serve-{workers}w-{port}.log")
 
 
@@ -82,7 +85,7 @@ def burst(port: int, body: bytes, count: int) -> list[int]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(bench.REQUEST_TIMEOUT + 30)
+        thread.join(REQUEST_TIMEOUT + 30)
     return statuses
 
 
@@ -132,7 +135,7 @@ def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_ca
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(max(0.0, deadline + bench.REQUEST_TIMEOUT + 5 - time.perf_counter()))
+        thread.join(max(0.0, deadline + REQUEST_TIMEOUT + 5 - time.perf_counter()))
     return state
 
 

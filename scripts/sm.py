@@ -8,6 +8,10 @@
     sm.py transform --model-data s3://.../model.tar.gz --input s3://bucket/images/ --output s3://bucket/preds/
     sm.py cleanup   --endpoint-name dogs
 
+Every command runs on the SageMaker Python SDK v3 (scripts/launch/v3/) unless --sdk v2 asks for
+the v2 path (this file's commands, until v2's end of support on 2027-07-06; it needs an environment
+with sagemaker<3, such as tests/requirements-sdk-v2.txt's). Debugger rules and the profiler: v2 only.
+
 Configuration (region, role, image URIs, S3 prefix, instance types) comes
 from flags, BYOC_* variables or byoc.toml: see scripts/launch/config.py.
 In local mode an endpoint lives as long as `deploy` runs: it serves until
@@ -17,53 +21,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # the project chose SDK v2 on purpose
 
 import container_path  # noqa: E402,F401  (first: container/ on the import path)
-from contract.spec.hyperparameters import HyperparameterError, parse_assignments  # noqa: E402
 from launch import config as configuration  # noqa: E402
 from launch import hosting, training, tuning  # noqa: E402
+from launch.cli import (  # noqa: E402
+    add_environment_arguments,
+    job_environment,
+    local_channels,
+    parse_hps,
+    parse_tags,
+    print_top,
+)
 from launch.session import make_session, remove_local_containers  # noqa: E402
-
-
-def parse_hps(items: list[str]) -> dict:
-    try:
-        return parse_assignments(items)
-    except HyperparameterError as exc:
-        raise SystemExit(f"--hp: {exc}") from None
-
-
-def parse_tags(items: list[str]) -> list[dict]:
-    return [{"Key": k, "Value": v} for k, _, v in (item.partition("=") for item in items)]
-
-
-def print_top(source: str, result: dict) -> None:
-    top = result["predictions"]
-    print(f"{source}: " + ", ".join(f"{p['label']} {p['probability']:.3f}" for p in top))
-
-
-def local_channels(sources: dict, workdir: Path) -> dict:
-    """Local mode mounts a file's whole folder as its channel (the SDK's LocalFileDataSource), where
-    SageMaker delivers the one object: a file (dogImages.zip, a .pth) gets a channel folder holding only it."""
-    staged = dict(sources)
-    for name, source in sources.items():
-        path = Path(source) if source and not source.startswith(("s3://", "file://")) else None
-        if path is None or not path.is_file():
-            continue
-        folder = workdir / "channels" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        try:
-            os.link(path.resolve(), folder / path.name)  # no copy of a large archive where a link will do
-        except OSError:
-            shutil.copy2(path, folder / path.name)
-        staged[name] = str(folder)
-    return staged
 
 
 def cmd_train(args, config, session):
@@ -73,7 +47,7 @@ def cmd_train(args, config, session):
         sources = local_channels(sources, args.workdir.resolve())
     name = args.job_name or training.job_name()
     estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args, config),
-                                   tags=parse_tags(args.tag), workdir=args.workdir)
+                                   tags=parse_tags(args.tag), workdir=args.workdir, environment=job_environment(args))
     estimator.fit(training.inputs(session, config, sources), job_name=name, wait=not args.no_wait,
                   logs="All" if not args.no_wait else None)
     if args.no_wait:
@@ -105,8 +79,7 @@ def cmd_tune(args, config, session):
     else:
         sources = {"training": args.data, "validation": args.validation, "test": args.test}
         estimator = training.estimator(session, config, fixed, "byoc-tune-trial", debugger=None,
-                                       tags=parse_tags(args.tag))
-        estimator.checkpoint_s3_uri = None  # tuning trials start fresh; SageMaker names their jobs
+                                       tags=parse_tags(args.tag), environment=job_environment(args))
         tuner = tuning.tuner(estimator, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
                              args.warm_start.split(",") if args.warm_start else None,
                              epochs=int(fixed.get("epochs", 5)))
@@ -220,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         configuration.add_arguments(sub)
         sub.add_argument("--workdir", type=Path, default=ROOT / "build" / "sagemaker-local",
                          help="local mode: where outputs go")
+        sub.add_argument("--sdk", choices=("v3", "v2"), default="v3", help="SageMaker Python SDK generation")
         sub.set_defaults(func=func)
         return sub
 
@@ -232,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--job-name")
     train.add_argument("--no-wait", action="store_true")
-    train.add_argument("--no-debugger", action="store_true", help="no debugger hook, rules or profiler")
+    train.add_argument("--no-debugger", action="store_true", help="no debugger hook, rules or profiler (v2)")
+    train.add_argument("--subnet", action="append", default=[], help="VPC subnet (v3; repeat for more)")
+    train.add_argument("--security-group", action="append", default=[], help="VPC security group (v3)")
+    train.add_argument("--network-isolation", action="store_true", help="no network inside the container (v3)")
+    add_environment_arguments(train)
 
     deploy = command("deploy", cmd_deploy, "deploy a model to a real-time endpoint")
     deploy.add_argument("--model-data", required=True, help="model.tar.gz: S3 URI (file:// in local mode)")
@@ -266,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validation")
     tune.add_argument("--test")
     tune.add_argument("--space", default="seed2", help="preset (seed1, seed2) or a JSON file")
+    add_environment_arguments(tune)
     tune.add_argument("--strategy", choices=tuning.STRATEGIES, default="Bayesian")
     tune.add_argument("--max-jobs", type=int, default=20)
     tune.add_argument("--max-parallel-jobs", type=int, default=2)
@@ -290,9 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = configuration.load(args, os.environ)
-    session = make_session(config)
+    if args.sdk == "v3":
+        from launch.v3 import commands
+        from launch.v3 import session as v3_session
+
+        if args.command not in commands.COMMANDS:
+            raise SystemExit(f"{args.command} runs on SDK v2 only: add --sdk v2 (an environment with sagemaker<3)")
+        session, func = v3_session.make_session(config), commands.COMMANDS[args.command]
+    else:
+        if any(getattr(args, name, None) for name in ("subnet", "security_group", "network_isolation")):
+            raise SystemExit("--subnet, --security-group and --network-isolation are v3 options")
+        session, func = make_session(config), args.func
     try:
-        args.func(args, config, session)
+        func(args, config, session)
     finally:
         if config.is_local:
             remove_local_containers()

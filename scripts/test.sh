@@ -38,15 +38,17 @@ flock 9
 # the main one (SDK v3, torch, the images' pins, smdebug without its stale protobuf pin)
 make_venv .venv "--no-deps -r container/requirements-smdebug.txt" \
     tests/requirements.txt container/requirements-*.txt
-# SDK v2, kept until its end of support: `sagemaker` cannot be v2 and v3 in one environment
-make_venv .venv-sdk-v2 "" tests/requirements-sdk-v2.txt
+# SDK v2, kept until its end of support: `sagemaker` cannot be v2 and v3 in one environment;
+# smdebug too (the v2 path builds Debugger rules from insights/rules.py)
+make_venv .venv-sdk-v2 "--no-deps -r container/requirements-smdebug.txt" \
+    tests/requirements-sdk-v2.txt container/requirements-smdebug.txt
 for dir in "$cache"/*; do
     [[ " ${keep[*]} " == *" $(basename "$dir") "* ]] || rm -rf "$dir"
 done
 flock -u 9
 
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
-# and jemalloc, which the server preloads as the serving image does (tests/test_server.py's soak)
+# and jemalloc, which the server preloads as the serving image does (tests/process/test_server.py's soak)
 if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1; then
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >/tmp/test-apt.log 2>&1 \
         || { echo "[test] installing docker-registry and libjemalloc2 failed, see /tmp/test-apt.log" >&2; exit 1; }
@@ -56,8 +58,23 @@ source scripts/engine.sh
 engine_setup
 trap engine_teardown EXIT
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python  # as in the training image (smdebug)
-export SAGEMAKER_SUPPRESS_V2_WARNING=1  # SDK v2 is the project's choice
-# all of tests/ unless the arguments name tests themselves (e.g. tests/test_trainer.py::test_x)
+# all of tests/ unless the arguments name tests themselves (e.g. tests/process/test_trainer.py::test_x)
 paths=(tests)
 for arg in "$@"; do [[ $arg == tests/* ]] && paths=(); done
-.venv/bin/python -m pytest "${paths[@]}" "$@"
+# SDK v3 (the default) in .venv; then the v2 path's test files (marked sdk_v2) in .venv-sdk-v2,
+# which has no torch: only files that hold sdk_v2 tests are collected there.
+# (pytest's 5, "no tests collected", is no failure: the arguments named no test of that kind)
+v2_paths=()
+for file in $(grep -rl --include="test_*.py" "pytest.mark.sdk_v2" tests); do
+    if [ ${#paths[@]} -gt 0 ]; then v2_paths+=("$file"); fi
+    for arg in "$@"; do [[ $arg == "$file"* ]] && v2_paths+=("$arg"); done
+done
+status=0
+.venv/bin/python -m pytest -m "not sdk_v2" "${paths[@]}" "$@" || { rc=$?; [ $rc -eq 5 ] || status=$rc; }
+if [ ${#v2_paths[@]} -gt 0 ]; then
+    v2_args=()
+    for arg in "$@"; do [[ $arg == tests/* ]] || v2_args+=("$arg"); done
+    SAGEMAKER_SUPPRESS_V2_WARNING=1 .venv-sdk-v2/bin/python -m pytest -m sdk_v2 "${v2_paths[@]}" "${v2_args[@]}" \
+        || { rc=$?; [ $rc -eq 5 ] || status=$rc; }
+fi
+exit $status

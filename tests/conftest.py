@@ -1,27 +1,31 @@
-"""Shared test fixtures: paths, sample data, a trainer runner, the container engine."""
+"""Fixtures for every tier, and the tiers themselves: a test's tier is its folder (tests/unit, process,
+container, aws), or `container` wherever a test needs the container engine (it runs an image), so
+`pytest -m "not container"` runs everything that needs no image."""
 from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 # as scripts/test.sh and the training image set them: smdebug's protobuf code
-# needs the pure-Python protobuf, and SDK v2 is the project's choice
+# needs the pure-Python protobuf
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-import container_engine  # container/ and scripts/ are on the path: pyproject.toml's pytest pythonpath
-from contract.spec import hyperparameters, paths, presets
+import container_engine  # noqa: E402  (container/, scripts/ and tests/ are on the path: pyproject.toml)
 
-ROOT = Path(__file__).resolve().parent.parent
-CONTAINER = ROOT / "container"
+TIERS = ("unit", "process", "container", "aws")
 
-# Small and fast, yet learns the sample data to well above chance in seconds (as SageMaker passes them: strings).
-FAST_HPS = hyperparameters.as_strings(presets.DEMO)
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "engine" in item.fixturenames:  # it builds or runs an image
+            item.add_marker(pytest.mark.container)
+        elif not any(item.get_closest_marker(tier) for tier in TIERS):
+            folder = Path(str(item.fspath)).parent.name
+            if folder in TIERS:
+                item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture(scope="session")
@@ -31,45 +35,8 @@ def sample_data(tmp_path_factory) -> Path:
     return make_sample_data.make(tmp_path_factory.mktemp("sample") / "dogImages")
 
 
-def hp_args(hps: dict) -> list[str]:
-    return hyperparameters.to_argv(hps)
-
-
-def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update({paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(opt_ml / "scratch"),
-                "TRAINER_REASON_FILE": str(opt_ml / "reason"), "PYTHONUNBUFFERED": "1",
-                "TORCH_HOME": str(opt_ml / "torch-home"), "MASTER_PORT": str(29500 + os.getpid() % 1000)})
-    env.update({f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()})
-    env.update(extra or {})
-    return env
-
-
-def run_trainer(opt_ml: Path, channels: dict[str, Path], hps: dict, extra_env: dict | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run container/train.py as SageMaker's toolkit would, on a local /opt/ml tree."""
-    return subprocess.run([sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
-                          env=trainer_env(opt_ml, channels, extra_env), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def failure_reason(opt_ml: Path) -> str:
-    return (opt_ml / "output" / "failure").read_text()
-
-
 @pytest.fixture(scope="session")
 def engine() -> container_engine.Engine:
     """The container engine as scripts/engine.sh sets it up; BASE_IMAGE in its env for build_image.sh."""
     found = container_engine.setup()
     return dataclasses.replace(found, env=dict(found.env, BASE_IMAGE=found.base_image))
-
-
-def build_image(engine: container_engine.Engine, *args: str) -> None:
-    out = subprocess.run(["bash", "scripts/build_image.sh", *args], cwd=ROOT, env=engine.env,
-                         capture_output=True, text=True, timeout=3000)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-
-
-def write_sagemaker_config(opt_ml: Path, hps: dict, channels: list[str]) -> None:
-    """The files SageMaker writes into /opt/ml/input/config before `train`."""
-    paths.write_input_config(opt_ml, hyperparameters.as_strings(hps), channels)

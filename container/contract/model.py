@@ -5,7 +5,7 @@ A ResNet whose parameter names and shapes are exactly torchvision's
 into it unchanged and our state dicts load into `torchvision.models.resnet50()`
 with the same head. It lives here, and not in torchvision, so the serving image
 needs only torch: the CPU serving variant can then use a CPU-only torch build
-for which no matching torchvision exists. tests/test_contract.py checks that it
+for which no matching torchvision exists. tests/unit/test_contract.py checks that it
 is torchvision's network, key for key and output for output.
 """
 from __future__ import annotations

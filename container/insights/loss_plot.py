@@ -21,7 +21,7 @@ def plot(trial_path: str, out: str, tensor: str = "CrossEntropyLoss_output_0") -
     import matplotlib.pyplot as plt
     from smdebug import modes
 
-    from insights.rules import open_trial
+    from insights.trial import open_trial
 
     trial = open_trial(trial_path)
     loss = trial.tensor(tensor)

@@ -166,6 +166,54 @@ def analyse(run: dict) -> list[Verdict]:
     return verdicts
 
 
+# -- the numbers, in words ------------------------------------------------------
+
+def _share(x) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _ms(x) -> str:
+    return f"{1000 * x:,.0f} ms" if x >= 0.01 else f"{1000 * x:.1f} ms"
+
+
+# (keys, phrase): a phrase is shown when every key it names has a value
+PHRASES = [
+    (("data_wait_share",), lambda n: f"data loading {_share(n['data_wait_share'])} of step time"),
+    (("steps_waiting_longer_than_computing", "steps"),
+     lambda n: f"{n['steps_waiting_longer_than_computing']} of {n['steps']} steps waited longer for data than "
+               "they computed"),
+    (("median_data_wait_s", "median_compute_s"),
+     lambda n: f"median step: {_ms(n['median_data_wait_s'])} waiting for data, {_ms(n['median_compute_s'])} computing"),
+    (("cpu_busy_share",), lambda n: f"CPU above {CPU_BUSY:.0f}% busy in {_share(n['cpu_busy_share'])} of samples"),
+    (("gpu_idle_share",), lambda n: f"GPU idle (under {GPU_IDLE:.0f}%) in {_share(n['gpu_idle_share'])} of samples"),
+    (("num_workers", "cpu_count"), lambda n: f"{n['num_workers']} loader workers on {n['cpu_count']} CPU cores"),
+    (("gpu_util_p5", "gpu_util_p50", "gpu_util_p95", "samples"),
+     lambda n: f"GPU utilisation {n['gpu_util_p5']:.0f}% (5th percentile), {n['gpu_util_p50']:.0f}% (median), "
+               f"{n['gpu_util_p95']:.0f}% (95th) over {n['samples']} samples"),
+    (("gpu_util_p95", "gpu_memory_p95", "cpu_p95"),
+     lambda n: f"95th percentiles: GPU {n['gpu_util_p95']:.0f}% busy, GPU memory {n['gpu_memory_p95']:.0f}% used, "
+               f"CPU {n['cpu_p95']:.0f}% busy"),
+    (("batch_size",), lambda n: f"batch size {n['batch_size']}"),
+    (("iowait_p95", "iowait_mean"),
+     lambda n: f"CPU waiting for storage {n['iowait_p95']:.0f}% of the time (95th percentile), "
+               f"{n['iowait_mean']:.0f}% on average"),
+    (("disk_read_mb_s_p95",), lambda n: f"disk reads {n['disk_read_mb_s_p95']:.1f} MB/s (95th percentile)"),
+    (("mean_step_s", "stddev_s", "limit_s"),
+     lambda n: f"steps take {_ms(n['mean_step_s'])} on average (± {_ms(n['stddev_s'])}); slower than "
+               f"{_ms(n['limit_s'])} counts as an outlier"),
+    (("outliers",), lambda n: f"{n['outliers']} outlier step(s)" + "".join(
+        f"; epoch {s['epoch']} step {s['step']} took {_ms(s['seconds'])}" for s in n.get("slowest", []))),
+]
+
+
+def in_words(numbers: dict) -> str:
+    """A verdict's numbers as an HTML list of sentences with units."""
+    items = [phrase(numbers) for keys, phrase in PHRASES
+             if all(numbers.get(k) is not None and not (isinstance(numbers[k], float) and np.isnan(numbers[k]))
+                    for k in keys)]
+    return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>" if items else ""
+
+
 # -- charts ------------------------------------------------------------------
 
 def _png(fig) -> str:
@@ -222,7 +270,7 @@ def render(folder: Path, run: dict, verdicts: list[Verdict]) -> str:
     meta = run["meta"]
     rows = "".join(
         f"<tr class='{v.status}'><td>{v.rule}</td><td>{v.status}</td><td>{html.escape(v.summary)}</td>"
-        f"<td>{html.escape(v.advice)}</td><td><code>{html.escape(json.dumps(v.numbers, default=float))}</code></td></tr>"
+        f"<td>{html.escape(v.advice)}</td><td>{in_words(v.numbers)}</td></tr>"
         for v in verdicts)
     images = "".join(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{png}'>"
                      for title, png in charts(run))
@@ -238,7 +286,7 @@ font-weight:bold}} .NoIssuesFound td:nth-child(2){{color:#070}} code{{font-size:
 {meta.get('interval_ms', '?')} ms; device {meta.get('device', '?')}, batch size {meta.get('batch_size', '?')},
 {meta.get('num_workers', '?')} loader workers, {meta.get('cpu_count', '?')} cores, GPU source
 {meta.get('gpu_source', '?')}.</p>
-<h2>Verdicts</h2><table><tr><th>rule</th><th>status</th><th>finding</th><th>what to change</th><th>numbers</th>
+<h2>Verdicts</h2><table><tr><th>rule</th><th>status</th><th>finding</th><th>what to change</th><th>the numbers</th>
 </tr>{rows}</table>{images}{operators}</body></html>"""
 
 

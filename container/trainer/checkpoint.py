@@ -95,23 +95,23 @@ class Checkpointer:
         self.writer = writer  # only rank 0 writes
 
     @staticmethod
-    def fingerprint(trainer) -> dict:
+    def fingerprint(loop) -> dict:
         """What must match for a checkpoint to be this job's (and for a mid-epoch position to mean the same batches)."""
-        hp = trainer.hp
-        return {"architecture": trainer.arch.to_dict(), "class_names": trainer.splits.class_names,
+        hp = loop.hp
+        return {"architecture": loop.arch.to_dict(), "class_names": loop.class_names,
                 "image_size": hp.image_size, "trainable_layers": hp.trainable_layers,
-                "optimizer": hp.optimizer, "frozen_weights": trainer.frozen_digest,
-                "seed": hp.seed, "batch_size": hp.batch_size, "world_size": trainer.dist.world_size}
+                "optimizer": hp.optimizer, "frozen_weights": loop.frozen_digest,
+                "seed": hp.seed, "batch_size": hp.batch_size, "world_size": loop.dist.world_size}
 
-    def save(self, trainer, state: TrainingState) -> None:
+    def save(self, loop, state: TrainingState) -> None:
         if not self.writer:
             return
         atomic_torch_save({
-            "fingerprint": self.fingerprint(trainer),
-            "model": trainer.trainable_state(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "schedule": trainer.schedule.state_dict(),
-            "scaler": trainer.scaler.state_dict(),
+            "fingerprint": self.fingerprint(loop),
+            "model": loop.trainable_state(),
+            "optimizer": loop.optimizer.state_dict(),
+            "schedule": loop.schedule.state_dict(),
+            "scaler": loop.scaler.state_dict(),
             "epoch": state.epoch,
             "best_loss": state.best_loss,
             "best_epoch": state.best_epoch,
@@ -121,33 +121,33 @@ class Checkpointer:
             "step": state.step,
             "partial": state.partial,
             "rng": state.rng,
-            "skipped": trainer.skips.summary(),
+            "skipped": loop.skips.summary(),
         }, self.path)
 
-    def restore(self, trainer) -> TrainingState:
+    def restore(self, loop) -> TrainingState:
         if not self.path.is_file():
             return TrainingState()
         try:
-            saved = torch.load(self.path, map_location=trainer.device, weights_only=True)
+            saved = torch.load(self.path, map_location=loop.device, weights_only=True)
         except Exception as exc:
             print(f"ignoring unreadable checkpoint {self.path}: {str(exc).splitlines()[0]}", flush=True)
             return TrainingState()
-        if saved.get("fingerprint") != self.fingerprint(trainer):
+        if saved.get("fingerprint") != self.fingerprint(loop):
             print(f"ignoring checkpoint {self.path}: it was written by a job with other data or settings", flush=True)
             return TrainingState()
-        if set(saved["model"]) != set(trainer.trainable_state()):
+        if set(saved["model"]) != set(loop.trainable_state()):
             print(f"ignoring checkpoint {self.path}: it holds other parameters than this job trains", flush=True)
             return TrainingState()
-        trainer.model.load_state_dict(saved["model"], strict=False)
-        trainer.optimizer.load_state_dict(saved["optimizer"])
-        trainer.schedule.load_state_dict(saved["schedule"])
-        trainer.scaler.load_state_dict(saved["scaler"])
+        loop.model.load_state_dict(saved["model"], strict=False)
+        loop.optimizer.load_state_dict(saved["optimizer"])
+        loop.schedule.load_state_dict(saved["schedule"])
+        loop.scaler.load_state_dict(saved["scaler"])
         best = saved["best_state"]
         state = TrainingState(saved["epoch"], saved["best_loss"], saved["best_epoch"],
                               {k: v.cpu() for k, v in best.items()} if best else None, saved["history"],
                               saved["global_step"], saved["step"], saved["partial"], saved["rng"])
-        trainer.skips.paths = {split: set(paths) for split, paths in saved["skipped"].items()}
-        if trainer.dist.is_main:
+        loop.skips.paths = {split: set(paths) for split, paths in saved["skipped"].items()}
+        if loop.dist.is_main:
             where = f"in epoch {state.epoch + 1} after step {state.step}" if state.step else f"after epoch {state.epoch}"
             print(f"resuming from checkpoint {where} (optimizer step {state.global_step})", flush=True)
         return state

@@ -8,8 +8,9 @@
   steps.jsonl   one line per training step: time waiting for the loader and
                 time computing (forward, backward, optimiser step), and for
                 an optimiser step its global number and learning rate;
-  trace/        a torch.profiler trace of a few training steps (Chrome trace
-                JSON, for chrome://tracing or Perfetto) and its operator table;
+  trace/        a torch.profiler trace of a few training steps on a bounded
+                schedule (trainer/trace.py): Chrome trace JSON for Perfetto, the
+                same for TensorBoard's profiler plugin, and its operator table;
   meta.json     what the report needs to judge the numbers (cores, GPUs,
                 batch size, loader workers).
 
@@ -28,6 +29,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from trainer import trace as steptrace
 
 SAGEMAKER_CONFIG = "profilerconfig.json"
 TRACE_WARMUP_STEPS = 2  # the first steps pay for allocator and oneDNN/cuDNN warm-up
@@ -202,7 +205,10 @@ class Profiler(NullProfiler):
         """Yield the loader's batches, timing the wait for each and the work done with it.
 
         `first_step`: where in the epoch the batches start (a job resumed mid-epoch)."""
-        iterator, step, trace, traced_from = iter(batches), first_step, None, first_step + TRACE_WARMUP_STEPS
+        iterator, step, trace = iter(batches), first_step, None
+        if not self.traced:  # the first epoch long enough for the schedule
+            left = self.meta.get("steps_per_epoch", sys.maxsize) - first_step
+            trace = steptrace.start(self.out_dir / "trace", left, TRACE_WARMUP_STEPS, self.trace_steps, self.meta)
         try:
             while True:
                 start = time.perf_counter()
@@ -211,8 +217,6 @@ class Profiler(NullProfiler):
                 except StopIteration:
                     return
                 ready = time.perf_counter()
-                if not self.traced and step == traced_from:
-                    trace = self._start_trace()
                 try:
                     yield batch
                 finally:
@@ -222,52 +226,20 @@ class Profiler(NullProfiler):
                     self.steps_file.write(json.dumps(
                         {"epoch": epoch, "step": step, "t": time.time() - (done - start),
                          "data_s": round(ready - start, 6), "compute_s": round(done - ready, 6),
-                         "images": images, "traced": trace is not None, **self.notes},
+                         "images": images, "traced": trace is not None and trace.recording, **self.notes},
                         separators=(",", ":")) + "\n")
                     self.notes = {}
-                    if trace is not None:
-                        trace.step()
-                        if step + 1 >= traced_from + self.trace_steps:
-                            trace = self._stop_trace(trace)
+                    if trace is not None and trace.step():
+                        trace, self.traced = None, True
                 step += 1
         finally:
             if trace is not None:
-                self._stop_trace(trace)
+                trace.close()
+                self.traced = True
             self.steps_file.flush()
 
     def note(self, **fields) -> None:
         self.notes.update(fields)
-
-    def _start_trace(self):
-        import torch
-
-        try:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            trace = torch.profiler.profile(activities=activities, record_shapes=False)
-            trace.__enter__()
-            return trace
-        except Exception:
-            self.traced = True
-            print("profiler: torch.profiler trace unavailable:\n" + traceback.format_exc(), file=sys.stderr)
-            return None
-
-    def _stop_trace(self, trace):
-        self.traced = True
-        started = time.perf_counter()
-        try:
-            trace.__exit__(None, None, None)
-            folder = self.out_dir / "trace"
-            folder.mkdir(exist_ok=True)
-            trace.export_chrome_trace(str(folder / "trace.json"))
-            sort = "self_cuda_time_total" if any(e.device_type.name == "CUDA" for e in trace.events()) \
-                else "self_cpu_time_total"
-            (folder / "operators.txt").write_text(trace.key_averages().table(sort_by=sort, row_limit=30))
-            self.meta["trace_export_s"] = round(time.perf_counter() - started, 3)  # paid by the training loop
-        except Exception:
-            print("profiler: could not write the trace:\n" + traceback.format_exc(), file=sys.stderr)
-        return None
 
     def close(self) -> None:
         try:

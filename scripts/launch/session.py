@@ -24,7 +24,6 @@ def prepare_local_environment(config: Config) -> None:
     os.environ.setdefault("AWS_REGION", config.region)
     os.environ.setdefault("AWS_DEFAULT_REGION", config.region)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     if not os.environ.get("DOCKER_HOST"):
         try:
             found = container_engine.setup()
@@ -36,17 +35,19 @@ def prepare_local_environment(config: Config) -> None:
 
 def remove_local_containers(cli: str | None = None) -> None:
     """Local mode runs `docker-compose up` and never `down`: its finished job and
-    endpoint containers (named <random>-algo-N-<random>) stay behind. Remove them."""
+    endpoint containers (v2: <random>-algo-N-<random>; v3's training: <job>_algo-N_1) stay behind. Remove them."""
     cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
     names = subprocess.run([cli, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"],
                            capture_output=True, text=True).stdout.split()
-    stale = [name for name in names if "-algo-" in name]
+    stale = [name for name in names if "-algo-" in name or "_algo-" in name]
     if stale:
         subprocess.run([cli, "rm", "-f", *stale], capture_output=True)
 
 
 def make_session(config: Config):
     import boto3
+
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is this path's choice
 
     if config.is_local:
         prepare_local_environment(config)

@@ -39,7 +39,7 @@ def job_name(base: str = "byoc-train") -> str:
 
 
 def estimator(session, config: Config, hyperparameters: dict, name: str, debugger: dict | None = None,
-              tags: list[dict] | None = None, workdir: Path | None = None):
+              tags: list[dict] | None = None, workdir: Path | None = None, environment: dict | None = None):
     """The Estimator for training job `name` (pass the same name to fit()).
 
     `debugger` holds Estimator keyword arguments (debugger_hook_config, rules,
@@ -58,6 +58,7 @@ def estimator(session, config: Config, hyperparameters: dict, name: str, debugge
         base_job_name="byoc-train",
         max_run=config.max_run_s,
         tags=[PROJECT_TAG, *(tags or [])],
+        environment=dict(environment or {}),
         sagemaker_session=session,
     )
     if config.is_local:

@@ -40,6 +40,7 @@ def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: i
 
     if strategy not in STRATEGIES:
         raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    estimator.checkpoint_s3_uri = None  # trials start fresh; SageMaker names their jobs
     kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
                   hyperparameter_ranges=ranges(space), metric_definitions=METRIC_DEFINITIONS,
                   strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -14,6 +13,7 @@ from contract import artifact
 from contract.preprocess import decode_image, eval_transform
 from server import precision
 from server.settings import PRECISION_FLAGS, Settings
+from serving_bench.floor import median_ms
 
 BATCH_SIZES = (1, 4, 8, 16)
 
@@ -46,16 +46,9 @@ def forward_limit(model: torch.nn.Module, image_size: int, seconds: float) -> tu
 
 def decode_ms(data: bytes, prep, repeats: int = 10) -> dict[str, float]:
     """Median ms of decode + eval_transform: ours (draft-mode JPEG) and a full decode."""
-    def median(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - began)
-        return float(np.median(times) * 1000)
-
-    return {"draft": median(lambda: eval_transform(decode_image(data, prep), prep)),
-            "full": median(lambda: eval_transform(Image.open(io.BytesIO(data)).convert("RGB"), prep))}
+    return {"draft": median_ms(lambda: eval_transform(decode_image(data, prep), prep), repeats, warmup=0),
+            "full": median_ms(lambda: eval_transform(Image.open(io.BytesIO(data)).convert("RGB"), prep), repeats,
+                              warmup=0)}
 
 
 __all__ = ["BATCH_SIZES", "PRECISION_FLAGS", "cpu_flags", "decode_ms", "forward_limit", "served_model"]

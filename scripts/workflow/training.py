@@ -102,10 +102,11 @@ class TrainingStages:
         if not venv_python.exists():
             raise StageFailed("--sagemaker-local needs the SageMaker SDK: run `bash scripts/test.sh` once to make .venv")
         self.sh(log, [str(venv_python), "scripts/sm.py", "train", "--local", "--workdir", str(sm_work),
+                      "--job-name", "run-local",  # SDK v3: its tarballs land in jobs/<job name>/compressed_artifacts
                       "--data", str(data), *[a for k, v in hyperparameters.as_strings(hps).items()
                                              for a in ("--hp", f"{k}={v}")]], on_line)
         for archive, target in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
-            with tarfile.open(sm_work / "output" / archive) as tf:
+            with tarfile.open(sm_work / "jobs" / "run-local" / "compressed_artifacts" / archive) as tf:
                 tf.extractall(opt_ml / target, filter="data")
 
     def rules(self, log, progress):

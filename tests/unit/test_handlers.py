@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.serving import CLASS_NAMES, IMAGE_SIZE, encode, make_model_dir, sample_image
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.handlers import CSV, JSON, NPY, DefaultHandlers, negotiate, probability_rows
 from server.settings import Settings
-from serving_fixtures import CLASS_NAMES, IMAGE_SIZE, encode, make_model_dir, sample_image
 
 
 @pytest.fixture(scope="module")

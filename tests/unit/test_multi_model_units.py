@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from helpers.serving import CLASS_NAMES, encode, make_model_dir, sample_image
 from server.multi_model import InsufficientMemory, WorkerModels, model_cost
 from server.registry import AlreadyLoaded, ModelNotLoaded, ModelRegistry
 from server.settings import Settings
-from serving_fixtures import CLASS_NAMES, encode, make_model_dir, sample_image
 
 
 @pytest.fixture(scope="module")

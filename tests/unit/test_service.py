@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from helpers.serving import Reference, encode, make_model_dir, sample_image
 from server.errors import RequestError
 from server.service import InferenceService, requested_top_k
 from server.settings import Settings
-from serving_fixtures import Reference, encode, make_model_dir, sample_image
 
 USER_OUTPUT_FN = """
     def output_fn(prediction, accept):

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from contract.spec import hyperparameters
+from insights import tuning_report
 
 STUDY_NAME = "local-tuning"
 
@@ -147,6 +148,7 @@ def write_reports(study: optuna.Study, space, fixed: dict, workdir: Path, n_tria
         best_file.unlink(missing_ok=True)
     plots, notes = _plots(study, space, workdir)
     files.update(plots)
+    files["report"] = tuning_report.write(study, workdir)  # one HTML page of the above, with plotly figures
     if best is None:
         notes.insert(0, "no trial completed: no best_params.json")
     return StudyResult(workdir, f"sqlite:///{workdir / 'study.db'}", STUDY_NAME, n_trials, rows, best,

@@ -1,0 +1,172 @@
+"""One pass over the data: `train_one_epoch` and `evaluate`, as plain functions.
+
+A `Loop` holds what setup.build made once (model, optimiser, schedule, the
+hooks); a TrainingState (checkpoint.py) holds where the job is. Results leave
+through `loop.reporter` only: one call per optimizer step, one per epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import data, debugger, distributed, profiler, runtime
+from trainer.checkpoint import TrainingState, rng_state, set_rng_state
+from trainer.loaders import loader
+
+
+@dataclass
+class Loop:
+    hp: Any  # hyperparameters.parse's namespace
+    dist: distributed.Distributed
+    device: torch.device
+    model: nn.Module  # the whole classifier: what checkpoints and the artifact keep
+    frozen: list  # modules that do not train (their BatchNorm statistics stay as loaded)
+    forward_model: nn.Module  # what the passes feed: the model, or its head over cached features
+    train_model: nn.Module  # the same, under DDP wrapped so that gradients are averaged over ranks
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # stepped once per optimizer step
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    class_names: list
+    reporter: Any  # reporting.Reporter
+    amp: torch.dtype | None = None  # autocast dtype; None: full precision
+    input_format: torch.memory_format = torch.contiguous_format
+    debugger: debugger.NullDebugger = field(default_factory=debugger.NullDebugger)
+    profiler: profiler.NullProfiler = field(default_factory=profiler.NullProfiler)
+    stop: runtime.StopFlag = field(default_factory=runtime.StopFlag)  # SIGTERM's handler
+    skips: data.SkipTracker = field(default_factory=data.SkipTracker)
+    frozen_keys: set = field(default_factory=set)  # state-dict keys of the frozen modules
+    frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
+    arch: Any = None  # contract.model.Architecture
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def trainable_state(self) -> dict:
+        """The model's state without the frozen stages: what checkpoints and best_state keep."""
+        return {k: v for k, v in self.model.state_dict().items() if k not in self.frozen_keys}
+
+    def merge_skips(self) -> None:
+        """Every rank's unreadable images, on every rank: what checkpoints and the report keep."""
+        if self.dist.world_size > 1:
+            self.skips.paths = distributed.union_over_ranks(self.skips.paths)
+
+
+@dataclass
+class EpochResult:
+    """One training epoch over all ranks."""
+    loss: float
+    accuracy: float
+    images_per_sec: float  # over the slowest rank's time
+    images: int
+
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    # Frozen stages keep their BatchNorm statistics: train() would update them
+    # from every batch even though no weight of theirs is trained.
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
+def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> EpochResult | None:
+    """Train epoch `epoch` from batch `state.step` on (a resumed job: the rest of it).
+
+    None when a stop was requested part-way; `state` then holds where, and the sums so far."""
+    hp, dist_info, device = loop.hp, loop.dist, loop.device
+    set_train_mode(loop.model, loop.frozen)
+    loop.debugger.train()
+    first = state.step
+    if hasattr(dataset, "set_epoch"):  # augmentation seeds (cached features have none)
+        dataset.set_epoch(epoch)
+    batches = loader(dataset, hp, dist_info, train=True, epoch=epoch, first_batch=first)
+    torch.manual_seed(hp.seed + epoch)  # dropout's stream per epoch
+    batches = iter(batches)  # draws the loader's base seed from that stream
+    if first:  # go on with the streams as the stopped job left them
+        set_rng_state(state.rng[dist_info.rank], device)
+    # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
+    loss_sum, correct, seen = state.partial[:3] if dist_info.is_main else (0.0, 0.0, 0.0)
+    start = time.perf_counter() - state.partial[3]
+    unreadable = 0
+    for step, (images, labels, bad) in enumerate(loop.profiler.timed(batches, epoch, first), start=first):
+        if step >= loop.steps_per_epoch:
+            break
+        loop.skips.add("train", dataset, bad)
+        unreadable += len(bad)
+        if images is not None:
+            images = images.to(device, non_blocking=True, memory_format=loop.input_format)
+            labels = labels.to(device, non_blocking=True)
+            with loop.autocast():
+                logits = loop.train_model(images)
+            loss = loop.criterion(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise runtime.TrainingFailure(
+                    f"loss became {loss.item()} at epoch {epoch} step {step}: lower the learning rate "
+                    f"(lr={hp.lr}) or add warm-up")
+            loop.optimizer.zero_grad(set_to_none=True)
+            loop.scaler.scale(loss).backward()
+            lr = loop.optimizer.param_groups[0]["lr"]
+            loop.scaler.step(loop.optimizer)
+            loop.scaler.update()
+            loop.schedule.step()
+            state.global_step += 1
+            loss_value, n = loss.item(), labels.numel()
+            loop.reporter.report_step(state.global_step, lr=lr, loss=loss_value, epoch=epoch)
+            loss_sum += loss_value * n
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += n
+        loop.stop.step_done(state.global_step, dist_info.is_main)
+        if loop.stop.agreed(device):
+            state.step = step + 1
+            state.partial = [*distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start]
+            state.rng = distributed.all_gather(rng_state(device))
+            return None
+    if dist_info.world_size > 1:  # every rank's share, in its own host's log
+        print(f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
+              f"skipped {unreadable} unreadable", flush=True)
+    # global: every rank's sums; the speed over the slowest rank's time
+    elapsed = distributed.all_max(time.perf_counter() - start, device)
+    loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+    return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9), int(seen))
+
+
+@torch.no_grad()
+def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray]:
+    """(mean loss, accuracy, confusion matrix: rows true, columns predicted) over every rank's share.
+
+    `final`: the one scoring at the end, kept apart from validation in the debugger's trial."""
+    device, n_classes = loop.device, len(loop.class_names)
+    loop.model.eval()
+    (loop.debugger.predict if final else loop.debugger.eval)()
+    confusion = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=device)
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+    unreadable = 0
+    for images, labels, bad in loader(dataset, loop.hp, loop.dist, train=False):
+        loop.skips.add(split, dataset, bad)
+        unreadable += len(bad)
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True, memory_format=loop.input_format)
+        labels = labels.to(device, non_blocking=True)
+        with loop.autocast():
+            logits = loop.forward_model(images)
+        loop.debugger.eval_loss(logits, labels)
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes ** 2)
+    if torch.distributed.is_initialized():
+        print(f"{distributed.rank_label(loop.dist)} {split}: scored {int(confusion.sum().item())} images, "
+              f"skipped {unreadable} unreadable", flush=True)
+        torch.distributed.all_reduce(confusion)
+        torch.distributed.all_reduce(loss_sum)
+    matrix = confusion.view(n_classes, n_classes).cpu().numpy()
+    total = matrix.sum()
+    return float(loss_sum.item() / max(total, 1)), float(np.trace(matrix) / max(total, 1)), matrix

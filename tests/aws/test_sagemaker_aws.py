@@ -1,0 +1,202 @@
+"""AWS-mode requests, validated against botocore's service models with Stubber (no AWS reached)."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from botocore.response import StreamingBody
+
+from helpers.sagemaker_requests import (
+    MODEL_DATA,
+    TRAINING_CHANNELS,
+    TRAINING_HPS,
+    aws_config,
+    check_autoscaling,
+    check_deployment,
+    check_training_job,
+    check_transform_job,
+    check_tuning_job,
+    stubbed_boto_session,
+)
+from helpers.training import ROOT
+from launch import config as configuration
+from launch import hosting, training
+
+pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    import sagemaker
+
+    boto_session, recorder = stubbed_boto_session(monkeypatch)
+    session = sagemaker.Session(boto_session=boto_session, sagemaker_client=recorder.clients["sagemaker"],
+                                sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
+                                sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {
+                                    "PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
+    yield session, aws_config(), recorder
+    for stubber in recorder.stubbers.values():
+        stubber.assert_no_pending_responses()
+
+
+def test_create_training_job(aws):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/x"})
+    name = "byoc-train-test"
+    debugger = {"debugger_hook_config": False, "disable_profiler": True}
+    estimator = training.estimator(session, config, TRAINING_HPS, name,
+                                   debugger=debugger, tags=[{"Key": "team", "Value": "vision"}])
+    estimator.fit(training.inputs(session, config, TRAINING_CHANNELS), job_name=name, wait=False)
+    request = recorder.request("CreateTrainingJob")
+    assert request["TrainingJobName"] == name
+    check_training_job(request, name)
+    assert request["HyperParameters"] == {"lr": "0.01", "head": "256", "epochs": "3"}
+
+
+def test_deploy_with_autoscaling(aws):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
+    recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/e"})
+    recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/e"})
+    recorder.expect("application-autoscaling", "register_scalable_target")
+    recorder.expect("application-autoscaling", "put_scaling_policy", {"PolicyARN": "arn:aws:autoscaling:p"})
+    served = hosting.model(session, config, MODEL_DATA, name="dogs-model")
+    predictor = hosting.deploy(served, config, "dogs", instance_count=2, wait=False)
+    hosting.autoscale(session, "dogs", 1, 4, 100)
+
+    check_deployment(recorder.request("CreateModel"), recorder.request("CreateEndpointConfig"), "dogs-model")
+    variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
+    assert recorder.request("CreateEndpoint")["EndpointName"] == "dogs"
+    check_autoscaling(recorder.request("RegisterScalableTarget"), recorder.request("PutScalingPolicy"))
+    assert predictor.endpoint_name == "dogs"
+
+
+def test_serverless_endpoint(aws):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
+    recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/e"})
+    recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/e"})
+    hosting.deploy(hosting.model(session, config, "s3://b/model.tar.gz", name="m"), config, "dogs-sls",
+                   serverless=(4096, 5), wait=False)
+    variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
+    assert "InstanceType" not in variant
+
+
+def test_invoke_both_ways(aws, tmp_path):
+    session, config, recorder = aws
+    image = tmp_path / "dog.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
+    for _ in range(2):
+        recorder.expect("sagemaker-runtime", "invoke_endpoint", {
+            "Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"})
+    predictor = hosting.image_predictor_class()("dogs", sagemaker_session=session)
+    assert hosting.invoke_with_predictor(predictor, image, 3)["predictions"][0]["label"] == "040.Bulldog"
+    assert hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
+    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    for params in calls:
+        assert params["EndpointName"] == "dogs" and params["ContentType"] == "image/png"
+        assert params["CustomAttributes"] == "top_k=3" and params["Accept"] == "application/json"
+        assert params["Body"] == image.read_bytes()
+
+
+def test_batch_transform(aws):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
+    recorder.expect("sagemaker", "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:eu-west-1:1:t/t"})
+    recorder.expect("sagemaker", "describe_transform_job", {
+        "TransformJobName": "t", "TransformJobArn": "arn:aws:sagemaker:eu-west-1:1:t/t", "TransformJobStatus": "Completed",
+        "ModelName": "m", "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        "CreationTime": "2026-01-01T00:00:00Z"})
+    served = hosting.model(session, config, "s3://b/model.tar.gz", name="m")
+    hosting.transform(served, config, "s3://b/in/", "s3://b/out/", max_payload_mb=20)
+    check_transform_job(recorder.request("CreateTransformJob"), "m")
+
+
+def test_cleanup_deletes_endpoint_config_and_model(aws):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "describe_endpoint", {
+        "EndpointName": "dogs", "EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/dogs",
+        "EndpointConfigName": "dogs-config", "EndpointStatus": "InService",
+        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"})
+    recorder.expect("sagemaker", "describe_endpoint_config", {
+        "EndpointConfigName": "dogs-config", "EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/dogs-config",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-model"}],
+        "CreationTime": "2026-01-01T00:00:00Z"})
+    recorder.expect("sagemaker", "delete_endpoint")
+    recorder.expect("sagemaker", "delete_endpoint_config")
+    recorder.expect("sagemaker", "delete_model")
+    deleted = hosting.cleanup(session, "dogs")
+    assert deleted == ["endpoint dogs", "endpoint config dogs-config", "model dogs-model"]
+    assert recorder.request("DeleteModel") == {"ModelName": "dogs-model"}
+
+
+def test_config_precedence(tmp_path):
+    (tmp_path / "byoc.toml").write_text('region = "us-west-2"\nrole = "arn:file"\ntrain_instance = "ml.p3.2xlarge"\n')
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configuration.add_arguments(parser)
+    args = parser.parse_args(["--config", str(tmp_path / "byoc.toml"), "--role", "arn:flag"])
+    config = configuration.load(args, {"AWS_REGION": "eu-central-1", "BYOC_SPOT": "true"})
+    assert (config.role, config.region, config.train_instance, config.spot) == ("arn:flag", "eu-central-1",
+                                                                                "ml.p3.2xlarge", True)
+    configuration.default_image_uris(config, "123456789012")
+    version = (ROOT / "VERSION").read_text().strip()
+    assert config.train_image == f"123456789012.dkr.ecr.eu-central-1.amazonaws.com/byoc-train:{version}"
+    assert config.serve_image.endswith(f"/byoc-serve-cpu:{version}")
+    (tmp_path / "bad.toml").write_text('regoin = "x"\n')
+    with pytest.raises(SystemExit, match="unknown keys regoin"):
+        configuration.load(parser.parse_args(["--config", str(tmp_path / "bad.toml")]), {})
+
+
+@pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
+def test_create_tuning_job_from_the_search_space(aws, strategy):
+    from contract.spec import search_space
+    from launch import tuning
+
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {
+        "HyperParameterTuningJobArn": "arn:aws:sagemaker:eu-west-1:1:hyper-parameter-tuning-job/t"})
+    space = search_space.PRESETS["seed2"]
+    estimator = training.estimator(session, config, {**space.fixed, "backbone": "resnet50"}, "trial")
+    tuner = tuning.tuner(estimator, space, strategy, max_jobs=12, max_parallel_jobs=3,
+                         warm_start_parents=["byoc-tune-old"], epochs=5)
+    tuner.fit(training.inputs(session, config, {"training": "s3://my-bucket/dogImages.zip"}), wait=False)
+
+    check_tuning_job(recorder.request("CreateHyperParameterTuningJob"), strategy)
+
+
+def test_grid_needs_categorical_parameters(aws):
+    from contract.spec import search_space
+    from launch import tuning
+
+    session, config, _ = aws
+    estimator = training.estimator(session, config, {}, "trial")
+    with pytest.raises(search_space.SearchSpaceError, match="categorical"):
+        tuning.tuner(estimator, search_space.PRESETS["seed1"], "Grid")
+
+
+def test_training_job_carries_debugger_rules_and_profiler(aws):
+    from insights.rules import RULES, sagemaker_debugger_config
+
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/d"})
+    debugger = sagemaker_debugger_config(s3_output_path="s3://my-bucket/byoc/debug")
+    estimator = training.estimator(session, config, {"epochs": 2}, "byoc-train-debug", debugger=debugger)
+    estimator.fit(training.inputs(session, config, {"training": "s3://my-bucket/data/"}),
+                  job_name="byoc-train-debug", wait=False)
+    request = recorder.request("CreateTrainingJob")
+    assert request["DebugHookConfig"]["S3OutputPath"] == "s3://my-bucket/byoc/debug"
+    collections = {c["CollectionName"] for c in request["DebugHookConfig"]["CollectionConfigurations"]}
+    assert {"losses", "weights", "gradients"} <= collections
+    names = {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]}
+    assert {spec.name for spec in RULES} <= names
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    profiler_rules = {r["RuleConfigurationName"] for r in request["ProfilerRuleConfigurations"]}
+    assert {"LowGPUUtilization", "CPUBottleneck"} <= profiler_rules

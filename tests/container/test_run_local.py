@@ -1,0 +1,89 @@
+"""The README's first command, end to end: images, data, tune, train, rules, profile, serve, classify."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.training import ROOT
+
+STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
+
+
+def run_local(engine, *args, timeout=2400) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "scripts/run_local.py", *args], cwd=ROOT, env=engine.env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def first_run(engine, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    result, seconds = run_local(engine, "--workdir", str(workdir), "--trials", "3")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return workdir, result.stdout, seconds
+
+
+def test_summary_and_reports(first_run, engine):
+    workdir, out, _ = first_run
+    for stage in STAGES:
+        assert re.search(rf"^  {stage}\s+done in \d+ s$", out, re.MULTILINE), stage
+    # 4 easy classes (chance is 0.25); resnet18 trained from scratch on them reaches 0.9 and more
+    assert float(re.search(r"test accuracy\s+([0-9.]+)", out).group(1)) >= 0.6
+    assert float(re.search(r"endpoint accuracy\s+([0-9.]+)", out).group(1)) >= 0.6
+    assert float(re.search(r"p50 latency\s+([0-9.]+) ms", out).group(1)) > 0
+    assert re.search(r"best hyperparameters\s+.*lr=", out)
+    rules = re.search(r"rule verdicts\s+(.*)$", out, re.MULTILINE).group(1)
+    summary = json.loads((workdir / "opt_ml" / "output" / "rules.json").read_text())["rules"]
+    for rule in ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"):
+        assert f"{rule}: {summary[rule]['status']}" in rules, rule
+    # the training loss falls over the run's 35 steps, each saved: judged, and judged well
+    assert summary["LossNotDecreasing"]["status"] == "NoIssuesFound", summary["LossNotDecreasing"]
+    assert summary["LossNotDecreasing"]["judgements"] >= 2
+    profiler = re.search(r"profiler verdicts\s+(.*)$", out, re.MULTILINE).group(1)
+    assert re.search(r"CPUBottleneck: (IssuesFound|NoIssuesFound)", profiler)
+    named = re.findall(r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"
+                       r"profiler report|loss plot|logs)\s+(\S+)$", out, re.MULTILINE)
+    assert len(named) == 9
+    for label, path in named:
+        path = Path(path)
+        assert path.exists(), label
+        assert path.is_dir() and any(path.iterdir()) or path.stat().st_size > 0, label
+    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
+                               capture_output=True, text=True).stdout
+    assert "byoc-serve-" not in leftovers
+
+
+def test_second_run_skips_every_stage(first_run, engine):
+    workdir, _, first_seconds = first_run
+    result, seconds = run_local(engine, "--workdir", str(workdir), "--trials", "3")
+    assert result.returncode == 0, result.stdout[-3000:]
+    for stage in STAGES:
+        assert re.search(rf"^  {stage}\s+skipped \(inputs unchanged\)$", result.stdout, re.MULTILINE), stage
+    assert "skipped stages        " + ", ".join(STAGES) in result.stdout
+    assert seconds < first_seconds / 5
+
+
+def test_one_stage_alone(first_run, engine):
+    workdir, _, _ = first_run
+    result, _ = run_local(engine, "--workdir", str(workdir), "--trials", "3", "--stage", "rules")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"^  rules\s+done in \d+ s$", result.stdout, re.MULTILINE)
+    assert re.search(r"^  train\s+skipped", result.stdout, re.MULTILINE)
+
+
+def test_a_failing_stage_stops_the_run(engine, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    result, _ = run_local(engine, "--workdir", str(tmp_path / "w"), "--data", str(empty), "--trials", "2")
+    assert result.returncode != 0
+    assert re.search(r"^  tune\s+FAILED", result.stdout, re.MULTILINE), result.stdout[-3000:]
+    assert "no images found in training data" in result.stdout
+    assert "summary" not in result.stdout

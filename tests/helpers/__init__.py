@@ -1,0 +1,1 @@
+"""Helpers the test tiers share (import as `helpers.NAME`): one copy each."""

@@ -1,0 +1,117 @@
+"""SAGEMAKER_MODEL_PRECISION and SAGEMAKER_MODEL_COMPILE against the real server, on a model
+directory with the calibration sample the trainer's writer (artifact.write_calibration) takes
+from the data set's training images, and the data set's own test images. (That training writes
+it is checked in test_trainer.py, on its trained model.)
+
+The CPU's instruction sets are set through SAGEMAKER_CPU_FLAGS, so each case holds
+on every CPU: bf16 runs (slowly) where the flags claim native bf16 and there is none.
+No speed is asserted here, only which mode is in effect and that its answers are right.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contract import artifact
+from helpers.serving import Reference, ServerProcess, make_calibrated_model_dir
+
+NPY = "application/x-npy"
+TEST_IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def trained_model(sample_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("precision")
+    corrupt = root / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not a JPEG")
+    return make_calibrated_model_dir(root / "model", sample_data, unreadable=(corrupt,))
+
+
+@pytest.fixture(scope="module")
+def test_images(sample_data) -> list[bytes]:
+    """The data set's held-out JPEGs and PNGs, as a client would send them."""
+    files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return [p.read_bytes() for p in files[:TEST_IMAGES]]
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started = []
+
+    def start(model_dir, **env):
+        server = ServerProcess(model_dir, tmp_path / f"server{len(started)}.log", **env)
+        started.append(server)
+        server.wait_ready(timeout=240)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def served_probabilities(server, images: list[bytes]) -> np.ndarray:
+    rows = []
+    for data in images:
+        kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+        response = server.invoke(data, kind, headers={"Accept": NPY})
+        assert response.status_code == 200, response.text
+        rows.append(np.load(io.BytesIO(response.content)))
+    return np.concatenate(rows)
+
+
+def test_calibration_sample_skips_unreadable_files_and_is_small(trained_model):
+    prep = artifact.preprocessing(artifact.read_config(trained_model))
+    files = artifact.calibration_files(trained_model)
+    assert len(files) == artifact.CALIBRATION_IMAGES
+    for path in files:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and min(image.size) == prep.resize_size
+
+
+@pytest.mark.parametrize("precision, compile_mode, flags, atol", [
+    ("bf16", "none", "avx2 avx512_bf16", 0.05),
+    ("int8", "none", "avx2", 0.3),  # the fixture's head (weights x20) amplifies int8's rounding; top-1 holds
+    ("fp32", "jit", "avx2", 1e-4),
+])
+def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, trained_model, test_images, serve):
+    server = serve(trained_model, SAGEMAKER_MODEL_PRECISION=precision, SAGEMAKER_MODEL_COMPILE=compile_mode,
+                   SAGEMAKER_CPU_FLAGS=flags)
+    assert f"precision {precision} (compile {compile_mode}) in effect: top-1 agreement with fp32" in server.log()
+    reference = Reference(trained_model)
+    expected = reference.for_images(*test_images)
+    served = served_probabilities(server, test_images)
+    assert (served.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(served - expected).max() < atol
+    if precision != "fp32":  # the x-npy answer is the mode's own, not fp32's
+        assert np.abs(served - expected).max() > 1e-6
+
+
+@pytest.mark.parametrize("precision, flags, reason, without_calibration", [
+    ("bf16", "avx2 avx512_vnni", "this CPU has no native bf16 instructions", False),
+    ("int8", "avx2", "this model has none", True),
+    ("fp16", "avx2 avx512_bf16", "runs fast on GPUs only", False),
+])
+def test_mode_that_cannot_run_well_falls_back_to_fp32(precision, flags, reason, without_calibration, trained_model,
+                                                      test_images, serve, tmp_path):
+    model_dir = trained_model
+    if without_calibration:
+        model_dir = tmp_path / "model"
+        shutil.copytree(trained_model, model_dir, ignore=shutil.ignore_patterns(artifact.CALIBRATION_DIR))
+    server = serve(model_dir, SAGEMAKER_MODEL_PRECISION=precision, SAGEMAKER_CPU_FLAGS=flags)
+    assert f"SAGEMAKER_MODEL_PRECISION={precision} SAGEMAKER_MODEL_COMPILE=none falls back to fp32" in server.log()
+    assert reason in server.log()
+    expected = Reference(trained_model).for_images(*test_images[:4])
+    np.testing.assert_allclose(served_probabilities(server, test_images[:4]), expected, atol=1e-5)
+
+
+def test_unknown_precision_is_refused_by_name(trained_model, tmp_path):
+    server = ServerProcess(trained_model, tmp_path / "server.log", SAGEMAKER_MODEL_PRECISION="int4")
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        server.stop()
+    assert "SAGEMAKER_MODEL_PRECISION='int4': expected one of fp32, bf16, int8, fp16" in server.log()

@@ -1,0 +1,93 @@
+"""Checkpoints: a round trip restores the job exactly; a corrupt, foreign or unsafe file is ignored."""
+from __future__ import annotations
+
+import torch
+
+from contract.model import Architecture
+from helpers.tiny_loop import blobs, hp_for, make_loop
+from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, state_digest
+from trainer.loop import train_one_epoch
+
+
+def trained(tmp_path, *args):
+    loop = make_loop(hp_for(*args))
+    loop.arch, loop.frozen_digest = Architecture("resnet18", 2), "frozen"
+    state = TrainingState()
+    result = train_one_epoch(loop, blobs(48), 1, state)
+    state.epoch, state.best_loss, state.best_epoch = 1, result.loss, 1
+    state.history.append({"epoch": 1, "train_loss": result.loss})
+    loop.skips.paths = {"train": {"bad.jpg"}}
+    return loop, state, Checkpointer(tmp_path, writer=True)
+
+
+def fresh(*args):
+    loop = make_loop(hp_for(*args))
+    loop.arch, loop.frozen_digest = Architecture("resnet18", 2), "frozen"
+    return loop
+
+
+def test_round_trip_restores_model_optimizer_schedule_and_state(tmp_path):
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    other = fresh()
+    restored = checkpointer.restore(other)
+    assert (restored.epoch, restored.global_step, restored.best_loss) == (1, 6, state.best_loss)
+    assert restored.history == state.history
+    for key, value in loop.model.state_dict().items():
+        assert torch.equal(value, other.model.state_dict()[key]), key
+    assert other.schedule.state_dict()["last_epoch"] == 6
+    moments = other.optimizer.state_dict()["state"]
+    assert moments and all(torch.equal(moments[k]["exp_avg"], loop.optimizer.state_dict()["state"][k]["exp_avg"])
+                           for k in moments)
+    assert other.skips.paths == {"train": {"bad.jpg"}}
+    # the file holds tensors and plain values only
+    assert torch.load(checkpointer.path, weights_only=True)["epoch"] == 1
+
+
+def test_only_rank_0_writes(tmp_path):
+    loop, state, _ = trained(tmp_path)
+    Checkpointer(tmp_path, writer=False).save(loop, state)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_corrupt_file_is_ignored(tmp_path, capsys):
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    checkpointer.path.write_bytes(checkpointer.path.read_bytes()[:200])
+    assert checkpointer.restore(fresh()).epoch == 0
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().out
+
+
+def test_another_jobs_checkpoint_is_ignored(tmp_path, capsys):
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    assert checkpointer.restore(fresh("--seed", "1")).epoch == 0
+    assert "other data or settings" in capsys.readouterr().out
+    other = fresh()
+    other.frozen_digest = "other frozen weights"
+    assert checkpointer.restore(other).epoch == 0
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_file_with_pickled_code_is_not_loaded(tmp_path, capsys):
+    """weights_only loading: a checkpoint that would run code when unpickled is refused, not run."""
+    checkpointer = Checkpointer(tmp_path, writer=True)
+    torch.save({"fingerprint": Payload()}, checkpointer.path)
+    assert checkpointer.restore(fresh()).epoch == 0
+    out = capsys.readouterr().out
+    assert "ignoring unreadable checkpoint" in out and "code ran" not in out
+
+
+def test_frozen_keys_and_digest_identify_the_frozen_weights():
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    keys = frozen_keys(model, [model[0]])
+    assert keys == {"0.weight", "0.bias", "0.running_mean", "0.running_var", "0.num_batches_tracked"}
+    state = model.state_dict()
+    digest = state_digest({k: state[k] for k in keys})
+    with torch.no_grad():
+        model[0].weight[0] += 1e-3
+    assert state_digest({k: model.state_dict()[k] for k in keys}) != digest

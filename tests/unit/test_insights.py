@@ -1,0 +1,54 @@
+"""The analysis toolbox on data a test writes: the loss rules on synthetic trials, the evaluation report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from helpers.trials import overfitting_epochs, write_trial
+from insights import report, rules
+
+
+def verdict(path, rule):
+    return rules.run(path, [rule])[rule]
+
+
+def test_overfit_needs_validation_rising_over_its_best_while_training_falls(tmp_path):
+    fired = verdict(write_trial(tmp_path / "overfit", overfitting_epochs()), "Overfit")
+    assert fired["status"] == "IssuesFound" and "above its best" in fired["message"], fired
+    # the same run stopped at its best epoch: validation fell every pass
+    quiet = verdict(write_trial(tmp_path / "best", overfitting_epochs(epochs=3)), "Overfit")
+    assert quiet["status"] == "NoIssuesFound" and quiet["judgements"] == 2, quiet
+
+
+def test_a_first_pass_far_above_training_is_no_overfitting(tmp_path):
+    """From scratch: validation loss 13.74 vs training 1.309 on the first pass, then validation falls."""
+    epochs = [([1.6, 1.3, 1.03], [13.74]), ([0.9, 0.8, 0.7], [2.1]), ([0.5, 0.45, 0.4], [0.6])]
+    quiet = verdict(write_trial(tmp_path / "scratch", epochs), "Overfit")
+    assert quiet["status"] == "NoIssuesFound" and quiet["judgements"] == 2, quiet
+    alone = verdict(write_trial(tmp_path / "one", epochs[:1]), "Overfit")
+    assert alone["status"] == "NotEnoughData" and "pass" in alone["message"], alone
+
+
+def test_overtraining_judges_validation_passes_not_batch_noise(tmp_path):
+    fired = verdict(write_trial(tmp_path / "overfit", overfitting_epochs()), "Overtraining")
+    assert fired["status"] == "IssuesFound", fired
+    # converged: training losses at ~0 wander by more than delta between batches, validation still improves
+    rng = np.random.RandomState(0)
+    converged = [(list(0.02 + 0.05 * rng.rand(7)), [0.3 * 0.8 ** epoch]) for epoch in range(6)]
+    quiet = verdict(write_trial(tmp_path / "converged", converged), "Overtraining")
+    assert quiet["status"] == "NoIssuesFound" and quiet["judgements"] == 5, quiet
+    # one pass without improvement is not yet a trend
+    dip = converged[:4] + [(converged[4][0], [1.0])] + converged[5:]
+    assert verdict(write_trial(tmp_path / "dip", dip), "Overtraining")["status"] == "NoIssuesFound"
+
+
+def test_evaluation_report_from_plain_numbers(tmp_path):
+    confusion = np.array([[5, 1], [0, 4]])
+    built = report.build("test", confusion, ["cat", "dog"], 0.25, {"train": ["bad.jpg"]})
+    assert built["accuracy"] == 0.9 and built["images"] == 10
+    assert built["per_class"] == {"cat": {"accuracy": 5 / 6, "images": 6}, "dog": {"accuracy": 1.0, "images": 4}}
+    assert built["skipped_images"] == {"count": 1, "by_split": {"train": ["bad.jpg"]}}
+    report.write(built, tmp_path)
+    assert json.loads((tmp_path / "evaluation.json").read_text())["confusion_matrix"] == [[5, 1], [0, 4]]
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
