@@ -200,3 +200,20 @@ def test_training_job_carries_debugger_rules_and_profiler(aws):
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
     profiler_rules = {r["RuleConfigurationName"] for r in request["ProfilerRuleConfigurations"]}
     assert {"LowGPUUtilization", "CPUBottleneck"} <= profiler_rules
+
+
+def test_debugger_objects_are_built_from_the_rules_list():
+    # SageMaker's Debugger objects exist in SDK v2 only (v3's ModelTrainer has no Debugger fields)
+    from insights import rules
+
+    config = rules.sagemaker_debugger_config("s3://bucket/prefix", parameters={"Overfit": {"patience": 3}})
+    built = {r.name: r for r in config["rules"]}
+    assert set(rules.BY_NAME) <= set(built) and set(rules.PROFILER_RULES) <= set(built)
+    assert built["Overfit"].rule_parameters["patience"] == "3"
+    assert built["LossNotDecreasing"].rule_parameters["mode"] == "TRAIN"
+    assert config["profiler_config"].system_monitor_interval_millis == 500
+    hook = config["debugger_hook_config"]
+    names = {c.name: c.parameters for c in hook.collection_configs}
+    assert names["relu_input"]["include_regex"] == ".*relu_input" and names["weights"]["save_interval"] == "500"
+    assert names["losses"]["save_interval"] == "1"  # the loss rules' windows need several losses each
+    assert hook.s3_output_path == "s3://bucket/prefix"

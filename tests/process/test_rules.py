@@ -206,17 +206,3 @@ def test_defaults_are_the_ones_aws_documents():
     for name, values in expected.items():
         signature = inspect.signature(rules.BY_NAME[name].cls.__init__).parameters
         assert {k: signature[k].default for k in values} == values, name
-
-
-def test_sagemaker_objects_are_built_from_the_same_list():
-    config = rules.sagemaker_debugger_config("s3://bucket/prefix", parameters={"Overfit": {"patience": 3}})
-    built = {r.name: r for r in config["rules"]}
-    assert set(rules.BY_NAME) <= set(built) and set(rules.PROFILER_RULES) <= set(built)
-    assert built["Overfit"].rule_parameters["patience"] == "3"
-    assert built["LossNotDecreasing"].rule_parameters["mode"] == "TRAIN"
-    assert config["profiler_config"].system_monitor_interval_millis == 500
-    hook = config["debugger_hook_config"]
-    names = {c.name: c.parameters for c in hook.collection_configs}
-    assert names["relu_input"]["include_regex"] == ".*relu_input" and names["weights"]["save_interval"] == "500"
-    assert names["losses"]["save_interval"] == "1"  # the loss rules' windows need several losses each
-    assert hook.s3_output_path == "s3://bucket/prefix"
