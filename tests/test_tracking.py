@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import FAST_HPS, run_trainer
-from helpers.mlflow_server import mlflow_server as start_mlflow_server
-from localnet import free_port
 from contract.spec import metrics
+from helpers.mlflow_server import mlflow_server as start_mlflow_server
 from insights import report
+from localnet import free_port
 from trainer import tracking
 
 # two epochs of the sample data: 97 training images in batches of 16 make 7 steps per epoch

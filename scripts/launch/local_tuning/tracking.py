@@ -91,7 +91,7 @@ class StudyRun(Untracked):
         self.call("log the trials' objectives", lambda: client.log_batch(run_id, metrics=objectives))
         if result.best is not None:
             self.call("log the best parameters", best_params)
-        for name, path in result.files.items():
+        for path in result.files.values():
             if path.is_file():
                 self.call(f"upload {path.name}", lambda path=path: client.log_artifact(run_id, str(path), "tuning"))
         self.end(status)
