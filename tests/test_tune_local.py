@@ -256,11 +256,15 @@ def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
     assert (workdir / "leaderboard.csv").is_file() and (workdir / "best_params.json").is_file()
 
 
-def test_container_runner(engine, sample_data, space_file, tmp_path):
+def test_container_runner(engine, sample_data, space_file, tmp_path, monkeypatch):
     build_image(engine, "train")
     workdir = tmp_path / "study"
-    result = local_tuning.run_study(str(space_file), sample_data, workdir, 1, runner="container",
-                                    engine=engine, fixed_overrides=TINY, log=quiet)
+    with mlflow_server(tmp_path / "mlflow") as url:  # the trial's container reaches it on the host's 127.0.0.1
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        result = local_tuning.run_study(str(space_file), sample_data, workdir, 1, runner="container",
+                                        engine=engine, fixed_overrides=TINY, log=quiet)
+        _, parent, children = study_runs(url)
+    assert [run.info.run_name for run in children] == ["0"] and children[0].info.status == "FINISHED"
     (row,) = result.rows
     log = row.log.read_text()
     assert row.state == "COMPLETE", log[-3000:]
