@@ -28,8 +28,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 
 def wait_healthy(url: str, timeout_s: float = 240, interval_s: float = 0.5,
-                 check: Callable[[], None] | None = None) -> float:
-    """Poll `url`/ping until it answers 200 (a serving container is ready); the seconds it took.
+                 check: Callable[[], None] | None = None, path: str = "/ping") -> float:
+    """Poll `url` + `path` until it answers 200 (a serving container's /ping, an MLflow server's /health);
+    the seconds it took.
 
     TimeoutError after `timeout_s`. `check` runs between tries: it raises to stop waiting early,
     e.g. when the server's process or container has exited."""
@@ -38,10 +39,10 @@ def wait_healthy(url: str, timeout_s: float = 240, interval_s: float = 0.5,
         if check is not None:
             check()
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=min(5.0, timeout_s)) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=min(5.0, timeout_s)) as response:
                 if response.status == 200:
                     return time.monotonic() - start
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass  # not listening yet, or not ready (urlopen raises HTTPError for a 5xx)
         time.sleep(interval_s)
-    raise TimeoutError(f"{url}/ping did not answer 200 within {timeout_s:.0f} s")
+    raise TimeoutError(f"{url}{path} did not answer 200 within {timeout_s:.0f} s")

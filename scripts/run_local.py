@@ -3,7 +3,7 @@
 
     scripts/run_local.py [--data DIR_OR_ARCHIVE] [--workdir build/local] [--hp name=value ...]
                          [--trials 4] [--stage NAME ...] [--force] [--sagemaker-local] [--gpu]
-                         [--weights-cache DIR]
+                         [--weights-cache DIR] [--mlflow]
 
 Stages, one line each with its time (a progress bar for trials and epochs on a terminal):
   images    build the training and serving images (layer cache reused)
@@ -14,7 +14,10 @@ Stages, one line each with its time (a progress bar for trials and epochs on a t
   profile   the profiling report and the loss plot
   serve     the serving container on 127.0.0.1 (SageMaker's `serve`)
   classify  the held-out images through /invocations; p50 latency
-then a summary. --data is given to every stage as SageMaker gives a channel: a
+then a summary. --mlflow starts a local MLflow server (the training image's, on
+127.0.0.1, its store in workdir/mlflow) for the run: the tuning study is a parent run
+with a child run per trial, the final training one run, all read back in MLflow's UI;
+the summary prints its URL, and the server is stopped at the end. --data is given to every stage as SageMaker gives a channel: a
 folder as the channel, an archive inside the channel folder (the trainer
 unpacks it). ImageNet weights are cached on the host (--weights-cache), so they
 are downloaded once. A stage whose inputs have not changed since the last run is
@@ -26,6 +29,8 @@ The stages are in scripts/workflow/.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 import container_path  # noqa: F401  (first: container/ on the import path, for contract.spec)
@@ -48,9 +53,13 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="GPU containers and the GPU serving image")
     parser.add_argument("--weights-cache", type=Path, help="host folder for ImageNet weight files, mounted as the "
                         "training image's torch hub cache (default: this machine's, ~/.cache/torch/hub/checkpoints)")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="track the tuning trials and the training in a local MLflow server (workdir/mlflow)")
     args = parser.parse_args()
     if args.data and not args.data.exists():
         parser.error(f"--data {args.data} does not exist")
+    # a kill (not only Ctrl-C) unwinds too: the serving container and the MLflow server are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     Workflow(args).run()
 
 

@@ -274,14 +274,26 @@ def tuning_parent(client, experiment_id: str, job_name: str) -> str | None:
     return parent.info.run_id
 
 
-def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
-    uri = os.environ.get(TRACKING_URI_ENV, "").strip()
-    if not uri:
-        return None
+def experiment(client) -> tuple[str, str]:
+    """MLFLOW_EXPERIMENT_NAME's experiment (or ours), made if missing: its name and id."""
+    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    found = client.get_experiment_by_name(name)
+    return name, found.experiment_id if found else client.create_experiment(name)
+
+
+def bound_http(uri: str) -> None:
+    """MLflow's HTTP client settings for a server that may be down (the caller's explicit ones win)."""
     for name, value in HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
     if not uri.startswith("arn:"):  # sagemaker-mlflow's header provider fails on other URIs, noisily, every call
         logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+
+
+def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
+    uri = os.environ.get(TRACKING_URI_ENV, "").strip()
+    if not uri:
+        return None
+    bound_http(uri)
     try:
         from mlflow import MlflowClient
 
@@ -292,9 +304,7 @@ def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
             say(f"MLflow at {uri} is not reachable after {time.monotonic() - asked:.1f} s ({problem}); "
                 "training goes on without it")
             return None
-        experiment_name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        experiment_name, experiment_id = experiment(client)
         job = os.environ.get("TRAINING_JOB_NAME", "")
         tags = {"sagemaker.training_job": job} if job else {}
         parent = os.environ.get(PARENT_RUN_ENV) or (

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import container_engine
 from contract.spec import images
+from contract.spec.tracking import RUN_NAME_ENV
 
 from .stages import ROOT
 
 IMAGE_HUB_CACHE = "/opt/torch/hub/checkpoints"  # the training image's torch hub cache (TORCH_HOME=/opt/torch)
 # passed on to the containers when set: the trainer's archive limits, its weights mirror
 FORWARDED_ENV = ("TRAINER_ARCHIVE_MAX_BYTES", "TRAINER_ARCHIVE_MAX_MEMBERS", "TRAINER_ARCHIVE_MAX_DEPTH",
-                 "WEIGHTS_MIRROR_URL")
+                 "WEIGHTS_MIRROR_URL", "MLFLOW_EXPERIMENT_NAME")
 
 
 def default_weights_cache() -> Path:
@@ -35,16 +36,26 @@ class Containers:
         self.serve_image = images.serve_image(self.serve_variant)
         self.gpu_flags = container_engine.gpu_flags(self.cli) if gpu else []
         self.weights_cache = (weights_cache or default_weights_cache()).resolve()
+        self.tracking_env: dict | None = None  # run_local.py --mlflow: the server's settings (tracking_server.py)
 
     def image_id(self, image: str) -> str:
         out = subprocess.run([self.cli, "image", "inspect", "--format", "{{.Id}}", image], env=self.env,
                              capture_output=True, text=True)
         return out.stdout.strip()
 
-    def in_training_image(self, *args: str, mounts: list[str] = ()) -> list[str]:
+    def in_training_image(self, *args: str, mounts: list[str] = (), flags: list[str] = ()) -> list[str]:
         """A command run in the training image, with the repository mounted read-only at /src."""
         volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
-        return [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), *volumes, self.train_image, *args]
+        return [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), *flags, *volumes, self.train_image,
+                *args]
+
+    def tracking_flags(self, run_name: str | None = None) -> list[str]:
+        """With --mlflow: the server's URL (and the stage's run name) for a training or tuning container, on
+        the host's network: the server listens on the host's 127.0.0.1 only."""
+        if self.tracking_env is None:
+            return []
+        env = {**self.tracking_env, **({RUN_NAME_ENV: run_name} if run_name else {})}
+        return ["--network", "host", *[item for name, value in env.items() for item in ("-e", f"{name}={value}")]]
 
     def trainer_flags(self) -> list[str]:
         """What every trainer run gets: the host's weights cache as the image's hub cache, forwarded settings."""

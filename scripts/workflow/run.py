@@ -8,6 +8,7 @@ from contract.spec import hyperparameters, presets
 from .containers import Containers
 from .serving import ServingStages
 from .stages import ROOT, StageRunner, digest, tree_digest
+from .tracking_server import TrackingServer, store_uri
 from .training import DEMO_SPACE, TrainingStages
 
 STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
@@ -18,6 +19,7 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
 
     def __init__(self, args):
         self.containers = Containers(args.gpu, args.weights_cache)
+        self.tracking: TrackingServer | None = None  # with --mlflow, while the stages run
         super().__init__(args, self.containers.env)
         # the quick settings on the sample data; for real data e.g. --hp backbone=resnet50 --hp pretrained=imagenet
         self.hps = hyperparameters.as_strings(presets.DEMO) if not args.data else {}
@@ -31,6 +33,18 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
         print(f"local workflow in {self.workdir} (engine: {self.containers.cli})")
         images = self.stage("images", tree_digest(ROOT / "container", ROOT / "Dockerfile.train",
                                                   ROOT / "Dockerfile.serve") + str(args.gpu), self.images)
+        if not args.mlflow:
+            return self.run_stages(images)
+        if args.sagemaker_local:  # sm.py's local-mode job is given no environment, and has its own network
+            print("  note: --mlflow tracks the tuning trials; the train stage through --sagemaker-local is not tracked")
+        # from the training image just built; stopped and removed however the stages end
+        with TrackingServer(self.containers, self.workdir) as server:
+            self.containers.tracking_env = server.env()
+            self.tracking = server
+            self.run_stages(images)
+
+    def run_stages(self, images: dict) -> None:
+        args = self.args
         if args.data:
             data = args.data.resolve()
             self.timings["data"] = (0.0, True)
@@ -40,11 +54,13 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
                                    self.sample_data)["data"])
         data_fp = tree_digest(data)
         space_fp = tree_digest(Path(args.space)) if args.space and Path(args.space).is_file() else args.space
+        # a run with --mlflow trains again when the last one was not tracked: its runs are then in the store
+        tracked = ("mlflow",) if args.mlflow else ()
         tuned = self.stage("tune", digest(data_fp, images["train"], self.hps, args.trials, space_fp,
-                                          tree_digest(DEMO_SPACE)),
+                                          tree_digest(DEMO_SPACE), *tracked),
                            lambda log, p: self.tune(log, p, data))
         hps = {**self.hps, **tuned["best"], **presets.DEBUG}
-        trained = self.stage("train", digest(data_fp, images["train"], hps, args.sagemaker_local),
+        trained = self.stage("train", digest(data_fp, images["train"], hps, args.sagemaker_local, *tracked),
                              lambda log, p: self.train(log, p, data, hps))
         rules = self.stage("rules", self.state["train"]["fingerprint"], self.rules)
         profile = self.stage("profile", self.state["train"]["fingerprint"], self.profile)
@@ -64,6 +80,10 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
         print(f"  rule verdicts         {', '.join(f'{k}: {v}' for k, v in rules['rules'].items())}")
         print(f"  profiler verdicts     {', '.join(f'{k}: {v}' for k, v in profile['verdicts'].items())}")
         print(f"  skipped stages        {', '.join(skipped) if skipped else 'none'}")
+        if self.tracking is not None:
+            print(f"  MLflow                {self.tracking.url} (stopped with the workflow; the runs stay in "
+                  f"{self.tracking.store}: `mlflow ui --backend-store-uri {store_uri(self.tracking.store)} "
+                  f"--artifacts-destination {self.tracking.store / 'artifacts'}`)")
         for label, path in (("model", Path(trained["model"])),
                             ("evaluation report", out / "data" / "evaluation.json"),
                             ("confusion matrix", out / "data" / "confusion_matrix.png"),

@@ -61,7 +61,7 @@ class TrainingStages:
         self.sh(log, self.containers.in_training_image(
             "python", "/src/scripts/tune_local.py", "--space", space, "--data", "/data", "--workdir", "/work",
             "--trials", str(self.args.trials), "--runner", "process", *(["--hp", *hps] if hps else []),
-            mounts=mounts), on_line)
+            mounts=mounts, flags=self.containers.tracking_flags()), on_line)
         if not (out / "best_params.json").exists():
             raise StageFailed("no tuning trial finished (the trials' reasons are above)")
         best = json.loads((out / "best_params.json").read_text())
@@ -83,7 +83,7 @@ class TrainingStages:
             self.train_in_local_mode(log, data, hps, opt_ml, on_line)
         else:
             box = self.containers
-            self.sh(log, [box.cli, "run", "--rm", *box.gpu_flags, *box.trainer_flags(),
+            self.sh(log, [box.cli, "run", "--rm", *box.gpu_flags, *box.trainer_flags(), *box.tracking_flags("train"),
                           "-v", f"{opt_ml}:{paths.DEFAULT_BASE_DIR}",
                           "-v", channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)), box.train_image, "train"],
                          on_line)

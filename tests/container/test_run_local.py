@@ -6,11 +6,15 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from helpers.mlflow_server import mlflow_server
 from helpers.training import ROOT
+from launch import local_tuning
+from trainer import tracking
 
 STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "classify")
 
@@ -87,3 +91,49 @@ def test_a_failing_stage_stops_the_run(engine, tmp_path):
     assert re.search(r"^  tune\s+FAILED", result.stdout, re.MULTILINE), result.stdout[-3000:]
     assert "no images found in training data" in result.stdout
     assert "summary" not in result.stdout
+
+
+def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
+    """--mlflow: a real server for the run; afterwards its store is read back through MLflow's client."""
+    from mlflow import MlflowClient
+
+    workdir = tmp_path / "w"
+    result, _ = run_local(engine, "--workdir", str(workdir), "--trials", "2", "--hp", "epochs=2", "--mlflow")
+    out = result.stdout
+    assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
+    url = re.search(r"^  MLflow\s+(http://127\.0\.0\.1:\d+) ", out, re.MULTILINE).group(1)
+    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
+                               capture_output=True, text=True).stdout
+    assert "byoc-mlflow-" not in leftovers  # stopped and removed with the workflow
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=5)
+    data = workdir / "opt_ml" / "output" / "data"
+    with mlflow_server(workdir / "mlflow") as again:
+        client = MlflowClient(again)
+        experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+        runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+        # the tune stage: the study's run, a child run per trial
+        study = runs[local_tuning.STUDY_NAME]
+        assert study.info.status == "FINISHED"
+        children = [run for run in runs.values() if run.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+        assert sorted(run.info.run_name for run in children) == ["0", "1"]
+        assert {"tuning/tuning-report.html", "tuning/leaderboard.csv"} <= {
+            item.path for item in client.list_artifacts(study.info.run_id, "tuning")}
+        # the train stage: its parameters, every step's loss, each epoch's validation, the test score, artifacts
+        train = runs["train"]
+        run_id = train.info.run_id
+        assert train.info.status == "FINISHED"
+        assert train.data.params["epochs"] == "2" and "lr" in train.data.params
+        steps = [r for r in map(json.loads, (data / tracking.SCALARS_FILE).read_text().splitlines())
+                 if r["kind"] == "step"]
+        history = sorted(client.get_metric_history(run_id, "train:step_loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == [r["step"] for r in steps] and len(history) >= 10
+        assert [m.value for m in history] == pytest.approx([r["loss"] for r in steps])
+        for name in ("validation:loss", "validation:accuracy"):
+            assert sorted(m.step for m in client.get_metric_history(run_id, name)) == [1, 2], name
+        evaluation = json.loads((data / "evaluation.json").read_text())
+        assert train.data.metrics[f"{evaluation['split']}:accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-4)
+        artifacts = {item.path for folder in ("evaluation", "model", "profiler")
+                     for item in client.list_artifacts(run_id, folder)}
+        assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "model/model.pt",
+                "profiler/profiler-report.html"} <= artifacts

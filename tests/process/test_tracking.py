@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from contract.spec import metrics
+from helpers.mlflow_server import mlflow_server as start_mlflow_server
 from helpers.training import FAST_HPS, run_trainer
 from insights import report
-from localnet import free_port, wait_http
+from localnet import free_port
 from trainer import tracking
 
 # two epochs of the sample data: 97 training images in batches of 16 make 7 steps per epoch
@@ -27,24 +24,8 @@ RUN_NAME = "tracked-job"
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` from the test environment on 127.0.0.1: SQLite store, artifacts served by it."""
-    store = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
-        stdout=open(store / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=180)
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="module")

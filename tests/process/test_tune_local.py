@@ -21,8 +21,11 @@ from optuna.trial import TrialState
 
 import proctree
 from contract.spec import hyperparameters, metrics, search_space
+from helpers.mlflow_server import mlflow_server
 from helpers.training import FAST_HPS, ROOT, build_image
 from launch import local_tuning
+from localnet import free_port
+from trainer import tracking
 
 TINY = {**{k: v for k, v in FAST_HPS.items() if k != "lr"},
         "trainable-layers": 0, "epochs": 2, "max-steps-per-epoch": 4}
@@ -253,11 +256,15 @@ def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
     assert (workdir / "leaderboard.csv").is_file() and (workdir / "best_params.json").is_file()
 
 
-def test_container_runner(engine, sample_data, space_file, tmp_path):
+def test_container_runner(engine, sample_data, space_file, tmp_path, monkeypatch):
     build_image(engine, "train")
     workdir = tmp_path / "study"
-    result = local_tuning.run_study(str(space_file), sample_data, workdir, 1, runner="container",
-                                    engine=engine, fixed_overrides=TINY, log=quiet)
+    with mlflow_server(tmp_path / "mlflow") as url:  # the trial's container reaches it on the host's 127.0.0.1
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        result = local_tuning.run_study(str(space_file), sample_data, workdir, 1, runner="container",
+                                        engine=engine, fixed_overrides=TINY, log=quiet)
+        _, parent, children = study_runs(url)
+    assert [run.info.run_name for run in children] == ["0"] and children[0].info.status == "FINISHED"
     (row,) = result.rows
     log = row.log.read_text()
     assert row.state == "COMPLETE", log[-3000:]
@@ -268,3 +275,60 @@ def test_container_runner(engine, sample_data, space_file, tmp_path):
     left = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
                           capture_output=True, text=True).stdout
     assert f"byoc-tune-{token}" not in left
+
+
+# -- MLflow: the study a parent run, each trial a child run ------------------------
+
+def study_runs(url: str) -> tuple:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.info.run_name == local_tuning.STUDY_NAME]
+    children = sorted((run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda run: int(run.info.run_name))
+    return client, parent, children
+
+
+def test_study_is_a_parent_run_with_a_child_run_per_trial(sample_data, space_file, tmp_path, monkeypatch):
+    with mlflow_server(tmp_path / "mlflow") as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 2, pruner="none",
+                                        fixed_overrides={**TINY, "amp": "false"}, log=quiet)
+        assert [row.state for row in result.rows] == ["COMPLETE", "COMPLETE"], result.markdown()
+        client, parent, children = study_runs(url)
+        assert parent.info.status == "FINISHED"
+        assert [run.info.run_name for run in children] == ["0", "1"]
+        by_number = {row.number: row for row in result.rows}
+        for run in children:
+            assert run.info.status == "FINISHED"
+            history = client.get_metric_history(run.info.run_id, "validation:loss")
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]  # per epoch
+            # the trial's objective is its last validation loss, as the tuner read it from the log
+            assert max(history, key=lambda m: m.step).value == pytest.approx(
+                by_number[int(run.info.run_name)].objective, abs=1e-4)
+            assert len(client.get_metric_history(run.info.run_id, "train:step_loss")) == 8  # 2 epochs of 4 steps
+            assert run.data.params["lr"] == f"{by_number[int(run.info.run_name)].params['lr']}"
+        # the parent: the best trial's parameters and objective, every trial's objective, the reports
+        best = result.best
+        assert parent.data.metrics["validation:loss"] == pytest.approx(best.objective)
+        assert parent.data.metrics["best_trial"] == best.number
+        assert parent.data.params["lr"] == str(best.params["lr"]) and parent.data.params["epochs"] == "2"
+        objectives = client.get_metric_history(parent.info.run_id, "trials:objective")
+        assert sorted(m.step for m in objectives) == [0, 1]
+        uploaded = {item.path for item in client.list_artifacts(parent.info.run_id, "tuning")}
+        assert {"tuning/tuning-report.html", "tuning/leaderboard.csv", "tuning/best_params.json"} <= uploaded
+
+
+def test_a_down_tracking_server_never_fails_the_study(sample_data, space_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    lines = []
+    started = time.monotonic()
+    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 1, pruner="none",
+                                    fixed_overrides=TINY, log=lines.append)
+    assert [row.state for row in result.rows] == ["COMPLETE"], result.markdown()
+    assert sum("is not reachable" in line for line in lines) == 1, lines  # said once, by the study
+    # the trial was told: it does not wait for the server itself
+    assert "is not reachable" not in result.rows[0].log.read_text()
+    assert time.monotonic() - started < 120

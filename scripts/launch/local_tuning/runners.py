@@ -18,6 +18,7 @@ from contract.spec import hyperparameters, paths
 
 from .errors import TuningError
 from .slots import Slot
+from .tracking import on_loopback
 
 RUNNERS = ("process", "container")
 STOP_GRACE_S = 15  # SIGTERM, then this long for the trainer's checkpoint, then SIGKILL
@@ -81,9 +82,9 @@ class ProcessRunner:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace")
 
-    def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str) -> subprocess.Popen:
+    def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str, env: dict | None = None) -> subprocess.Popen:
         opt_ml = trial_dir / "opt_ml"
-        env = {paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(trial_dir / "scratch"),
+        env = {**(env or {}), paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(trial_dir / "scratch"),
                "TRAINER_REASON_FILE": str(trial_dir / "reason"), "SM_CHANNEL_TRAINING": str(self.channel),
                "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index)}
         argv = hyperparameters.to_argv(hyperparameters.to_sagemaker(hps))
@@ -145,8 +146,11 @@ class ContainerRunner:
         if found.returncode != 0:
             raise TuningError(f"image {image} not found: build it with `bash scripts/build_image.sh train`")
 
-    def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str) -> subprocess.Popen:
+    def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str, env: dict | None = None) -> subprocess.Popen:
+        """`env`: the trial's own settings (MLflow's), given with -e; a server on the host's loopback
+        is reached on the host's network."""
         opt_ml = trial_dir / "opt_ml"
+        env = env or {}
         mounts = []
         if hps.get(CACHE_HP):  # one feature cache for all trials: the host folder, mounted
             host = Path(str(hps[CACHE_HP])).resolve()
@@ -157,7 +161,9 @@ class ContainerRunner:
         target = container_engine.channel_mount(self.data, paths.channel(paths.TRAINING_CHANNEL))
         cmd = [shutil.which(self.cli) or self.cli, "run", "--rm", "--name", name,
                "-v", f"{opt_ml}:{paths.DEFAULT_BASE_DIR}", "-v", target, *mounts,
-               "-e", f"OMP_NUM_THREADS={slot.threads}", "-e", f"MKL_NUM_THREADS={slot.threads}"]
+               "-e", f"OMP_NUM_THREADS={slot.threads}", "-e", f"MKL_NUM_THREADS={slot.threads}",
+               *[item for key, value in env.items() for item in ("-e", f"{key}={value}")],
+               *(["--network", "host"] if on_loopback(env) else [])]
         if slot.gpu is not None:
             cmd += container_engine.gpu_flags(self.cli, slot.gpu)
         cmd += [self.image, "train"]

@@ -22,6 +22,7 @@ from .errors import TuningError
 from .reports import STUDY_NAME, StudyResult, params_text, write_reports
 from .runners import RUNNERS, ContainerRunner, ProcessRunner
 from .space import GRID_POINTS, SAMPLERS, grid_size, make_pruner, make_sampler, space_with_overrides
+from .tracking import track_study
 from .trials import TrialWork
 
 
@@ -123,7 +124,9 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         runtime = {}  # trial-only settings, not part of best_params.json
         if "profiler" in hyperparameters.BY_NAME and "profiler" not in fixed:
             runtime["profiler"] = "false"  # no profile per trial
-        work = TrialWork(study, storage, space, fixed, runtime, the_runner, workdir, study.user_attrs["token"], log)
+        tracking = track_study(study, log)  # MLflow, when MLFLOW_TRACKING_URI names a server
+        work = TrialWork(study, storage, space, fixed, runtime, the_runner, workdir, study.user_attrs["token"], log,
+                         trial_env=tracking.trial_env)
         done = _finished(study)
         remaining = max(0, target - done)
         log(f"study {STUDY_NAME} in {workdir}: {done} of {target} trials done, {remaining} to run "
@@ -137,20 +140,25 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         for slot in slots:
             slot_queue.put(slot)
         try:
-            with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
-                futures = [pool.submit(work.worker, slot_queue) for _ in range(remaining)]
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                except KeyboardInterrupt:
-                    interrupted = True
-                    log("interrupted: stopping the running trials (a rerun resumes the study)")
-                    for future in futures:
-                        future.cancel()
-                    work.interrupt()
-        finally:
-            the_runner.close()
-        result = write_reports(study, space, fixed, workdir, target, keep_models)
+            try:
+                with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
+                    futures = [pool.submit(work.worker, slot_queue) for _ in range(remaining)]
+                    try:
+                        for future in as_completed(futures):
+                            future.result()
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        log("interrupted: stopping the running trials (a rerun resumes the study)")
+                        for future in futures:
+                            future.cancel()
+                        work.interrupt()
+            finally:
+                the_runner.close()
+            result = write_reports(study, space, fixed, workdir, target, keep_models)
+        except BaseException as exc:  # the study's MLflow run ends too
+            tracking.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        tracking.finish(result, space.objective_metric, "KILLED" if interrupted else "FINISHED")
         result.interrupted = interrupted
         if interrupted:
             raise KeyboardInterrupt

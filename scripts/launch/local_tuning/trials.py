@@ -28,8 +28,9 @@ class TrialWork:
     """The study's trials: each worker thread takes a slot, asks Optuna, runs one trial, tells the outcome."""
 
     def __init__(self, study: optuna.Study, storage, space, fixed: dict, runtime: dict, runner, workdir: Path,
-                 token: str, log: Callable[[str], None]):
+                 token: str, log: Callable[[str], None], trial_env: Callable[[int], dict] = lambda number: {}):
         self.study, self.storage, self.space, self.fixed, self.runtime = study, storage, space, fixed, runtime
+        self.trial_env = trial_env  # a trial's extra environment, by its number (tracking.py's MLflow settings)
         self.runner, self.workdir, self.token, self.log = runner, workdir, token, log
         self.stopping = threading.Event()
         self.ask_lock = threading.Lock()
@@ -81,7 +82,7 @@ class TrialWork:
         with open(trial_dir / "log.txt", "w") as log:
             log.write(f"# trial {trial.number}: {json.dumps(hyperparameters.to_sagemaker(hps))}\n")
             log.flush()
-            proc = self.runner.start(trial_dir, hps, slot, name)
+            proc = self.runner.start(trial_dir, hps, slot, name, self.trial_env(trial.number))
             self.active[trial.number] = (proc, name)
             try:
                 for line in proc.stdout:
