@@ -50,6 +50,10 @@ def test_summary_and_reports(first_run, engine):
     # the training loss falls over the run's 35 steps, each saved: judged, and judged well
     assert summary["LossNotDecreasing"]["status"] == "NoIssuesFound", summary["LossNotDecreasing"]
     assert summary["LossNotDecreasing"]["judgements"] >= 2
+    # a run that learns its test set: no overfitting or overtraining claimed (the first validation
+    # pass of a from-scratch run is far above the training loss; that gap alone is no evidence)
+    for rule in ("Overfit", "Overtraining"):
+        assert summary[rule]["status"] in ("NoIssuesFound", "NotEnoughData"), summary[rule]
     profiler = re.search(r"profiler verdicts\s+(.*)$", out, re.MULTILINE).group(1)
     assert re.search(r"CPUBottleneck: (IssuesFound|NoIssuesFound)", profiler)
     named = re.findall(r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"
