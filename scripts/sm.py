@@ -31,11 +31,14 @@ from launch import config as configuration  # noqa: E402
 from launch import hosting, training, tuning  # noqa: E402
 from launch.cli import (  # noqa: E402
     add_environment_arguments,
+    cleanup_endpoint,
     job_environment,
     local_channels,
     parse_hps,
     parse_tags,
+    print_leaderboard,
     print_top,
+    tune_locally,
 )
 from launch.session import make_session, remove_local_containers  # noqa: E402
 
@@ -61,16 +64,8 @@ def cmd_tune(args, config, session):
 
     space = search_space.load(args.space)
     fixed = {**space.fixed, **parse_hps(args.hp)}
-    if config.is_local:  # SageMaker has no local tuning jobs: the same space runs with Optuna
-        from launch import local_tuning
-
-        if not args.data:
-            raise SystemExit("--data (a local folder or archive) is required")
-        sampler = {"Bayesian": "tpe", "Random": "random", "Grid": "grid"}.get(args.strategy, "tpe")
-        result = local_tuning.run_study(space, args.data, args.workdir / "tuning", args.max_jobs, sampler,
-                                        parallel=args.max_parallel_jobs, runner="container",
-                                        fixed_overrides=parse_hps(args.hp), image=config.train_image)
-        print(result.markdown())
+    if config.is_local:  # no local tuning jobs in either SDK: the same space runs with Optuna
+        tune_locally(args, config, space)
         return
     if args.attach:
         tuner = tuning.attach(session, args.attach)
@@ -88,10 +83,7 @@ def cmd_tune(args, config, session):
     if not (args.wait or args.train_best):
         return
     tuner.wait()
-    print("| rank | training job | objective | " + " | ".join(p.name for p in space.parameters) + " |")
-    for rank, row in enumerate(tuning.leaderboard(tuner), start=1):
-        values = " | ".join(str(row.get(p.name, "")) for p in space.parameters)
-        print(f"| {rank} | {row['TrainingJobName']} | {row['FinalObjectiveValue']:.6f} | {values} |")
+    print_leaderboard(space, tuning.leaderboard(tuner))
     best = tuning.best_hyperparameters(session, tuner)
     print(f"best hyperparameters: {best}")
     if args.train_best:  # the first seed's flow: train the final model with the best values
@@ -171,17 +163,7 @@ def cmd_transform(args, config, session):
 
 
 def cmd_cleanup(args, config, session):
-    if config.is_local:
-        print("local endpoints stop when their deploy command stops; nothing to delete")
-        return
-    try:
-        session.boto_session.client("application-autoscaling").deregister_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{args.endpoint_name}/variant/AllTraffic",
-            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
-    except Exception:  # not registered: nothing to undo
-        pass
-    for item in hosting.cleanup(session, args.endpoint_name):
-        print(f"deleted {item}")
+    cleanup_endpoint(config, session, args.endpoint_name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,14 @@ def job_environment(args) -> dict:
     return env
 
 
+def print_leaderboard(space, rows: list[dict]) -> None:
+    """A finished tuning job's trials, best first, as a markdown table."""
+    print("| rank | training job | objective | " + " | ".join(p.name for p in space.parameters) + " |")
+    for rank, row in enumerate(rows, start=1):
+        values = " | ".join(str(row.get(p.name, "")) for p in space.parameters)
+        print(f"| {rank} | {row['TrainingJobName']} | {row['FinalObjectiveValue']:.6f} | {values} |")
+
+
 def print_top(source: str, result: dict) -> None:
     top = result["predictions"]
     print(f"{source}: " + ", ".join(f"{p['label']} {p['probability']:.3f}" for p in top))
@@ -66,3 +74,36 @@ def local_channels(sources: dict, workdir: Path) -> dict:
             shutil.copy2(path, folder / path.name)
         staged[name] = str(folder)
     return staged
+
+
+def cleanup_endpoint(config, session, endpoint_name: str) -> None:
+    """sm.py cleanup on either SDK: the autoscaling target (if any), then the endpoint, its
+    configuration and its models (plain boto3 calls through the session: the same for v2 and v3)."""
+    from launch import hosting
+
+    if config.is_local:
+        print("local endpoints stop when their deploy command stops; nothing to delete")
+        return
+    try:
+        session.boto_session.client("application-autoscaling").deregister_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{endpoint_name}/variant/AllTraffic",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+    except Exception:  # not registered: nothing to undo
+        pass
+    for item in hosting.cleanup(session, endpoint_name):
+        print(f"deleted {item}")
+
+
+def tune_locally(args, config, space) -> None:
+    """sm.py tune --local on either SDK (neither has local tuning jobs): the Optuna study on the same
+    space, trials in the training image; with --mlflow, a parent run and a child run per trial."""
+    from launch import local_tuning
+
+    if not args.data:
+        raise SystemExit("--data (a local folder or archive) is required")
+    os.environ.update(job_environment(args))  # the study reads the tracking settings from the environment
+    sampler = {"Bayesian": "tpe", "Random": "random", "Grid": "grid"}.get(args.strategy, "tpe")
+    result = local_tuning.run_study(space, args.data, args.workdir / "tuning", args.max_jobs, sampler,
+                                    parallel=args.max_parallel_jobs, runner="container",
+                                    fixed_overrides=parse_hps(args.hp), image=config.train_image)
+    print(result.markdown())

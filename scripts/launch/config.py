@@ -101,3 +101,15 @@ def default_image_uris(config: Config, account: str) -> None:
     variant = "gpu" if config.serve_instance.split(".")[1][:1] in ("g", "p") else "cpu"
     config.train_image = config.train_image or f"{registry}/{images.TRAIN_REPOSITORY}:{version}"
     config.serve_image = config.serve_image or f"{registry}/{images.SERVE_REPOSITORY}-{variant}:{version}"
+
+
+def complete_from_session(config: Config, session) -> None:
+    """What an AWS session (either SDK's: the same attributes) fills in that flags left empty:
+    the region, this account's ECR image URIs, the default bucket; a role is required."""
+    config.region = session.boto_region_name
+    if not (config.train_image and config.serve_image):
+        default_image_uris(config, session.account_id())
+    if not config.s3_prefix:
+        config.s3_prefix = f"s3://{session.default_bucket()}/byoc"
+    if not config.role:
+        raise SystemExit("no SageMaker execution role: pass --role, set SAGEMAKER_ROLE, or put role in byoc.toml")

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import container_engine
-from launch.config import Config, default_image_uris
+from launch.config import Config, complete_from_session
 
 LOCAL_SDK_CONFIG = {
     "SchemaVersion": "1.0",
@@ -60,11 +60,5 @@ def make_session(config: Config):
     import sagemaker
 
     session = sagemaker.Session(boto_session=boto3.Session(region_name=config.region or None))
-    config.region = session.boto_region_name
-    if not (config.train_image and config.serve_image):
-        default_image_uris(config, session.account_id())
-    if not config.s3_prefix:
-        config.s3_prefix = f"s3://{session.default_bucket()}/byoc"
-    if not config.role:
-        raise SystemExit("no SageMaker execution role: pass --role, set SAGEMAKER_ROLE, or put role in byoc.toml")
+    complete_from_session(config, session)
     return session

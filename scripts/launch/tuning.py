@@ -1,8 +1,8 @@
-"""SageMaker's HyperparameterTuner around our training Estimator, from trainer/search_space.py."""
+"""SageMaker's HyperparameterTuner around our training Estimator, from contract/spec/search_space.py."""
 from __future__ import annotations
 
 from contract.spec.metrics import METRIC_DEFINITIONS
-from contract.spec.search_space import SearchSpace, SearchSpaceError
+from contract.spec.search_space import SearchSpace, SearchSpaceError, sdk_ranges
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 
@@ -10,16 +10,25 @@ STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 def ranges(space: SearchSpace) -> dict:
     from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
 
-    result = {}
-    for p in space.parameters:
-        scaling = "Logarithmic" if p.scaling == "log" else "Linear"
-        if p.type == "continuous":
-            result[p.name] = ContinuousParameter(p.low, p.high, scaling_type=scaling)
-        elif p.type == "integer":
-            result[p.name] = IntegerParameter(int(p.low), int(p.high), scaling_type=scaling)
-        else:
-            result[p.name] = CategoricalParameter([str(v) for v in p.values])
-    return result
+    return sdk_ranges(space, ContinuousParameter, IntegerParameter, CategoricalParameter)
+
+
+def tuner_arguments(space: SearchSpace, strategy: str, max_jobs: int, max_parallel_jobs: int,
+                    hyperparameter_ranges: dict) -> dict:
+    """The tuner's keyword arguments both SDKs share (the Hyperband and warm-start objects differ).
+    Early stopping is Auto except for Hyperband, which stops trials itself; Grid takes categorical
+    parameters only and runs the whole grid."""
+    kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
+                  hyperparameter_ranges=hyperparameter_ranges, metric_definitions=METRIC_DEFINITIONS,
+                  strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
+                  early_stopping_type="Auto", base_tuning_job_name="byoc-tune")
+    if strategy == "Grid":
+        if any(p.type != "categorical" for p in space.parameters):
+            raise SearchSpaceError("Grid search takes categorical parameters only")
+        kwargs["max_jobs"] = None  # SageMaker runs the whole grid
+    if strategy == "Hyperband":
+        kwargs["early_stopping_type"] = "Off"
+    return kwargs
 
 
 def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: int = 20,
@@ -41,16 +50,8 @@ def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: i
     if strategy not in STRATEGIES:
         raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
     estimator.checkpoint_s3_uri = None  # trials start fresh; SageMaker names their jobs
-    kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
-                  hyperparameter_ranges=ranges(space), metric_definitions=METRIC_DEFINITIONS,
-                  strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
-                  early_stopping_type="Auto", base_tuning_job_name="byoc-tune")
-    if strategy == "Grid":
-        if any(p.type != "categorical" for p in space.parameters):
-            raise SearchSpaceError("Grid search takes categorical parameters only")
-        kwargs["max_jobs"] = None  # SageMaker runs the whole grid
+    kwargs = tuner_arguments(space, strategy, max_jobs, max_parallel_jobs, ranges(space))
     if strategy == "Hyperband":
-        kwargs["early_stopping_type"] = "Off"
         kwargs["strategy_config"] = StrategyConfig(HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
     if warm_start_parents:
         kwargs["warm_start_config"] = WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM,

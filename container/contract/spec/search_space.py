@@ -116,3 +116,19 @@ def load(name_or_path: str) -> SearchSpace:
     if not path.is_file():
         raise SearchSpaceError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     return from_dict(path.stem, json.loads(path.read_text()))
+
+
+def sdk_ranges(space: SearchSpace, continuous, integer, categorical) -> dict:
+    """The space as the SageMaker SDK's parameter ranges, built with its classes (v2's
+    sagemaker.tuner or v3's sagemaker.core.parameter ContinuousParameter, IntegerParameter,
+    CategoricalParameter: the same signatures in both)."""
+    result = {}
+    for p in space.parameters:
+        scaling = "Logarithmic" if p.scaling == "log" else "Linear"
+        if p.type == "continuous":
+            result[p.name] = continuous(p.low, p.high, scaling_type=scaling)
+        elif p.type == "integer":
+            result[p.name] = integer(int(p.low), int(p.high), scaling_type=scaling)
+        else:
+            result[p.name] = categorical([str(v) for v in p.values])
+    return result

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
-from contract.spec.tracking import PARENT_RUN_ENV, RUN_NAME_ENV
+from contract.spec.tracking import EXPERIMENT_ENV, PARENT_RUN_ENV, RUN_NAME_ENV, TRACKING_URI_ENV
 from trainer import tracking as trainer_tracking  # the trainer's bounded client settings (standard library at import)
 
-URI_ENV = "MLFLOW_TRACKING_URI"
-FORWARDED = (URI_ENV, "MLFLOW_EXPERIMENT_NAME")  # what a trial's container is given (a process inherits it)
+URI_ENV = TRACKING_URI_ENV
+FORWARDED = (URI_ENV, EXPERIMENT_ENV)  # what a trial's container is given (a process inherits it)
 RUN_ATTR, URI_ATTR = "mlflow_run_id", "mlflow_tracking_uri"  # the study's user attributes, for a resume
 TRIAL_OBJECTIVES = "trials:objective"  # the parent's metric: each completed trial's objective, step = its number
 

@@ -6,7 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from launch.cli import job_environment, local_channels, parse_hps, parse_tags, print_top
+from launch.cli import (
+    cleanup_endpoint,
+    job_environment,
+    local_channels,
+    parse_hps,
+    parse_tags,
+    print_leaderboard,
+    print_top,
+    tune_locally,
+)
 from launch.v3 import hosting, local, training, tuning
 
 
@@ -41,16 +50,8 @@ def cmd_tune(args, config, session):
 
     space = search_space.load(args.space)
     fixed = {**space.fixed, **parse_hps(args.hp)}
-    if config.is_local:  # v3's tuner has no local mode: the same space runs with Optuna, as on v2
-        from launch import local_tuning
-
-        if not args.data:
-            raise SystemExit("--data (a local folder or archive) is required")
-        sampler = {"Bayesian": "tpe", "Random": "random", "Grid": "grid"}.get(args.strategy, "tpe")
-        result = local_tuning.run_study(space, args.data, args.workdir / "tuning", args.max_jobs, sampler,
-                                        parallel=args.max_parallel_jobs, runner="container",
-                                        fixed_overrides=parse_hps(args.hp), image=config.train_image)
-        print(result.markdown())
+    if config.is_local:  # no local tuning jobs in either SDK: the same space runs with Optuna
+        tune_locally(args, config, space)
         return
     if args.attach:
         raise SystemExit("--attach is on --sdk v2 only (v3's HyperparameterTuner has no attach)")
@@ -66,10 +67,7 @@ def cmd_tune(args, config, session):
     if not (args.wait or args.train_best):
         return
     tuner.wait()
-    print("| rank | training job | objective | " + " | ".join(p.name for p in space.parameters) + " |")
-    for rank, row in enumerate(tuning.leaderboard(tuner), start=1):
-        values = " | ".join(str(row.get(p.name, "")) for p in space.parameters)
-        print(f"| {rank} | {row['TrainingJobName']} | {row['FinalObjectiveValue']:.6f} | {values} |")
+    print_leaderboard(space, tuning.leaderboard(tuner))
     best = tuning.best_hyperparameters(session, tuner)
     print(f"best hyperparameters: {best}")
     if args.train_best:  # the first seed's flow: train the final model with the best values
@@ -134,17 +132,7 @@ def cmd_transform(args, config, session):
 
 
 def cmd_cleanup(args, config, session):
-    if config.is_local:
-        print("local endpoints stop when their deploy command stops; nothing to delete")
-        return
-    try:
-        session.boto_session.client("application-autoscaling").deregister_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{args.endpoint_name}/variant/AllTraffic",
-            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
-    except Exception:  # not registered: nothing to undo
-        pass
-    for item in hosting.cleanup(session, args.endpoint_name):
-        print(f"deleted {item}")
+    cleanup_endpoint(config, session, args.endpoint_name)
 
 
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "invoke": cmd_invoke,

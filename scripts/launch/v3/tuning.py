@@ -1,11 +1,10 @@
 """Tuning jobs on SDK v3: sagemaker.train.tuner.HyperparameterTuner(model_trainer=...), from the same
-search space (trainer/search_space.py) and metric definitions as the v2 tuner (launch/tuning.py).
+search space (contract/spec/search_space.py) and metric definitions as the v2 tuner (launch/tuning.py).
 v3's tuner has no local mode: `sm.py tune --local` runs the Optuna study (launch/local_tuning.py)."""
 from __future__ import annotations
 
-from contract.spec.metrics import METRIC_DEFINITIONS
-from contract.spec.search_space import SearchSpace, SearchSpaceError
-from launch.tuning import STRATEGIES, best_hyperparameters, leaderboard  # noqa: F401 (one definition, both SDKs)
+from contract.spec.search_space import SearchSpace, SearchSpaceError, sdk_ranges
+from launch.tuning import STRATEGIES, best_hyperparameters, leaderboard, tuner_arguments  # noqa: F401 (one definition, both SDKs)
 
 
 def ranges(space: SearchSpace) -> dict:
@@ -15,16 +14,7 @@ def ranges(space: SearchSpace) -> dict:
         IntegerParameter,
     )
 
-    result = {}
-    for p in space.parameters:
-        scaling = "Logarithmic" if p.scaling == "log" else "Linear"
-        if p.type == "continuous":
-            result[p.name] = ContinuousParameter(p.low, p.high, scaling_type=scaling)
-        elif p.type == "integer":
-            result[p.name] = IntegerParameter(int(p.low), int(p.high), scaling_type=scaling)
-        else:
-            result[p.name] = CategoricalParameter([str(v) for v in p.values])
-    return result
+    return sdk_ranges(space, ContinuousParameter, IntegerParameter, CategoricalParameter)
 
 
 def tuner(model_trainer, space: SearchSpace, strategy: str = "Bayesian", max_jobs: int = 20,
@@ -42,16 +32,8 @@ def tuner(model_trainer, space: SearchSpace, strategy: str = "Bayesian", max_job
     if strategy not in STRATEGIES:
         raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
     model_trainer.checkpoint_config = None  # trials start fresh, as in v2
-    kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
-                  hyperparameter_ranges=ranges(space), metric_definitions=METRIC_DEFINITIONS,
-                  strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
-                  early_stopping_type="Auto", base_tuning_job_name="byoc-tune")
-    if strategy == "Grid":
-        if any(p.type != "categorical" for p in space.parameters):
-            raise SearchSpaceError("Grid search takes categorical parameters only")
-        kwargs["max_jobs"] = None  # SageMaker runs the whole grid
+    kwargs = tuner_arguments(space, strategy, max_jobs, max_parallel_jobs, ranges(space))
     if strategy == "Hyperband":
-        kwargs["early_stopping_type"] = "Off"
         kwargs["strategy_config"] = HyperParameterTuningJobStrategyConfig(
             hyperband_strategy_config=HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
     if warm_start_parents:
