@@ -10,6 +10,7 @@ Region from AWS_REGION / AWS_DEFAULT_REGION or the configured profile;
 AWS_ENDPOINT_URL is honoured (tests point it at moto's server on 127.0.0.1).
 Failures print one line and exit 1.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,12 +18,21 @@ import json
 import sys
 
 # Untagged images (the previous build of a tag) expire after a week.
-LIFECYCLE_POLICY = {"rules": [{
-    "rulePriority": 1,
-    "description": "expire untagged images after 7 days",
-    "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7},
-    "action": {"type": "expire"},
-}]}
+LIFECYCLE_POLICY = {
+    "rules": [
+        {
+            "rulePriority": 1,
+            "description": "expire untagged images after 7 days",
+            "selection": {
+                "tagStatus": "untagged",
+                "countType": "sinceImagePushed",
+                "countUnit": "days",
+                "countNumber": 7,
+            },
+            "action": {"type": "expire"},
+        }
+    ]
+}
 
 
 def client(name: str):
@@ -41,8 +51,9 @@ def ensure_repo(name: str) -> str:
         repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
         print(f"repository {name} exists", file=sys.stderr)
     except ecr.exceptions.RepositoryNotFoundException:
-        repo = ecr.create_repository(repositoryName=name, imageScanningConfiguration={"scanOnPush": True},
-                                     imageTagMutability="MUTABLE")["repository"]
+        repo = ecr.create_repository(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True}, imageTagMutability="MUTABLE"
+        )["repository"]
         ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps(LIFECYCLE_POLICY))
         print(f"repository {name} created (scan on push, untagged images expire after 7 days)", file=sys.stderr)
     return repo["repositoryUri"]
@@ -66,7 +77,9 @@ def main(argv: list[str]) -> int:
     try:
         print(commands[argv[0]](*argv[1:]))
     except botocore.exceptions.NoCredentialsError:
-        print("no AWS credentials: configure a profile, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", file=sys.stderr)
+        print(
+            "no AWS credentials: configure a profile, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", file=sys.stderr
+        )
         return 1
     except botocore.exceptions.NoRegionError:
         print("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or configure one", file=sys.stderr)

@@ -17,6 +17,7 @@ where present) against the sampling interval, and, from the default run's
 steps.jsonl, the extra time of the traced steps plus the trace export against
 the whole training time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +59,14 @@ def trace_cost(run: dict) -> tuple[float, float]:
     extra = sum(s["data_s"] + s["compute_s"] - median for s in steps if s.get("traced"))
     return extra + run["meta"].get("trace_export_s", 0.0), sum(s["data_s"] + s["compute_s"] for s in steps)
 
+
 CONFIGS = [
     ("hook off, profiler off (baseline)", {"profiler": "false"}),
     ("hook: losses every step", {"profiler": "false", "debugger": "true", "debugger-collections": "losses:1"}),
-    ("hook: losses + weights and gradients every 100 steps",
-     {"profiler": "false", "debugger": "true", "debugger-collections": "losses:1,weights:100,gradients:100"}),
+    (
+        "hook: losses + weights and gradients every 100 steps",
+        {"profiler": "false", "debugger": "true", "debugger-collections": "losses:1,weights:100,gradients:100"},
+    ),
     ("profiler 500 ms, no trace", {"profiler": "true", "profiler-trace-steps": "0"}),
     ("profiler 500 ms + 5-step trace (the default)", {"profiler": "true"}),
 ]
@@ -70,10 +74,22 @@ CONFIGS = [
 
 def train(data: Path, hps: dict, args, keep: dict | None = None) -> float:
     with tempfile.TemporaryDirectory() as opt_ml:
-        env = dict(os.environ, SAGEMAKER_BASE_DIR=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch",
-                   PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
-        base = {"backbone": "resnet18", "pretrained": "none", "trainable-layers": "5", "epochs": args.epochs,
-                "batch-size": args.batch_size, "image-size": args.image_size, "val-fraction": "0.05"}
+        env = dict(
+            os.environ,
+            SAGEMAKER_BASE_DIR=opt_ml,
+            SM_CHANNEL_TRAINING=str(data),
+            TRAINER_SCRATCH=f"{opt_ml}/scratch",
+            PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python",
+        )
+        base = {
+            "backbone": "resnet18",
+            "pretrained": "none",
+            "trainable-layers": "5",
+            "epochs": args.epochs,
+            "batch-size": args.batch_size,
+            "image-size": args.image_size,
+            "val-fraction": "0.05",
+        }
         cmd = [sys.executable, str(ROOT / "container" / "train.py")]
         for name, value in {**base, **hps}.items():
             cmd += [f"--{name}", str(value)]
@@ -107,9 +123,11 @@ def main() -> None:
                 print(f"  {name}: {results[name][-1]:.1f} img/s", file=sys.stderr, flush=True)
     steps = args.epochs * -(-int(args.images * 0.95) // args.batch_size)
     base = statistics.median(results[CONFIGS[0][0]])
-    print(f"\nresnet18 trained from scratch, {args.image_size} px, batch {args.batch_size}, {args.images} JPEGs "
-          f"500x375, {args.epochs} epochs (~{steps} steps), {device}, torch {torch.__version__}, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"\nresnet18 trained from scratch, {args.image_size} px, batch {args.batch_size}, {args.images} JPEGs "
+        f"500x375, {args.epochs} epochs (~{steps} steps), {device}, torch {torch.__version__}, "
+        f"median of {args.rounds} rounds"
+    )
     print("| configuration | images/s | vs baseline |")
     print("|---|---|---|")
     for name, _ in CONFIGS:
@@ -117,10 +135,12 @@ def main() -> None:
         print(f"| {name} | {value:.1f} | {100 * (value / base - 1):+.1f}% |")
     per_sample = sampler_cost_ms()
     extra, total = trace_cost(default_run)
-    print(f"\nProfiler cost accounted directly: one system sample takes {per_sample:.2f} ms of CPU, "
-          f"{100 * per_sample / 500:.2f}% of one core at 500 ms; the 5-step trace and its export added "
-          f"{extra:.1f} s to {total:.0f} s of training steps ({100 * extra / max(total, 1e-9):.1f}%, a fixed cost "
-          f"that shrinks as the job grows).")
+    print(
+        f"\nProfiler cost accounted directly: one system sample takes {per_sample:.2f} ms of CPU, "
+        f"{100 * per_sample / 500:.2f}% of one core at 500 ms; the 5-step trace and its export added "
+        f"{extra:.1f} s to {total:.0f} s of training steps ({100 * extra / max(total, 1e-9):.1f}%, a fixed cost "
+        f"that shrinks as the job grows)."
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ precision: the in-process forward limit (best batch size, channels-last), the
 endpoint's req/s at concurrency 1, 4, 16 with p50/p99, and top-1 agreement with
 fp32; then a verdict against issue #16's goals. The parts live in serving_bench/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,10 @@ def main() -> int:
         prep = artifact.preprocessing(artifact.read_config(model_dir))
         artifact.write_calibration(model_dir, sorted(calibration.iterdir()), prep)
         counts = {1: 8, 4: 16, 16: 48}
-        rows = precisions.run(model_dir, images, args.precisions.split(","), counts, args.cell_seconds,
-                              args.limit_seconds, work)
-        print("\n" + tables.precision_table(rows, limits.cpu_flags(), limits.decode_ms(images[0], prep),
-                                            len(images)))
+        rows = precisions.run(
+            model_dir, images, args.precisions.split(","), counts, args.cell_seconds, args.limit_seconds, work
+        )
+        print("\n" + tables.precision_table(rows, limits.cpu_flags(), limits.decode_ms(images[0], prep), len(images)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

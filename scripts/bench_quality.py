@@ -22,6 +22,7 @@ trainable): no package ships ImageNet weights, and none may be downloaded.
 The recipe `frozen-random-backbone` shows what pretrained=none with the
 frozen default (trainable-layers 0) learns: only a head on random features.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,15 @@ INSTALLED = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 
 # what every run shares: a small network trained from scratch (no ImageNet weights can be had offline)
-BASE = {"backbone": "resnet18", "pretrained": "none", "trainable-layers": "5", "batch-size": "32",
-        "amp": "false", "profiler": "false", "num-workers": "0"}
+BASE = {
+    "backbone": "resnet18",
+    "pretrained": "none",
+    "trainable-layers": "5",
+    "batch-size": "32",
+    "amp": "false",
+    "profiler": "false",
+    "num-workers": "0",
+}
 # the knobs under study, as the trainer's defaults had them before this benchmark
 OLD_DEFAULTS = {"augment": "true", "crop-scale": "0.08", "label-smoothing": "0", "warmup": "0", "init": "kaiming"}
 RECIPES = {
@@ -92,7 +100,7 @@ def first_per_class(labels: np.ndarray, start: int, count: int) -> list[int]:
     """Indices of images start..start+count-1 of each class, in file order (the files are shuffled already)."""
     picked = []
     for label in range(len(CLASSES)):
-        picked += list(np.flatnonzero(labels == label)[start:start + count])
+        picked += list(np.flatnonzero(labels == label)[start : start + count])
     return picked
 
 
@@ -128,13 +136,24 @@ def run(data: Path, opt_ml: Path, hps: dict, threads: int, timeout: float) -> tu
     shutil.rmtree(opt_ml, ignore_errors=True)
     opt_ml.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(SAGEMAKER_BASE_DIR=str(opt_ml), TRAINER_SCRATCH=str(opt_ml / "scratch"), TORCH_HOME=str(opt_ml / "torch-home"),
-               SM_CHANNEL_TRAINING=str(data), PYTHONUNBUFFERED="1",
-               PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python", OMP_NUM_THREADS=str(threads))
+    env.update(
+        SAGEMAKER_BASE_DIR=str(opt_ml),
+        TRAINER_SCRATCH=str(opt_ml / "scratch"),
+        TORCH_HOME=str(opt_ml / "torch-home"),
+        SM_CHANNEL_TRAINING=str(data),
+        PYTHONUNBUFFERED="1",
+        PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python",
+        OMP_NUM_THREADS=str(threads),
+    )
     args = [item for name, value in hps.items() for item in (f"--{name}", str(value))]
     start = time.perf_counter()
-    out = subprocess.run(["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "train.py"), *args],
-                         env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        ["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "train.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     seconds = time.perf_counter() - start
     log = out.stdout + out.stderr
     (opt_ml / "train.log").write_text(log)
@@ -153,8 +172,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a hyperparameter for every run (repeatable), e.g. --set lr=0.003")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter for every run (repeatable), e.g. --set lr=0.003",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1; every recipe runs once per seed")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
@@ -164,10 +188,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown recipe {unknown[0]}; known: {', '.join(RECIPES)}")
     data = prepare(ROOT / "build" / "quality", args.per_class, args.valid_per_class, args.test_per_class)
-    common = {**BASE, "epochs": str(args.epochs), "image-size": str(args.image_size),
-              **dict(item.split("=", 1) for item in args.set)}
-    print(f"Fashion-MNIST ({PACKAGE}): {args.per_class} train / {args.valid_per_class} valid / "
-          f"{args.test_per_class} test images per class, 10 classes; {common}", flush=True)
+    common = {
+        **BASE,
+        "epochs": str(args.epochs),
+        "image-size": str(args.image_size),
+        **dict(item.split("=", 1) for item in args.set),
+    }
+    print(
+        f"Fashion-MNIST ({PACKAGE}): {args.per_class} train / {args.valid_per_class} valid / "
+        f"{args.test_per_class} test images per class, 10 classes; {common}",
+        flush=True,
+    )
     seeds = [int(seed) for seed in args.seeds.split(",")]
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     runs = ROOT / "build" / "quality" / "runs"  # each run's /opt/ml tree, its train.log included
@@ -189,8 +220,12 @@ def main() -> None:
     for name in names:
         accuracies = [acc for recipe, acc, _ in results if recipe == name]
         seconds = [sec for recipe, _, sec in results if recipe == name]
-        print(f"| {name} | {args.epochs} | " + " | ".join(f"{acc:.3f}" for acc in accuracies)
-              + f" | {np.mean(accuracies):.3f} | {np.mean(seconds):.0f} |")
+        print(
+            f"| {name} | {args.epochs} | "
+            + " | ".join(f"{acc:.3f}" for acc in accuracies)
+            + f" | {np.mean(accuracies):.3f} | {np.mean(seconds):.0f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,7 @@ apart). Our server's probabilities are checked
 against the model run in-process with contract.preprocess.eval_transform.
 Prints markdown tables and a verdict against the targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ def loadavg() -> str:
 def bring_up(server: Server, images: dict[str, list[bytes]], cell_seconds: float, results: dict, check=None) -> None:
     """Cold start, the correctness check, and a warm-up that every worker sees each size in."""
     ping_s, first_s = server.cold_start(images["500x375"][0])
-    print(f"  {server.name}: /ping 200 after {ping_s:.1f} s, first /invocations answered after {first_s:.1f} s",
-          flush=True)
+    print(
+        f"  {server.name}: /ping 200 after {ping_s:.1f} s, first /invocations answered after {first_s:.1f} s",
+        flush=True,
+    )
     record = results.setdefault(server.name, {"cells": {}})
     record.update(ping_s=ping_s, first_s=first_s)
     if check:
@@ -118,8 +121,11 @@ def main() -> int:
     notes: list[str] = []
     servers: list[Server] = []
     try:
-        print(f"load average before: {load_before}; CPU x{len(os.sched_getaffinity(0))}, "
-              f"torch {torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
+        print(
+            f"load average before: {load_before}; CPU x{len(os.sched_getaffinity(0))}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+            flush=True,
+        )
         images = make_images()
         model_dir = make_model_dir(work / "model", images["500x375"][:2])
         model, config = artifact.load(model_dir)
@@ -192,10 +198,14 @@ def main() -> int:
                     else:
                         cell = run_cell(server.port, payloads, concurrency, counts[concurrency], cell_seconds)
                     results[server.name]["cells"][(name, concurrency)] = cell
-                    print(f"  {server.name} {name} c={concurrency}: {cell['ok']} ok, {cell['errors']} errors, "
-                          f"{cell['rps']:.2f} req/s, p50 {fmt(cell['p50'])} ms"
-                          + (f" (first error: {cell['first_error']})" if cell["errors"] else "")
-                          + (" (time cap reached)" if cell["capped"] else "") + f" [load {loadavg()}]", flush=True)
+                    print(
+                        f"  {server.name} {name} c={concurrency}: {cell['ok']} ok, {cell['errors']} errors, "
+                        f"{cell['rps']:.2f} req/s, p50 {fmt(cell['p50'])} ms"
+                        + (f" (first error: {cell['first_error']})" if cell["errors"] else "")
+                        + (" (time cap reached)" if cell["capped"] else "")
+                        + f" [load {loadavg()}]",
+                        flush=True,
+                    )
                 turn += 1
             after = forward_floor_ms(model_dir, repeats)
             floor[name] = {key: min(value, after[key]) for key, value in floor[name].items()}
@@ -218,8 +228,9 @@ def main() -> int:
             print(f"work folder (logs): {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-        print(f"\nload average before: {load_before}; after: {loadavg()}; "
-              f"wall time {time.perf_counter() - began:.0f} s")
+        print(
+            f"\nload average before: {load_before}; after: {loadavg()}; wall time {time.perf_counter() - began:.0f} s"
+        )
     return 0
 
 

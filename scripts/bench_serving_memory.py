@@ -19,6 +19,7 @@ The model is the serving benchmark's (scripts/serving_bench/workload.py): ResNet
     .venv/bin/python scripts/bench_serving_memory.py --sections soak --env MALLOC_ARENA_MAX=0
     .venv/bin/python scripts/bench_serving_memory.py --container /tmp/old/container --sections readiness,memory
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,20 @@ SOAK_MARKS = (500, 1000, 2000, 3000, 4000, 5000)
 
 def start(model_dir: Path, work: Path, container: Path, workers: int, **env: str) -> Server:
     port = free_port()
-    env_of_server = server_env(SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_HOST="127.0.0.1",
-                                  SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
-                                  **env)
-    return Server(f"serve-{workers}w", [sys.executable, str(container / "serve")], port, env_of_server,
-                  work / f"serve-{workers}w-{port}.log")
+    env_of_server = server_env(
+        SM_MODEL_DIR=str(model_dir),
+        SAGEMAKER_BIND_HOST="127.0.0.1",
+        SAGEMAKER_BIND_TO_PORT=str(port),
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
+        **env,
+    )
+    return Server(
+        f"serve-{workers}w",
+        [sys.executable, str(container / "serve")],
+        port,
+        env_of_server,
+        work / f"serve-{workers}w-{port}.log",
+    )
 
 
 def memory_of(server: Server) -> dict:
@@ -68,8 +78,13 @@ def memory_of(server: Server) -> dict:
                     totals[key] += int(rest.split()[0])
         except OSError:
             pass
-    return {"rss": totals["Rss"] / 1024, "pss": totals["Pss"] / 1024, "pss_anon": totals["Pss_Anon"] / 1024,
-            "pss_file": totals["Pss_File"] / 1024, "processes": len(pids)}
+    return {
+        "rss": totals["Rss"] / 1024,
+        "pss": totals["Pss"] / 1024,
+        "pss_anon": totals["Pss_Anon"] / 1024,
+        "pss_file": totals["Pss_File"] / 1024,
+        "processes": len(pids),
+    }
 
 
 def burst(port: int, body: bytes, count: int) -> list[int]:
@@ -123,8 +138,9 @@ def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_ca
                     return
                 index = state["issued"]
                 state["issued"] += 1
-            status, body = request(port, "POST", "/invocations", payloads[index % len(payloads)],
-                                   {"Content-Type": "image/jpeg"})
+            status, body = request(
+                port, "POST", "/invocations", payloads[index % len(payloads)], {"Content-Type": "image/jpeg"}
+            )
             with lock:
                 state["done"] += 1
                 if status != 200:
@@ -157,6 +173,7 @@ def soak(server: Server, payloads: list[bytes], total: int, concurrency: int, ti
 
 # ---------------------------------------------------------------- bounds
 
+
 def png(width: int, height: int, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (width, height)).save(buffer, "PNG")
@@ -181,13 +198,11 @@ def bound_cases(photo: bytes) -> list[tuple[str, bytes, str]]:
         ("JSON, 64 tiny PNGs (the default image limit)", json_of([tiny] * 64), "application/json"),
         ("JSON, 65 tiny PNGs", json_of([tiny] * 65), "application/json"),
         ("JSON, 8 photos of 500x375", json_of([photo] * 8), "application/json"),
-        ("JSON, 5 PNGs of 4000x4000 (80 M pixels together)", json_of([png(4000, 4000, "L")] * 5),
-         "application/json"),
+        ("JSON, 5 PNGs of 4000x4000 (80 M pixels together)", json_of([png(4000, 4000, "L")] * 5), "application/json"),
         ("PNG decompression bomb (30000x30000, 113 KB)", decompression_bomb_png(), "image/png"),
         ("PNG strip of 1x60000 (resized: 256x15 M)", png(1, 60_000, "L"), "image/png"),
         ("NPY (8,3,224,224)", npy_of((8, 3, 224, 224)), "application/x-npy"),
-        ("NPY (65,3,224,224), 39 MB under a 100 MB payload limit", npy_of((65, 3, 224, 224)),
-         "application/x-npy"),
+        ("NPY (65,3,224,224), 39 MB under a 100 MB payload limit", npy_of((65, 3, 224, 224)), "application/x-npy"),
     ]
 
 
@@ -201,12 +216,21 @@ def run_bounds(server: Server, photo: bytes) -> list[dict]:
             reason = json.loads(answer).get("error", "") if status != 200 else "predictions"
         except (ValueError, AttributeError):
             reason = answer[:80].decode(errors="replace")
-        rows.append({"body": name, "bytes": len(body), "status": status, "ms": elapsed, "reason": reason,
-                     "alive": server.alive()})
+        rows.append(
+            {
+                "body": name,
+                "bytes": len(body),
+                "status": status,
+                "ms": elapsed,
+                "reason": reason,
+                "alive": server.alive(),
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------- main
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,16 +252,21 @@ def main() -> int:
         print(f"container: {args.container}; server env: {extra_env or 'defaults'}")
         try:
             if "readiness" in sections or "memory" in sections:
-                print("\n| workers | /ping 200 after | every worker answers after | non-200 after /ping 200 "
-                      "| RSS, MiB | PSS, MiB | processes |")
+                print(
+                    "\n| workers | /ping 200 after | every worker answers after | non-200 after /ping 200 "
+                    "| RSS, MiB | PSS, MiB | processes |"
+                )
                 print("|---|---|---|---|---|---|---|")
                 for workers in (1, 2, 4):
                     server = start(model_dir, work, args.container, workers, **extra_env)
                     ready = readiness(server, small[0], workers)
                     load(server.port, mixed, 80, 4, 120.0)
                     memory = memory_of(server)
-                    print(f"| {workers} | {ready['ping']:.1f} s | {ready['all']:.1f} s | {ready['failures']} "
-                          f"| {memory['rss']:,.0f} | {memory['pss']:,.0f} | {memory['processes']} |", flush=True)
+                    print(
+                        f"| {workers} | {ready['ping']:.1f} s | {ready['all']:.1f} s | {ready['failures']} "
+                        f"| {memory['rss']:,.0f} | {memory['pss']:,.0f} | {memory['processes']} |",
+                        flush=True,
+                    )
                     server.stop()
             if "soak" in sections:
                 server = start(model_dir, work, args.container, 2, **extra_env)
@@ -245,17 +274,23 @@ def main() -> int:
                 began = time.perf_counter()
                 samples, state = soak(server, mixed, args.soak_requests, args.concurrency, args.soak_seconds)
                 wall = time.perf_counter() - began
-                print(f"\nsoak: {state['done']} requests in {wall:.0f} s, {state['errors']} errors "
-                      f"{state['first_error']}; 2 workers, concurrency {args.concurrency}")
-                print("\n| after request | RSS, MiB | PSS, MiB | vs request 500 | anonymous PSS, MiB | vs request 500 "
-                      "| file-backed PSS, MiB |")
+                print(
+                    f"\nsoak: {state['done']} requests in {wall:.0f} s, {state['errors']} errors "
+                    f"{state['first_error']}; 2 workers, concurrency {args.concurrency}"
+                )
+                print(
+                    "\n| after request | RSS, MiB | PSS, MiB | vs request 500 | anonymous PSS, MiB | vs request 500 "
+                    "| file-backed PSS, MiB |"
+                )
                 print("|---|---|---|---|---|---|---|")
                 base = samples.get(SOAK_MARKS[0])
                 for mark, memory in sorted(samples.items()):
                     growth = f"{100 * (memory['pss'] / base['pss'] - 1):+.1f}%" if base else "-"
                     anon = f"{100 * (memory['pss_anon'] / base['pss_anon'] - 1):+.1f}%" if base else "-"
-                    print(f"| {mark:,} | {memory['rss']:,.0f} | {memory['pss']:,.0f} | {growth} "
-                          f"| {memory['pss_anon']:,.0f} | {anon} | {memory['pss_file']:,.0f} |")
+                    print(
+                        f"| {mark:,} | {memory['rss']:,.0f} | {memory['pss']:,.0f} | {growth} "
+                        f"| {memory['pss_anon']:,.0f} | {anon} | {memory['pss_file']:,.0f} |"
+                    )
                 server.stop()
             if "bounds" in sections:
                 server = start(model_dir, work, args.container, 2, SAGEMAKER_MAX_PAYLOAD_IN_MB="100", **extra_env)
@@ -264,8 +299,10 @@ def main() -> int:
                 print("\n| body | bytes | status | ms | answer |")
                 print("|---|---|---|---|---|")
                 for row in run_bounds(server, small[0]):
-                    print(f"| {row['body']} | {row['bytes']:,} | {row['status']} | {row['ms']:,.0f} "
-                          f"| {row['reason'][:110]}{'' if row['alive'] else ' (server died)'} |")
+                    print(
+                        f"| {row['body']} | {row['bytes']:,} | {row['status']} | {row['ms']:,.0f} "
+                        f"| {row['reason'][:110]}{'' if row['alive'] else ' (server died)'} |"
+                    )
                 print(f"\nafter the bounds: whole server {memory_of(server)['pss']:,.0f} MiB PSS")
                 server.stop()
         finally:

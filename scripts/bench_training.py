@@ -12,6 +12,7 @@ whole network. Ours runs twice: fp32 (amp false) and with its default
 (bf16 autocast on CPUs with native bf16, fp16/bf16 on GPUs). Prints
 images/s (best epoch of each) and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,17 @@ def plain_loop(data: Path, trainable_layers: int, args) -> float:
     from torchvision import datasets, transforms
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(args.image_size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(data / "train", transform),
-                                         batch_size=args.batch_size, shuffle=True)
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(args.image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(data / "train", transform), batch_size=args.batch_size, shuffle=True
+    )
     model = torchvision.models.resnet50()
     for param in model.parameters():
         param.requires_grad = False
@@ -77,11 +84,31 @@ def plain_loop(data: Path, trainable_layers: int, args) -> float:
 
 def our_trainer(data: Path, trainable_layers: int, args, amp: str = "auto") -> float:
     with tempfile.TemporaryDirectory() as opt_ml:
-        env = dict(os.environ, SAGEMAKER_BASE_DIR=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch")
-        cmd = [sys.executable, str(ROOT / "container" / "train.py"), "--backbone", "resnet50", "--pretrained", "none",
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--head", "256",
-               "--image-size", str(args.image_size), "--trainable-layers", str(trainable_layers),
-               "--val-fraction", "0.05", "--amp", amp]
+        env = dict(
+            os.environ, SAGEMAKER_BASE_DIR=opt_ml, SM_CHANNEL_TRAINING=str(data), TRAINER_SCRATCH=f"{opt_ml}/scratch"
+        )
+        cmd = [
+            sys.executable,
+            str(ROOT / "container" / "train.py"),
+            "--backbone",
+            "resnet50",
+            "--pretrained",
+            "none",
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--head",
+            "256",
+            "--image-size",
+            str(args.image_size),
+            "--trainable-layers",
+            str(trainable_layers),
+            "--val-fraction",
+            "0.05",
+            "--amp",
+            amp,
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     speeds = [float(line.rsplit("images_per_sec=", 1)[1]) for line in out.splitlines() if "images_per_sec=" in line]
     return max(speeds)
@@ -104,9 +131,13 @@ def main() -> None:
             ours_fp32 = our_trainer(data, layers, args, amp="false")
             ours = our_trainer(data, layers, args)
             rows.append((layers, plain, ours_fp32, ours))
-    print(f"\nResNet50 training throughput, {args.image_size} px, batch {args.batch_size}, "
-          f"{args.images} JPEGs 500x375, {device}, torch {torch.__version__}")
-    print("| trainable-layers | plain loop (img/s) | ours, fp32 (img/s) | ours, default amp (img/s) | ratio (default / plain) |")
+    print(
+        f"\nResNet50 training throughput, {args.image_size} px, batch {args.batch_size}, "
+        f"{args.images} JPEGs 500x375, {device}, torch {torch.__version__}"
+    )
+    print(
+        "| trainable-layers | plain loop (img/s) | ours, fp32 (img/s) | ours, default amp (img/s) | ratio (default / plain) |"
+    )
     print("|---|---|---|---|---|")
     for layers, plain, ours_fp32, ours in rows:
         print(f"| {layers} | {plain:.1f} | {ours_fp32:.1f} | {ours:.1f} | {ours / plain:.2f}x |")

@@ -16,6 +16,7 @@ Prints, per study: trials per hour (finished trials over the study's wall
 time, trainer start-up included), the time to the first finished trial and
 the mean trial time; and the settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,18 @@ CACHE_HP = "feature-cache"
 def study(name: str, args, data: Path, workdir: Path, overrides: dict) -> dict:
     print(f"{name}: {args.trials} trials in {workdir}", flush=True)
     start = time.time()
-    result = local_tuning.run_study(args.space, data, workdir, args.trials, sampler="random", parallel=args.parallel,
-                                    fixed_overrides=overrides, seed=args.seed, pruner="none",
-                                    log=lambda line: print(f"  {line}", flush=True))
+    result = local_tuning.run_study(
+        args.space,
+        data,
+        workdir,
+        args.trials,
+        sampler="random",
+        parallel=args.parallel,
+        fixed_overrides=overrides,
+        seed=args.seed,
+        pruner="none",
+        log=lambda line: print(f"  {line}", flush=True),
+    )
     wall = time.time() - start
     finished = [row for row in result.rows if row.state in ("COMPLETE", "PRUNED")]
     first = min((row.finished for row in finished if row.finished), default=None)
@@ -47,28 +57,42 @@ def study(name: str, args, data: Path, workdir: Path, overrides: dict) -> dict:
     failed = [row for row in result.rows if row.state == "FAIL"]
     if failed:
         print(f"  {len(failed)} trial(s) failed: {failed[0].note}", flush=True)
-    return {"trials": len(finished), "wall": wall, "per_hour": 3600 * len(finished) / wall,
-            "first": None if first is None else first - start,
-            "mean": sum(durations) / len(durations) if durations else None}
+    return {
+        "trials": len(finished),
+        "wall": wall,
+        "per_hour": 3600 * len(finished) / wall,
+        "first": None if first is None else first - start,
+        "mean": sum(durations) / len(durations) if durations else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help="trials per study")
     parser.add_argument("--image-size", type=int, default=224, help="pixels (224: what the seeds trained on)")
-    parser.add_argument("--per-class", type=int, default=24,
-                        help="training images per class of the sample set (4 classes)")
+    parser.add_argument(
+        "--per-class", type=int, default=24, help="training images per class of the sample set (4 classes)"
+    )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--space", default="seed2",
-                        help="search space (default seed2: lr, eps, weight decay, batch size)")
+    parser.add_argument(
+        "--space", default="seed2", help="search space (default seed2: lr, eps, weight decay, batch size)"
+    )
     parser.add_argument("--parallel", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, help="keep the studies here (default: a temporary folder; "
-                                                     "an existing one is resumed, not re-timed)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the studies here (default: a temporary folder; an existing one is resumed, not re-timed)",
+    )
     args = parser.parse_args()
 
-    overrides = {"backbone": "resnet50", "pretrained": "none", "trainable-layers": 0,
-                 "image-size": args.image_size, "epochs": args.epochs}
+    overrides = {
+        "backbone": "resnet50",
+        "pretrained": "none",
+        "trainable-layers": 0,
+        "image-size": args.image_size,
+        "epochs": args.epochs,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = (args.workdir or Path(tmp)).resolve()
         data = make_sample_data.make(root / "sample-data" / "dogImages", per_class=args.per_class)
@@ -84,9 +108,11 @@ def main() -> None:
     cores, gpus = local_tuning.cpu_count(), local_tuning.detect_gpus()
     device = f"{len(gpus)} GPU(s)" if gpus else f"CPU x{cores}"
     parallel = local_tuning.default_parallel(args.parallel, len(gpus), cores)
-    print(f"\nLocal tuning, {args.space} random search, {args.trials} trials per study, {parallel} at a time: "
-          f"frozen ResNet50, {args.image_size} px, {args.epochs} epochs per trial, sample data "
-          f"({images} images, 4 classes), no pruning, {device}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nLocal tuning, {args.space} random search, {args.trials} trials per study, {parallel} at a time: "
+        f"frozen ResNet50, {args.image_size} px, {args.epochs} epochs per trial, sample data "
+        f"({images} images, 4 classes), no pruning, {device}, load average {os.getloadavg()[0]:.1f}"
+    )
     print("| | trials per hour | first trial finished after (s) | mean trial (s) | study wall time (s) |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():

@@ -5,6 +5,7 @@ podman behind DOCKER_HOST (and builds the local base image once). Python
 scripts and tests call it through here, so they all agree on the result.
 Standard library only: scripts/run_local.py needs nothing else on the host.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,17 @@ class Engine:
 
 def setup() -> Engine:
     out = subprocess.run(
-        ["bash", "-c", 'source scripts/engine.sh && engine_setup >/dev/null && '
-                       'echo "$ENGINE" && echo "${DOCKER_HOST:-}" && echo "$BASE_IMAGE"'],
-        cwd=ROOT, capture_output=True, text=True, timeout=SETUP_TIMEOUT_S)
+        [
+            "bash",
+            "-c",
+            "source scripts/engine.sh && engine_setup >/dev/null && "
+            'echo "$ENGINE" && echo "${DOCKER_HOST:-}" && echo "$BASE_IMAGE"',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SETUP_TIMEOUT_S,
+    )
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
         raise EngineError(lines[-1] if lines else f"engine.sh exited with {out.returncode}")
@@ -44,8 +53,9 @@ def setup() -> Engine:
 
 def untag(cli: str, registry: str, env: dict | None = None) -> None:
     """Drop the local tags a push to `registry` (host:port) made: they would keep every old image version on disk."""
-    names = subprocess.run([cli, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env,
-                           capture_output=True, text=True).stdout.split()
+    names = subprocess.run(
+        [cli, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env, capture_output=True, text=True
+    ).stdout.split()
     pushed = [name for name in names if name.startswith(f"{registry}/")]
     if pushed:
         subprocess.run([cli, "rmi", *pushed], env=env, capture_output=True)

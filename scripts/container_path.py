@@ -8,6 +8,7 @@ how scripts/' own packages (launch, workflow, ...) import; container/ is the onl
 other root. Tests get both from pyproject.toml's pytest `pythonpath`; the images
 have them in /opt/program; after `pip install -e .` this changes nothing.
 """
+
 from __future__ import annotations
 
 import sys

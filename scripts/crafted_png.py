@@ -1,5 +1,6 @@
 """PNG files written chunk by chunk, for the hostile inputs Pillow will not make itself
 (a decompression bomb, malformed palettes): shared by the serving tests and benchmarks."""
+
 from __future__ import annotations
 
 import struct
@@ -17,5 +18,9 @@ def decompression_bomb_png(side: int = 30_000) -> bytes:
     compressor = zlib.compressobj(9)
     row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
     pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    return (SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))
+    return (
+        SIGNATURE
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + png_chunk(b"IDAT", pixels)
+        + png_chunk(b"IEND", b"")
+    )

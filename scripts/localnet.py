@@ -1,4 +1,5 @@
 """Loopback helpers for the scripts and tests that start servers on 127.0.0.1. Standard library only."""
+
 from __future__ import annotations
 
 import socket
@@ -27,8 +28,13 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
-def wait_healthy(url: str, timeout_s: float = 240, interval_s: float = 0.5,
-                 check: Callable[[], None] | None = None, path: str = "/ping") -> float:
+def wait_healthy(
+    url: str,
+    timeout_s: float = 240,
+    interval_s: float = 0.5,
+    check: Callable[[], None] | None = None,
+    path: str = "/ping",
+) -> float:
     """Poll `url` + `path` until it answers 200 (a serving container's /ping, an MLflow server's /health);
     the seconds it took.
 

@@ -10,6 +10,7 @@ real folders hold: JPEG and PNG, sizes from 64 to 400 px, RGB, greyscale,
 CMYK, palette and RGBA images, EXIF-rotated JPEGs, and one corrupt file in
 train/ that the trainer must skip and count.
 """
+
 from __future__ import annotations
 
 import argparse

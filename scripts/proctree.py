@@ -1,4 +1,5 @@
 """Process trees from /proc (Linux), for the scripts and tests that must leave no process behind."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 def _stat_fields(pid: int | str) -> list[str]:
     """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def live_parents() -> dict[int, int]:

@@ -26,6 +26,7 @@ must exist), `--force` redoes everything. On failure, the failing stage's log
 is printed. Only the Python standard library is needed on the host.
 The stages are in scripts/workflow/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "local")
     parser.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="training hyperparameter")
     parser.add_argument("--trials", type=int, default=4, help="local tuning trials")
-    parser.add_argument("--space", help="search space: seed1, seed2 or a JSON file "
-                                        "(default: scripts/demo_space.json on the sample data, else seed1)")
+    parser.add_argument(
+        "--space",
+        help="search space: seed1, seed2 or a JSON file "
+        "(default: scripts/demo_space.json on the sample data, else seed1)",
+    )
     parser.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--sagemaker-local", action="store_true", help="train through SageMaker local mode")
     parser.add_argument("--gpu", action="store_true", help="GPU containers and the GPU serving image")
-    parser.add_argument("--weights-cache", type=Path, help="host folder for ImageNet weight files, mounted as the "
-                        "training image's torch hub cache (default: this machine's, ~/.cache/torch/hub/checkpoints)")
-    parser.add_argument("--mlflow", action="store_true",
-                        help="track the tuning trials and the training in a local MLflow server (workdir/mlflow)")
+    parser.add_argument(
+        "--weights-cache",
+        type=Path,
+        help="host folder for ImageNet weight files, mounted as the "
+        "training image's torch hub cache (default: this machine's, ~/.cache/torch/hub/checkpoints)",
+    )
+    parser.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="track the tuning trials and the training in a local MLflow server (workdir/mlflow)",
+    )
     args = parser.parse_args()
     if args.data and not args.data.exists():
         parser.error(f"--data {args.data} does not exist")

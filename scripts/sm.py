@@ -17,6 +17,7 @@ from flags, BYOC_* variables or byoc.toml: see scripts/launch/config.py.
 In local mode an endpoint lives as long as `deploy` runs: it serves until
 Ctrl-C (or, with --invoke IMAGES, classifies them and stops).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,26 @@ from launch.session import make_session, remove_local_containers  # noqa: E402
 
 
 def cmd_train(args, config, session):
-    sources = {"training": args.data, "validation": args.validation, "test": args.test,
-               "pretrained": args.pretrained}
+    sources = {"training": args.data, "validation": args.validation, "test": args.test, "pretrained": args.pretrained}
     if config.is_local:
         sources = local_channels(sources, args.workdir.resolve())
     name = args.job_name or training.job_name()
-    estimator = training.estimator(session, config, parse_hps(args.hp), name, debugger=debugger_settings(args, config),
-                                   tags=parse_tags(args.tag), workdir=args.workdir, environment=job_environment(args))
-    estimator.fit(training.inputs(session, config, sources), job_name=name, wait=not args.no_wait,
-                  logs="All" if not args.no_wait else None)
+    estimator = training.estimator(
+        session,
+        config,
+        parse_hps(args.hp),
+        name,
+        debugger=debugger_settings(args, config),
+        tags=parse_tags(args.tag),
+        workdir=args.workdir,
+        environment=job_environment(args),
+    )
+    estimator.fit(
+        training.inputs(session, config, sources),
+        job_name=name,
+        wait=not args.no_wait,
+        logs="All" if not args.no_wait else None,
+    )
     if args.no_wait:
         print(f"training job {name} started")
     else:
@@ -73,11 +85,24 @@ def cmd_tune(args, config, session):
         raise SystemExit("--data (the training channel) is required to start a tuning job")
     else:
         sources = {"training": args.data, "validation": args.validation, "test": args.test}
-        estimator = training.estimator(session, config, fixed, "byoc-tune-trial", debugger=None,
-                                       tags=parse_tags(args.tag), environment=job_environment(args))
-        tuner = tuning.tuner(estimator, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
-                             args.warm_start.split(",") if args.warm_start else None,
-                             epochs=int(fixed.get("epochs", 5)))
+        estimator = training.estimator(
+            session,
+            config,
+            fixed,
+            "byoc-tune-trial",
+            debugger=None,
+            tags=parse_tags(args.tag),
+            environment=job_environment(args),
+        )
+        tuner = tuning.tuner(
+            estimator,
+            space,
+            args.strategy,
+            args.max_jobs,
+            args.max_parallel_jobs,
+            args.warm_start.split(",") if args.warm_start else None,
+            epochs=int(fixed.get("epochs", 5)),
+        )
         tuner.fit(training.inputs(session, config, sources), wait=False)
         print(f"tuning job {tuner.latest_tuning_job.name} started")
     if not (args.wait or args.train_best):
@@ -173,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, func, help_text):
         sub = commands.add_parser(name, help=help_text)
         configuration.add_arguments(sub)
-        sub.add_argument("--workdir", type=Path, default=ROOT / "build" / "sagemaker-local",
-                         help="local mode: where outputs go")
+        sub.add_argument(
+            "--workdir", type=Path, default=ROOT / "build" / "sagemaker-local", help="local mode: where outputs go"
+        )
         sub.add_argument("--sdk", choices=("v3", "v2"), default="v3", help="SageMaker Python SDK generation")
         sub.set_defaults(func=func)
         return sub
@@ -208,10 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     mme.add_argument("--endpoint-name")
     mme.add_argument("--instance-count", type=int, default=1)
     mme.add_argument("--memory-budget-mb", type=int, help="SAGEMAKER_MODEL_MEMORY_BUDGET_MB per worker")
-    mme.add_argument("--add-model", action="append", default=[], metavar="S3_URI",
-                     help="copy a training job's model.tar.gz under the prefix (as JOB.tar.gz)")
-    mme.add_argument("--target-model", action="append", default=[], metavar="NAME.tar.gz",
-                     help="then classify --invoke images with this model")
+    mme.add_argument(
+        "--add-model",
+        action="append",
+        default=[],
+        metavar="S3_URI",
+        help="copy a training job's model.tar.gz under the prefix (as JOB.tar.gz)",
+    )
+    mme.add_argument(
+        "--target-model",
+        action="append",
+        default=[],
+        metavar="NAME.tar.gz",
+        help="then classify --invoke images with this model",
+    )
     mme.add_argument("--invoke", nargs="*", type=Path, default=[], metavar="IMAGE")
     mme.add_argument("--top-k", type=int, default=3)
 

@@ -18,6 +18,7 @@ hyperparameter for every trial and takes a searched one out of the search.
 Results: WORKDIR/leaderboard.csv, best_params.json, *.png; the table is printed.
 See scripts/launch/local_tuning/ for the details.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="image folder or archive (default: make the sample data set)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "tuning")
-    parser.add_argument("--hp", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                        help="hyperparameter for every trial, e.g. --hp epochs=3 backbone=resnet18")
-    parser.add_argument("--enqueue", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
-                        help="parameters to try first, e.g. --enqueue lr=0.01,batch-size=64 (once per study)")
+    parser.add_argument(
+        "--hp",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hyperparameter for every trial, e.g. --hp epochs=3 backbone=resnet18",
+    )
+    parser.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="parameters to try first, e.g. --enqueue lr=0.01,batch-size=64 (once per study)",
+    )
     local_tuning.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -59,9 +71,21 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {**presets.TUNING_SAMPLE, **overrides}  # quick on the sample data
             print(f"sample data in {data}; settings {', '.join(f'{k}={v}' for k, v in overrides.items())}")
         result = local_tuning.run_study(
-            args.space, data, args.workdir, args.trials, sampler=args.sampler, parallel=args.parallel,
-            runner=args.runner, fixed_overrides=overrides, seed=args.seed, pruner=args.pruner,
-            grid_points=args.grid_points, enqueue=enqueue, image=args.image, keep_models=args.keep_models)
+            args.space,
+            data,
+            args.workdir,
+            args.trials,
+            sampler=args.sampler,
+            parallel=args.parallel,
+            runner=args.runner,
+            fixed_overrides=overrides,
+            seed=args.seed,
+            pruner=args.pruner,
+            grid_points=args.grid_points,
+            enqueue=enqueue,
+            image=args.image,
+            keep_models=args.keep_models,
+        )
     except (local_tuning.TuningError, SearchSpaceError) as exc:
         print(f"tune_local: {exc}", file=sys.stderr)
         return 2

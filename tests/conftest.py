@@ -1,6 +1,7 @@
 """Fixtures for every tier, and the tiers themselves: a test's tier is its folder (tests/unit, process,
 container, aws), or `container` wherever a test needs the container engine (it runs an image), so
 `pytest -m "not container"` runs everything that needs no image."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py."""
+
 from __future__ import annotations
 
 import io
@@ -57,8 +58,14 @@ def atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
-def save(model_dir, state_dict: dict, arch: Architecture, prep: Preprocessing,
-         class_names: list, training: TrainingSummary | None = None) -> None:
+def save(
+    model_dir,
+    state_dict: dict,
+    arch: Architecture,
+    prep: Preprocessing,
+    class_names: list,
+    training: TrainingSummary | None = None,
+) -> None:
     if len(class_names) != arch.num_classes:
         raise ArtifactError(f"{len(class_names)} class names for {arch.num_classes} outputs")
     model_dir = Path(model_dir)

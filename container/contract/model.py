@@ -8,6 +8,7 @@ needs only torch: the CPU serving variant can then use a CPU-only torch build
 for which no matching torchvision exists. tests/unit/test_contract.py checks that it
 is torchvision's network, key for key and output for output.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

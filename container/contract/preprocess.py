@@ -4,6 +4,7 @@ Training evaluates with exactly these functions and serving predicts with
 them, so an endpoint's probabilities equal the trainer's on the same image.
 Only PIL and numpy are used (no torchvision), see contract/model.py for why.
 """
+
 from __future__ import annotations
 
 import io
@@ -76,8 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def decode_image(data: bytes, prep: Preprocessing | None = None,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def decode_image(data: bytes, prep: Preprocessing | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Bytes -> RGB PIL image, or ImageDecodeError with a one-line reason.
 
     With `prep`, JPEGs are decoded at a reduced DCT scale that still covers

@@ -3,6 +3,7 @@
 Runs after (or beside) a training job, in the training image or on the host. The training loop
 never imports it; the trainer's last step hands the evaluation report (report.py) plain numbers.
 """
+
 import os
 import sys
 

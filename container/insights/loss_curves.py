@@ -7,6 +7,7 @@ loss per epoch (at the step that ended the epoch) and the learning rate on a sec
 Bottom: training and validation accuracy per epoch. losses.json holds every plotted series
 (x and y), losses.csv the same as rows (series, x, y): what the picture shows, as numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,10 @@ def series(records: list[dict]) -> dict[str, dict]:
             out["learning_rate"] = {"x": [r["step"] for r in rates], "y": [r["learning_rate"] for r in rates]}
     validation = [r for r in epochs if "validation_loss" in r and r["epoch"] in last_step]
     if validation:
-        out["validation_loss"] = {"x": [last_step[r["epoch"]] for r in validation],
-                                  "y": [r["validation_loss"] for r in validation]}
+        out["validation_loss"] = {
+            "x": [last_step[r["epoch"]] for r in validation],
+            "y": [r["validation_loss"] for r in validation],
+        }
     for name in ("train_accuracy", "validation_accuracy"):
         points = [r for r in epochs if name in r]
         if points:
@@ -85,25 +88,36 @@ def figure(plotted: dict[str, dict]):
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), height_ratios=[2, 1])
     steps = len(plotted.get("train_step_loss", {}).get("x", []))
-    styles = {"train_step_loss": dict(color="tab:blue", alpha=0.3, linewidth=0.8),
-              "train_step_loss_smoothed": dict(color="tab:blue", linewidth=2),
-              "validation_loss": dict(color="tab:orange", marker="o", linewidth=2),
-              "train_accuracy": dict(color="tab:blue", marker="o"),
-              "validation_accuracy": dict(color="tab:orange", marker="o")}
+    styles = {
+        "train_step_loss": dict(color="tab:blue", alpha=0.3, linewidth=0.8),
+        "train_step_loss_smoothed": dict(color="tab:blue", linewidth=2),
+        "validation_loss": dict(color="tab:orange", marker="o", linewidth=2),
+        "train_accuracy": dict(color="tab:blue", marker="o"),
+        "validation_accuracy": dict(color="tab:orange", marker="o"),
+    }
     for name, values in plotted.items():
         axis, label = SERIES[name]
         if axis == "loss":
             top.plot(values["x"], values["y"], label=label, **styles[name])
         elif axis == "accuracy":
             bottom.plot(values["x"], values["y"], label=label, **styles[name])
-    top.set(xlabel="global step (optimiser steps)", ylabel="cross-entropy loss",
-            title=f"Loss: {steps} training steps, {len(plotted.get('validation_loss', {}).get('x', []))} epochs")
+    top.set(
+        xlabel="global step (optimiser steps)",
+        ylabel="cross-entropy loss",
+        title=f"Loss: {steps} training steps, {len(plotted.get('validation_loss', {}).get('x', []))} epochs",
+    )
     top.grid(alpha=0.3)
     lines, labels = top.get_legend_handles_labels()
     if "learning_rate" in plotted:
         rate = top.twinx()
-        rate.plot(plotted["learning_rate"]["x"], plotted["learning_rate"]["y"], color="tab:gray",
-                  linestyle="--", linewidth=1, label=SERIES["learning_rate"][1])
+        rate.plot(
+            plotted["learning_rate"]["x"],
+            plotted["learning_rate"]["y"],
+            color="tab:gray",
+            linestyle="--",
+            linewidth=1,
+            label=SERIES["learning_rate"][1],
+        )
         rate.set_ylabel("learning rate")
         rate.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         more, more_labels = rate.get_legend_handles_labels()
@@ -113,7 +127,7 @@ def figure(plotted: dict[str, dict]):
     bottom.grid(alpha=0.3)
     if bottom.lines:
         epochs = plotted.get("validation_accuracy", plotted.get("train_accuracy"))["x"]
-        bottom.set_xticks(epochs if len(epochs) <= 30 else epochs[::max(len(epochs) // 15, 1)])
+        bottom.set_xticks(epochs if len(epochs) <= 30 else epochs[:: max(len(epochs) // 15, 1)])
         bottom.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

@@ -1,7 +1,8 @@
 """Training and validation loss per step from a debugger trial, as PNG (the second seed's plot).
 
-    python -m insights.loss_plot TRIAL_DIR_OR_S3_URI [--out losses.png]
+python -m insights.loss_plot TRIAL_DIR_OR_S3_URI [--out losses.png]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ One saved loss is one batch's, so single steps are never compared: a window's
 median, a validation pass's mean, or the trainer's per-epoch means stand for
 the loss there.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,13 +32,23 @@ class LossNotDecreasing(LocalRule):
     after epoch; with neither, the verdict is NotEnoughData.
     Without `mode`, the first of EVAL, TRAIN, GLOBAL with losses is used (as AWS documents)."""
 
-    def __init__(self, base_trial, collection_names=None, tensor_regex=None, use_losses_collection=True,
-                 num_steps=10, diff_percent=0.0, increase_threshold_percent=5.0, mode=None):
+    def __init__(
+        self,
+        base_trial,
+        collection_names=None,
+        tensor_regex=None,
+        use_losses_collection=True,
+        num_steps=10,
+        diff_percent=0.0,
+        increase_threshold_percent=5.0,
+        mode=None,
+    ):
         super().__init__(base_trial)
         self.num_steps, self.diff = int(num_steps), float(diff_percent)
         self.increase = float(increase_threshold_percent)
-        self.tensors = self.loss_names(regex_list(collection_names), regex_list(tensor_regex),
-                                       bool_param(use_losses_collection))
+        self.tensors = self.loss_names(
+            regex_list(collection_names), regex_list(tensor_regex), bool_param(use_losses_collection)
+        )
         self.mode = ModeKeys[mode.upper()] if isinstance(mode, str) and mode else mode
         self.findings = None  # global step -> message ("" = the loss decreased there)
 
@@ -67,8 +78,14 @@ class LossNotDecreasing(LocalRule):
             if previous is not None and window != previous + 1:
                 series.append(None)  # a gap: the windows either side are not compared
             values = [self.value(name, s, mode) for s in steps]
-            series.append((self._global(mode, steps[-1]), f"{mode.name} steps {steps[0]}-{steps[-1]}",
-                           float(np.median(values)), float(np.percentile(values, 75))))
+            series.append(
+                (
+                    self._global(mode, steps[-1]),
+                    f"{mode.name} steps {steps[0]}-{steps[-1]}",
+                    float(np.median(values)),
+                    float(np.percentile(values, 75)),
+                )
+            )
             previous = window
         return series
 
@@ -77,8 +94,10 @@ class LossNotDecreasing(LocalRule):
         if name not in self.base_trial.tensor_names():
             return []
         tensor = self.base_trial.tensor(name)
-        return [(step, f"epoch {number} ({name})", float(tensor.value(step)), float(tensor.value(step)))
-                for number, step in enumerate(tensor.steps(), start=1)]
+        return [
+            (step, f"epoch {number} ({name})", float(tensor.value(step)), float(tensor.value(step)))
+            for number, step in enumerate(tensor.steps(), start=1)
+        ]
 
     def compare(self, label, series) -> dict[int, str]:
         """series: (global step, what, median loss, its upper quartile) per window or epoch; None = gap."""
@@ -93,13 +112,17 @@ class LossNotDecreasing(LocalRule):
             # once it has fallen far (converged): there, two windows' medians differ by noise alone.
             converged = now[2] <= start * (1 - CONVERGED_DECREASE)
             if not now[2] <= before[2] * (1 - self.diff / 100) and not converged:
-                message = (f"{label}: {now[2]:.4g} over {now[1]}, not {self.diff:g}% below "
-                           f"{before[2]:.4g} over {before[1]}, and within {CONVERGED_DECREASE:.0%} of "
-                           f"where the run began ({start:.4g})")
+                message = (
+                    f"{label}: {now[2]:.4g} over {now[1]}, not {self.diff:g}% below "
+                    f"{before[2]:.4g} over {before[1]}, and within {CONVERGED_DECREASE:.0%} of "
+                    f"where the run began ({start:.4g})"
+                )
             # a rise counts when it is above the noise: over the earlier window's upper quartile
             elif now[2] > lowest * (1 + self.increase / 100) and now[2] > before[3]:
-                message = (f"{label}: {now[2]:.4g} over {now[1]} is over {self.increase:g}% above "
-                           f"the lowest before it, {lowest:.4g}")
+                message = (
+                    f"{label}: {now[2]:.4g} over {now[1]} is over {self.increase:g}% above "
+                    f"the lowest before it, {lowest:.4g}"
+                )
             findings[now[0]] = message
         return findings
 
@@ -124,9 +147,11 @@ class LossNotDecreasing(LocalRule):
 
     def needs(self):
         mode = self.mode.name if self.mode else "any mode"
-        return (f"no two {self.num_steps}-step windows of {mode} with {MIN_LOSSES_PER_WINDOW} saved losses each, "
-                f"and fewer than two epochs' mean losses: save losses every step (debugger-collections "
-                f"losses:1) and train for at least {2 * self.num_steps} steps")
+        return (
+            f"no two {self.num_steps}-step windows of {mode} with {MIN_LOSSES_PER_WINDOW} saved losses each, "
+            f"and fewer than two epochs' mean losses: save losses every step (debugger-collections "
+            f"losses:1) and train for at least {2 * self.num_steps} steps"
+        )
 
 
 # Evidence for a trend in the validation loss: this many passes after its best, none of them better
@@ -169,15 +194,19 @@ class Overfit(LocalRule):
             overfitting = rose and phase.train < best.train and gap > self.ratio
             self.streak[name] = self.streak[name] + 1 if overfitting else 0
             if self.streak[name] >= self.patience:
-                return (f"{name}: validation loss {phase.validation:.4g} is over {self.ratio:.0%} above its best "
-                        f"{best.validation:.4g} (step {best.step}) while the training loss fell from "
-                        f"{best.train:.4g} to {phase.train:.4g}, for {self.streak[name]} validation pass(es)")
+                return (
+                    f"{name}: validation loss {phase.validation:.4g} is over {self.ratio:.0%} above its best "
+                    f"{best.validation:.4g} (step {best.step}) while the training loss fell from "
+                    f"{best.train:.4g} to {phase.train:.4g}, for {self.streak[name]} validation pass(es)"
+                )
         return None
 
     def needs(self):
         seen = max(self.passes.values(), default=0)
-        return (f"{seen} validation pass(es) with saved training and validation losses after step {self.start}: "
-                f"a first one to set the best, then {self.patience} more (patience) are needed")
+        return (
+            f"{seen} validation pass(es) with saved training and validation losses after step {self.start}: "
+            f"a first one to set the best, then {self.patience} more (patience) are needed"
+        )
 
 
 class Overtraining(LocalRule):
@@ -213,13 +242,18 @@ class Overtraining(LocalRule):
             since = self.since[name]
             since.append(phase)
             train_steps, eval_steps = sum(p.train_steps for p in since), sum(p.eval_steps for p in since)
-            if len(since) >= PASSES_AFTER_BEST and (train_steps >= self.patience_train
-                                                    or eval_steps >= self.patience_validation):
-                return (f"{name}: validation loss not {self.delta:.0%} below its best {best.validation:.4g} "
-                        f"(step {best.step}) for {len(since)} passes, {train_steps} TRAIN steps of training")
+            if len(since) >= PASSES_AFTER_BEST and (
+                train_steps >= self.patience_train or eval_steps >= self.patience_validation
+            ):
+                return (
+                    f"{name}: validation loss not {self.delta:.0%} below its best {best.validation:.4g} "
+                    f"(step {best.step}) for {len(since)} passes, {train_steps} TRAIN steps of training"
+                )
         return None
 
     def needs(self):
         seen = max(self.passes.values(), default=0)
-        return (f"{seen} validation pass(es) with saved training and validation losses: two or more are "
-                f"needed (save losses in both modes: debugger-collections losses:1)")
+        return (
+            f"{seen} validation pass(es) with saved training and validation losses: two or more are "
+            f"needed (save losses in both modes: debugger-collections losses:1)"
+        )

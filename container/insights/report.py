@@ -1,5 +1,6 @@
 """The evaluation report: overall and per-class accuracy, confusion matrix (JSON + PNG), the most
 confused pairs and the classes with the lowest recall."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,12 @@ def build(split: str, confusion: np.ndarray, class_names: list[str], loss: float
 def write(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "evaluation.json", json.dumps(report, indent=2).encode())
-    plot_confusion(np.asarray(report["confusion_matrix"]), report["class_names"],
-                   f"{report['split']}: accuracy {report['accuracy']:.3f} on {report['images']} images",
-                   out_dir / "confusion_matrix.png")
+    plot_confusion(
+        np.asarray(report["confusion_matrix"]),
+        report["class_names"],
+        f"{report['split']}: accuracy {report['accuracy']:.3f} on {report['images']} images",
+        out_dir / "confusion_matrix.png",
+    )
 
 
 def most_confused(confusion: np.ndarray, class_names: list[str], limit: int = MOST_CONFUSED) -> list[dict]:
@@ -50,8 +54,16 @@ def most_confused(confusion: np.ndarray, class_names: list[str], limit: int = MO
     rows = confusion.sum(axis=1)
     order = np.argsort(off, axis=None)[::-1][:limit]
     pairs = [np.unravel_index(i, off.shape) for i in order]
-    return [{"true": class_names[t], "predicted": class_names[p], "images": int(off[t, p]),
-             "share_of_true": float(off[t, p] / rows[t]) if rows[t] else 0.0} for t, p in pairs if off[t, p] > 0]
+    return [
+        {
+            "true": class_names[t],
+            "predicted": class_names[p],
+            "images": int(off[t, p]),
+            "share_of_true": float(off[t, p] / rows[t]) if rows[t] else 0.0,
+        }
+        for t, p in pairs
+        if off[t, p] > 0
+    ]
 
 
 def worst_recall(confusion: np.ndarray, class_names: list[str], limit: int = MOST_CONFUSED) -> list[dict]:
@@ -84,8 +96,16 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     if few:
         for t in range(n):
             for p in range(n):
-                ax.text(p, t, f"{int(confusion[t, p])}\n{100 * shares[t, p]:.0f}%", ha="center", va="center",
-                        fontsize=8, color="white" if shares[t, p] > 0.5 else "black", gid="cell")
+                ax.text(
+                    p,
+                    t,
+                    f"{int(confusion[t, p])}\n{100 * shares[t, p]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[t, p] > 0.5 else "black",
+                    gid="cell",
+                )
     if n <= AXIS_NAMES_CLASSES:  # beyond, names overlap; the JSON and the tables have them
         fontsize = 9 if few else 6
         ax.set_xticks(range(n), class_names, rotation=90, fontsize=fontsize)
@@ -102,15 +122,24 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
             return text if len(text) <= 28 else text[:27] + "…"
 
         if pairs:
-            table = tables.table(cellText=[[cell(p["true"]), cell(p["predicted"]), p["images"],
-                                            f"{100 * p['share_of_true']:.0f}%"] for p in pairs],
-                                 colLabels=["true", "predicted as", "images", "of true"],
-                                 bbox=[0, 0.52, 1, 0.42], gid="most_confused")
+            table = tables.table(
+                cellText=[
+                    [cell(p["true"]), cell(p["predicted"]), p["images"], f"{100 * p['share_of_true']:.0f}%"]
+                    for p in pairs
+                ],
+                colLabels=["true", "predicted as", "images", "of true"],
+                bbox=[0, 0.52, 1, 0.42],
+                gid="most_confused",
+            )
             table.auto_set_font_size(False)
             table.set_fontsize(8)
             tables.text(0, 0.96, "Most confused pairs", fontsize=11, weight="bold", transform=tables.transAxes)
-        table = tables.table(cellText=[[cell(w["class"]), f"{100 * w['recall']:.0f}%", w["images"]] for w in worst],
-                             colLabels=["class", "recall", "images"], bbox=[0, 0.02, 1, 0.42], gid="worst_recall")
+        table = tables.table(
+            cellText=[[cell(w["class"]), f"{100 * w['recall']:.0f}%", w["images"]] for w in worst],
+            colLabels=["class", "recall", "images"],
+            bbox=[0, 0.02, 1, 0.42],
+            gid="worst_recall",
+        )
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         tables.text(0, 0.46, "Lowest recall", fontsize=11, weight="bold", transform=tables.transAxes)

@@ -17,6 +17,7 @@ ProfilerConfig and the profiler rules) from it, so the rules run locally and
 in AWS agree. Steps are smdebug's global steps; "TRAIN step" / "EVAL step"
 mean a step's number within its mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,16 @@ BY_NAME = {spec.name: spec for spec in RULES}
 # Collections the rules read, with the save interval AWS's rule configs use; but the losses every
 # step (one number each): LossNotDecreasing and Overtraining take medians of several saved losses.
 COLLECTIONS = {"losses": 1, "weights": 500, "gradients": 500, "relu_input": 500}
-PROFILER_RULES = ["ProfilerReport", "LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "BatchSize",
-                  "StepOutlier"]
+PROFILER_RULES = ["ProfilerReport", "LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "BatchSize", "StepOutlier"]
 
 
-def sagemaker_debugger_config(s3_output_path: str | None = None, rule_names: list[str] | None = None,
-                              parameters: dict | None = None, collections: dict | None = None,
-                              system_monitor_interval_millis: int = 500) -> dict:
+def sagemaker_debugger_config(
+    s3_output_path: str | None = None,
+    rule_names: list[str] | None = None,
+    parameters: dict | None = None,
+    collections: dict | None = None,
+    system_monitor_interval_millis: int = 500,
+) -> dict:
     """Estimator keyword arguments: rules, debugger_hook_config, profiler_config.
 
     `parameters` = {"Overfit": {"patience": 3}} overrides RULES' parameters;
@@ -80,16 +84,22 @@ def sagemaker_debugger_config(s3_output_path: str | None = None, rule_names: lis
     rules = []
     for spec in (BY_NAME[n] for n in (rule_names or [s.name for s in RULES])):
         values = {**spec.parameters, **(parameters or {}).get(spec.name, {})}
-        rules.append(Rule.sagemaker(getattr(rule_configs, spec.sdk_config)(),
-                                    rule_parameters={k: str(v) for k, v in values.items()}))
+        rules.append(
+            Rule.sagemaker(
+                getattr(rule_configs, spec.sdk_config)(), rule_parameters={k: str(v) for k, v in values.items()}
+            )
+        )
     intervals = {**COLLECTIONS, **(collections or {})}
     configs = [CollectionConfig(name, parameters={"save_interval": str(every)}) for name, every in intervals.items()]
     if "relu_input" in intervals:
         configs[list(intervals).index("relu_input")].parameters["include_regex"] = ".*relu_input"
     hook = DebuggerHookConfig(s3_output_path=s3_output_path, collection_configs=configs)
     profiler_rules = [ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in PROFILER_RULES]
-    return {"rules": rules + profiler_rules, "debugger_hook_config": hook,
-            "profiler_config": ProfilerConfig(system_monitor_interval_millis=system_monitor_interval_millis)}
+    return {
+        "rules": rules + profiler_rules,
+        "debugger_hook_config": hook,
+        "profiler_config": ProfilerConfig(system_monitor_interval_millis=system_monitor_interval_millis),
+    }
 
 
 def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict | None = None) -> dict:
@@ -105,8 +115,14 @@ def run(trial_path: str, rule_names: list[str] | None = None, parameters: dict |
             # end_step: a trial's last step is known, and invoke_rule would otherwise wait for more
             invoke_rule(rule, start_step=steps[0], end_step=steps[-1] + 1)
         status, message = rule.verdict()
-        results[spec.name] = {"status": status, "first_step": rule.first_step, "message": message,
-                              "parameters": values, "steps_checked": rule.checked, "judgements": rule.judged}
+        results[spec.name] = {
+            "status": status,
+            "first_step": rule.first_step,
+            "message": message,
+            "parameters": values,
+            "steps_checked": rule.checked,
+            "judgements": rule.judged,
+        }
     return results
 
 

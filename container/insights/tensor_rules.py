@@ -1,4 +1,5 @@
 """Rules on saved tensors: gradients, activations, weights (AWS's parameter names and defaults)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,11 @@ class ExplodingTensor(LocalRule):
         self.only_nan = bool_param(only_nan)
 
     def check(self, step):
-        names = self.names(self.collections, self.regex) if (self.collections or self.regex) \
+        names = (
+            self.names(self.collections, self.regex)
+            if (self.collections or self.regex)
             else self.base_trial.tensor_names()
+        )
         for name in names:
             value = self.value(name, step)
             if value is None:
@@ -57,8 +61,15 @@ class PoorWeightInitialization(LocalRule):
     more than `threshold` times; a gradient's 5th-95th percentile range is below
     `distribution_range`; or the loss has not decreased for `patience` steps."""
 
-    def __init__(self, base_trial, activation_inputs_regex=".*relu_input", threshold=10.0,
-                 distribution_range=0.001, patience=5, steps=10):
+    def __init__(
+        self,
+        base_trial,
+        activation_inputs_regex=".*relu_input",
+        threshold=10.0,
+        distribution_range=0.001,
+        patience=5,
+        steps=10,
+    ):
         super().__init__(base_trial)
         self.activations = self.names(regex=regex_list(activation_inputs_regex))
         self.threshold, self.range = float(threshold), float(distribution_range)
@@ -70,14 +81,17 @@ class PoorWeightInitialization(LocalRule):
         mode, mode_step = self.mode_of(step)
         if mode != ModeKeys.TRAIN or mode_step >= self.steps:
             return None
-        variances = {n: float(np.var(v)) for n in self.activations
-                     if (v := self.value(n, step)) is not None and v.size > 1}
+        variances = {
+            n: float(np.var(v)) for n in self.activations if (v := self.value(n, step)) is not None and v.size > 1
+        }
         if len(variances) > 1:
             self.judged += 1
             low, high = min(variances.values()), max(variances.values())
             if high > self.threshold * max(low, 1e-30):
-                return (f"ReLU input variance ranges from {low:.3g} ({min(variances, key=variances.get)}) "
-                        f"to {high:.3g} ({max(variances, key=variances.get)}): over {self.threshold:g}x")
+                return (
+                    f"ReLU input variance ranges from {low:.3g} ({min(variances, key=variances.get)}) "
+                    f"to {high:.3g} ({max(variances, key=variances.get)}): over {self.threshold:g}x"
+                )
         for name in self.names(["gradients"]):
             value = self.value(name, step)
             if value is not None and value.size > 1:
@@ -100,8 +114,10 @@ class PoorWeightInitialization(LocalRule):
         return None
 
     def needs(self):
-        return (f"within the first {self.steps} TRAIN steps: no ReLU inputs of two layers, no gradients, and "
-                f"{self.losses_seen} saved losses (more than {self.patience} needed)")
+        return (
+            f"within the first {self.steps} TRAIN steps: no ReLU inputs of two layers, no gradients, and "
+            f"{self.losses_seen} saved losses (more than {self.patience} needed)"
+        )
 
 
 class WeightUpdateRatio(LocalRule):
@@ -109,8 +125,9 @@ class WeightUpdateRatio(LocalRule):
     being the previous saved TRAIN step at most `num_steps` earlier. Weights that did not change
     at all are frozen (trainable-layers), not slow, and are skipped."""
 
-    def __init__(self, base_trial, num_steps=500, large_threshold=10.0, small_threshold=0.00000001,
-                 epsilon=0.000000001):
+    def __init__(
+        self, base_trial, num_steps=500, large_threshold=10.0, small_threshold=0.00000001, epsilon=0.000000001
+    ):
         super().__init__(base_trial)
         self.num_steps, self.large, self.small = int(num_steps), float(large_threshold), float(small_threshold)
         self.epsilon = float(epsilon)
@@ -136,5 +153,7 @@ class WeightUpdateRatio(LocalRule):
         return None
 
     def needs(self):
-        return (f"no trained weights saved at two TRAIN steps at most {self.num_steps} apart: "
-                f"add weights to the collections (debugger-collections weights:N)")
+        return (
+            f"no trained weights saved at two TRAIN steps at most {self.num_steps} apart: "
+            f"add weights to the collections (debugger-collections weights:N)"
+        )

@@ -5,6 +5,7 @@ step that triggered it), NoIssuesFound (only after at least one comparison),
 or NotEnoughData (with what the rule would need). The rules themselves are in
 tensor_rules.py and loss_rules.py; rules.py runs them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class LocalRule(Rule):
 @dataclass(frozen=True)
 class Phase:
     """One validation pass and the training since the one before, as smoothed losses (means)."""
+
     step: int  # global step of the pass's last EVAL step
     train: float  # mean saved TRAIN loss since the previous pass
     validation: float  # mean saved EVAL loss of the pass (the whole validation set when every step is saved)
@@ -113,8 +115,15 @@ def phase_means(trial, name) -> list[Phase]:
     phases, train_values, eval_values, last_eval = [], [], [], None
 
     def close_phase():
-        phases.append(Phase(last_eval, float(np.mean(train_values)), float(np.mean(eval_values)),
-                            len(train_values), len(eval_values)))
+        phases.append(
+            Phase(
+                last_eval,
+                float(np.mean(train_values)),
+                float(np.mean(eval_values)),
+                len(train_values),
+                len(eval_values),
+            )
+        )
 
     for step in trial.steps():
         mode, mode_step = trial.mode(step), trial.mode_step(step)

@@ -7,6 +7,7 @@ Reads WORKDIR/study.db (the Optuna study scripts/launch/local_tuning.py keeps) a
 trial's losses.json (insights/loss_curves.py) from its /opt/ml tree. The page carries plotly.js
 inline: one file that opens offline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,21 @@ def best_trial_curves(workdir: Path, number: int):
         return None
     plotted = json.loads(path.read_text())
     figure = go.Figure()
-    for name, label, mode in (("train_step_loss", "training loss per step", "lines"),
-                              ("train_step_loss_smoothed", "training loss, smoothed", "lines"),
-                              ("validation_loss", "validation loss per epoch", "lines+markers")):
+    for name, label, mode in (
+        ("train_step_loss", "training loss per step", "lines"),
+        ("train_step_loss_smoothed", "training loss, smoothed", "lines"),
+        ("validation_loss", "validation loss per epoch", "lines+markers"),
+    ):
         if name in plotted:
-            figure.add_trace(go.Scatter(x=plotted[name]["x"], y=plotted[name]["y"], name=label, mode=mode,
-                                        opacity=0.35 if name == "train_step_loss" else 1.0))
+            figure.add_trace(
+                go.Scatter(
+                    x=plotted[name]["x"],
+                    y=plotted[name]["y"],
+                    name=label,
+                    mode=mode,
+                    opacity=0.35 if name == "train_step_loss" else 1.0,
+                )
+            )
     figure.update_layout(title=f"Best trial ({number}): loss", xaxis_title="global step", yaxis_title="loss")
     return figure
 
@@ -45,18 +55,32 @@ def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
     import optuna
     from optuna import visualization as vis
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
-    varying = sorted({k for t in complete for k in t.params
-                      if len({repr(u.params.get(k)) for u in complete}) > 1})
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
+    varying = sorted({k for t in complete for k in t.params if len({repr(u.params.get(k)) for u in complete}) > 1})
     sections = [
         ("Optimisation history", lambda: vis.plot_optimization_history(study), bool(complete), "no completed trial"),
-        ("Parameter importances", lambda: vis.plot_param_importances(study, params=varying),
-         len(complete) >= 2 and len(varying) >= 2, "needs 2 completed trials and 2 parameters that vary"),
-        ("Validation loss per epoch, every trial", lambda: vis.plot_intermediate_values(study),
-         any(t.intermediate_values for t in study.get_trials(deepcopy=False)), "no trial reported a validation loss"),
-        ("Parameters against the objective", lambda: vis.plot_parallel_coordinate(study, params=varying or None),
-         bool(complete), "no completed trial"),
+        (
+            "Parameter importances",
+            lambda: vis.plot_param_importances(study, params=varying),
+            len(complete) >= 2 and len(varying) >= 2,
+            "needs 2 completed trials and 2 parameters that vary",
+        ),
+        (
+            "Validation loss per epoch, every trial",
+            lambda: vis.plot_intermediate_values(study),
+            any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
+            "no trial reported a validation loss",
+        ),
+        (
+            "Parameters against the objective",
+            lambda: vis.plot_parallel_coordinate(study, params=varying or None),
+            bool(complete),
+            "no completed trial",
+        ),
     ]
     out = []
     for title, make, possible, why_not in sections:
@@ -70,8 +94,11 @@ def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
         except Exception as exc:  # one figure never costs the page
             out.append((title, None, f"{type(exc).__name__}: {exc}"))
     if complete:
-        best = min(complete, key=lambda t: t.value) if study.direction.name == "MINIMIZE" else \
-            max(complete, key=lambda t: t.value)
+        best = (
+            min(complete, key=lambda t: t.value)
+            if study.direction.name == "MINIMIZE"
+            else max(complete, key=lambda t: t.value)
+        )
         curves = best_trial_curves(workdir, best.number)
         out.append(("Best trial's loss curves", curves, "" if curves else "the best trial left no losses.json"))
     return out
@@ -106,9 +133,9 @@ body{{font-family:sans-serif;margin:2em;max-width:1200px}} td,th{{border:1px sol
 font-size:85%}} table{{border-collapse:collapse}} tr:nth-child(2) td{{background:#e8f4e8}} .none{{color:#777}}
 </style></head><body><h1>Tuning report: {html.escape(study.study_name)}</h1>
 <p>{html.escape(str(workdir))}: {len(study.trials)} trials, {complete} completed; objective
-{html.escape(str(study.user_attrs.get('definition', {}).get('objective', 'validation:loss')))}
+{html.escape(str(study.user_attrs.get("definition", {}).get("objective", "validation:loss")))}
 ({study.direction.name.lower()}).</p><h2>Leaderboard (best first)</h2>{leaderboard(workdir)}
-{''.join(parts)}</body></html>"""
+{"".join(parts)}</body></html>"""
     out.write_text(page)
     return out
 

@@ -15,6 +15,7 @@ A single model comes loaded from gunicorn's master (preload.py): a worker takes
 connections only once it can answer /invocations.
 Every error is JSON {"error": reason}, and none ends the worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,11 @@ def unavailable() -> tuple[Response, int]:
 def invoke(service, settings: Settings) -> Response:
     """One request through `service`'s handler stages."""
     body, content_type = service.invoke(
-        read_body(settings.max_payload_bytes), request.headers.get("Content-Type"),
-        request.headers.get("Accept"), request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
+        read_body(settings.max_payload_bytes),
+        request.headers.get("Content-Type"),
+        request.headers.get("Accept"),
+        request.headers.get(CUSTOM_ATTRIBUTES_HEADER),
+    )
     response = Response(body, content_type=content_type)
     batch_size = service.last_batch_size()
     if batch_size is not None:
@@ -89,8 +93,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, str(response.status_code),
-                                metrics.content_type_label(request.headers.get("Content-Type"))).inc()
+        metrics.REQUESTS.labels(
+            route, str(response.status_code), metrics.content_type_label(request.headers.get("Content-Type"))
+        ).inc()
         metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
@@ -103,8 +108,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         if models is not None:
             name = request.headers.get(TARGET_MODEL_HEADER)
             if not name:
-                raise RequestError(f"a multi-model endpoint needs the {TARGET_MODEL_HEADER} header "
-                                   "(or POST /models/<name>/invoke)")
+                raise RequestError(
+                    f"a multi-model endpoint needs the {TARGET_MODEL_HEADER} header (or POST /models/<name>/invoke)"
+                )
             with models.using(name) as service:
                 return invoke(service, settings)
         if MODEL.service is None:
@@ -115,13 +121,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     def execution_parameters():
         # SINGLE_RECORD: SageMaker local mode raises on MULTI_RECORD unless the
         # caller names a strategy itself; every record is one request anyway.
-        return jsonify(MaxConcurrentTransforms=settings.workers, BatchStrategy="SINGLE_RECORD",
-                       MaxPayloadInMB=settings.max_payload_mb)
+        return jsonify(
+            MaxConcurrentTransforms=settings.workers,
+            BatchStrategy="SINGLE_RECORD",
+            MaxPayloadInMB=settings.max_payload_mb,
+        )
 
     @app.get("/metrics")
     def prometheus_metrics():
-        body, content_type = metrics.exposition(
-            (lambda: len(models.registry.ready())) if models is not None else None)
+        body, content_type = metrics.exposition((lambda: len(models.registry.ready())) if models is not None else None)
         return Response(body, content_type=content_type)
 
     @app.errorhandler(RequestError)

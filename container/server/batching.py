@@ -16,6 +16,7 @@ forward pass's size and each request's wait go to /metrics (metrics.py).
 `close` ends the model thread once the queue is empty (a multi-model worker
 unloading a model).
 """
+
 from __future__ import annotations
 
 import threading

@@ -15,4 +15,5 @@ class UnsupportedAccept(RequestError):
 
 class TooLarge(RequestError):
     """More images, or more pixels, than one request may hold."""
+
     status = 413

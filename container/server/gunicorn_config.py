@@ -1,4 +1,5 @@
 """gunicorn's configuration for `serve` (gunicorn -c python:server.gunicorn_config)."""
+
 import logging
 import os
 from collections import Counter

@@ -18,6 +18,7 @@ stage also takes what a user's neighbouring stage is likely to hand it:
 One image in gives one JSON object out, several give a list of them.
 Nothing here knows HTTP: app.py is the transport.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,8 +45,9 @@ from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.settings import Settings
 
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "image/webp",
-                         "image/bmp", "image/gif", "image/tiff"})
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "application/x-image", "image/webp", "image/bmp", "image/gif", "image/tiff"}
+)
 JSON = "application/json"
 NPY = "application/x-npy"
 CSV = "text/csv"
@@ -92,8 +94,9 @@ class DefaultHandlers:
 
     def bind(self, model: torch.nn.Module) -> None:
         """Batch the default predict_fn's forward passes of `model` (model_fn's result)."""
-        self.batcher = DynamicBatcher(lambda inputs: forward(model, inputs), self.settings.batch_size,
-                                      self.settings.batch_wait_ms)
+        self.batcher = DynamicBatcher(
+            lambda inputs: forward(model, inputs), self.settings.batch_size, self.settings.batch_wait_ms
+        )
         # Requests run their forward passes in the batcher's thread, at batch
         # sizes up to the maximum: warm that thread at both ends before the
         # worker takes requests, so no client pays for first-use kernel selection.
@@ -118,7 +121,8 @@ class DefaultHandlers:
             return read_npy(request_body, self.prep.image_size, self.settings.max_images_per_request, budget)
         raise UnsupportedContentType(
             f"content type {content_type!r} not supported: send an image ({', '.join(sorted(IMAGE_TYPES))}), "
-            f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays")
+            f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays"
+        )
 
     def _preprocess(self, encoded_image: bytes, budget: PixelBudget) -> torch.Tensor:
         try:
@@ -163,8 +167,7 @@ class DefaultHandlers:
     def _top(self, row: np.ndarray, top_k: int) -> list[dict]:
         names = self.class_names if self.class_names and len(self.class_names) == len(row) else None
         order = np.argsort(-row, kind="stable")[:top_k]
-        return [{"label": names[i] if names else str(i), "index": int(i), "probability": float(row[i])}
-                for i in order]
+        return [{"label": names[i] if names else str(i), "index": int(i), "probability": float(row[i])} for i in order]
 
 
 class PixelBudget:
@@ -185,8 +188,7 @@ class PixelBudget:
         self.left -= pixels
 
     def over_budget(self) -> str:
-        return (f"the request's images decode to more than {self.limit} pixels in all "
-                "(SAGEMAKER_MAX_PIXELS_PER_REQUEST)")
+        return f"the request's images decode to more than {self.limit} pixels in all (SAGEMAKER_MAX_PIXELS_PER_REQUEST)"
 
     def explain(self, reason: str) -> str:
         """Why an image was refused as too large: alone, or together with the request's others."""
@@ -245,8 +247,10 @@ def read_npy(body: bytes, image_size: int, max_images: int, budget: PixelBudget)
     if dtype != np.float32:
         raise RequestError(f"npy dtype {dtype.str}: expected float32 (<f4)")
     if len(shape) not in (3, 4) or tuple(shape[-3:]) != image_shape or 0 in shape:
-        raise RequestError(f"npy shape {shape}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
-                           "preprocessed like training's evaluation")
+        raise RequestError(
+            f"npy shape {shape}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
+            "preprocessed like training's evaluation"
+        )
     images = shape[0] if len(shape) == 4 else 1
     check_image_count(images, max_images)
     budget.spend(images * image_size * image_size)

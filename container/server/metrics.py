@@ -20,6 +20,7 @@ process.
     byoc_models_in_memory              multi-model: models held in workers' memory, all workers
     byoc_model_evictions_total         multi-model: models a worker unloaded for the memory budget
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -41,18 +42,34 @@ from prometheus_client.core import GaugeMetricFamily
 MULTIPROCESS = values.ValueClass is not values.MutexValue
 
 # Bounded label values: a client cannot grow the series count with odd headers.
-KNOWN_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "image/webp", "image/bmp",
-                                 "image/gif", "image/tiff", "application/json", "application/x-npy", ""})
+KNOWN_CONTENT_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "application/x-image",
+        "image/webp",
+        "image/bmp",
+        "image/gif",
+        "image/tiff",
+        "application/json",
+        "application/x-npy",
+        "",
+    }
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 REQUESTS = Counter("byoc_requests", "HTTP requests answered", ["route", "status", "content_type"])
 REQUEST_SECONDS = Histogram("byoc_request_seconds", "Time to answer a request", ["route"], buckets=LATENCY_BUCKETS)
 FORWARD_BATCH_SIZE = Histogram("byoc_forward_batch_size", "Images in one forward pass", buckets=BATCH_BUCKETS)
-QUEUE_WAIT_SECONDS = Histogram("byoc_queue_wait_seconds", "Wait of a request for its forward pass",
-                               buckets=LATENCY_BUCKETS)
-MODEL_LOAD_SECONDS = Histogram("byoc_model_load_seconds", "Loading one model, warm-up included",
-                               buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+QUEUE_WAIT_SECONDS = Histogram(
+    "byoc_queue_wait_seconds", "Wait of a request for its forward pass", buckets=LATENCY_BUCKETS
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "byoc_model_load_seconds",
+    "Loading one model, warm-up included",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 MODELS_IN_MEMORY = Gauge("byoc_models_in_memory", "Models held in the workers' memory", multiprocess_mode="livesum")
 MODEL_EVICTIONS = Counter("byoc_model_evictions", "Models unloaded for the memory budget")
 

@@ -18,6 +18,7 @@ models not serving a request leave this worker's memory (they stay loaded
 for the endpoint and come back on their next request). A model being loaded
 holds only its own lock: requests to the others go on.
 """
+
 from __future__ import annotations
 
 import gc
@@ -80,8 +81,10 @@ class WorkerModels:
             check_model_dir(url)
             cost = model_cost(url)
             if cost > self.budget:
-                raise InsufficientMemory(f"model {name!r} needs about {cost >> 20} MB, more than the "
-                                         f"{self.budget >> 20} MB budget (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)")
+                raise InsufficientMemory(
+                    f"model {name!r} needs about {cost >> 20} MB, more than the "
+                    f"{self.budget >> 20} MB budget (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)"
+                )
             resident = self._admit(entry, cost)
             try:
                 with resident.lock:
@@ -139,8 +142,10 @@ class WorkerModels:
                 self._sweep_unloaded()
                 busy = sum(other.cost for other in self._resident.values() if other.users)
                 if busy + cost > self.budget:
-                    raise InsufficientMemory(f"model {entry.name!r} does not fit beside the models serving "
-                                             "requests now (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)")
+                    raise InsufficientMemory(
+                        f"model {entry.name!r} does not fit beside the models serving "
+                        "requests now (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)"
+                    )
                 resident = self._resident[entry.name] = _Resident(entry, cost)
             self._resident.move_to_end(entry.name)
             resident.users += 1
@@ -151,14 +156,20 @@ class WorkerModels:
         from server.service import InferenceService
 
         started = time.monotonic()
-        service = InferenceService(resident.entry.url, self.settings,
-                                   module_name=f"inference_{resident.entry.generation}")
+        service = InferenceService(
+            resident.entry.url, self.settings, module_name=f"inference_{resident.entry.generation}"
+        )
         service.start_in_worker()
         resident.service = service
         MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
         MODELS_IN_MEMORY.inc()
-        log.info("worker %d loaded model %r from %s in %.2f s", os.getpid(), resident.entry.name,
-                 resident.entry.url, time.monotonic() - started)
+        log.info(
+            "worker %d loaded model %r from %s in %.2f s",
+            os.getpid(),
+            resident.entry.name,
+            resident.entry.url,
+            time.monotonic() - started,
+        )
 
     def _evict_over_budget(self) -> None:
         with self._lock:

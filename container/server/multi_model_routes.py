@@ -13,6 +13,7 @@ The front end also sets X-Amzn-SageMaker-Target-Model (the TargetModel of
 InvokeEndpoint); /invocations routes by it (app.py). The models themselves:
 multi_model.py.
 """
+
 from __future__ import annotations
 
 import base64

@@ -25,6 +25,7 @@ mode's name, and a mode whose outputs are not finite or mostly disagree falls
 back to fp32. The master runs these passes with one torch thread (preload.py):
 no OpenMP pool exists before the fork.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,10 @@ class Check:
         return self.agreeing / self.images
 
     def describe(self) -> str:
-        return (f"top-1 agreement with fp32 {self.agreeing}/{self.images}, largest probability difference "
-                f"{self.max_prob_diff:.4f} on {self.images} {self.source} images")
+        return (
+            f"top-1 agreement with fp32 {self.agreeing}/{self.images}, largest probability difference "
+            f"{self.max_prob_diff:.4f} on {self.images} {self.source} images"
+        )
 
 
 class ServedModel(nn.Module):
@@ -88,11 +91,15 @@ def fallback_reason(precision: str, compile_mode: str, flags: set[str], gpus: in
     if precision in CPU_ONLY and gpus:
         return f"{precision} is a CPU mode and this host serves on its GPU"
     if precision == "bf16" and not gpus and not flags & set(NATIVE_BF16):
-        return (f"this CPU has no native bf16 instructions (none of {', '.join(NATIVE_BF16)} in its flags: "
-                f"{' '.join(sorted(flags)) or 'none known'}), where bf16 runs slower than fp32")
+        return (
+            f"this CPU has no native bf16 instructions (none of {', '.join(NATIVE_BF16)} in its flags: "
+            f"{' '.join(sorted(flags)) or 'none known'}), where bf16 runs slower than fp32"
+        )
     if precision == "int8" and not calibration:
-        return (f"int8 calibrates on the model's {artifact.CALIBRATION_DIR}/*.jpg sample, which training writes, "
-                "and this model has none")
+        return (
+            f"int8 calibrates on the model's {artifact.CALIBRATION_DIR}/*.jpg sample, which training writes, "
+            "and this model has none"
+        )
     if compile_mode == "jit" and gpus:
         return "jit freezes CPU kernels and this host serves on its GPU"
     return None
@@ -105,8 +112,12 @@ def prepare(model: nn.Module, settings: Settings, model_dir, prep: Preprocessing
     calibration = calibration_inputs(model_dir, prep)
     reason = fallback_reason(settings.precision, settings.compile, flags, settings.gpus, len(calibration))
     if reason:
-        log.warning("SAGEMAKER_MODEL_PRECISION=%s SAGEMAKER_MODEL_COMPILE=%s falls back to fp32: %s",
-                    settings.precision, settings.compile, reason)
+        log.warning(
+            "SAGEMAKER_MODEL_PRECISION=%s SAGEMAKER_MODEL_COMPILE=%s falls back to fp32: %s",
+            settings.precision,
+            settings.compile,
+            reason,
+        )
         return model
     if settings.precision == "fp32" and settings.compile == "none":
         log.info("precision fp32 in effect (compile none; CPU flags: %s)", settings.cpu_flags or "none known")

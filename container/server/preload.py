@@ -19,6 +19,7 @@ A model that fails to load does not stop the server (gunicorn would exit and
 the container restart in a loop): the workers start anyway and answer /ping
 and /invocations with 500 and the reason.
 """
+
 from __future__ import annotations
 
 import gc
@@ -112,8 +113,10 @@ def answer_loading(connection: socket.socket, max_body_bytes: int) -> None:
     """One HTTP answer, 503 with a JSON reason, to whatever was asked; then close.
     Each step is bounded in time and bytes, so no client holds the master up."""
     body = json.dumps({"error": LOADING_REASON}).encode()
-    response = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    response = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
     deadline = time.monotonic() + 2.0
     with connection:
         try:

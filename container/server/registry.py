@@ -10,6 +10,7 @@ reservation whose worker died is void. Each entry has a generation, so a name
 unloaded and loaded again is not mistaken for the model a worker still holds.
 Nothing here loads a model or knows HTTP.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -101,8 +102,11 @@ class ModelRegistry:
         with self._locked():
             path = self._path(name)
             entry = self._read(path)
-            if entry is None or (generation is None and not entry.ready) or \
-                    (generation is not None and entry.generation != generation):
+            if (
+                entry is None
+                or (generation is None and not entry.ready)
+                or (generation is not None and entry.generation != generation)
+            ):
                 raise ModelNotLoaded(f"model {name!r} is not loaded")
             path.unlink()
             return entry

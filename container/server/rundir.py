@@ -6,6 +6,7 @@ requests) and removed when it exits; gunicorn's master calls both.
 prepare runs before server.metrics is imported: prometheus_client opens its
 files in PROMETHEUS_MULTIPROC_DIR as the metrics are defined.
 """
+
 from __future__ import annotations
 
 import os

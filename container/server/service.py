@@ -3,6 +3,7 @@
 Each stage is the default (handlers.py) unless model_dir/code/inference.py
 defines a function of the same name, as with SageMaker's framework images.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,7 +72,8 @@ class InferenceService:
         if self.overridden:
             log.info("code/inference.py overrides %s", ", ".join(self.overridden))
         self.model_fn, self.input_fn, self.predict_fn, self.output_fn = (
-            getattr(user if name in self.overridden else self.defaults, name) for name in HANDLER_NAMES)
+            getattr(user if name in self.overridden else self.defaults, name) for name in HANDLER_NAMES
+        )
         self.model_fn_in_worker = bool(settings.gpus) and "model_fn" in self.overridden
         self.model = None if self.model_fn_in_worker else self.model_fn(self.model_dir)
 
@@ -96,8 +98,9 @@ class InferenceService:
         """Images in the forward pass that served this thread's last request (default predict_fn only)."""
         return self.defaults.batcher.last_batch_size() if self.defaults.batcher else None
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
-               custom_attributes: str | None) -> tuple[bytes | str, str]:
+    def invoke(
+        self, body: bytes, content_type: str | None, accept: str | None, custom_attributes: str | None
+    ) -> tuple[bytes | str, str]:
         """-> (response body, its content type); RequestError for the client's mistakes."""
         top_k = requested_top_k(custom_attributes)
         batcher = self.defaults.batcher

@@ -44,6 +44,7 @@ environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exporte
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -137,14 +138,13 @@ class Settings:
             request_threads=_int(env, "SAGEMAKER_MODEL_SERVER_THREADS", max(16, 2 * batch_size), minimum=1),
             torch_threads=_int(env, "SAGEMAKER_TORCH_THREADS", max(1, cores // workers), minimum=1),
             gpus=gpus,
-            max_images_per_request=_int(env, "SAGEMAKER_MAX_IMAGES_PER_REQUEST", cls.max_images_per_request,
-                                        minimum=1),
-            max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request,
-                                        minimum=1),
+            max_images_per_request=_int(env, "SAGEMAKER_MAX_IMAGES_PER_REQUEST", cls.max_images_per_request, minimum=1),
+            max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request, minimum=1),
             precision=_choice(env, "SAGEMAKER_MODEL_PRECISION", PRECISIONS),
             compile=_choice(env, "SAGEMAKER_MODEL_COMPILE", COMPILE_MODES),
             cpu_flags=" ".join(sorted(set(env["SAGEMAKER_CPU_FLAGS"].split()) & set(PRECISION_FLAGS)))
-            if "SAGEMAKER_CPU_FLAGS" in env else cpu_flags(),
+            if "SAGEMAKER_CPU_FLAGS" in env
+            else cpu_flags(),
             multi_model=multi_model,
             model_memory_budget_mb=_int(env, "SAGEMAKER_MODEL_MEMORY_BUDGET_MB", default_budget, minimum=1),
             run_dir=run_dir,
@@ -154,17 +154,26 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         names = {
-            "model_dir": "SM_MODEL_DIR", "host": "SAGEMAKER_BIND_HOST", "port": "SAGEMAKER_BIND_TO_PORT",
-            "workers": "SAGEMAKER_MODEL_SERVER_WORKERS", "timeout": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
-            "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB", "batch_size": "SAGEMAKER_BATCH_SIZE",
-            "batch_wait_ms": "SAGEMAKER_BATCH_WAIT_MS", "request_threads": "SAGEMAKER_MODEL_SERVER_THREADS",
-            "torch_threads": "SAGEMAKER_TORCH_THREADS", "gpus": "SM_NUM_GPUS",
+            "model_dir": "SM_MODEL_DIR",
+            "host": "SAGEMAKER_BIND_HOST",
+            "port": "SAGEMAKER_BIND_TO_PORT",
+            "workers": "SAGEMAKER_MODEL_SERVER_WORKERS",
+            "timeout": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+            "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+            "batch_size": "SAGEMAKER_BATCH_SIZE",
+            "batch_wait_ms": "SAGEMAKER_BATCH_WAIT_MS",
+            "request_threads": "SAGEMAKER_MODEL_SERVER_THREADS",
+            "torch_threads": "SAGEMAKER_TORCH_THREADS",
+            "gpus": "SM_NUM_GPUS",
             "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
             "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
-            "precision": "SAGEMAKER_MODEL_PRECISION", "compile": "SAGEMAKER_MODEL_COMPILE",
+            "precision": "SAGEMAKER_MODEL_PRECISION",
+            "compile": "SAGEMAKER_MODEL_COMPILE",
             "cpu_flags": "SAGEMAKER_CPU_FLAGS",
-            "multi_model": "SAGEMAKER_MULTI_MODEL", "model_memory_budget_mb": "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
-            "run_dir": "SAGEMAKER_SERVER_RUN_DIR", "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+            "multi_model": "SAGEMAKER_MULTI_MODEL",
+            "model_memory_budget_mb": "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
+            "run_dir": "SAGEMAKER_SERVER_RUN_DIR",
+            "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
             "cuda_visible_devices": "CUDA_VISIBLE_DEVICES",
         }
         env = {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
@@ -220,8 +229,12 @@ def count_gpus() -> int:
     # ask a child process, and only where an NVIDIA device exists at all.
     if not glob.glob("/dev/nvidia[0-9]*"):
         return 0
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return int(probe.stdout.strip()) if probe.returncode == 0 else 0
 
 

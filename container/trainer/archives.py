@@ -10,6 +10,7 @@ Archives found inside an archive (Kaggle's dogs-vs-cats.zip holds train.zip)
 are unpacked where they lie, as `unzip` would, and then deleted; one budget of
 bytes and members covers a channel's archives and everything nested in them.
 """
+
 from __future__ import annotations
 
 import lzma
@@ -38,12 +39,16 @@ class Limits:
     """Per channel. The defaults fit dogImages (1.1 GB, ~8,800 members) and Kaggle's
     dogs-vs-cats (~37,500 members, ~1.6 GB counting train.zip and test1.zip both
     as stored and unpacked) many times over, and still stop a bomb."""
+
     max_bytes: int = 16 * 1024**3
     max_members: int = 200_000
     max_depth: int = 3  # a channel's archive is depth 1; Kaggle's train.zip inside it is 2
 
-    ENV = {"max_bytes": "TRAINER_ARCHIVE_MAX_BYTES", "max_members": "TRAINER_ARCHIVE_MAX_MEMBERS",
-           "max_depth": "TRAINER_ARCHIVE_MAX_DEPTH"}
+    ENV = {
+        "max_bytes": "TRAINER_ARCHIVE_MAX_BYTES",
+        "max_members": "TRAINER_ARCHIVE_MAX_MEMBERS",
+        "max_depth": "TRAINER_ARCHIVE_MAX_DEPTH",
+    }
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -85,14 +90,18 @@ class Budget:
 
     def check_members(self, archive: str, members: int) -> None:
         if members > self.members_left:
-            raise DataError(f"archive {archive} has more members than the {self.limits.max_members:,} allowed "
-                            f"per channel ({Limits.ENV['max_members']}); refusing it")
+            raise DataError(
+                f"archive {archive} has more members than the {self.limits.max_members:,} allowed "
+                f"per channel ({Limits.ENV['max_members']}); refusing it"
+            )
 
     def declare(self, archive: str, members: int, size: int, dest: Path) -> None:
         self.check_members(archive, members)
         if size > self.bytes_left:
-            raise DataError(f"archive {archive} declares {_size(size)} uncompressed, more than the "
-                            f"{_size(self.limits.max_bytes)} allowed per channel ({Limits.ENV['max_bytes']}); refusing it")
+            raise DataError(
+                f"archive {archive} declares {_size(size)} uncompressed, more than the "
+                f"{_size(self.limits.max_bytes)} allowed per channel ({Limits.ENV['max_bytes']}); refusing it"
+            )
         free = shutil.disk_usage(dest).free
         if size > free:
             raise DataError(f"archive {archive} needs {_size(size)} to unpack, {_size(free)} free in {dest}")
@@ -101,8 +110,10 @@ class Budget:
     def spend(self, archive: str, n: int) -> None:
         self.bytes_left -= n
         if self.bytes_left < 0:
-            raise DataError(f"archive {archive} unpacks to more than the {_size(self.limits.max_bytes)} allowed "
-                            f"per channel ({Limits.ENV['max_bytes']}): its headers understate it; refusing it")
+            raise DataError(
+                f"archive {archive} unpacks to more than the {_size(self.limits.max_bytes)} allowed "
+                f"per channel ({Limits.ENV['max_bytes']}): its headers understate it; refusing it"
+            )
 
 
 def _member_path(root: Path, archive: str, name: str) -> Path | None:
@@ -128,8 +139,10 @@ def _write(source, target: Path, archive: str, name: str, declared: int, budget:
         while chunk := source.read(CHUNK):
             written += len(chunk)
             if written > declared:
-                raise DataError(f"archive {archive}: member {name!r} holds more than the {declared:,} bytes "
-                                "its header declares; refusing it")
+                raise DataError(
+                    f"archive {archive}: member {name!r} holds more than the {declared:,} bytes "
+                    "its header declares; refusing it"
+                )
             budget.spend(archive, len(chunk))
             out.write(chunk)
 
@@ -143,8 +156,9 @@ def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
             if stat.S_ISLNK(mode):
                 raise DataError(f"archive {archive.name} has a link, {info.filename!r}; links are refused")
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type given (zipfile's writestr)
-                raise DataError(f"archive {archive.name} has a member that is not a file or folder: "
-                                f"{info.filename!r}; refusing it")
+                raise DataError(
+                    f"archive {archive.name} has a member that is not a file or folder: {info.filename!r}; refusing it"
+                )
         members = [(i.filename, i.file_size, i.is_dir(), i) for i in infos]
         return _write_members(archive.name, root, budget, members, zf.open)
 
@@ -158,7 +172,9 @@ def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarf
         if member.issym() or member.islnk():
             raise DataError(f"archive {archive} has a link, {member.name!r}; links are refused")
         if not (member.isreg() or member.isdir()) or member.issparse():
-            raise DataError(f"archive {archive} has a member that is not a file or folder: {member.name!r}; refusing it")
+            raise DataError(
+                f"archive {archive} has a member that is not a file or folder: {member.name!r}; refusing it"
+            )
     return members
 
 
@@ -194,8 +210,10 @@ def extract(archive: Path, dest: Path, budget: Budget, depth: int = 1, shown: st
     Returns the number of files written, nested ones included."""
     shown = shown or archive.name
     if depth > budget.limits.max_depth:
-        raise DataError(f"archive {shown} is nested {depth} deep, more than the {budget.limits.max_depth} "
-                        f"allowed ({Limits.ENV['max_depth']}); refusing it")
+        raise DataError(
+            f"archive {shown} is nested {depth} deep, more than the {budget.limits.max_depth} "
+            f"allowed ({Limits.ENV['max_depth']}); refusing it"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     try:
@@ -203,8 +221,17 @@ def extract(archive: Path, dest: Path, budget: Budget, depth: int = 1, shown: st
             written = _extract_zip(archive, root, budget)
         else:
             written = _extract_tar(archive, root, budget)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, NotImplementedError,
-            zlib.error, lzma.LZMAError, RuntimeError) as exc:  # RuntimeError: an encrypted zip member
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        NotImplementedError,
+        zlib.error,
+        lzma.LZMAError,
+        RuntimeError,
+    ) as exc:  # RuntimeError: an encrypted zip member
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"archive {shown} cannot be unpacked: {detail}") from None
     files = len(written)

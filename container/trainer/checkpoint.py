@@ -14,6 +14,7 @@ are the ones the checkpoint was trained on. For a frozen ResNet50 with 133
 classes that is about 4 MB per epoch (head weights, best weights, AdamW's two
 moments) instead of 200 MB, which matters for short tuning trials.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,9 +55,11 @@ def rng_state(device: torch.device) -> dict:
     """Python's, numpy's and torch's random streams (CPU and this process's GPU) as tensors and plain values."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -75,6 +78,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 @dataclass
 class TrainingState:
     """Where the job is. At an epoch boundary the random streams need no saving: each epoch seeds its own."""
+
     epoch: int = 0  # last completed epoch
     best_loss: float = float("inf")
     best_epoch: int = 0  # early stopping counts the epochs since
@@ -98,31 +102,41 @@ class Checkpointer:
     def fingerprint(loop) -> dict:
         """What must match for a checkpoint to be this job's (and for a mid-epoch position to mean the same batches)."""
         hp = loop.hp
-        return {"architecture": loop.arch.to_dict(), "class_names": loop.class_names,
-                "image_size": hp.image_size, "trainable_layers": hp.trainable_layers,
-                "optimizer": hp.optimizer, "frozen_weights": loop.frozen_digest,
-                "seed": hp.seed, "batch_size": hp.batch_size, "world_size": loop.dist.world_size}
+        return {
+            "architecture": loop.arch.to_dict(),
+            "class_names": loop.class_names,
+            "image_size": hp.image_size,
+            "trainable_layers": hp.trainable_layers,
+            "optimizer": hp.optimizer,
+            "frozen_weights": loop.frozen_digest,
+            "seed": hp.seed,
+            "batch_size": hp.batch_size,
+            "world_size": loop.dist.world_size,
+        }
 
     def save(self, loop, state: TrainingState) -> None:
         if not self.writer:
             return
-        atomic_torch_save({
-            "fingerprint": self.fingerprint(loop),
-            "model": loop.trainable_state(),
-            "optimizer": loop.optimizer.state_dict(),
-            "schedule": loop.schedule.state_dict(),
-            "scaler": loop.scaler.state_dict(),
-            "epoch": state.epoch,
-            "best_loss": state.best_loss,
-            "best_epoch": state.best_epoch,
-            "best_state": state.best_state,
-            "history": state.history,
-            "global_step": state.global_step,
-            "step": state.step,
-            "partial": state.partial,
-            "rng": state.rng,
-            "skipped": loop.skips.summary(),
-        }, self.path)
+        atomic_torch_save(
+            {
+                "fingerprint": self.fingerprint(loop),
+                "model": loop.trainable_state(),
+                "optimizer": loop.optimizer.state_dict(),
+                "schedule": loop.schedule.state_dict(),
+                "scaler": loop.scaler.state_dict(),
+                "epoch": state.epoch,
+                "best_loss": state.best_loss,
+                "best_epoch": state.best_epoch,
+                "best_state": state.best_state,
+                "history": state.history,
+                "global_step": state.global_step,
+                "step": state.step,
+                "partial": state.partial,
+                "rng": state.rng,
+                "skipped": loop.skips.summary(),
+            },
+            self.path,
+        )
 
     def restore(self, loop) -> TrainingState:
         if not self.path.is_file():
@@ -143,11 +157,21 @@ class Checkpointer:
         loop.schedule.load_state_dict(saved["schedule"])
         loop.scaler.load_state_dict(saved["scaler"])
         best = saved["best_state"]
-        state = TrainingState(saved["epoch"], saved["best_loss"], saved["best_epoch"],
-                              {k: v.cpu() for k, v in best.items()} if best else None, saved["history"],
-                              saved["global_step"], saved["step"], saved["partial"], saved["rng"])
+        state = TrainingState(
+            saved["epoch"],
+            saved["best_loss"],
+            saved["best_epoch"],
+            {k: v.cpu() for k, v in best.items()} if best else None,
+            saved["history"],
+            saved["global_step"],
+            saved["step"],
+            saved["partial"],
+            saved["rng"],
+        )
         loop.skips.paths = {split: set(paths) for split, paths in saved["skipped"].items()}
         if loop.dist.is_main:
-            where = f"in epoch {state.epoch + 1} after step {state.step}" if state.step else f"after epoch {state.epoch}"
+            where = (
+                f"in epoch {state.epoch + 1} after step {state.step}" if state.step else f"after epoch {state.epoch}"
+            )
             print(f"resuming from checkpoint {where} (optimizer step {state.global_step})", flush=True)
         return state

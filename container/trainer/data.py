@@ -16,6 +16,7 @@ a validation set, a stratified, seeded share of training is held out.
 Unreadable images are not fatal: the loader skips them and the trainer counts
 and reports them (see SkipTracker).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -170,7 +171,9 @@ def discover(scratch: Path, val_fraction: float, seed: int) -> Splits:
     """Resolve the channels into labelled train / validation / test lists."""
     training = channel_dir("training")
     if training is None:
-        raise DataError("the 'training' channel is missing (expected SM_CHANNEL_TRAINING or /opt/ml/input/data/training)")
+        raise DataError(
+            "the 'training' channel is missing (expected SM_CHANNEL_TRAINING or /opt/ml/input/data/training)"
+        )
     splits = find_splits(unpack_channel(training, scratch / "training"))
     for name in ("validation", "test"):
         channel = channel_dir(name)
@@ -203,8 +206,14 @@ class ImageDataset(Dataset):
     mid-epoch. Call set_epoch before each epoch's loader starts its workers.
     """
 
-    def __init__(self, samples, prep: Preprocessing, train: bool, seed: int = 0,
-                 crop_scale: float = hyperparameters.DEFAULTS["crop-scale"]):
+    def __init__(
+        self,
+        samples,
+        prep: Preprocessing,
+        train: bool,
+        seed: int = 0,
+        crop_scale: float = hyperparameters.DEFAULTS["crop-scale"],
+    ):
         self.samples = samples
         self.prep = prep
         self.seed, self.epoch = seed, 0
@@ -215,8 +224,9 @@ class ImageDataset(Dataset):
             if crop_scale < 1.0:  # zoomed crops covering crop_scale..1 of the image's area
                 crop = transforms.RandomResizedCrop(prep.image_size, scale=(crop_scale, 1.0), antialias=True)
             else:  # no zoom: the evaluation's resize, the crop placed at random (objects keep their test-time size)
-                crop = transforms.Compose([transforms.Resize(prep.resize_size, antialias=True),
-                                           transforms.RandomCrop(prep.image_size)])
+                crop = transforms.Compose(
+                    [transforms.Resize(prep.resize_size, antialias=True), transforms.RandomCrop(prep.image_size)]
+                )
             self.augment = transforms.Compose([crop, transforms.RandomHorizontalFlip()])
 
     def __len__(self):

@@ -11,6 +11,7 @@ Otherwise `create` returns NullDebugger: smdebug is not even imported.
 smdebug is a passenger: any error it raises, at creation or inside its
 forward/backward hooks, is logged once and switches it off; training goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ EXTRA_COLLECTIONS = {"relu_input": ".*relu_input", "relu_output": ".*relu_output
 
 class NullDebugger:
     """No debugger configured: every call is a no-op."""
+
     enabled = False
 
     def attach(self, model: nn.Module, criterion: nn.Module) -> None: ...
@@ -67,12 +69,16 @@ class Debugger(NullDebugger):
             except Exception:
                 self._fail()
                 return None
+
         return guarded
 
     def _fail(self) -> None:
         self.failed = True
-        print("debugger: smdebug failed and is switched off; training continues:\n"
-              + traceback.format_exc(), file=sys.stderr, flush=True)
+        print(
+            "debugger: smdebug failed and is switched off; training continues:\n" + traceback.format_exc(),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _call(self, fn, *args) -> None:
         if self.failed:
@@ -85,8 +91,10 @@ class Debugger(NullDebugger):
     def attach(self, model, criterion) -> None:
         probe = "layer1.0.relu_input_0"  # a tensor name the collections may select
         wants_relu_inputs = self.hook.save_all or any(
-            re.match(regex, probe) for name in self.hook.include_collections
-            for regex in self.hook.get_collection(name).include_regex)
+            re.match(regex, probe)
+            for name in self.hook.include_collections
+            for regex in self.hook.get_collection(name).include_regex
+        )
         if wants_relu_inputs:
             # An in-place ReLU overwrites its input before smdebug's forward hook
             # reads it: relu_input would hold the output.
@@ -154,10 +162,12 @@ def _import_smdebug():
 
 
 def _local_hook(smd, hp, out_dir: str):
-    collections = [(name, interval) for name, _, interval in
-                   (item.partition(":") for item in hp.debugger_collections)]
-    hook = smd.Hook(out_dir=out_dir, save_config=smd.SaveConfig(save_interval=hp.debugger_save_interval),
-                    include_collections=[name for name, _ in collections])
+    collections = [(name, interval) for name, _, interval in (item.partition(":") for item in hp.debugger_collections)]
+    hook = smd.Hook(
+        out_dir=out_dir,
+        save_config=smd.SaveConfig(save_interval=hp.debugger_save_interval),
+        include_collections=[name for name, _ in collections],
+    )
     for name, interval in collections:
         collection = hook.get_collection(name)
         if name in EXTRA_COLLECTIONS:
@@ -180,6 +190,9 @@ def create(hp, paths) -> NullDebugger:
         out_dir = hp.debugger_dir or str(paths.output / "tensors")
         return Debugger(_local_hook(smd, hp, out_dir), out_dir, "hyperparameters")
     except Exception:
-        print("debugger: could not create the smdebug hook; training continues without it:\n"
-              + traceback.format_exc(), file=sys.stderr, flush=True)
+        print(
+            "debugger: could not create the smdebug hook; training continues without it:\n" + traceback.format_exc(),
+            file=sys.stderr,
+            flush=True,
+        )
         return NullDebugger()

@@ -3,6 +3,7 @@
 How the trainer re-launches itself under torchrun, joins the process group,
 and sums, gathers and merges values over the ranks (each a no-op without DDP).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,11 +56,18 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
         if interface:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
             os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
-    cmd = [sys.executable, "-m", "torch.distributed.run",
-           f"--nnodes={len(all_hosts)}", f"--nproc-per-node={nproc}",
-           f"--node-rank={all_hosts.index(current)}",
-           f"--master-addr={master}", f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
-           str(ENTRY_SCRIPT), *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={len(all_hosts)}",
+        f"--nproc-per-node={nproc}",
+        f"--node-rank={all_hosts.index(current)}",
+        f"--master-addr={master}",
+        f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
+        str(ENTRY_SCRIPT),
+        *argv,
+    ]
     print(f"launching {nproc} process(es) per host on {len(all_hosts)} host(s): {' '.join(cmd)}", flush=True)
     os.execv(sys.executable, cmd)
 

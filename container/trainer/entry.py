@@ -11,6 +11,7 @@ job's hyperparameters) and adds what the toolkit lacks:
     mounted /opt/ml/code, and a single host name resolves without --hostname.
 Any other command (`bash`, `python ...`) is run as given.
 """
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ image file's bytes. Any change gives other keys, so a stale cache is never
 used. A file that fails its checksum, or cannot be read safely, is refused
 (and rebuilt).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ FORMAT = 1
 
 def cache_key(backbone: str, weights_digest: str, prep) -> str:
     """`weights_digest`: checkpoint.state_digest of the (frozen) backbone's state."""
-    spec = json.dumps({"backbone": backbone, "weights": weights_digest, "preprocessing": prep.to_dict(),
-                       "format": FORMAT}, sort_keys=True)
+    spec = json.dumps(
+        {"backbone": backbone, "weights": weights_digest, "preprocessing": prep.to_dict(), "format": FORMAT},
+        sort_keys=True,
+    )
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
@@ -72,8 +75,16 @@ class FeatureCache:
     def save(self) -> None:
         digests = sorted(self.entries)
         features = torch.stack([self.entries[d] for d in digests]) if digests else torch.empty(0)
-        atomic_torch_save({"format": FORMAT, "key": self.key, "digests": digests, "features": features,
-                           "checksum": _checksum(features)}, self.path)
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "key": self.key,
+                "digests": digests,
+                "features": features,
+                "checksum": _checksum(features),
+            },
+            self.path,
+        )
 
 
 class FeatureDataset(Dataset):
@@ -99,8 +110,9 @@ def _collate_with_indices(batch):
 
 
 @torch.no_grad()
-def build(samples, model, prep, cache: FeatureCache, device, batch_size: int, workers: int, autocast,
-          memory_format) -> tuple[FeatureDataset, int]:
+def build(
+    samples, model, prep, cache: FeatureCache, device, batch_size: int, workers: int, autocast, memory_format
+) -> tuple[FeatureDataset, int]:
     """Features for `samples`, computing the missing ones -> (dataset, number computed).
 
     Unreadable images get no entry (their item is None, which the training

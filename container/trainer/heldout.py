@@ -9,6 +9,7 @@ folder of its own, or the share of training the trainer held out with the same
 `val-fraction` and `seed`. Up to LIMIT of them, taken from the classes in turn,
 go to OUT/<class name>/, and OUT/heldout.json says which split they came from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def export(out: Path, limit: int, val_fraction: float, seed: int, scratch: Path)
 
 def main(argv: list[str] | None = None) -> int:
     # no abbreviations: the hyperparameters that follow are the trainer's, not ours
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, default=200)
     args, rest = parser.parse_known_args(argv)

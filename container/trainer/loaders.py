@@ -1,4 +1,5 @@
 """The data loaders: each training epoch's order from the seed alone, evaluation sharded without padding."""
+
 from __future__ import annotations
 
 import itertools
@@ -49,7 +50,14 @@ def loader(dataset, hp, dist_info, train: bool, epoch: int = 0, first_batch: int
         sampler = SkipFirst(sampler, first_batch * hp.batch_size)
     # worker processes pay off for decoding images; for tensors already in memory their start-up is all cost
     workers = 0 if getattr(dataset, "in_memory", False) else data.worker_count(hp.num_workers)
-    return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=data.collate, pin_memory=torch.cuda.is_available(),
-                      worker_init_fn=runtime.ignore_sigterm_in_worker, persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=hp.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=data.collate,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=runtime.ignore_sigterm_in_worker,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

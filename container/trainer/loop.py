@@ -4,6 +4,7 @@ A `Loop` holds what setup.build made once (model, optimiser, schedule, the
 hooks); a TrainingState (checkpoint.py) holds where the job is. Results leave
 through `loop.reporter` only: one call per optimizer step, one per epoch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,6 +65,7 @@ class Loop:
 @dataclass
 class EpochResult:
     """One training epoch over all ranks."""
+
     loss: float
     accuracy: float
     images_per_sec: float  # over the slowest rank's time
@@ -111,7 +113,8 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             if not torch.isfinite(loss):
                 raise runtime.TrainingFailure(
                     f"loss became {loss.item()} at epoch {epoch} step {step}: lower the learning rate "
-                    f"(lr={hp.lr}) or add warm-up")
+                    f"(lr={hp.lr}) or add warm-up"
+                )
             loop.optimizer.zero_grad(set_to_none=True)
             loop.scaler.scale(loss).backward()
             lr = loop.optimizer.param_groups[0]["lr"]
@@ -131,8 +134,11 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             state.rng = distributed.all_gather(rng_state(device))
             return None
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
-        print(f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
-              f"skipped {unreadable} unreadable", flush=True)
+        print(
+            f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
+            f"skipped {unreadable} unreadable",
+            flush=True,
+        )
     # global: every rank's sums; the speed over the slowest rank's time
     elapsed = distributed.all_max(time.perf_counter() - start, device)
     loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
@@ -161,10 +167,13 @@ def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[floa
             logits = loop.forward_model(images)
         loop.debugger.eval_loss(logits, labels)
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes ** 2)
+        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes**2)
     if torch.distributed.is_initialized():
-        print(f"{distributed.rank_label(loop.dist)} {split}: scored {int(confusion.sum().item())} images, "
-              f"skipped {unreadable} unreadable", flush=True)
+        print(
+            f"{distributed.rank_label(loop.dist)} {split}: scored {int(confusion.sum().item())} images, "
+            f"skipped {unreadable} unreadable",
+            flush=True,
+        )
         torch.distributed.all_reduce(confusion)
         torch.distributed.all_reduce(loss_sum)
     matrix = confusion.view(n_classes, n_classes).cpu().numpy()

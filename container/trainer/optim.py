@@ -1,4 +1,5 @@
 """The optimiser, its learning-rate schedule (stepped once per optimizer step) and the autocast dtype."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ import torch
 
 def make_optimizer(hp, params) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-                               nesterov=hp.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.momentum > 0
+        )
     return torch.optim.AdamW(params, lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay)
 
 

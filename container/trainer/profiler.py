@@ -17,6 +17,7 @@
 `python -m insights.profiler_report DIR` turns it into one HTML report.
 Everything here is best effort: a failure is logged and profiling stops.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,8 @@ def sagemaker_interval_ms(paths) -> int | None:
     except (OSError, ValueError):
         return None
     value = config.get("ProfilingIntervalInMilliseconds") or config.get("ProfilingParameters", {}).get(
-        "ProfilingIntervalInMilliseconds")
+        "ProfilingIntervalInMilliseconds"
+    )
     return int(value) if value else None
 
 
@@ -91,9 +93,16 @@ class GpuReader:
             try:
                 # one long-lived process streaming a line per GPU per interval: cheaper than one per sample
                 self.proc = subprocess.Popen(
-                    ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
-                     "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+                        "--format=csv,noheader,nounits",
+                        f"-lms={interval_ms}",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
                 self.source = "nvidia-smi"
                 threading.Thread(target=self._read_smi, daemon=True).start()
             except OSError:
@@ -115,8 +124,9 @@ class GpuReader:
             for handle in self.handles:
                 util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
                 mem = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-                gpus.append({"util": float(util.gpu), "mem_used_mb": mem.used / 2**20,
-                             "mem_total_mb": mem.total / 2**20})
+                gpus.append(
+                    {"util": float(util.gpu), "mem_used_mb": mem.used / 2**20, "mem_total_mb": mem.total / 2**20}
+                )
             return gpus
         return list(self.latest)
 
@@ -153,9 +163,15 @@ class SystemSampler(threading.Thread):
         now, disk, net = time.time(), ps.disk_io_counters(), ps.net_io_counters()
         dt = max(now - last_t, 1e-6)
         cores = ps.cpu_percent(percpu=True)
-        sample = {"t": now, "cpu": cores, "cpu_total": sum(cores) / max(len(cores), 1),
-                  "iowait": getattr(ps.cpu_times_percent(), "iowait", 0.0),
-                  "mem_percent": ps.virtual_memory().percent, "rss_mb": self._rss_mb(), "gpus": self.gpu.read()}
+        sample = {
+            "t": now,
+            "cpu": cores,
+            "cpu_total": sum(cores) / max(len(cores), 1),
+            "iowait": getattr(ps.cpu_times_percent(), "iowait", 0.0),
+            "mem_percent": ps.virtual_memory().percent,
+            "rss_mb": self._rss_mb(),
+            "gpus": self.gpu.read(),
+        }
         if disk and last_disk:
             sample["disk_read_mb_s"] = (disk.read_bytes - last_disk.read_bytes) / dt / 2**20
             sample["disk_write_mb_s"] = (disk.write_bytes - last_disk.write_bytes) / dt / 2**20
@@ -186,8 +202,14 @@ class Profiler(NullProfiler):
     def __init__(self, out_dir: Path, interval_ms: int, trace_steps: int, meta: dict):
         self.out_dir, self.trace_steps = out_dir, trace_steps
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.meta = dict(meta, interval_ms=interval_ms, cpu_count=os.cpu_count(), host=socket.gethostname(),
-                         started=time.time(), pid=os.getpid())
+        self.meta = dict(
+            meta,
+            interval_ms=interval_ms,
+            cpu_count=os.cpu_count(),
+            host=socket.gethostname(),
+            started=time.time(),
+            pid=os.getpid(),
+        )
         self.steps_file = open(out_dir / "steps.jsonl", "a")
         self.notes: dict = {}
         self.traced = trace_steps == 0
@@ -195,8 +217,11 @@ class Profiler(NullProfiler):
         self.meta["gpu_source"] = self.sampler.gpu.source
         self.sampler.start()
         self._write_meta()
-        print(f"profiler: sampling every {interval_ms} ms (GPU: {self.sampler.gpu.source}), "
-              f"step times and a {trace_steps}-step trace in {out_dir}", flush=True)
+        print(
+            f"profiler: sampling every {interval_ms} ms (GPU: {self.sampler.gpu.source}), "
+            f"step times and a {trace_steps}-step trace in {out_dir}",
+            flush=True,
+        )
 
     def _write_meta(self):
         (self.out_dir / "meta.json").write_text(json.dumps(self.meta, indent=1))
@@ -223,11 +248,22 @@ class Profiler(NullProfiler):
                     # runs when the loop asks for the next batch, or breaks out of it
                     done = time.perf_counter()
                     images = len(batch[1]) if isinstance(batch, (tuple, list)) and batch[1] is not None else 0
-                    self.steps_file.write(json.dumps(
-                        {"epoch": epoch, "step": step, "t": time.time() - (done - start),
-                         "data_s": round(ready - start, 6), "compute_s": round(done - ready, 6),
-                         "images": images, "traced": trace is not None and trace.recording, **self.notes},
-                        separators=(",", ":")) + "\n")
+                    self.steps_file.write(
+                        json.dumps(
+                            {
+                                "epoch": epoch,
+                                "step": step,
+                                "t": time.time() - (done - start),
+                                "data_s": round(ready - start, 6),
+                                "compute_s": round(done - ready, 6),
+                                "images": images,
+                                "traced": trace is not None and trace.recording,
+                                **self.notes,
+                            },
+                            separators=(",", ":"),
+                        )
+                        + "\n"
+                    )
                     self.notes = {}
                     if trace is not None and trace.step():
                         trace, self.traced = None, True
@@ -259,6 +295,9 @@ def create(hp, paths, is_main: bool, meta: dict) -> NullProfiler:
     try:
         return Profiler(paths.output / "profiler", interval, trace_steps(hp, paths), meta)
     except Exception:
-        print("profiler: could not start; training continues without it:\n" + traceback.format_exc(),
-              file=sys.stderr, flush=True)
+        print(
+            "profiler: could not start; training continues without it:\n" + traceback.format_exc(),
+            file=sys.stderr,
+            flush=True,
+        )
         return NullProfiler()

@@ -6,6 +6,7 @@ scalars (rank 0), the debugger's per-epoch scalars, the profiler's per-step
 notes, and the tracker (tracking.py: scalars.jsonl, MLflow). A new consumer
 is one more line in each.
 """
+
 from __future__ import annotations
 
 from contract.spec import metrics
@@ -52,15 +53,27 @@ class Reporter:
         """After epoch `epoch` (from 1): `train` its loop.EpochResult, then the validation pass's results."""
         self.log(metrics.format_line("train", train.loss, train.accuracy, epoch, images_per_sec=train.images_per_sec))
         self.log(metrics.format_line("validation", val_loss, val_accuracy, epoch))
-        self.tracker.epoch(epoch, train_loss=train.loss, train_accuracy=train.accuracy,
-                           train_images_per_sec=train.images_per_sec, validation_loss=val_loss,
-                           validation_accuracy=val_accuracy)
-        for name, value in (("train_loss", train.loss), ("validation_loss", val_loss),
-                            ("validation_accuracy", val_accuracy)):
+        self.tracker.epoch(
+            epoch,
+            train_loss=train.loss,
+            train_accuracy=train.accuracy,
+            train_images_per_sec=train.images_per_sec,
+            validation_loss=val_loss,
+            validation_accuracy=val_accuracy,
+        )
+        for name, value in (
+            ("train_loss", train.loss),
+            ("validation_loss", val_loss),
+            ("validation_accuracy", val_accuracy),
+        ):
             self.debugger.save_scalar(name, value)
         if self.tensorboard:
-            for name, value in (("train/loss", train.loss), ("train/accuracy", train.accuracy),
-                                ("validation/loss", val_loss), ("validation/accuracy", val_accuracy)):
+            for name, value in (
+                ("train/loss", train.loss),
+                ("train/accuracy", train.accuracy),
+                ("validation/loss", val_loss),
+                ("validation/accuracy", val_accuracy),
+            ):
                 self.tensorboard.add_scalar(name, value, epoch)
 
     def report_test(self, loss: float, accuracy: float) -> None:

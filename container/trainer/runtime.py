@@ -1,6 +1,7 @@
 """Where things live in /opt/ml, how the job fails, how SIGTERM stops it, how the process ends.
 
 DDP (torchrun, the process group, sums over ranks) is in distributed.py."""
+
 from __future__ import annotations
 
 import gc

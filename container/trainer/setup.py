@@ -1,4 +1,5 @@
 """Everything the loop needs, built once: data, model, optimiser, schedule and the hooks."""
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,8 @@ def freeze(model, trainable_layers: int) -> list[nn.Module]:
     """Freeze all but the head and the top `trainable_layers` stages; return the frozen modules."""
     if trainable_layers > len(STAGES):
         raise hyperparameters.HyperparameterError(
-            f"hyperparameter trainable-layers: at most {len(STAGES)} stages ({', '.join(STAGES)})")
+            f"hyperparameter trainable-layers: at most {len(STAGES)} stages ({', '.join(STAGES)})"
+        )
     frozen = [m for stage in STAGES[trainable_layers:] for m in model.stage_modules(stage)]
     for module in frozen:
         module.requires_grad_(False)
@@ -51,15 +53,20 @@ def freeze(model, trainable_layers: int) -> list[nn.Module]:
 
 def load_datasets(hp, paths: runtime.Paths, log) -> Datasets:
     splits = data.discover(paths.scratch, hp.val_fraction, hp.seed)
-    log(f"data: {len(splits.class_names)} classes, {len(splits.train)} training, "
-        f"{len(splits.validation)} validation, {len(splits.test)} test images")
+    log(
+        f"data: {len(splits.class_names)} classes, {len(splits.train)} training, "
+        f"{len(splits.validation)} validation, {len(splits.test)} test images"
+    )
     prep = Preprocessing.for_image_size(hp.image_size)
     # the feature cache needs one deterministic view of each image: no augmentation
     augment = hp.augment and not hp.feature_cache
-    return Datasets(splits, prep,
-                    data.ImageDataset(splits.train, prep, train=augment, seed=hp.seed, crop_scale=hp.crop_scale),
-                    data.ImageDataset(splits.validation, prep, train=False),
-                    data.ImageDataset(splits.test, prep, train=False))
+    return Datasets(
+        splits,
+        prep,
+        data.ImageDataset(splits.train, prep, train=augment, seed=hp.seed, crop_scale=hp.crop_scale),
+        data.ImageDataset(splits.validation, prep, train=False),
+        data.ImageDataset(splits.test, prep, train=False),
+    )
 
 
 def build_model(hp, n_classes: int, log) -> tuple[Architecture, nn.Module, list[nn.Module]]:
@@ -71,7 +78,9 @@ def build_model(hp, n_classes: int, log) -> tuple[Architecture, nn.Module, list[
         weights.load_backbone(model, source)
         log(f"backbone {hp.backbone} initialised from {source.name}")
     elif hp.trainable_layers == 0:  # asked for explicitly (the default trains every stage then)
-        log("warning: pretrained none and trainable-layers 0: the head learns from a frozen, random backbone's features")
+        log(
+            "warning: pretrained none and trainable-layers 0: the head learns from a frozen, random backbone's features"
+        )
     init_head(model.fc, hp.init)
     return arch, model, freeze(model, hp.trainable_layers)
 
@@ -80,15 +89,27 @@ def use_feature_cache(hp, loop: Loop, sets: Datasets, log) -> None:
     """Swap the image datasets for cached backbone features (computing what is missing); the loop feeds the head."""
     if hp.trainable_layers != 0:
         raise hyperparameters.HyperparameterError(
-            "feature-cache needs trainable-layers 0 (a frozen backbone): features of a trained backbone change")
-    cache = feature_cache.FeatureCache(Path(hp.feature_cache),
-                                       feature_cache.cache_key(hp.backbone, loop.frozen_digest, sets.prep),
-                                       log=log, writer=loop.dist.is_main)
+            "feature-cache needs trainable-layers 0 (a frozen backbone): features of a trained backbone change"
+        )
+    cache = feature_cache.FeatureCache(
+        Path(hp.feature_cache),
+        feature_cache.cache_key(hp.backbone, loop.frozen_digest, sets.prep),
+        log=log,
+        writer=loop.dist.is_main,
+    )
     computed = 0
     for name in ("train", "validation", "test"):
-        dataset, new = feature_cache.build(getattr(sets, name).samples, loop.model, sets.prep, cache, loop.device,
-                                           hp.batch_size, data.worker_count(hp.num_workers), loop.autocast,
-                                           loop.input_format)
+        dataset, new = feature_cache.build(
+            getattr(sets, name).samples,
+            loop.model,
+            sets.prep,
+            cache,
+            loop.device,
+            hp.batch_size,
+            data.worker_count(hp.num_workers),
+            loop.autocast,
+            loop.input_format,
+        )
         setattr(sets, name, dataset)
         computed += new
     log(f"feature cache {cache.path}: {computed} images computed, {len(cache.entries) - computed} reused")
@@ -113,27 +134,54 @@ def build(hp, paths: runtime.Paths, dist_info, device) -> tuple[Datasets, Loop]:
     steps = math.ceil(len(sets.splits.train) / (hp.batch_size * dist_info.world_size))
     steps_per_epoch = min(steps, hp.max_steps_per_epoch) if hp.max_steps_per_epoch else steps
     amp = amp_dtype(hp, device)
-    loop = Loop(hp=hp, dist=dist_info, device=device, model=model, frozen=frozen, forward_model=model,
-                train_model=model, criterion=nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing),
-                optimizer=optimizer, schedule=make_schedule(hp, optimizer, steps_per_epoch),
-                scaler=torch.amp.GradScaler(enabled=amp == torch.float16), steps_per_epoch=steps_per_epoch,
-                class_names=class_names, reporter=None, amp=amp, input_format=memory_format,
-                frozen_keys=keys, arch=arch,
-                # identifies the frozen weights (the checkpoint and the feature cache leave them out)
-                frozen_digest=state_digest({k: state[k] for k in keys}))
+    loop = Loop(
+        hp=hp,
+        dist=dist_info,
+        device=device,
+        model=model,
+        frozen=frozen,
+        forward_model=model,
+        train_model=model,
+        criterion=nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing),
+        optimizer=optimizer,
+        schedule=make_schedule(hp, optimizer, steps_per_epoch),
+        scaler=torch.amp.GradScaler(enabled=amp == torch.float16),
+        steps_per_epoch=steps_per_epoch,
+        class_names=class_names,
+        reporter=None,
+        amp=amp,
+        input_format=memory_format,
+        frozen_keys=keys,
+        arch=arch,
+        # identifies the frozen weights (the checkpoint and the feature cache leave them out)
+        frozen_digest=state_digest({k: state[k] for k in keys}),
+    )
     if hp.feature_cache:
         use_feature_cache(hp, loop, sets, log)
     if dist_info.world_size > 1:
         loop.train_model = nn.parallel.DistributedDataParallel(
-            loop.forward_model, device_ids=[device.index] if device.type == "cuda" else None)
-    log(f"model: {hp.backbone}, head {hp.head or '[]'} -> {len(class_names)}, "
-        f"{sum(p.numel() for p in params):,} trainable parameters, amp={amp}, device={device}")
+            loop.forward_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    log(
+        f"model: {hp.backbone}, head {hp.head or '[]'} -> {len(class_names)}, "
+        f"{sum(p.numel() for p in params):,} trainable parameters, amp={amp}, device={device}"
+    )
     # the debugger before TensorBoard (in the Reporter): smdebug needs protobuf's pure-Python implementation
     loop.debugger = debugger.create(hp, paths)
     loop.debugger.attach(model, loop.criterion)
-    loop.profiler = profiler.create(hp, paths, dist_info.local_rank == 0, {
-        "batch_size": hp.batch_size, "num_workers": data.worker_count(hp.num_workers),
-        "device": str(device), "world_size": dist_info.world_size, "steps_per_epoch": steps_per_epoch})
-    loop.reporter = Reporter(dist_info, paths.tensorboard, loop.profiler, loop.debugger,
-                             tracking.create(hp, paths, dist_info.is_main))
+    loop.profiler = profiler.create(
+        hp,
+        paths,
+        dist_info.local_rank == 0,
+        {
+            "batch_size": hp.batch_size,
+            "num_workers": data.worker_count(hp.num_workers),
+            "device": str(device),
+            "world_size": dist_info.world_size,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    )
+    loop.reporter = Reporter(
+        dist_info, paths.tensorboard, loop.profiler, loop.debugger, tracking.create(hp, paths, dist_info.is_main)
+    )
     return sets, loop

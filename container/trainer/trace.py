@@ -11,6 +11,7 @@ once. What it writes, under the profiler's folder:
 
 Best effort: a failure is logged and the trace is given up, never the training.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -43,9 +44,11 @@ class StepTrace:
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self.profile = torch.profiler.profile(
-            activities=activities, record_shapes=False,
+            activities=activities,
+            record_shapes=False,
             schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-            on_trace_ready=self._export)
+            on_trace_ready=self._export,
+        )
         self.profile.__enter__()
         meta["trace_schedule"] = {"wait": wait, "warmup": warmup, "active": active}
 
@@ -86,8 +89,11 @@ class StepTrace:
             written = sorted(set(folder.glob("*.pt.trace.json")) - before)
             if written:  # one export, two places: the plain name for Perfetto, the plugin's for TensorBoard
                 shutil.copyfile(written[-1], self.folder / "trace.json")
-            sort = "self_cuda_time_total" if any(e.device_type.name == "CUDA" for e in profile.events()) \
+            sort = (
+                "self_cuda_time_total"
+                if any(e.device_type.name == "CUDA" for e in profile.events())
                 else "self_cpu_time_total"
+            )
             (self.folder / "operators.txt").write_text(profile.key_averages().table(sort_by=sort, row_limit=30))
             self.meta["trace_export_s"] = round(time.perf_counter() - started, 3)  # paid by the training loop
         except Exception:
@@ -95,8 +101,11 @@ class StepTrace:
 
     def _give_up(self, what: str) -> None:
         self.done = True
-        print(f"profiler: torch.profiler trace failed while {what}:\n" + traceback.format_exc(),
-              file=sys.stderr, flush=True)
+        print(
+            f"profiler: torch.profiler trace failed while {what}:\n" + traceback.format_exc(),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def start(folder: Path, steps_left_in_epoch: int, wait: int, active: int, meta: dict) -> StepTrace | None:

@@ -25,6 +25,7 @@ once and tracking stops while training goes on. Settings (environment):
   TRAINER_MLFLOW_REGISTER_MODEL  register the job's model under this name in the model registry
 MLFLOW_EXPERIMENT_NAME picks the experiment, as MLflow itself reads it.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,11 @@ CLOSE_TIMEOUT_S = 120.0  # what the end of the job waits for queued metrics and 
 QUEUE_LIMIT = 100_000  # queued calls beyond this are dropped (a server far slower than training)
 BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 # MLflow's client retries a closed port for minutes by default: one try, a short timeout
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+}
 SYSTEM_METRICS_ENV = "TRAINER_MLFLOW_SYSTEM_METRICS_S"  # sampling interval, seconds (default 10)
 # A SageMaker tuning job names its training jobs <tuning job>-<NNN>-<8 hex digits>
 TUNING_JOB_NAME = re.compile(r"^(?P<tuning>.+)-\d{3}-[0-9a-f]{8}$")
@@ -122,8 +126,10 @@ class MlflowSink(threading.Thread):
                     call[1]()
             except Exception as exc:
                 self.failed = True
-                say(f"MLflow stopped answering ({type(exc).__name__}: {str(exc)[:300]}); "
-                    "tracking is off for the rest of the job, training goes on")
+                say(
+                    f"MLflow stopped answering ({type(exc).__name__}: {str(exc)[:300]}); "
+                    "tracking is off for the rest of the job, training goes on"
+                )
 
     def finish(self, timeout: float) -> bool:
         """Send what is queued, within `timeout` seconds; True if all of it went."""
@@ -301,14 +307,17 @@ def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
         asked = time.monotonic()
         problem = reachable(client, CONNECT_TIMEOUT_S)
         if problem:
-            say(f"MLflow at {uri} is not reachable after {time.monotonic() - asked:.1f} s ({problem}); "
-                "training goes on without it")
+            say(
+                f"MLflow at {uri} is not reachable after {time.monotonic() - asked:.1f} s ({problem}); "
+                "training goes on without it"
+            )
             return None
         experiment_name, experiment_id = experiment(client)
         job = os.environ.get("TRAINING_JOB_NAME", "")
         tags = {"sagemaker.training_job": job} if job else {}
         parent = os.environ.get(PARENT_RUN_ENV) or (
-            tuning_parent(client, experiment_id, job) if is_tuning_job(paths) else None)
+            tuning_parent(client, experiment_id, job) if is_tuning_job(paths) else None
+        )
         if parent:
             tags["mlflow.parentRunId"] = parent
         run = client.create_run(experiment_id, run_name=os.environ.get(RUN_NAME_ENV) or job or None, tags=tags)
@@ -325,13 +334,16 @@ def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
                 SystemMetricsMonitor,
             )
 
-            monitor = SystemMetricsMonitor(run_id, sampling_interval=float(os.environ.get(SYSTEM_METRICS_ENV, "10")),
-                                           samples_before_logging=1)
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=float(os.environ.get(SYSTEM_METRICS_ENV, "10")), samples_before_logging=1
+            )
             monitor.start()
         except Exception as exc:  # psutil or the GPU library missing: metrics without them
             say(f"no system metrics ({type(exc).__name__}: {exc})")
-        say(f"MLflow run {run_id} in experiment {experiment_name!r} at {uri}"
-            + (f", child of {parent}" if parent else ""))
+        say(
+            f"MLflow run {run_id} in experiment {experiment_name!r} at {uri}"
+            + (f", child of {parent}" if parent else "")
+        )
         return sink, monitor
     except Exception as exc:
         say(f"MLflow could not start a run ({type(exc).__name__}: {str(exc)[:300]}); training goes on without it")
@@ -358,4 +370,3 @@ def create(hp, paths, is_main: bool) -> NullTracker:
     started = start_mlflow(hp, paths)
     sink, monitor = started if started else (None, None)
     return Tracker(scalars, sink, monitor)
-

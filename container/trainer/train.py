@@ -8,6 +8,7 @@ and optimiser (setup.py); per epoch train, validate, report, checkpoint
 (lowest validation loss), score the test set once, and write the model
 artifact (contract/artifact.py) and the evaluation report (insights/report.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,24 +37,35 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
             if result is None:  # SIGTERM part-way: save where, and the sums so far
                 loop.merge_skips()
                 checkpointer.save(loop, state)
-                log(f"stopped in epoch {epoch} after step {state.step}: checkpoint saved "
-                    f"{loop.stop.seconds_since_signal():.2f} s after SIGTERM, a restart resumes from it")
+                log(
+                    f"stopped in epoch {epoch} after step {state.step}: checkpoint saved "
+                    f"{loop.stop.seconds_since_signal():.2f} s after SIGTERM, a restart resumes from it"
+                )
                 return False
             state.step, state.partial, state.rng = 0, [0.0, 0.0, 0.0, 0.0], None
             val_loss, val_acc, _ = evaluate(loop, sets.validation, "validation")
             loop.reporter.report_epoch(epoch, result, val_loss, val_acc)
             state.epoch = epoch
-            state.history.append({"epoch": epoch, "train_loss": result.loss, "train_accuracy": result.accuracy,
-                                  "train_images": result.images,
-                                  "validation_loss": val_loss, "validation_accuracy": val_acc})
+            state.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": result.loss,
+                    "train_accuracy": result.accuracy,
+                    "train_images": result.images,
+                    "validation_loss": val_loss,
+                    "validation_accuracy": val_acc,
+                }
+            )
             if val_loss < state.best_loss:
                 state.best_loss, state.best_epoch = val_loss, epoch
                 state.best_state = copy.deepcopy({k: v.cpu() for k, v in loop.trainable_state().items()})
             loop.merge_skips()
             checkpointer.save(loop, state)
             if hp.patience and epoch - state.best_epoch >= hp.patience:
-                log(f"early stop: validation loss has not improved for {hp.patience} epochs "
-                    f"(best {state.best_loss:.6f} at epoch {state.best_epoch})")
+                log(
+                    f"early stop: validation loss has not improved for {hp.patience} epochs "
+                    f"(best {state.best_loss:.6f} at epoch {state.best_epoch})"
+                )
                 break
             if loop.stop.agreed(device):
                 log(f"stopped after epoch {epoch}; checkpoint saved, a restart resumes from it")
@@ -76,8 +88,10 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
         loop.reporter.report_test(loss, acc)
     loop.merge_skips()
     if loop.skips.total:
-        log(f"skipped {loop.skips.total} unreadable image(s): "
-            + ", ".join(p for paths in loop.skips.summary().values() for p in paths[:5]))
+        log(
+            f"skipped {loop.skips.total} unreadable image(s): "
+            + ", ".join(p for paths in loop.skips.summary().values() for p in paths[:5])
+        )
     if not loop.dist.is_main:
         return
     # Deferred: the report draws with matplotlib; the loop hands it plain numbers, and importing the
@@ -85,9 +99,24 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
     from insights import report
 
     report.write(report.build(split, confusion, loop.class_names, loss, loop.skips.summary()), paths.output_data)
-    artifact.save(paths.model, loop.model.state_dict(), loop.arch, sets.prep, loop.class_names,
-                  training=TrainingSummary(dict(vars(loop.hp)), state.best_epoch, state.history, split, acc, loss,
-                                           loop.skips.total, loop.dist.world_size, distributed.hosts()[0]))
+    artifact.save(
+        paths.model,
+        loop.model.state_dict(),
+        loop.arch,
+        sets.prep,
+        loop.class_names,
+        training=TrainingSummary(
+            dict(vars(loop.hp)),
+            state.best_epoch,
+            state.history,
+            split,
+            acc,
+            loss,
+            loop.skips.total,
+            loop.dist.world_size,
+            distributed.hosts()[0],
+        ),
+    )
     # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
     artifact.write_calibration(paths.model, [path for path, _ in spread(sets.splits.train, 64)], sets.prep)
     log(f"model written to {paths.model}; evaluation report in {paths.output_data}")
@@ -113,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         run(hp, paths, dist_info, device)
         distributed.wait_for_all_ranks()
         return 0
-    except (hyperparameters.HyperparameterError, data.DataError, weights.WeightsError,
-            runtime.TrainingFailure, artifact.ArtifactError) as exc:
+    except (
+        hyperparameters.HyperparameterError,
+        data.DataError,
+        weights.WeightsError,
+        runtime.TrainingFailure,
+        artifact.ArtifactError,
+    ) as exc:
         if dist_info.local_rank == 0:  # each host's first process: every host has its own /opt/ml/output
             runtime.write_failure(paths, str(exc))
         return 1

@@ -9,6 +9,7 @@ Where ImageNet weights come from, in order:
      timeout, so a network-isolated job fails with a reason instead of hanging.
 Every file is read with torch.load(weights_only=True).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,8 @@ def download(url: str, dest: Path) -> None:
         raise WeightsError(
             f"ImageNet weights are not in the image or the 'pretrained' channel and the download of {url} "
             f"failed ({type(exc).__name__}: {exc}); with network isolation, provide them as the 'pretrained' "
-            "channel or bake them into the image (BAKE_WEIGHTS)") from None
+            "channel or bake them into the image (BAKE_WEIGHTS)"
+        ) from None
     atomic_write_bytes(dest, data)
 
 
@@ -91,10 +93,13 @@ def load_backbone(model: torch.nn.Module, path: Path) -> None:
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise WeightsError(f"weights file {path.name} does not fit this backbone: "
-                           f"{len(missing)} tensors missing, e.g. {missing[0]}")
+        raise WeightsError(
+            f"weights file {path.name} does not fit this backbone: {len(missing)} tensors missing, e.g. {missing[0]}"
+        )
     wrong = [k for k in expected if state[k].shape != expected[k].shape]
     if wrong:
-        raise WeightsError(f"weights file {path.name} does not fit this backbone: {wrong[0]} has shape "
-                           f"{tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
+        raise WeightsError(
+            f"weights file {path.name} does not fit this backbone: {wrong[0]} has shape "
+            f"{tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+        )
     model.load_state_dict(state, strict=False)

@@ -7,6 +7,7 @@ transforms, fp32, model(x) under no_grad.
 
     python seed_flask_app.py MODEL_PT PORT [NUM_CLASSES] [HEAD]
 """
+
 import io
 import json
 import sys
@@ -31,12 +32,14 @@ model.fc = torch.nn.Sequential(*layers)
 model.load_state_dict(torch.load(model_path, map_location="cpu"))
 model.eval()
 
-transform = transforms.Compose([
-    transforms.Resize(256),
-    transforms.CenterCrop(224),
-    transforms.ToTensor(),
-    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-])
+transform = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+)
 
 app = Flask(__name__)
 
@@ -53,8 +56,9 @@ def invocations():
     with torch.no_grad():
         probabilities = torch.softmax(model(x), dim=1)[0].tolist()
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
-    return Response(json.dumps({"class": best, "probabilities": probabilities}), status=200,
-                    mimetype="application/json")
+    return Response(
+        json.dumps({"class": best, "probabilities": probabilities}), status=200, mimetype="application/json"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ framework image (sagemaker-pytorch-inference on TorchServe): a torchvision
 resnet50 with the new head, torchvision transforms, fp32, raw image/jpeg
 in and JSON class probabilities out.
 """
+
 import io
 import json
 import os
@@ -18,12 +19,14 @@ from torchvision import transforms
 NUM_CLASSES = int(os.environ.get("BENCH_NUM_CLASSES", "133"))
 HEAD = [int(size) for size in os.environ.get("BENCH_HEAD", "256").split(",") if size]
 
-TRANSFORM = transforms.Compose([
-    transforms.Resize(256),
-    transforms.CenterCrop(224),
-    transforms.ToTensor(),
-    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-])
+TRANSFORM = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+)
 
 
 def build_model():

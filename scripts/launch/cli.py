@@ -1,5 +1,6 @@
 """What sm.py's commands share whichever SDK runs them: --hp, --tag and the job's environment, printing,
 local channels."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,12 @@ def parse_tags(items: list[str]) -> list[dict]:
 
 def add_environment_arguments(parser) -> None:
     """A training or tuning job's environment: experiment tracking and free NAME=VALUE pairs."""
-    parser.add_argument("--mlflow", metavar="URI", help="MLflow tracking server: http(s) URL or a SageMaker "
-                        "managed tracking server's ARN (the job's role needs sagemaker-mlflow:* on it)")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="MLflow tracking server: http(s) URL or a SageMaker "
+        "managed tracking server's ARN (the job's role needs sagemaker-mlflow:* on it)",
+    )
     parser.add_argument("--mlflow-experiment", metavar="NAME", help=f"default {tracking.DEFAULT_EXPERIMENT}")
     parser.add_argument("--register-model", metavar="NAME", help="register the job's model in MLflow's registry")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="job environment")
@@ -86,8 +91,10 @@ def cleanup_endpoint(config, session, endpoint_name: str) -> None:
         return
     try:
         session.boto_session.client("application-autoscaling").deregister_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{endpoint_name}/variant/AllTraffic",
-            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+            ServiceNamespace="sagemaker",
+            ResourceId=f"endpoint/{endpoint_name}/variant/AllTraffic",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+        )
     except Exception:  # not registered: nothing to undo
         pass
     for item in hosting.cleanup(session, endpoint_name):
@@ -103,7 +110,15 @@ def tune_locally(args, config, space) -> None:
         raise SystemExit("--data (a local folder or archive) is required")
     os.environ.update(job_environment(args))  # the study reads the tracking settings from the environment
     sampler = {"Bayesian": "tpe", "Random": "random", "Grid": "grid"}.get(args.strategy, "tpe")
-    result = local_tuning.run_study(space, args.data, args.workdir / "tuning", args.max_jobs, sampler,
-                                    parallel=args.max_parallel_jobs, runner="container",
-                                    fixed_overrides=parse_hps(args.hp), image=config.train_image)
+    result = local_tuning.run_study(
+        space,
+        args.data,
+        args.workdir / "tuning",
+        args.max_jobs,
+        sampler,
+        parallel=args.max_parallel_jobs,
+        runner="container",
+        fixed_overrides=parse_hps(args.hp),
+        image=config.train_image,
+    )
     print(result.markdown())

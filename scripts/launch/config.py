@@ -9,6 +9,7 @@ plus AWS_REGION and SAGEMAKER_ROLE as AWS users already set them.
     s3_prefix = "s3://my-bucket/byoc"
     train_instance = "ml.g4dn.xlarge"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None)
     group.add_argument("--config", default=None, help="TOML config file (default: ./byoc.toml or BYOC_CONFIG)")
     mode = group.add_mutually_exclusive_group()
-    mode.add_argument("--local", dest="cfg_local", action="store_const", const="local",
-                      help="SageMaker local mode with the locally built images: no AWS account needed")
+    mode.add_argument(
+        "--local",
+        dest="cfg_local",
+        action="store_const",
+        const="local",
+        help="SageMaker local mode with the locally built images: no AWS account needed",
+    )
     mode.add_argument("--local-gpu", dest="cfg_local", action="store_const", const="local_gpu")
 
 
@@ -79,8 +85,10 @@ def load(args: argparse.Namespace | None = None, environ=os.environ) -> Config:
     values = {}
     for f in fields(Config):
         flag = getattr(args, f"cfg_{f.name}", None) if args else None
-        env = next((environ[name] for name in (f"BYOC_{f.name.upper()}", *_ENV_ALIASES.get(f.name, ()))
-                    if environ.get(name)), None)
+        env = next(
+            (environ[name] for name in (f"BYOC_{f.name.upper()}", *_ENV_ALIASES.get(f.name, ())) if environ.get(name)),
+            None,
+        )
         for source in (flag, env, from_file.get(f.name)):
             if source is not None:
                 values[f.name] = _coerce(f.type, source)

@@ -1,4 +1,5 @@
 """Endpoints and batch transform: a generic Model(image_uri=...) around the serving image."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,16 @@ from pathlib import Path
 from launch.config import Config
 from launch.training import PROJECT_TAG
 
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 # SageMaker waits this long for the model to download and for /ping to pass
 STARTUP_TIMEOUT_S = 600
 
@@ -29,9 +38,13 @@ def image_predictor_class():
         """Raw image bytes in, top-k JSON out (set ContentType per call for PNG and others)."""
 
         def __init__(self, endpoint_name, sagemaker_session=None, **kwargs):
-            super().__init__(endpoint_name, sagemaker_session=sagemaker_session,
-                             serializer=DataSerializer(content_type="image/jpeg"),
-                             deserializer=JSONDeserializer(), **kwargs)
+            super().__init__(
+                endpoint_name,
+                sagemaker_session=sagemaker_session,
+                serializer=DataSerializer(content_type="image/jpeg"),
+                deserializer=JSONDeserializer(),
+                **kwargs,
+            )
 
     return ImagePredictor
 
@@ -39,12 +52,25 @@ def image_predictor_class():
 def model(session, config: Config, model_data: str, name: str | None = None, env: dict | None = None):
     from sagemaker.model import Model
 
-    return Model(image_uri=config.serve_image, model_data=model_data, role=config.role, name=name,
-                 env=env or {}, predictor_cls=image_predictor_class(), sagemaker_session=session)
+    return Model(
+        image_uri=config.serve_image,
+        model_data=model_data,
+        role=config.role,
+        name=name,
+        env=env or {},
+        predictor_cls=image_predictor_class(),
+        sagemaker_session=session,
+    )
 
 
-def deploy(served_model, config: Config, endpoint_name: str, instance_count: int = 1,
-           serverless: tuple[int, int] | None = None, wait: bool = True):
+def deploy(
+    served_model,
+    config: Config,
+    endpoint_name: str,
+    instance_count: int = 1,
+    serverless: tuple[int, int] | None = None,
+    wait: bool = True,
+):
     """-> a predictor for the new endpoint. `serverless` is (memory MB, max concurrency)."""
     kwargs = dict(endpoint_name=endpoint_name, wait=wait, tags=[PROJECT_TAG])
     if serverless:
@@ -54,50 +80,83 @@ def deploy(served_model, config: Config, endpoint_name: str, instance_count: int
     else:
         kwargs.update(initial_instance_count=instance_count, instance_type=config.instance("serve"))
         if not config.is_local:
-            kwargs.update(container_startup_health_check_timeout=STARTUP_TIMEOUT_S,
-                          model_data_download_timeout=STARTUP_TIMEOUT_S)
+            kwargs.update(
+                container_startup_health_check_timeout=STARTUP_TIMEOUT_S, model_data_download_timeout=STARTUP_TIMEOUT_S
+            )
     return served_model.deploy(**kwargs)
 
 
-def autoscale(session, endpoint_name: str, min_instances: int, max_instances: int,
-              invocations_per_instance: float, variant: str = "AllTraffic") -> None:
+def autoscale(
+    session,
+    endpoint_name: str,
+    min_instances: int,
+    max_instances: int,
+    invocations_per_instance: float,
+    variant: str = "AllTraffic",
+) -> None:
     """Target tracking on SageMakerVariantInvocationsPerInstance (Application Auto Scaling)."""
     client = session.boto_session.client("application-autoscaling")
     resource = f"endpoint/{endpoint_name}/variant/{variant}"
     dimension = "sagemaker:variant:DesiredInstanceCount"
-    client.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=dimension,
-                                    MinCapacity=min_instances, MaxCapacity=max_instances)
+    client.register_scalable_target(
+        ServiceNamespace="sagemaker",
+        ResourceId=resource,
+        ScalableDimension=dimension,
+        MinCapacity=min_instances,
+        MaxCapacity=max_instances,
+    )
     client.put_scaling_policy(
-        PolicyName=f"{endpoint_name}-invocations", ServiceNamespace="sagemaker", ResourceId=resource,
-        ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
+        PolicyName=f"{endpoint_name}-invocations",
+        ServiceNamespace="sagemaker",
+        ResourceId=resource,
+        ScalableDimension=dimension,
+        PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
             "TargetValue": float(invocations_per_instance),
             "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
             "ScaleInCooldown": 300,
             "ScaleOutCooldown": 60,
-        })
+        },
+    )
 
 
 def invoke_with_predictor(predictor, path: Path, top_k: int) -> dict:
-    return predictor.predict(path.read_bytes(), initial_args={
-        "ContentType": content_type(path), "Accept": "application/json", "CustomAttributes": f"top_k={top_k}"})
+    return predictor.predict(
+        path.read_bytes(),
+        initial_args={
+            "ContentType": content_type(path),
+            "Accept": "application/json",
+            "CustomAttributes": f"top_k={top_k}",
+        },
+    )
 
 
 def invoke_with_boto3(runtime_client, endpoint_name: str, path: Path, top_k: int) -> dict:
     """The way the second seed called its endpoint: boto3's sagemaker-runtime client."""
-    response = runtime_client.invoke_endpoint(EndpointName=endpoint_name, ContentType=content_type(path),
-                                              Accept="application/json", CustomAttributes=f"top_k={top_k}",
-                                              Body=path.read_bytes())
+    response = runtime_client.invoke_endpoint(
+        EndpointName=endpoint_name,
+        ContentType=content_type(path),
+        Accept="application/json",
+        CustomAttributes=f"top_k={top_k}",
+        Body=path.read_bytes(),
+    )
     return json.loads(response["Body"].read())
 
 
-def transform(served_model, config: Config, input_uri: str, output_uri: str, instance_count: int = 1,
-              max_payload_mb: int = 20):
+def transform(
+    served_model, config: Config, input_uri: str, output_uri: str, instance_count: int = 1, max_payload_mb: int = 20
+):
     """Batch transform: one image per request (SingleRecord, no splitting), JSON out per file."""
     transformer = served_model.transformer(
-        instance_count=instance_count, instance_type=config.instance("serve"), output_path=output_uri,
-        strategy="SingleRecord", max_payload=max_payload_mb, accept="application/json",
-        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)}, tags=[PROJECT_TAG])
+        instance_count=instance_count,
+        instance_type=config.instance("serve"),
+        output_path=output_uri,
+        strategy="SingleRecord",
+        max_payload=max_payload_mb,
+        accept="application/json",
+        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)},
+        tags=[PROJECT_TAG],
+    )
     # logs=False: following logs needs CloudWatch, which local mode does not have
     transformer.transform(input_uri, content_type="application/x-image", split_type=None, wait=True, logs=False)
     return transformer

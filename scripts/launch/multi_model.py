@@ -5,6 +5,7 @@ every model.tar.gz under one S3 prefix can be invoked by its path there
 The image answers SageMaker's multi-model API when SAGEMAKER_MULTI_MODEL=true
 (container/server/multi_model_routes.py). SDK v3 has its own path (h14's module).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,15 +24,26 @@ def multi_data_model(session, config: Config, name: str, model_prefix: str, memo
     env = dict(MULTI_MODEL_ENV)
     if memory_budget_mb:
         env["SAGEMAKER_MODEL_MEMORY_BUDGET_MB"] = str(memory_budget_mb)
-    return MultiDataModel(name=name, model_data_prefix=model_prefix.rstrip("/") + "/", image_uri=config.serve_image,
-                          role=config.role, env=env, predictor_cls=image_predictor_class(),
-                          sagemaker_session=session)
+    return MultiDataModel(
+        name=name,
+        model_data_prefix=model_prefix.rstrip("/") + "/",
+        image_uri=config.serve_image,
+        role=config.role,
+        env=env,
+        predictor_cls=image_predictor_class(),
+        sagemaker_session=session,
+    )
 
 
 def deploy(mme, config: Config, endpoint_name: str, instance_count: int = 1, wait: bool = True):
-    return mme.deploy(initial_instance_count=instance_count, instance_type=config.instance("serve"),
-                      endpoint_name=endpoint_name, wait=wait, tags=[PROJECT_TAG],
-                      container_startup_health_check_timeout=STARTUP_TIMEOUT_S)
+    return mme.deploy(
+        initial_instance_count=instance_count,
+        instance_type=config.instance("serve"),
+        endpoint_name=endpoint_name,
+        wait=wait,
+        tags=[PROJECT_TAG],
+        container_startup_health_check_timeout=STARTUP_TIMEOUT_S,
+    )
 
 
 def add_models(mme, model_data: list[str]) -> list[str]:
@@ -45,5 +57,8 @@ def add_models(mme, model_data: list[str]) -> list[str]:
 
 
 def invoke(predictor, target_model: str, path: Path, top_k: int) -> dict:
-    return predictor.predict(path.read_bytes(), target_model=target_model, initial_args={
-        "ContentType": content_type(path), "CustomAttributes": f"top_k={top_k}"})
+    return predictor.predict(
+        path.read_bytes(),
+        target_model=target_model,
+        initial_args={"ContentType": content_type(path), "CustomAttributes": f"top_k={top_k}"},
+    )

@@ -5,6 +5,7 @@ scripts/engine.sh sets up (podman behind DOCKER_HOST where no Docker daemon
 answers). Offline it needs a region, no credentials, no instance metadata
 lookups, and the SDK's telemetry turned off (it would call an AWS host).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def remove_local_containers(cli: str | None = None) -> None:
     """Local mode runs `docker-compose up` and never `down`: its finished job and
     endpoint containers (v2: <random>-algo-N-<random>; v3's training: <job>_algo-N_1) stay behind. Remove them."""
     cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
-    names = subprocess.run([cli, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"],
-                           capture_output=True, text=True).stdout.split()
+    names = subprocess.run(
+        [cli, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"], capture_output=True, text=True
+    ).stdout.split()
     stale = [name for name in names if "-algo-" in name or "_algo-" in name]
     if stale:
         subprocess.run([cli, "rm", "-f", *stale], capture_output=True)
@@ -53,8 +55,7 @@ def make_session(config: Config):
         prepare_local_environment(config)
         from sagemaker.local import LocalSession
 
-        session = LocalSession(boto_session=boto3.Session(region_name=config.region),
-                               sagemaker_config=LOCAL_SDK_CONFIG)
+        session = LocalSession(boto_session=boto3.Session(region_name=config.region), sagemaker_config=LOCAL_SDK_CONFIG)
         session.config = {"local": {"local_code": True}}
         return session
     import sagemaker

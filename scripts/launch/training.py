@@ -1,4 +1,5 @@
 """Training jobs: a generic Estimator(image_uri=...) around the training image."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ def channel_uri(session, config: Config, name: str, source: str) -> str:
         raise SystemExit(f"channel {name}: {source} does not exist")
     if config.is_local:
         return f"file://{path}"
-    return session.upload_data(str(path), bucket=config.s3_prefix.split("/")[2],
-                               key_prefix="/".join(config.s3_prefix.split("/")[3:] + ["data", name]))
+    return session.upload_data(
+        str(path),
+        bucket=config.s3_prefix.split("/")[2],
+        key_prefix="/".join(config.s3_prefix.split("/")[3:] + ["data", name]),
+    )
 
 
 def job_name(base: str = "byoc-train") -> str:
@@ -38,8 +42,16 @@ def job_name(base: str = "byoc-train") -> str:
     return name_from_base(base)
 
 
-def estimator(session, config: Config, hyperparameters: dict, name: str, debugger: dict | None = None,
-              tags: list[dict] | None = None, workdir: Path | None = None, environment: dict | None = None):
+def estimator(
+    session,
+    config: Config,
+    hyperparameters: dict,
+    name: str,
+    debugger: dict | None = None,
+    tags: list[dict] | None = None,
+    workdir: Path | None = None,
+    environment: dict | None = None,
+):
     """The Estimator for training job `name` (pass the same name to fit()).
 
     `debugger` holds Estimator keyword arguments (debugger_hook_config, rules,
@@ -65,10 +77,12 @@ def estimator(session, config: Config, hyperparameters: dict, name: str, debugge
         # local mode has no debugger rules, profiler or checkpoint sync
         kwargs.update(disable_profiler=True, debugger_hook_config=False)
     else:
-        kwargs.update(checkpoint_s3_uri=f"{config.s3_prefix.rstrip('/')}/checkpoints/{name}",
-                      use_spot_instances=config.spot,
-                      max_wait=config.max_wait_s if config.spot else None,
-                      **(debugger or {}))
+        kwargs.update(
+            checkpoint_s3_uri=f"{config.s3_prefix.rstrip('/')}/checkpoints/{name}",
+            use_spot_instances=config.spot,
+            max_wait=config.max_wait_s if config.spot else None,
+            **(debugger or {}),
+        )
     return Estimator(**kwargs)
 
 
@@ -77,5 +91,6 @@ def inputs(session, config: Config, sources: dict[str, str]) -> dict:
 
     if "training" not in sources:
         raise SystemExit("the training channel is required (--data)")
-    return {name: TrainingInput(channel_uri(session, config, name, source))
-            for name, source in sources.items() if source}
+    return {
+        name: TrainingInput(channel_uri(session, config, name, source)) for name, source in sources.items() if source
+    }

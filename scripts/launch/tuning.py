@@ -1,4 +1,5 @@
 """SageMaker's HyperparameterTuner around our training Estimator, from contract/spec/search_space.py."""
+
 from __future__ import annotations
 
 from contract.spec.metrics import METRIC_DEFINITIONS
@@ -13,15 +14,23 @@ def ranges(space: SearchSpace) -> dict:
     return sdk_ranges(space, ContinuousParameter, IntegerParameter, CategoricalParameter)
 
 
-def tuner_arguments(space: SearchSpace, strategy: str, max_jobs: int, max_parallel_jobs: int,
-                    hyperparameter_ranges: dict) -> dict:
+def tuner_arguments(
+    space: SearchSpace, strategy: str, max_jobs: int, max_parallel_jobs: int, hyperparameter_ranges: dict
+) -> dict:
     """The tuner's keyword arguments both SDKs share (the Hyperband and warm-start objects differ).
     Early stopping is Auto except for Hyperband, which stops trials itself; Grid takes categorical
     parameters only and runs the whole grid."""
-    kwargs = dict(objective_metric_name=space.objective_metric, objective_type=space.objective_type,
-                  hyperparameter_ranges=hyperparameter_ranges, metric_definitions=METRIC_DEFINITIONS,
-                  strategy=strategy, max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
-                  early_stopping_type="Auto", base_tuning_job_name="byoc-tune")
+    kwargs = dict(
+        objective_metric_name=space.objective_metric,
+        objective_type=space.objective_type,
+        hyperparameter_ranges=hyperparameter_ranges,
+        metric_definitions=METRIC_DEFINITIONS,
+        strategy=strategy,
+        max_jobs=max_jobs,
+        max_parallel_jobs=max_parallel_jobs,
+        early_stopping_type="Auto",
+        base_tuning_job_name="byoc-tune",
+    )
     if strategy == "Grid":
         if any(p.type != "categorical" for p in space.parameters):
             raise SearchSpaceError("Grid search takes categorical parameters only")
@@ -31,8 +40,15 @@ def tuner_arguments(space: SearchSpace, strategy: str, max_jobs: int, max_parall
     return kwargs
 
 
-def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: int = 20,
-          max_parallel_jobs: int = 2, warm_start_parents: list[str] | None = None, epochs: int | None = None):
+def tuner(
+    estimator,
+    space: SearchSpace,
+    strategy: str = "Bayesian",
+    max_jobs: int = 20,
+    max_parallel_jobs: int = 2,
+    warm_start_parents: list[str] | None = None,
+    epochs: int | None = None,
+):
     """The tuner; the estimator should already carry the fixed hyperparameters.
 
     Early stopping is Auto (SageMaker stops trials that trail the median), except
@@ -54,8 +70,9 @@ def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", max_jobs: i
     if strategy == "Hyperband":
         kwargs["strategy_config"] = StrategyConfig(HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
     if warm_start_parents:
-        kwargs["warm_start_config"] = WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM,
-                                                      parents=set(warm_start_parents))
+        kwargs["warm_start_config"] = WarmStartConfig(
+            WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(warm_start_parents)
+        )
     return HyperparameterTuner(estimator, **kwargs)
 
 
@@ -78,5 +95,4 @@ def leaderboard(tuner_, top: int = 10) -> list[dict]:
 def best_hyperparameters(session, tuner_) -> dict:
     """The best job's trainer hyperparameters (SageMaker's own entries removed)."""
     job = session.sagemaker_client.describe_training_job(TrainingJobName=tuner_.best_training_job())
-    return {k: v.strip('"') for k, v in job["HyperParameters"].items()
-            if not k.startswith(("_", "sagemaker_"))}
+    return {k: v.strip('"') for k, v in job["HyperParameters"].items() if not k.startswith(("_", "sagemaker_"))}

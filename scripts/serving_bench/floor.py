@@ -1,5 +1,6 @@
 """In-process references for the comparison benchmark: the forward pass's floor, JPEG decode +
 preprocess per size, and concurrency-1 cells paired request by request with the floor."""
+
 from __future__ import annotations
 
 import io
@@ -45,9 +46,15 @@ def decode_ms(images: dict[str, list[bytes]], prep: Preprocessing, repeats: int)
     """Per size: our decode (draft-mode JPEG) + eval_transform, and the seeds'
     PIL decode + torchvision transforms."""
     from torchvision import transforms
-    seed_transform = transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    seed_transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     result = {}
     for name, datas in images.items():
         data = datas[0]
@@ -98,6 +105,8 @@ def run_paired_cell(port: int, payloads: list[bytes], count: int, time_cap: floa
         else:
             errors.append(f"{status} {body[:120]!r}")
     wall = sum(latencies)  # request time only: the in-process work between requests is not the server's
-    return {**cell_summary(latencies, errors, wall, count),
-            "floor_ms": float(np.median(forwards)) if forwards else float("nan"),
-            "decode_ms": float(np.median(decodes)) if decodes else float("nan")}
+    return {
+        **cell_summary(latencies, errors, wall, count),
+        "floor_ms": float(np.median(forwards)) if forwards else float("nan"),
+        "decode_ms": float(np.median(decodes)) if decodes else float("nan"),
+    }

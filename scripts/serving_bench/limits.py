@@ -1,6 +1,7 @@
 """What the machine can do without a server: its CPU's instruction sets, the
 in-process forward limit of a precision (best batch size, channels-last), and
 what decoding and resizing one image costs (with and without JPEG draft mode)."""
+
 from __future__ import annotations
 
 import io
@@ -46,9 +47,10 @@ def forward_limit(model: torch.nn.Module, image_size: int, seconds: float) -> tu
 
 def decode_ms(data: bytes, prep, repeats: int = 10) -> dict[str, float]:
     """Median ms of decode + eval_transform: ours (draft-mode JPEG) and a full decode."""
-    return {"draft": median_ms(lambda: eval_transform(decode_image(data, prep), prep), repeats, warmup=0),
-            "full": median_ms(lambda: eval_transform(Image.open(io.BytesIO(data)).convert("RGB"), prep), repeats,
-                              warmup=0)}
+    return {
+        "draft": median_ms(lambda: eval_transform(decode_image(data, prep), prep), repeats, warmup=0),
+        "full": median_ms(lambda: eval_transform(Image.open(io.BytesIO(data)).convert("RGB"), prep), repeats, warmup=0),
+    }
 
 
 __all__ = ["BATCH_SIZES", "PRECISION_FLAGS", "cpu_flags", "decode_ms", "forward_limit", "served_model"]

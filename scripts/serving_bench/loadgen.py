@@ -1,5 +1,6 @@
 """The load generator: HTTP requests on fresh connections to 127.0.0.1, cells of
 `count` requests from `concurrency` threads, and their latency summary."""
+
 from __future__ import annotations
 
 import http.client
@@ -11,8 +12,14 @@ import numpy as np
 REQUEST_TIMEOUT = 60.0  # seconds for any one HTTP request
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = REQUEST_TIMEOUT,
+) -> tuple[int, bytes]:
     """One request on a fresh connection to 127.0.0.1; (0, reason) when none could be made."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -71,7 +78,9 @@ def cell_summary(latencies: list[float], errors: list[str], wall: float, count: 
     """A cell's table row: successes, errors, req/s over `wall` seconds, latency percentiles (ms)."""
     ms = np.asarray(latencies) * 1000
     return {
-        "ok": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else "",
+        "ok": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
         "rps": len(latencies) / wall if wall > 0 else 0.0,
         "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p90": float(np.percentile(ms, 90)) if len(ms) else float("nan"),

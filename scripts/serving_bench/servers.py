@@ -1,5 +1,6 @@
 """The servers the comparison benchmark starts: ours, the seed-style Flask app, TorchServe through
 AWS's toolkit; each a process group on a free port of 127.0.0.1, stopped as a whole."""
+
 from __future__ import annotations
 
 import glob
@@ -52,8 +53,9 @@ class Server:
             try:
                 self.started = time.perf_counter()
                 with open(log_path, "wb") as log:
-                    self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                                    start_new_session=True)
+                    self.process = subprocess.Popen(
+                        cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
                 break
             except FileNotFoundError:
                 if attempt == 2:
@@ -81,8 +83,14 @@ class Server:
                 ping = time.perf_counter() - self.started
             if ping is not None:
                 remaining = max(1.0, deadline - time.perf_counter())
-                status, _ = request(self.port, "POST", "/invocations", probe, {"Content-Type": "image/jpeg"},
-                                 timeout=min(REQUEST_TIMEOUT * 2, remaining))
+                status, _ = request(
+                    self.port,
+                    "POST",
+                    "/invocations",
+                    probe,
+                    {"Content-Type": "image/jpeg"},
+                    timeout=min(REQUEST_TIMEOUT * 2, remaining),
+                )
                 if status == 200:
                     return ping, time.perf_counter() - self.started
             time.sleep(0.05)
@@ -136,8 +144,14 @@ def start_ours(model_dir: Path, work: Path) -> Server:
 
 def start_seed_flask(model_dir: Path, work: Path) -> Server:
     port = free_port()
-    cmd = [sys.executable, str(BENCH / "seed_flask_app.py"), str(model_dir / artifact.WEIGHTS_FILE), str(port),
-           str(NUM_CLASSES), ",".join(map(str, HEAD))]
+    cmd = [
+        sys.executable,
+        str(BENCH / "seed_flask_app.py"),
+        str(model_dir / artifact.WEIGHTS_FILE),
+        str(port),
+        str(NUM_CLASSES),
+        ",".join(map(str, HEAD)),
+    ]
     return Server("(a) seed Flask", cmd, port, server_env(), work / "seed_flask.log")
 
 
@@ -147,9 +161,16 @@ def torchserve_problem(venv: Path) -> str | None:
         return f"{venv}/bin/torchserve not found: create build/bench-venv as this script's docstring says"
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         return "no java on PATH (TorchServe's frontend is a Java program; it needs JDK 11+)"
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import yaml, torch, torchvision, ts, sagemaker_inference, "
-                            "sagemaker_pytorch_serving_container"], capture_output=True, text=True, timeout=180)
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import yaml, torch, torchvision, ts, sagemaker_inference, sagemaker_pytorch_serving_container",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if probe.returncode != 0:
         return f"{venv} lacks a module TorchServe's workers import: {probe.stderr.strip().splitlines()[-1]}"
     return None
@@ -169,7 +190,9 @@ def start_torchserve(venv: Path, model_dir: Path, work: Path) -> Server:
     (ts_root / "logs").mkdir()
     shutil.copy(model_dir / artifact.WEIGHTS_FILE, model / "model.pth")
     shutil.copy(BENCH / "torchserve_inference.py", model / "code" / "inference.py")
-    toolkit = Path(glob.glob(str(venv / "lib" / "python*" / "site-packages" / "sagemaker_pytorch_serving_container"))[0])
+    toolkit = Path(
+        glob.glob(str(venv / "lib" / "python*" / "site-packages" / "sagemaker_pytorch_serving_container"))[0]
+    )
     defaults = (toolkit / "etc" / "default-ts.properties").read_text()
     port, management, metrics = free_port(), free_port(), free_port()
     lines = []
@@ -188,17 +211,32 @@ def start_torchserve(venv: Path, model_dir: Path, work: Path) -> Server:
     env = server_env(
         PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         PYTHONPATH=str(model / "code"),  # as the toolkit's _set_python_path does
-        SAGEMAKER_BASE_DIR=str(ts_root / "base"), TMPDIR=str(ts_root / "tmp"),
-        LOG_LOCATION=str(ts_root / "logs"), METRICS_LOCATION=str(ts_root / "logs"),
-        BENCH_NUM_CLASSES=str(NUM_CLASSES), BENCH_HEAD=",".join(map(str, HEAD)))
+        SAGEMAKER_BASE_DIR=str(ts_root / "base"),
+        TMPDIR=str(ts_root / "tmp"),
+        LOG_LOCATION=str(ts_root / "logs"),
+        METRICS_LOCATION=str(ts_root / "logs"),
+        BENCH_NUM_CLASSES=str(NUM_CLASSES),
+        BENCH_HEAD=",".join(map(str, HEAD)),
+    )
     env.pop("VIRTUAL_ENV", None)
-    cmd = [str(venv / "bin" / "torchserve"), "--start", "--foreground", "--model-store", str(ts_root / "store"),
-           "--models", f"model={model}", "--ts-config", str(ts_root / "config.properties"),
-           "--log-config", str(toolkit / "etc" / "log4j2.xml")]
+    cmd = [
+        str(venv / "bin" / "torchserve"),
+        "--start",
+        "--foreground",
+        "--model-store",
+        str(ts_root / "store"),
+        "--models",
+        f"model={model}",
+        "--ts-config",
+        str(ts_root / "config.properties"),
+        "--log-config",
+        str(toolkit / "etc" / "log4j2.xml"),
+    ]
     return Server("(b) TorchServe", cmd, port, env, work / "torchserve.log", cwd=ts_root)
 
 
 # ---------------------------------------------------------------- checks and reports
+
 
 def seed_probabilities(port: int, data: bytes) -> np.ndarray | None:
     status, body = invoke(port, data)
@@ -211,8 +249,9 @@ def image_size_mb(ref: str) -> str:
     if shutil.which("podman") is None:
         return "podman not installed"
     try:
-        out = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", ref],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Size}}", ref], capture_output=True, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
         return "podman timed out"
     if out.returncode != 0 or not out.stdout.strip().isdigit():

@@ -1,5 +1,6 @@
 """The benchmark's workload: synthetic photo-like JPEGs (no real photos offline) and a
 ResNet50 model directory with seeded random weights and a calibration sample."""
+
 from __future__ import annotations
 
 import io
@@ -23,6 +24,7 @@ def synth_photo(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     """A smooth, photo-like picture: large colour regions, mid-scale shading,
     blurred object outlines, fine texture and sensor grain. JPEG compresses it
     like a photo, unlike white noise or flat colour."""
+
     def upscaled(shape, scale):
         field = torch.from_numpy(rng.normal(0.0, scale, shape).astype(np.float32)).permute(2, 0, 1)[None]
         up = torch.nn.functional.interpolate(field, size=(height, width), mode="bicubic", align_corners=False)

@@ -1,4 +1,5 @@
 """The container commands the stages run: the engine, GPU flags, the training image with this repository."""
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,20 @@ from .stages import ROOT
 
 IMAGE_HUB_CACHE = "/opt/torch/hub/checkpoints"  # the training image's torch hub cache (TORCH_HOME=/opt/torch)
 # passed on to the containers when set: the trainer's archive limits, its weights mirror
-FORWARDED_ENV = ("TRAINER_ARCHIVE_MAX_BYTES", "TRAINER_ARCHIVE_MAX_MEMBERS", "TRAINER_ARCHIVE_MAX_DEPTH",
-                 "WEIGHTS_MIRROR_URL", "MLFLOW_EXPERIMENT_NAME")
+FORWARDED_ENV = (
+    "TRAINER_ARCHIVE_MAX_BYTES",
+    "TRAINER_ARCHIVE_MAX_MEMBERS",
+    "TRAINER_ARCHIVE_MAX_DEPTH",
+    "WEIGHTS_MIRROR_URL",
+    "MLFLOW_EXPERIMENT_NAME",
+)
 
 
 def default_weights_cache() -> Path:
     """The host's own torch hub cache: weights torchvision fetched on this machine are found there too."""
-    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    torch_home = (
+        os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    )
     return Path(torch_home) / "hub" / "checkpoints"
 
 
@@ -39,15 +47,25 @@ class Containers:
         self.tracking_env: dict | None = None  # run_local.py --mlflow: the server's settings (tracking_server.py)
 
     def image_id(self, image: str) -> str:
-        out = subprocess.run([self.cli, "image", "inspect", "--format", "{{.Id}}", image], env=self.env,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [self.cli, "image", "inspect", "--format", "{{.Id}}", image], env=self.env, capture_output=True, text=True
+        )
         return out.stdout.strip()
 
     def in_training_image(self, *args: str, mounts: list[str] = (), flags: list[str] = ()) -> list[str]:
         """A command run in the training image, with the repository mounted read-only at /src."""
         volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
-        return [self.cli, "run", "--rm", *self.gpu_flags, *self.trainer_flags(), *flags, *volumes, self.train_image,
-                *args]
+        return [
+            self.cli,
+            "run",
+            "--rm",
+            *self.gpu_flags,
+            *self.trainer_flags(),
+            *flags,
+            *volumes,
+            self.train_image,
+            *args,
+        ]
 
     def tracking_flags(self, run_name: str | None = None) -> list[str]:
         """With --mlflow: the server's URL (and the stage's run name) for a training or tuning container, on

@@ -1,4 +1,5 @@
 """Workflow: the stages in order, each skipped when its inputs are unchanged, then the summary."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,11 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
     def run(self) -> None:
         args = self.args
         print(f"local workflow in {self.workdir} (engine: {self.containers.cli})")
-        images = self.stage("images", tree_digest(ROOT / "container", ROOT / "Dockerfile.train",
-                                                  ROOT / "Dockerfile.serve") + str(args.gpu), self.images)
+        images = self.stage(
+            "images",
+            tree_digest(ROOT / "container", ROOT / "Dockerfile.train", ROOT / "Dockerfile.serve") + str(args.gpu),
+            self.images,
+        )
         if not args.mlflow:
             return self.run_stages(images)
         if args.sagemaker_local:  # sm.py's local-mode job is given no environment, and has its own network
@@ -50,18 +54,24 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
             self.timings["data"] = (0.0, True)
             print(f"  {'data':<9} {data}")
         else:
-            data = Path(self.stage("data", tree_digest(ROOT / "scripts" / "make_sample_data.py"),
-                                   self.sample_data)["data"])
+            data = Path(
+                self.stage("data", tree_digest(ROOT / "scripts" / "make_sample_data.py"), self.sample_data)["data"]
+            )
         data_fp = tree_digest(data)
         space_fp = tree_digest(Path(args.space)) if args.space and Path(args.space).is_file() else args.space
         # a run with --mlflow trains again when the last one was not tracked: its runs are then in the store
         tracked = ("mlflow",) if args.mlflow else ()
-        tuned = self.stage("tune", digest(data_fp, images["train"], self.hps, args.trials, space_fp,
-                                          tree_digest(DEMO_SPACE), *tracked),
-                           lambda log, p: self.tune(log, p, data))
+        tuned = self.stage(
+            "tune",
+            digest(data_fp, images["train"], self.hps, args.trials, space_fp, tree_digest(DEMO_SPACE), *tracked),
+            lambda log, p: self.tune(log, p, data),
+        )
         hps = {**self.hps, **tuned["best"], **presets.DEBUG}
-        trained = self.stage("train", digest(data_fp, images["train"], hps, args.sagemaker_local, *tracked),
-                             lambda log, p: self.train(log, p, data, hps))
+        trained = self.stage(
+            "train",
+            digest(data_fp, images["train"], hps, args.sagemaker_local, *tracked),
+            lambda log, p: self.train(log, p, data, hps),
+        )
         rules = self.stage("rules", self.state["train"]["fingerprint"], self.rules)
         profile = self.stage("profile", self.state["train"]["fingerprint"], self.profile)
         endpoint = self.serve_and_classify(data, hps, Path(trained["model"]))
@@ -73,27 +83,35 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
         print("\nsummary")
         print(f"  best hyperparameters  {', '.join(f'{k}={v}' for k, v in tuned['best'].items())}")
         label = f"{trained['split']} accuracy"
-        print(f"  {label:<21} {trained['accuracy']:.3f} "
-              f"(best epoch {trained['best_epoch']}, {trained['classes']} classes)")
+        print(
+            f"  {label:<21} {trained['accuracy']:.3f} "
+            f"(best epoch {trained['best_epoch']}, {trained['classes']} classes)"
+        )
         print(f"  endpoint accuracy     {endpoint['accuracy']:.3f} on {endpoint['images']} held-out images")
         print(f"  p50 latency           {endpoint['p50_ms']:.1f} ms per image over HTTP")
         print(f"  rule verdicts         {', '.join(f'{k}: {v}' for k, v in rules['rules'].items())}")
         print(f"  profiler verdicts     {', '.join(f'{k}: {v}' for k, v in profile['verdicts'].items())}")
         print(f"  skipped stages        {', '.join(skipped) if skipped else 'none'}")
         if self.tracking is not None:
-            print(f"  MLflow                {self.tracking.url} (stopped with the workflow; the runs stay in "
-                  f"{self.tracking.store}: `mlflow ui --backend-store-uri {store_uri(self.tracking.store)} "
-                  f"--artifacts-destination {self.tracking.store / 'artifacts'}`)")
-        for label, path in (("model", Path(trained["model"])),
-                            ("evaluation report", out / "data" / "evaluation.json"),
-                            ("confusion matrix", out / "data" / "confusion_matrix.png"),
-                            ("tuning leaderboard", self.workdir / "tuning" / "leaderboard.csv"),
-                            ("best params", self.workdir / "tuning" / "best_params.json"),
-                            ("rules summary", out / "rules.json"),
-                            ("profiler report", out / "profiler-report.html"),
-                            ("loss plot", out / "losses.png"),
-                            ("logs", self.logs)):
+            print(
+                f"  MLflow                {self.tracking.url} (stopped with the workflow; the runs stay in "
+                f"{self.tracking.store}: `mlflow ui --backend-store-uri {store_uri(self.tracking.store)} "
+                f"--artifacts-destination {self.tracking.store / 'artifacts'}`)"
+            )
+        for label, path in (
+            ("model", Path(trained["model"])),
+            ("evaluation report", out / "data" / "evaluation.json"),
+            ("confusion matrix", out / "data" / "confusion_matrix.png"),
+            ("tuning leaderboard", self.workdir / "tuning" / "leaderboard.csv"),
+            ("best params", self.workdir / "tuning" / "best_params.json"),
+            ("rules summary", out / "rules.json"),
+            ("profiler report", out / "profiler-report.html"),
+            ("loss plot", out / "losses.png"),
+            ("logs", self.logs),
+        ):
             print(f"  {label:<21} {path}")
-        timings = ", ".join(f"{name} {'skipped' if was_skipped else f'{seconds:.0f} s'}"
-                            for name, (seconds, was_skipped) in self.timings.items())
+        timings = ", ".join(
+            f"{name} {'skipped' if was_skipped else f'{seconds:.0f} s'}"
+            for name, (seconds, was_skipped) in self.timings.items()
+        )
         print(f"  stage times           {timings}")

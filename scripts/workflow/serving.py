@@ -1,4 +1,5 @@
 """The stages serve and classify: one serving container on 127.0.0.1, the held-out images through it."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from localnet import free_port, wait_healthy
 
 from .stages import StageFailed, digest
 
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 
 PING_LIMIT_S = 240  # SageMaker allows 4 minutes
 
@@ -31,9 +40,22 @@ class ServingStages:
         hp_args = hyperparameters.to_argv(hps)  # the split's val-fraction and seed
         # the repository's trainer code, as the tune stage runs it (/src), with the image's libraries (-P: not
         # the image's copy in its working directory)
-        self.sh(log, self.containers.in_training_image(
-            "env", "PYTHONPATH=/src/container", "python", "-P", "-m", "trainer.heldout", "/out", "--limit", str(limit),
-            *hp_args, mounts=[channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)), f"{out}:/out"]))
+        self.sh(
+            log,
+            self.containers.in_training_image(
+                "env",
+                "PYTHONPATH=/src/container",
+                "python",
+                "-P",
+                "-m",
+                "trainer.heldout",
+                "/out",
+                "--limit",
+                str(limit),
+                *hp_args,
+                mounts=[channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)), f"{out}:/out"],
+            ),
+        )
         return out
 
     def serve_and_classify(self, data: Path, hps: dict, model_dir: Path):
@@ -50,19 +72,39 @@ class ServingStages:
         box = self.containers
 
         def serve(log, progress):
-            self.sh(log, [box.cli, "run", "-d", "--name", name, *box.gpu_flags, "-p", f"127.0.0.1:{port}:8080",
-                          "-v", f"{model_dir}:{paths.DEFAULT_BASE_DIR / paths.MODEL_DIR}:ro", box.serve_image, "serve"])
+            self.sh(
+                log,
+                [
+                    box.cli,
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    *box.gpu_flags,
+                    "-p",
+                    f"127.0.0.1:{port}:8080",
+                    "-v",
+                    f"{model_dir}:{paths.DEFAULT_BASE_DIR / paths.MODEL_DIR}:ro",
+                    box.serve_image,
+                    "serve",
+                ],
+            )
             try:
                 wait_healthy(url, timeout_s=PING_LIMIT_S)
             except TimeoutError:
-                raise StageFailed(f"the serving container did not answer /ping with 200 within {PING_LIMIT_S} s") \
-                    from None
+                raise StageFailed(
+                    f"the serving container did not answer /ping with 200 within {PING_LIMIT_S} s"
+                ) from None
             return {"ready_after_s": round(time.monotonic() - progress.start, 1)}
 
         try:
             self.stage("serve", fingerprint, serve, redo=True)
-            return self.stage("classify", fingerprint,
-                              lambda log, p: classify_images(log, p, self.heldout_images(log, data, hps), url), redo=True)
+            return self.stage(
+                "classify",
+                fingerprint,
+                lambda log, p: classify_images(log, p, self.heldout_images(log, data, hps), url),
+                redo=True,
+            )
         finally:
             subprocess.run([box.cli, "rm", "-f", name], env=self.env, capture_output=True)
 
@@ -73,8 +115,12 @@ def classify_images(log, progress, test_dir: Path, url: str, limit: int = 200) -
         raise StageFailed(f"no held-out images under {test_dir}")
     latencies, correct = [], 0
     for number, path in enumerate(images, start=1):
-        request = urllib.request.Request(f"{url}/invocations", data=path.read_bytes(), method="POST",
-                                         headers={"Content-Type": IMAGE_TYPES[path.suffix.lower()]})
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=path.read_bytes(),
+            method="POST",
+            headers={"Content-Type": IMAGE_TYPES[path.suffix.lower()]},
+        )
         start = time.perf_counter()
         with urllib.request.urlopen(request, timeout=60) as response:
             top = json.loads(response.read())["predictions"][0]

@@ -1,4 +1,5 @@
 """Running a stage: skipped when its inputs are unchanged since the last run, its log kept, its time shown."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,11 @@ class Progress:
         if self.live and total:
             width = 24
             bar = "#" * int(width * done / total) + "." * (width - int(width * done / total))
-            print(f"\r  {self.name:<9} [{bar}] {done}/{total} {what}  {time.monotonic() - self.start:.0f} s",
-                  end="", flush=True)
+            print(
+                f"\r  {self.name:<9} [{bar}] {done}/{total} {what}  {time.monotonic() - self.start:.0f} s",
+                end="",
+                flush=True,
+            )
 
 
 class StageRunner:
@@ -57,8 +61,12 @@ class StageRunner:
 
     def unchanged(self, name: str, fingerprint: str) -> bool:
         previous = self.state.get(name)
-        return bool(previous) and previous["fingerprint"] == fingerprint and not self.args.force and \
-            all(Path(p).exists() for p in previous["result"].get("outputs", []))
+        return (
+            bool(previous)
+            and previous["fingerprint"] == fingerprint
+            and not self.args.force
+            and all(Path(p).exists() for p in previous["result"].get("outputs", []))
+        )
 
     def stage(self, name: str, fingerprint: str, func, redo: bool = False):
         """Run `func(log, progress)`, unless it ran before on the same inputs (or was not selected)."""
@@ -96,8 +104,9 @@ class StageRunner:
         """Run `cmd`, its output to the stage log; `on_line` sees each line (progress)."""
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, text=True, bufsize=1
+        )
         for line in proc.stdout:
             log.write(line)
             if on_line:

@@ -5,6 +5,7 @@ runs outlive the server; the server itself lives only as long as the workflow (s
 at the end, on failure and on Ctrl-C too). It shares the host's network and listens on 127.0.0.1
 only; the training containers get --network host as well, so the URL means the same in them.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -38,11 +39,30 @@ class TrackingServer:
 
     def command(self) -> list[str]:
         box = self.box
-        return [box.cli, "run", "-d", "--name", self.name, "--network", "host",
-                "-v", f"{self.store}:{STORE_IN_CONTAINER}", box.train_image,
-                "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{STORE_IN_CONTAINER}/mlflow.db",
-                "--artifacts-destination", f"{STORE_IN_CONTAINER}/artifacts"]
+        return [
+            box.cli,
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--network",
+            "host",
+            "-v",
+            f"{self.store}:{STORE_IN_CONTAINER}",
+            box.train_image,
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{STORE_IN_CONTAINER}/mlflow.db",
+            "--artifacts-destination",
+            f"{STORE_IN_CONTAINER}/artifacts",
+        ]
 
     def __enter__(self) -> TrackingServer:
         self.store.mkdir(parents=True, exist_ok=True)
@@ -64,14 +84,19 @@ class TrackingServer:
         self.stop()
 
     def running(self) -> None:
-        state = subprocess.run([self.box.cli, "inspect", "--format", "{{.State.Running}}", self.name],
-                               env=self.box.env, capture_output=True, text=True).stdout.strip()
+        state = subprocess.run(
+            [self.box.cli, "inspect", "--format", "{{.State.Running}}", self.name],
+            env=self.box.env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if state != "true":
             raise StageFailed("its container exited")
 
     def logs(self) -> str:
-        out = subprocess.run([self.box.cli, "logs", "--tail", "20", self.name], env=self.box.env,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [self.box.cli, "logs", "--tail", "20", self.name], env=self.box.env, capture_output=True, text=True
+        )
         return "\n".join(f"    | {line}" for line in (out.stdout + out.stderr).splitlines())
 
     def stop(self) -> None:

@@ -1,4 +1,5 @@
 """AWS-mode requests, validated against botocore's service models with Stubber (no AWS reached)."""
+
 from __future__ import annotations
 
 import io
@@ -31,10 +32,12 @@ def aws(monkeypatch):
     import sagemaker
 
     boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = sagemaker.Session(boto_session=boto_session, sagemaker_client=recorder.clients["sagemaker"],
-                                sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-                                sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {
-                                    "PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
+    session = sagemaker.Session(
+        boto_session=boto_session,
+        sagemaker_client=recorder.clients["sagemaker"],
+        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
+        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
+    )
     yield session, aws_config(), recorder
     for stubber in recorder.stubbers.values():
         stubber.assert_no_pending_responses()
@@ -42,11 +45,14 @@ def aws(monkeypatch):
 
 def test_create_training_job(aws):
     session, config, recorder = aws
-    recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/x"})
+    recorder.expect(
+        "sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/x"}
+    )
     name = "byoc-train-test"
     debugger = {"debugger_hook_config": False, "disable_profiler": True}
-    estimator = training.estimator(session, config, TRAINING_HPS, name,
-                                   debugger=debugger, tags=[{"Key": "team", "Value": "vision"}])
+    estimator = training.estimator(
+        session, config, TRAINING_HPS, name, debugger=debugger, tags=[{"Key": "team", "Value": "vision"}]
+    )
     estimator.fit(training.inputs(session, config, TRAINING_CHANNELS), job_name=name, wait=False)
     request = recorder.request("CreateTrainingJob")
     assert request["TrainingJobName"] == name
@@ -79,8 +85,13 @@ def test_serverless_endpoint(aws):
     recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
     recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/e"})
     recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/e"})
-    hosting.deploy(hosting.model(session, config, "s3://b/model.tar.gz", name="m"), config, "dogs-sls",
-                   serverless=(4096, 5), wait=False)
+    hosting.deploy(
+        hosting.model(session, config, "s3://b/model.tar.gz", name="m"),
+        config,
+        "dogs-sls",
+        serverless=(4096, 5),
+        wait=False,
+    )
     variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
     assert "InstanceType" not in variant
@@ -92,11 +103,16 @@ def test_invoke_both_ways(aws, tmp_path):
     image.write_bytes(b"\x89PNG fake bytes")
     answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
     for _ in range(2):
-        recorder.expect("sagemaker-runtime", "invoke_endpoint", {
-            "Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"})
+        recorder.expect(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        )
     predictor = hosting.image_predictor_class()("dogs", sagemaker_session=session)
     assert hosting.invoke_with_predictor(predictor, image, 3)["predictions"][0]["label"] == "040.Bulldog"
-    assert hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
+    assert (
+        hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
+    )
     calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
     for params in calls:
         assert params["EndpointName"] == "dogs" and params["ContentType"] == "image/png"
@@ -108,11 +124,19 @@ def test_batch_transform(aws):
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
     recorder.expect("sagemaker", "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:eu-west-1:1:t/t"})
-    recorder.expect("sagemaker", "describe_transform_job", {
-        "TransformJobName": "t", "TransformJobArn": "arn:aws:sagemaker:eu-west-1:1:t/t", "TransformJobStatus": "Completed",
-        "ModelName": "m", "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
-        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
-        "CreationTime": "2026-01-01T00:00:00Z"})
+    recorder.expect(
+        "sagemaker",
+        "describe_transform_job",
+        {
+            "TransformJobName": "t",
+            "TransformJobArn": "arn:aws:sagemaker:eu-west-1:1:t/t",
+            "TransformJobStatus": "Completed",
+            "ModelName": "m",
+            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+            "CreationTime": "2026-01-01T00:00:00Z",
+        },
+    )
     served = hosting.model(session, config, "s3://b/model.tar.gz", name="m")
     hosting.transform(served, config, "s3://b/in/", "s3://b/out/", max_payload_mb=20)
     check_transform_job(recorder.request("CreateTransformJob"), "m")
@@ -120,14 +144,28 @@ def test_batch_transform(aws):
 
 def test_cleanup_deletes_endpoint_config_and_model(aws):
     session, config, recorder = aws
-    recorder.expect("sagemaker", "describe_endpoint", {
-        "EndpointName": "dogs", "EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/dogs",
-        "EndpointConfigName": "dogs-config", "EndpointStatus": "InService",
-        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"})
-    recorder.expect("sagemaker", "describe_endpoint_config", {
-        "EndpointConfigName": "dogs-config", "EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/dogs-config",
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-model"}],
-        "CreationTime": "2026-01-01T00:00:00Z"})
+    recorder.expect(
+        "sagemaker",
+        "describe_endpoint",
+        {
+            "EndpointName": "dogs",
+            "EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/dogs",
+            "EndpointConfigName": "dogs-config",
+            "EndpointStatus": "InService",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "LastModifiedTime": "2026-01-01T00:00:00Z",
+        },
+    )
+    recorder.expect(
+        "sagemaker",
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "dogs-config",
+            "EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/dogs-config",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-model"}],
+            "CreationTime": "2026-01-01T00:00:00Z",
+        },
+    )
     recorder.expect("sagemaker", "delete_endpoint")
     recorder.expect("sagemaker", "delete_endpoint_config")
     recorder.expect("sagemaker", "delete_model")
@@ -144,8 +182,12 @@ def test_config_precedence(tmp_path):
     configuration.add_arguments(parser)
     args = parser.parse_args(["--config", str(tmp_path / "byoc.toml"), "--role", "arn:flag"])
     config = configuration.load(args, {"AWS_REGION": "eu-central-1", "BYOC_SPOT": "true"})
-    assert (config.role, config.region, config.train_instance, config.spot) == ("arn:flag", "eu-central-1",
-                                                                                "ml.p3.2xlarge", True)
+    assert (config.role, config.region, config.train_instance, config.spot) == (
+        "arn:flag",
+        "eu-central-1",
+        "ml.p3.2xlarge",
+        True,
+    )
     configuration.default_image_uris(config, "123456789012")
     version = (ROOT / "VERSION").read_text().strip()
     assert config.train_image == f"123456789012.dkr.ecr.eu-central-1.amazonaws.com/byoc-train:{version}"
@@ -161,12 +203,16 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
     from launch import tuning
 
     session, config, recorder = aws
-    recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {
-        "HyperParameterTuningJobArn": "arn:aws:sagemaker:eu-west-1:1:hyper-parameter-tuning-job/t"})
+    recorder.expect(
+        "sagemaker",
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": "arn:aws:sagemaker:eu-west-1:1:hyper-parameter-tuning-job/t"},
+    )
     space = search_space.PRESETS["seed2"]
     estimator = training.estimator(session, config, {**space.fixed, "backbone": "resnet50"}, "trial")
-    tuner = tuning.tuner(estimator, space, strategy, max_jobs=12, max_parallel_jobs=3,
-                         warm_start_parents=["byoc-tune-old"], epochs=5)
+    tuner = tuning.tuner(
+        estimator, space, strategy, max_jobs=12, max_parallel_jobs=3, warm_start_parents=["byoc-tune-old"], epochs=5
+    )
     tuner.fit(training.inputs(session, config, {"training": "s3://my-bucket/dogImages.zip"}), wait=False)
 
     check_tuning_job(recorder.request("CreateHyperParameterTuningJob"), strategy)
@@ -186,11 +232,14 @@ def test_training_job_carries_debugger_rules_and_profiler(aws):
     from insights.rules import RULES, sagemaker_debugger_config
 
     session, config, recorder = aws
-    recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/d"})
+    recorder.expect(
+        "sagemaker", "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:eu-west-1:1:training-job/d"}
+    )
     debugger = sagemaker_debugger_config(s3_output_path="s3://my-bucket/byoc/debug")
     estimator = training.estimator(session, config, {"epochs": 2}, "byoc-train-debug", debugger=debugger)
-    estimator.fit(training.inputs(session, config, {"training": "s3://my-bucket/data/"}),
-                  job_name="byoc-train-debug", wait=False)
+    estimator.fit(
+        training.inputs(session, config, {"training": "s3://my-bucket/data/"}), job_name="byoc-train-debug", wait=False
+    )
     request = recorder.request("CreateTrainingJob")
     assert request["DebugHookConfig"]["S3OutputPath"] == "s3://my-bucket/byoc/debug"
     collections = {c["CollectionName"] for c in request["DebugHookConfig"]["CollectionConfigurations"]}

@@ -1,5 +1,6 @@
 """SDK v3 requests for the AWS-only steps, validated against botocore's service models with Stubber
 (no AWS reached), and checked with the same expectations as the v2 requests (tests/helpers/sagemaker_requests.py)."""
+
 from __future__ import annotations
 
 import io
@@ -35,18 +36,28 @@ def aws(monkeypatch):
     from sagemaker.core.helper.session_helper import Session
 
     boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = Session(boto_session=boto_session, sagemaker_client=recorder.clients["sagemaker"],
-                      sagemaker_runtime_client=recorder.clients["sagemaker-runtime"])
+    session = Session(
+        boto_session=boto_session,
+        sagemaker_client=recorder.clients["sagemaker"],
+        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
+    )
     yield session, aws_config(), recorder
     for stubber in recorder.stubbers.values():
         stubber.assert_no_pending_responses()
 
 
 def training_job_description(name: str) -> dict:
-    return {"TrainingJobName": name, "TrainingJobArn": ARN, "TrainingJobStatus": "InProgress",
-            "SecondaryStatus": "Starting", "AlgorithmSpecification": {"TrainingInputMode": "File"},
-            "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30}, "StoppingCondition": {},
-            "CreationTime": CREATED, "ModelArtifacts": {"S3ModelArtifacts": "s3://x/model.tar.gz"}}
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": ARN,
+        "TrainingJobStatus": "InProgress",
+        "SecondaryStatus": "Starting",
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {},
+        "CreationTime": CREATED,
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://x/model.tar.gz"},
+    }
 
 
 def test_telemetry_is_opted_out(aws):
@@ -62,17 +73,27 @@ def test_create_training_job_as_v2_does(aws):
     name = "byoc-train-test"
     recorder.expect("sagemaker", "create_training_job", {"TrainingJobArn": ARN})
     recorder.expect("sagemaker", "describe_training_job", training_job_description(f"{name}-x"))
-    trainer = training.model_trainer(session, config, TRAINING_HPS, name, tags=[{"Key": "team", "Value": "vision"}],
-                                     environment={"BYOC_LOG": "1"}, subnets=["subnet-1"],
-                                     security_group_ids=["sg-1"], network_isolation=True)
+    trainer = training.model_trainer(
+        session,
+        config,
+        TRAINING_HPS,
+        name,
+        tags=[{"Key": "team", "Value": "vision"}],
+        environment={"BYOC_LOG": "1"},
+        subnets=["subnet-1"],
+        security_group_ids=["sg-1"],
+        network_isolation=True,
+    )
     trainer.train(input_data_config=training.input_data(session, config, TRAINING_CHANNELS), wait=False, logs=False)
     request = recorder.request("CreateTrainingJob")
     check_training_job(request, name)
     assert request["TrainingJobName"].startswith(f"{name}-")  # v3 appends a timestamp to the base name
     # typed on the way in: numbers and lists as JSON, as the trainer's spec parses them
     assert request["HyperParameters"] == {"lr": "0.01", "head": "[256]", "epochs": "3"}
-    assert request["TensorBoardOutputConfig"] == {"S3OutputPath": f"s3://my-bucket/byoc/tensorboard/{name}",
-                                                  "LocalPath": training.TENSORBOARD_LOCAL_PATH}
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://my-bucket/byoc/tensorboard/{name}",
+        "LocalPath": training.TENSORBOARD_LOCAL_PATH,
+    }
     assert request["Environment"] == {"BYOC_LOG": "1"}
     assert request["VpcConfig"] == {"SecurityGroupIds": ["sg-1"], "Subnets": ["subnet-1"]}
     assert request["EnableNetworkIsolation"] is True
@@ -82,7 +103,10 @@ def test_hyperparameters_are_checked_before_anything_is_sent():
     with pytest.raises(ValueError, match="unknown hyperparameter 'learning-rate'"):
         training.typed_hyperparameters({"learning-rate": 0.1})
     assert training.typed_hyperparameters({"head": "512,256", "amp": "auto", "epochs": "4"}) == {
-        "head": [512, 256], "amp": "auto", "epochs": 4}
+        "head": [512, 256],
+        "amp": "auto",
+        "epochs": 4,
+    }
 
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Hyperband"])
@@ -91,16 +115,26 @@ def test_create_tuning_job_from_the_search_space(aws, strategy):
 
     session, config, recorder = aws
     recorder.expect("sagemaker", "create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN})
-    recorder.expect("sagemaker", "describe_hyper_parameter_tuning_job", {
-        "HyperParameterTuningJobName": "byoc-tune-x", "HyperParameterTuningJobArn": ARN,
-        "HyperParameterTuningJobConfig": {"Strategy": strategy, "ResourceLimits": {"MaxParallelTrainingJobs": 3}},
-        "HyperParameterTuningJobStatus": "InProgress", "CreationTime": CREATED,
-        "TrainingJobStatusCounters": {}, "ObjectiveStatusCounters": {}})
+    recorder.expect(
+        "sagemaker",
+        "describe_hyper_parameter_tuning_job",
+        {
+            "HyperParameterTuningJobName": "byoc-tune-x",
+            "HyperParameterTuningJobArn": ARN,
+            "HyperParameterTuningJobConfig": {"Strategy": strategy, "ResourceLimits": {"MaxParallelTrainingJobs": 3}},
+            "HyperParameterTuningJobStatus": "InProgress",
+            "CreationTime": CREATED,
+            "TrainingJobStatusCounters": {},
+            "ObjectiveStatusCounters": {},
+        },
+    )
     space = search_space.PRESETS["seed2"]
-    trainer = training.model_trainer(session, config, {**space.fixed, "backbone": "resnet50"}, "trial",
-                                     tensorboard=False)
-    tuner = tuning.tuner(trainer, space, strategy, max_jobs=12, max_parallel_jobs=3,
-                         warm_start_parents=["byoc-tune-old"], epochs=5)
+    trainer = training.model_trainer(
+        session, config, {**space.fixed, "backbone": "resnet50"}, "trial", tensorboard=False
+    )
+    tuner = tuning.tuner(
+        trainer, space, strategy, max_jobs=12, max_parallel_jobs=3, warm_start_parents=["byoc-tune-old"], epochs=5
+    )
     tuner.tune(inputs=training.input_data(session, config, {"training": "s3://my-bucket/dogImages.zip"}), wait=False)
     check_tuning_job(recorder.request("CreateHyperParameterTuningJob"), strategy)
 
@@ -120,13 +154,29 @@ def expect_deployment(recorder, model_name: str, endpoint: str, serverless: bool
     recorder.expect("sagemaker", "describe_model", {"ModelName": model_name, "ModelArn": ARN, "CreationTime": CREATED})
     recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": ARN})
     if not serverless:
-        recorder.expect("sagemaker", "describe_endpoint_config", {
-            "EndpointConfigName": endpoint, "EndpointConfigArn": ARN, "CreationTime": CREATED,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name}]})
+        recorder.expect(
+            "sagemaker",
+            "describe_endpoint_config",
+            {
+                "EndpointConfigName": endpoint,
+                "EndpointConfigArn": ARN,
+                "CreationTime": CREATED,
+                "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name}],
+            },
+        )
     recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": ARN})
-    recorder.expect("sagemaker", "describe_endpoint", {
-        "EndpointName": endpoint, "EndpointArn": ARN, "EndpointConfigName": endpoint, "EndpointStatus": "Creating",
-        "CreationTime": CREATED, "LastModifiedTime": CREATED})
+    recorder.expect(
+        "sagemaker",
+        "describe_endpoint",
+        {
+            "EndpointName": endpoint,
+            "EndpointArn": ARN,
+            "EndpointConfigName": endpoint,
+            "EndpointStatus": "Creating",
+            "CreationTime": CREATED,
+            "LastModifiedTime": CREATED,
+        },
+    )
 
 
 def test_deploy_with_autoscaling(aws):
@@ -141,8 +191,11 @@ def test_deploy_with_autoscaling(aws):
     variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
     assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
     assert variant["ModelDataDownloadTimeoutInSeconds"] == hosting.STARTUP_TIMEOUT_S
-    assert recorder.request("CreateEndpoint") == {"EndpointName": "dogs", "EndpointConfigName": "dogs",
-                                                  "Tags": [{"Key": "project", "Value": "byoc-image-classifier"}]}
+    assert recorder.request("CreateEndpoint") == {
+        "EndpointName": "dogs",
+        "EndpointConfigName": "dogs",
+        "Tags": [{"Key": "project", "Value": "byoc-image-classifier"}],
+    }
     check_autoscaling(recorder.request("RegisterScalableTarget"), recorder.request("PutScalingPolicy"))
     assert endpoint.endpoint_name == "dogs"
 
@@ -150,8 +203,14 @@ def test_deploy_with_autoscaling(aws):
 def test_serverless_endpoint(aws):
     session, config, recorder = aws
     expect_deployment(recorder, "m", "dogs-sls", serverless=True)
-    hosting.deploy(session, config, hosting.create_model(session, config, MODEL_DATA, "m").model_name, "dogs-sls",
-                   serverless=(4096, 5), wait=False)
+    hosting.deploy(
+        session,
+        config,
+        hosting.create_model(session, config, MODEL_DATA, "m").model_name,
+        "dogs-sls",
+        serverless=(4096, 5),
+        wait=False,
+    )
     variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
     assert "InstanceType" not in variant
@@ -163,10 +222,15 @@ def test_invoke_through_the_endpoint_resource_and_boto3(aws, tmp_path):
     image.write_bytes(b"\x89PNG fake bytes")
     answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
     for _ in range(2):
-        recorder.expect("sagemaker-runtime", "invoke_endpoint", {
-            "Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"})
+        recorder.expect(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        )
     assert hosting.invoke_with_endpoint(session, "dogs", image, 3)["predictions"][0]["label"] == "040.Bulldog"
-    assert hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
+    assert (
+        hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
+    )
     calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
     assert len(calls) == 2
     for params in calls:
@@ -185,12 +249,28 @@ def test_batch_transform(aws):
 
 def test_cleanup_deletes_endpoint_config_and_model(aws):
     session, _, recorder = aws
-    recorder.expect("sagemaker", "describe_endpoint", {
-        "EndpointName": "dogs", "EndpointArn": ARN, "EndpointConfigName": "dogs-config", "EndpointStatus": "InService",
-        "CreationTime": CREATED, "LastModifiedTime": CREATED})
-    recorder.expect("sagemaker", "describe_endpoint_config", {
-        "EndpointConfigName": "dogs-config", "EndpointConfigArn": ARN, "CreationTime": CREATED,
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-model"}]})
+    recorder.expect(
+        "sagemaker",
+        "describe_endpoint",
+        {
+            "EndpointName": "dogs",
+            "EndpointArn": ARN,
+            "EndpointConfigName": "dogs-config",
+            "EndpointStatus": "InService",
+            "CreationTime": CREATED,
+            "LastModifiedTime": CREATED,
+        },
+    )
+    recorder.expect(
+        "sagemaker",
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "dogs-config",
+            "EndpointConfigArn": ARN,
+            "CreationTime": CREATED,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-model"}],
+        },
+    )
     for operation in ("delete_endpoint", "delete_endpoint_config", "delete_model"):
         recorder.expect("sagemaker", operation)
     assert hosting.cleanup(session, "dogs") == ["endpoint dogs", "endpoint config dogs-config", "model dogs-model"]

@@ -1,4 +1,5 @@
 """build_and_push.sh against a real registry and moto's STS/ECR, all on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,15 @@ def registry(engine, tmp_path):
     assert binary, "Debian's docker-registry is needed (scripts/test.sh installs it)"
     port = free_port()
     config = tmp_path / "registry.yml"
-    config.write_text(json.dumps({  # YAML is a superset of JSON
-        "version": 0.1, "storage": {"filesystem": {"rootdirectory": str(tmp_path / "blobs")}},
-        "http": {"addr": f"127.0.0.1:{port}"}}))
+    config.write_text(
+        json.dumps(
+            {  # YAML is a superset of JSON
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "blobs")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/")
@@ -42,8 +49,11 @@ def registry(engine, tmp_path):
 @pytest.fixture
 def moto():
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/moto-api/")
         yield f"http://127.0.0.1:{port}"
@@ -61,8 +71,9 @@ def aws_env(engine, moto_url: str | None, **extra) -> dict:
 
 
 def build_and_push(env, *args, timeout=2400):
-    return subprocess.run(["bash", "build_and_push.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "build_and_push.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_push_to_a_registry_with_ecr_calls_on_moto(engine, registry, moto):
@@ -73,23 +84,33 @@ def test_push_to_a_registry_with_ecr_calls_on_moto(engine, registry, moto):
     assert f"{registry}/byoc-serve-cpu:{version}" in first.stdout
     assert "repository byoc-serve-cpu created" in first.stderr
 
-    ecr = boto3.client("ecr", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
+    ecr = boto3.client(
+        "ecr", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     repo = ecr.describe_repositories(repositoryNames=["byoc-serve-cpu"])["repositories"][0]
     assert repo["imageScanningConfiguration"]["scanOnPush"] is True
     policy = json.loads(ecr.get_lifecycle_policy(repositoryName="byoc-serve-cpu")["lifecyclePolicyText"])
     assert policy["rules"][0]["selection"]["tagStatus"] == "untagged"
 
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     with urllib.request.urlopen(f"http://{registry}/v2/byoc-serve-cpu/tags/list") as response:
         assert set(json.loads(response.read())["tags"]) == {version, commit, "latest"}
-    request = urllib.request.Request(f"http://{registry}/v2/byoc-serve-cpu/manifests/latest", headers={
-        "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"})
+    request = urllib.request.Request(
+        f"http://{registry}/v2/byoc-serve-cpu/manifests/latest",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        },
+    )
     with urllib.request.urlopen(request) as response:
         manifest = json.loads(response.read())
-    local_id = subprocess.run([engine.cli, "image", "inspect", "--format", "{{.Id}}", images.serve_image("cpu")],
-                              env=engine.env, capture_output=True, text=True).stdout.strip()
+    local_id = subprocess.run(
+        [engine.cli, "image", "inspect", "--format", "{{.Id}}", images.serve_image("cpu")],
+        env=engine.env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert manifest["config"]["digest"] == f"sha256:{local_id.removeprefix('sha256:')}"  # the very image
 
     second = build_and_push(env, "--images", "serve-cpu")
@@ -107,8 +128,13 @@ def test_dry_run_prints_the_commands(engine):
 
 
 def test_one_line_reason_without_credentials(engine, tmp_path):
-    env = aws_env(engine, None, HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"),
-                  AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    env = aws_env(
+        engine,
+        None,
+        HOME=str(tmp_path),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+    )
     result = build_and_push(env, "--images", "serve-cpu", timeout=900)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("build_and_push: no AWS credentials")

@@ -1,4 +1,5 @@
 """The README's first command, end to end: images, data, tune, train, rules, profile, serve, classify."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ STAGES = ("images", "data", "tune", "train", "rules", "profile", "serve", "class
 
 def run_local(engine, *args, timeout=2400) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "scripts/run_local.py", *args], cwd=ROOT, env=engine.env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "scripts/run_local.py", *args],
+        cwd=ROOT,
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return result, time.monotonic() - start
 
 
@@ -56,15 +63,20 @@ def test_summary_and_reports(first_run, engine):
         assert summary[rule]["status"] in ("NoIssuesFound", "NotEnoughData"), summary[rule]
     profiler = re.search(r"profiler verdicts\s+(.*)$", out, re.MULTILINE).group(1)
     assert re.search(r"CPUBottleneck: (IssuesFound|NoIssuesFound)", profiler)
-    named = re.findall(r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"
-                       r"profiler report|loss plot|logs)\s+(\S+)$", out, re.MULTILINE)
+    named = re.findall(
+        r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"
+        r"profiler report|loss plot|logs)\s+(\S+)$",
+        out,
+        re.MULTILINE,
+    )
     assert len(named) == 9
     for label, path in named:
         path = Path(path)
         assert path.exists(), label
         assert path.is_dir() and any(path.iterdir()) or path.stat().st_size > 0, label
-    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
-                               capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
+    ).stdout
     assert "byoc-serve-" not in leftovers
 
 
@@ -106,8 +118,9 @@ def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     url = re.search(r"^  MLflow\s+(http://127\.0\.0\.1:\d+) ", out, re.MULTILINE).group(1)
-    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
-                               capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
+    ).stdout
     assert "byoc-mlflow-" not in leftovers  # stopped and removed with the workflow
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=5)
@@ -122,14 +135,16 @@ def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
         children = [run for run in runs.values() if run.data.tags.get("mlflow.parentRunId") == study.info.run_id]
         assert sorted(run.info.run_name for run in children) == ["0", "1"]
         assert {"tuning/tuning-report.html", "tuning/leaderboard.csv"} <= {
-            item.path for item in client.list_artifacts(study.info.run_id, "tuning")}
+            item.path for item in client.list_artifacts(study.info.run_id, "tuning")
+        }
         # the train stage: its parameters, every step's loss, each epoch's validation, the test score, artifacts
         train = runs["train"]
         run_id = train.info.run_id
         assert train.info.status == "FINISHED"
         assert train.data.params["epochs"] == "2" and "lr" in train.data.params
-        steps = [r for r in map(json.loads, (data / tracking.SCALARS_FILE).read_text().splitlines())
-                 if r["kind"] == "step"]
+        steps = [
+            r for r in map(json.loads, (data / tracking.SCALARS_FILE).read_text().splitlines()) if r["kind"] == "step"
+        ]
         history = sorted(client.get_metric_history(run_id, "train:step_loss"), key=lambda m: m.step)
         assert [m.step for m in history] == [r["step"] for r in steps] and len(history) >= 10
         assert [m.value for m in history] == pytest.approx([r["loss"] for r in steps])
@@ -137,7 +152,14 @@ def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
             assert sorted(m.step for m in client.get_metric_history(run_id, name)) == [1, 2], name
         evaluation = json.loads((data / "evaluation.json").read_text())
         assert train.data.metrics[f"{evaluation['split']}:accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-4)
-        artifacts = {item.path for folder in ("evaluation", "model", "profiler")
-                     for item in client.list_artifacts(run_id, folder)}
-        assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "model/model.pt",
-                "profiler/profiler-report.html"} <= artifacts
+        artifacts = {
+            item.path
+            for folder in ("evaluation", "model", "profiler")
+            for item in client.list_artifacts(run_id, folder)
+        }
+        assert {
+            "evaluation/evaluation.json",
+            "evaluation/confusion_matrix.png",
+            "model/model.pt",
+            "profiler/profiler-report.html",
+        } <= artifacts

@@ -1,5 +1,6 @@
 """SageMaker local mode end to end on the images the test run built, with no AWS credentials:
 the v2 path (`sm.py --sdk v2` in .venv-sdk-v2); test_sagemaker_local_v3.py runs the v3 one."""
+
 from __future__ import annotations
 
 import json
@@ -21,38 +22,69 @@ def images(engine):
 def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
     env.update(HOME=str(workdir), SAGEMAKER_SUPPRESS_V2_WARNING="1")  # HOME: no ~/.aws to find credentials in
-    result = subprocess.run([str(SDK_V2_PYTHON), "scripts/sm.py", *args, "--sdk", "v2", "--local", "--workdir", str(workdir)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(SDK_V2_PYTHON), "scripts/sm.py", *args, "--sdk", "v2", "--local", "--workdir", str(workdir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
 def test_train_deploy_predict_transform(engine, images, sample_data, tmp_path):
-    hps = ["--hp", "backbone=resnet18", "--hp", "pretrained=none", "--hp", "image-size=64", "--hp", "epochs=4",
-           "--hp", "batch-size=16", "--hp", "trainable-layers=5"]
+    hps = [
+        "--hp",
+        "backbone=resnet18",
+        "--hp",
+        "pretrained=none",
+        "--hp",
+        "image-size=64",
+        "--hp",
+        "epochs=4",
+        "--hp",
+        "batch-size=16",
+        "--hp",
+        "trainable-layers=5",
+    ]
     trained = sm(engine, tmp_path, "train", "--data", str(sample_data), *hps)
     assert "#metric split=test loss=" in trained.stdout
     model_data = re.search(r"^model: (file://\S+model\.tar\.gz)$", trained.stdout, re.MULTILINE).group(1)
 
-    red, blue = (sorted((sample_data / "test" / folder).glob("*.jpg"))[0]
-                 for folder in ("001.red_disc", "003.blue_square"))
+    red, blue = (
+        sorted((sample_data / "test" / folder).glob("*.jpg"))[0] for folder in ("001.red_disc", "003.blue_square")
+    )
     deployed = sm(engine, tmp_path, "deploy", "--model-data", model_data, "--invoke", str(red), str(blue))
     predictions = re.findall(r"^(\S+): (\S+) ([0-9.]+)", deployed.stdout, re.MULTILINE)
-    assert [(path, label) for path, label, _ in predictions] == [(str(red), "001.red_disc"),
-                                                                 (str(blue), "003.blue_square")]
+    assert [(path, label) for path, label, _ in predictions] == [
+        (str(red), "001.red_disc"),
+        (str(blue), "003.blue_square"),
+    ]
     assert "local endpoint" in deployed.stdout and "stopped" in deployed.stdout
 
     folder = tmp_path / "batch"
     folder.mkdir()
     for path in sorted((sample_data / "test").rglob("*_000[01].*")):
         shutil.copy(path, folder / path.name)
-    sm(engine, tmp_path, "transform", "--model-data", model_data, "--input", str(folder),
-       "--output", str(tmp_path / "predictions"))
+    sm(
+        engine,
+        tmp_path,
+        "transform",
+        "--model-data",
+        model_data,
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "predictions"),
+    )
     outputs = sorted((tmp_path / "predictions").glob("*.out"))
     assert len(outputs) == len(list(folder.iterdir())) == 8
     correct = sum(json.loads(out.read_text())["predictions"][0]["label"].split(".")[1] in out.name for out in outputs)
     assert correct >= 6
 
-    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
-                               capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
+    ).stdout
     assert "-algo-" not in leftovers

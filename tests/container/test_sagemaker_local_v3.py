@@ -1,6 +1,7 @@
 """SDK v3 local mode end to end on the images the test run built, with no AWS account: ModelTrainer
 (Mode.LOCAL_CONTAINER) trains, its compressed_artifacts/model.tar.gz feeds a LocalSession endpoint
 (invoked through the session and through plain HTTP) and a v3 Transformer batch job."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from contract.spec import metrics
 from contract.spec.artifact import WEIGHTS_FILE
 from helpers.training import ROOT, build_image
 
-HPS = {"backbone": "resnet18", "pretrained": "none", "image-size": "64", "epochs": "4", "batch-size": "16",
-       "trainable-layers": "5", "amp": "false"}
+HPS = {
+    "backbone": "resnet18",
+    "pretrained": "none",
+    "image-size": "64",
+    "epochs": "4",
+    "batch-size": "16",
+    "trainable-layers": "5",
+    "amp": "false",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +44,29 @@ def sm_env(engine, workdir) -> dict:
 
 
 def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "scripts/sm.py", *args, "--local", "--workdir", str(workdir)],
-                            cwd=ROOT, env=sm_env(engine, workdir), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "scripts/sm.py", *args, "--local", "--workdir", str(workdir)],
+        cwd=ROOT,
+        env=sm_env(engine, workdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
 def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_path):
-    trained = sm(engine, tmp_path, "train", "--data", str(sample_data), "--job-name", "v3-local",
-                 *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")])
+    trained = sm(
+        engine,
+        tmp_path,
+        "train",
+        "--data",
+        str(sample_data),
+        "--job-name",
+        "v3-local",
+        *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")],
+    )
     log = trained.stdout + trained.stderr
     found = metrics.parse_log(log)
     assert len(found["validation:loss"]) == 4 and len(found["test:accuracy"]) == 1, log[-3000:]
@@ -55,24 +77,37 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
         names = tar.getnames()
     assert any(name.endswith(WEIGHTS_FILE) for name in names), names
 
-    red, blue = (sorted((sample_data / "test" / folder).glob("*.jpg"))[0] for folder in ("001.red_disc", "003.blue_square"))
+    red, blue = (
+        sorted((sample_data / "test" / folder).glob("*.jpg"))[0] for folder in ("001.red_disc", "003.blue_square")
+    )
     deployed = sm(engine, tmp_path, "deploy", "--model-data", model_data, "--invoke", str(red), str(blue))
     predictions = re.findall(r"^(\S+): (\S+) ([0-9.]+)", deployed.stdout, re.MULTILINE)
-    assert [(path, label) for path, label, _ in predictions] == [(str(red), "001.red_disc"),
-                                                                 (str(blue), "003.blue_square")], deployed.stdout
+    assert [(path, label) for path, label, _ in predictions] == [
+        (str(red), "001.red_disc"),
+        (str(blue), "003.blue_square"),
+    ], deployed.stdout
 
     # the same endpoint over plain HTTP, while `deploy` serves it
-    server = subprocess.Popen([sys.executable, "scripts/sm.py", "deploy", "--model-data", model_data, "--local",
-                               "--workdir", str(tmp_path)], cwd=ROOT, env=sm_env(engine, tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "scripts/sm.py", "deploy", "--model-data", model_data, "--local", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        env=sm_env(engine, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             line = server.stdout.readline()
             if "is in service" in line or not line:
                 break
-        response = requests.post("http://127.0.0.1:8080/invocations", data=blue.read_bytes(), timeout=60,
-                                 headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"})
+        response = requests.post(
+            "http://127.0.0.1:8080/invocations",
+            data=blue.read_bytes(),
+            timeout=60,
+            headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"},
+        )
         assert response.status_code == 200, response.text
         assert response.json()["predictions"][0]["label"] == "003.blue_square"
     finally:
@@ -84,13 +119,23 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
     folder.mkdir()
     for path in sorted((sample_data / "test").rglob("*_000[01].*")):
         shutil.copy(path, folder / path.name)
-    sm(engine, tmp_path, "transform", "--model-data", model_data, "--input", str(folder),
-       "--output", str(tmp_path / "predictions"))
+    sm(
+        engine,
+        tmp_path,
+        "transform",
+        "--model-data",
+        model_data,
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "predictions"),
+    )
     outputs = sorted((tmp_path / "predictions").glob("*.out"))
     assert len(outputs) == len(list(folder.iterdir())) == 8
     correct = sum(json.loads(out.read_text())["predictions"][0]["label"].split(".")[1] in out.name for out in outputs)
     assert correct >= 6
 
-    leftovers = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
-                               capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
+    ).stdout
     assert "algo-" not in leftovers, leftovers  # v3's training containers are <job>_algo-N_1

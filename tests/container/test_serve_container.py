@@ -1,4 +1,5 @@
 """The serving image as SageMaker runs it: `docker run -p ... -v MODEL:/opt/ml/model IMAGE serve`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,7 @@ MAX_IMAGE_BYTES = {"cpu": 1_000 * 10**6, "gpu": 6_000 * 10**6}
 
 
 def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([engine.cli, *args], env=engine.env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([engine.cli, *args], env=engine.env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,19 @@ def serving(engine, image: str, model_dir, **env: str):
         path.chmod(0o755 if path.is_dir() else 0o644)  # the mount is read by the container's user
     port = free_port()
     env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", *env_args,
-                         "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve")
+    started = engine_run(
+        engine,
+        "run",
+        "-d",
+        "--rm",
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        *env_args,
+        "-v",
+        f"{model_dir}:/opt/ml/model:ro",
+        image,
+        "serve",
+    )
     assert started.returncode == 0, started.stderr
     container_id = started.stdout.strip()
     try:
@@ -83,8 +94,12 @@ def wait_for_ping(engine, container, timeout: float = 180) -> None:
 
 def classify_and_check(container) -> None:
     image = encode(sample_image(5), "JPEG")
-    response = requests.post(container["url"] + "/invocations", data=image, timeout=60,
-                             headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+    response = requests.post(
+        container["url"] + "/invocations",
+        data=image,
+        timeout=60,
+        headers={"Content-Type": "image/jpeg", "Accept": "application/json"},
+    )
     assert response.status_code == 200, response.text
     best = response.json()["predictions"][0]
     expected = Reference(container["model_dir"]).for_images(image)[0]
@@ -103,8 +118,15 @@ def test_container_classifies_a_jpeg(engine, container):
 
 def image_packages(engine, image: str) -> set[str]:
     """The distributions installed in the image's Python (it has no pip to list them)."""
-    listed = engine_run(engine, "run", "--rm", image, "python", "-c",
-                        "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))")
+    listed = engine_run(
+        engine,
+        "run",
+        "--rm",
+        image,
+        "python",
+        "-c",
+        "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))",
+    )
     assert listed.returncode == 0, listed.stderr
     return {line.strip().lower().replace("_", "-") for line in listed.stdout.splitlines()}  # PEP 503 names
 
@@ -129,27 +151,39 @@ def test_cpu_image_is_at_most_1000_mb(engine, serve_image):
     assert size <= MAX_IMAGE_BYTES["cpu"], f"{serve_image} is {size / 1e6:,.0f} MB"
 
 
-@pytest.mark.parametrize("precision, compile_mode, flags, atol", [
-    ("bf16", "none", "avx2 avx512_bf16", 0.05),  # the flags claim native bf16: the conversion runs on every CPU
-    ("int8", "none", "avx2", 0.3),  # torch.ao's FX quantization, calibrated on the artifact's sample
-    ("fp32", "jit", "avx2", 1e-3),  # torch.jit trace + freeze
-    ("int8", "jit", "avx2 avx512_vnni", 0.3),
-])
-def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engine, serve_image, sample_data,
-                                      tmp_path):
+@pytest.mark.parametrize(
+    "precision, compile_mode, flags, atol",
+    [
+        ("bf16", "none", "avx2 avx512_bf16", 0.05),  # the flags claim native bf16: the conversion runs on every CPU
+        ("int8", "none", "avx2", 0.3),  # torch.ao's FX quantization, calibrated on the artifact's sample
+        ("fp32", "jit", "avx2", 1e-3),  # torch.jit trace + freeze
+        ("int8", "jit", "avx2 avx512_vnni", 0.3),
+    ],
+)
+def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engine, serve_image, sample_data, tmp_path):
     """Each mode runs in the image, not only against the test environment's torch (test_precision.py):
     what Dockerfile.serve removes must include nothing these modes load (sympy for torch.fx, ...)."""
     model_dir = make_calibrated_model_dir(tmp_path / "model", sample_data)
     test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
     images = [path.read_bytes() for path in test_files]
     assert len(images) == 8
-    with serving(engine, serve_image, model_dir, SAGEMAKER_MODEL_PRECISION=precision,
-                 SAGEMAKER_MODEL_COMPILE=compile_mode, SAGEMAKER_CPU_FLAGS=flags) as running:
+    with serving(
+        engine,
+        serve_image,
+        model_dir,
+        SAGEMAKER_MODEL_PRECISION=precision,
+        SAGEMAKER_MODEL_COMPILE=compile_mode,
+        SAGEMAKER_CPU_FLAGS=flags,
+    ) as running:
         wait_for_ping(engine, running)
         rows = []
         for data in images:
-            response = requests.post(running["url"] + "/invocations", data=data, timeout=60,
-                                     headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"})
+            response = requests.post(
+                running["url"] + "/invocations",
+                data=data,
+                timeout=60,
+                headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
+            )
             assert response.status_code == 200, response.text
             rows.append(np.load(io.BytesIO(response.content)))
         log = engine_run(engine, "logs", running["id"])
@@ -163,8 +197,15 @@ def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engi
 
 def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):
     """The CUDA build of torch, without triton or training packages; with no GPU it serves on the CPU."""
-    cuda = engine_run(engine, "run", "--rm", gpu_serve_image, "python", "-c",
-                      "import torch; print(torch.version.cuda, torch.cuda.is_available())")
+    cuda = engine_run(
+        engine,
+        "run",
+        "--rm",
+        gpu_serve_image,
+        "python",
+        "-c",
+        "import torch; print(torch.version.cuda, torch.cuda.is_available())",
+    )
     assert cuda.returncode == 0, cuda.stderr
     version, available = cuda.stdout.split()
     assert version != "None" and available == "False", cuda.stdout
@@ -179,8 +220,13 @@ def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_
 
 def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
     """SageMaker's multi-model layout: models under /opt/ml/models/<name>/model, no /opt/ml/model."""
-    label = engine_run(engine, "inspect", "-f",
-                       '{{index .Config.Labels "com.amazonaws.sagemaker.capabilities.multi-models"}}', serve_image)
+    label = engine_run(
+        engine,
+        "inspect",
+        "-f",
+        '{{index .Config.Labels "com.amazonaws.sagemaker.capabilities.multi-models"}}',
+        serve_image,
+    )
     assert label.stdout.strip() == "true", label.stdout + label.stderr
     models = tmp_path / "models"
     for name, classes in (("first", CLASS_NAMES[:2]), ("second", CLASS_NAMES)):
@@ -188,23 +234,48 @@ def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
     for path in [models, *models.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # read by the container's user
     port = free_port()
-    started = engine_run(engine, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MULTI_MODEL=true",
-                         "-v", f"{models}:/opt/ml/models:ro", serve_image, "serve")
+    started = engine_run(
+        engine,
+        "run",
+        "-d",
+        "--rm",
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        "-e",
+        "SAGEMAKER_MULTI_MODEL=true",
+        "-v",
+        f"{models}:/opt/ml/models:ro",
+        serve_image,
+        "serve",
+    )
     assert started.returncode == 0, started.stderr
     running = {"id": started.stdout.strip(), "url": f"http://127.0.0.1:{port}"}
     try:
         wait_for_ping(engine, running)
         image = encode(sample_image(5), "JPEG")
         for name, classes in (("first", 2), ("second", len(CLASS_NAMES))):
-            loaded = requests.post(running["url"] + "/models", timeout=120,
-                                   json={"model_name": name, "url": f"/opt/ml/models/{name}/model"})
+            loaded = requests.post(
+                running["url"] + "/models",
+                timeout=120,
+                json={"model_name": name, "url": f"/opt/ml/models/{name}/model"},
+            )
             assert loaded.status_code == 200, loaded.text
-            answer = requests.post(running["url"] + f"/models/{name}/invoke", data=image, timeout=60,
-                                   headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Target-Model": name})
+            answer = requests.post(
+                running["url"] + f"/models/{name}/invoke",
+                data=image,
+                timeout=60,
+                headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Target-Model": name},
+            )
             assert answer.status_code == 200, answer.text
             assert len(answer.json()["predictions"]) == min(classes, 5)
-        assert requests.post(running["url"] + "/models", timeout=60,
-                             json={"model_name": "first", "url": "/opt/ml/models/first/model"}).status_code == 409
+        assert (
+            requests.post(
+                running["url"] + "/models",
+                timeout=60,
+                json={"model_name": "first", "url": "/opt/ml/models/first/model"},
+            ).status_code
+            == 409
+        )
         scraped = requests.get(running["url"] + "/metrics", timeout=30).text
         assert "byoc_models_loaded 2.0" in scraped, scraped
     finally:

@@ -1,4 +1,5 @@
 """The training image built from Dockerfile.train and run as SageMaker runs it: `IMAGE train`."""
+
 from __future__ import annotations
 
 import json

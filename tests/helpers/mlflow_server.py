@@ -1,4 +1,5 @@
 """A real `mlflow server` from the test environment on 127.0.0.1 (a free port), stopped afterwards."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,26 @@ def mlflow_server(store: Path) -> Iterator[str]:
     port = free_port()
     with open(store / "server.log", "a") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-             "--artifacts-destination", str(store / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{store / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def running():
         if server.poll() is not None:

@@ -3,6 +3,7 @@ botocore's service models (Stubber): the stubbed clients, the test configuration
 request that tests/aws/test_sagemaker_aws.py (v2, in .venv-sdk-v2) and tests/aws/test_sagemaker_aws_v3.py
 (v3) both apply, so the two generations send the same image, channels, hyperparameters, metric
 definitions, checkpoint and output paths."""
+
 from __future__ import annotations
 
 import boto3
@@ -54,21 +55,33 @@ def stubbed_boto_session(monkeypatch) -> tuple[boto3.Session, Recorder]:
     boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
     recorder = Recorder(boto_session)
     original_client = boto_session.client
-    monkeypatch.setattr(boto_session, "client", lambda name, *a, **k: recorder.clients.get(name) or
-                        original_client(name, *a, **k))
+    monkeypatch.setattr(
+        boto_session, "client", lambda name, *a, **k: recorder.clients.get(name) or original_client(name, *a, **k)
+    )
     return boto_session, recorder
 
 
 def aws_config() -> configuration.Config:
-    return configuration.Config(region=REGION, role=ROLE, s3_prefix="s3://my-bucket/byoc", train_image=TRAIN_IMAGE,
-                                serve_image=SERVE_IMAGE, spot=True, max_wait_s=7200, max_run_s=3600)
+    return configuration.Config(
+        region=REGION,
+        role=ROLE,
+        s3_prefix="s3://my-bucket/byoc",
+        train_image=TRAIN_IMAGE,
+        serve_image=SERVE_IMAGE,
+        spot=True,
+        max_wait_s=7200,
+        max_run_s=3600,
+    )
 
 
 def parsed(hyperparameters: dict) -> dict:
     """Hyperparameters as the trainer reads them: v2 sends "256", v3 "[256]"; both parse to [256].
     The SDK's own entries (v2's tuner adds _tuning_objective_metric) are left out."""
-    return {name: parse_value(name, value) for name, value in hyperparameters.items()
-            if not name.startswith(("_", "sagemaker_"))}
+    return {
+        name: parse_value(name, value)
+        for name, value in hyperparameters.items()
+        if not name.startswith(("_", "sagemaker_"))
+    }
 
 
 def check_training_job(request: dict, name: str) -> None:
@@ -140,5 +153,7 @@ def check_tuning_job(request: dict, strategy: str) -> None:
     assert channels == {"training": "s3://my-bucket/dogImages.zip"}
     assert definition["OutputDataConfig"]["S3OutputPath"] == "s3://my-bucket/byoc/output"
     assert "CheckpointConfig" not in definition  # trials start fresh
-    assert request["WarmStartConfig"] == {"ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "byoc-tune-old"}],
-                                          "WarmStartType": "IdenticalDataAndAlgorithm"}
+    assert request["WarmStartConfig"] == {
+        "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "byoc-tune-old"}],
+        "WarmStartType": "IdenticalDataAndAlgorithm",
+    }

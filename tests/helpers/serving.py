@@ -1,4 +1,5 @@
 """Helpers for the serving tests: model directories, a real `serve` process, reference predictions."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,13 @@ CLASS_NAMES = ["cat", "dog", "fish", "bird", "frog", "horse"]
 IMAGE_SIZE = 64
 
 
-def make_model_dir(path: Path, backbone: str = "resnet18", class_names=CLASS_NAMES, image_size: int = IMAGE_SIZE,
-                   inference_code: str | None = None) -> Path:
+def make_model_dir(
+    path: Path,
+    backbone: str = "resnet18",
+    class_names=CLASS_NAMES,
+    image_size: int = IMAGE_SIZE,
+    inference_code: str | None = None,
+) -> Path:
     """A model directory as the trainer writes it, with seeded random weights.
 
     The head's weights are scaled up so the classes are far apart: a label
@@ -81,9 +87,14 @@ def palette_png_with_overlong_transparency() -> bytes:
     """A 2x2 palette PNG whose tRNS chunk has 300 entries for a 2-colour palette:
     it decodes, and its conversion to RGB raises ValueError in PIL."""
     rows = b"".join(b"\x00" + bytes([0, 1]) for _ in range(2))
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 3, 0, 0, 0))
-            + png_chunk(b"PLTE", bytes(6)) + png_chunk(b"tRNS", bytes(300)) + png_chunk(b"IDAT", zlib.compress(rows))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 3, 0, 0, 0))
+        + png_chunk(b"PLTE", bytes(6))
+        + png_chunk(b"tRNS", bytes(300))
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 class Reference:
@@ -105,6 +116,7 @@ class Reference:
     def for_images(self, *encoded_images: bytes) -> np.ndarray:
         return self.probabilities(np.stack([self.preprocess(data) for data in encoded_images]))
 
+
 class ServerProcess:
     """container/serve (gunicorn and its workers) on a free port of 127.0.0.1."""
 
@@ -112,13 +124,25 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         server_env = {key: value for key, value in os.environ.items() if not key.startswith(("SM_", "SAGEMAKER_"))}
-        server_env.update({"SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_HOST": "127.0.0.1",
-                           "SAGEMAKER_BIND_TO_PORT": str(self.port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env})
+        server_env.update(
+            {
+                "SM_MODEL_DIR": str(model_dir),
+                "SAGEMAKER_BIND_HOST": "127.0.0.1",
+                "SAGEMAKER_BIND_TO_PORT": str(self.port),
+                "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                **env,
+            }
+        )
         self.log_path = log_path
         with open(log_path, "wb") as log:
             # Its own session: teardown can kill gunicorn and its workers as one group.
-            self.process = subprocess.Popen([sys.executable, str(CONTAINER / "serve")], env=server_env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, str(CONTAINER / "serve")],
+                env=server_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -126,10 +150,15 @@ class ServerProcess:
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kwargs)
 
-    def invoke(self, data, content_type: str = "image/jpeg", headers: dict | None = None,
-               timeout: float = 60) -> requests.Response:
-        return requests.post(self.url + "/invocations", data=data, timeout=timeout,
-                             headers={"Content-Type": content_type, **(headers or {})})
+    def invoke(
+        self, data, content_type: str = "image/jpeg", headers: dict | None = None, timeout: float = 60
+    ) -> requests.Response:
+        return requests.post(
+            self.url + "/invocations",
+            data=data,
+            timeout=timeout,
+            headers={"Content-Type": content_type, **(headers or {})},
+        )
 
     def delete_ok(self, path: str) -> bool:
         return requests.delete(self.url + path, timeout=30).status_code == 200

@@ -1,4 +1,5 @@
 """A tiny Loop over in-memory features, built in milliseconds: what the unit tests of the trainer run."""
+
 from __future__ import annotations
 
 import torch
@@ -36,15 +37,42 @@ def blobs(n: int = 48, seed: int = 0, unreadable: tuple = ()) -> FeatureDataset:
 
 
 def hp_for(*args: str):
-    return hyperparameters.parse(["--batch-size", "8", "--epochs", "3", "--lr", "0.05", "--num-workers", "0",
-                                  "--amp", "false", "--seed", "0", *args])
+    return hyperparameters.parse(
+        [
+            "--batch-size",
+            "8",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.05",
+            "--num-workers",
+            "0",
+            "--amp",
+            "false",
+            "--seed",
+            "0",
+            *args,
+        ]
+    )
 
 
 def make_loop(hp, model: nn.Module | None = None, steps_per_epoch: int = 6) -> Loop:
     torch.manual_seed(hp.seed)
     model = model or nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
     optimizer = make_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
-    return Loop(hp=hp, dist=distributed.Distributed(), device=torch.device("cpu"), model=model, frozen=[],
-                forward_model=model, train_model=model, criterion=nn.CrossEntropyLoss(), optimizer=optimizer,
-                schedule=make_schedule(hp, optimizer, steps_per_epoch), scaler=torch.amp.GradScaler(enabled=False),
-                steps_per_epoch=steps_per_epoch, class_names=["a", "b"], reporter=RecordingReporter())
+    return Loop(
+        hp=hp,
+        dist=distributed.Distributed(),
+        device=torch.device("cpu"),
+        model=model,
+        frozen=[],
+        forward_model=model,
+        train_model=model,
+        criterion=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        schedule=make_schedule(hp, optimizer, steps_per_epoch),
+        scaler=torch.amp.GradScaler(enabled=False),
+        steps_per_epoch=steps_per_epoch,
+        class_names=["a", "b"],
+        reporter=RecordingReporter(),
+    )

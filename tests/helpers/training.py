@@ -1,5 +1,6 @@
 """What many tests share: the repository's paths, fast hyperparameters, a trainer run as SageMaker's
 toolkit starts it, image builds, the files SageMaker writes before `train`."""
+
 from __future__ import annotations
 
 import os
@@ -21,31 +22,53 @@ FAST_HPS = hyperparameters.as_strings(presets.DEMO)
 def hp_args(hps: dict) -> list[str]:
     return hyperparameters.to_argv(hps)
 
+
 def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update({paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(opt_ml / "scratch"),
-                "TRAINER_REASON_FILE": str(opt_ml / "reason"), "PYTHONUNBUFFERED": "1",
-                "TORCH_HOME": str(opt_ml / "torch-home"), "MASTER_PORT": str(29500 + os.getpid() % 1000)})
+    env.update(
+        {
+            paths.BASE_DIR_ENV: str(opt_ml),
+            "TRAINER_SCRATCH": str(opt_ml / "scratch"),
+            "TRAINER_REASON_FILE": str(opt_ml / "reason"),
+            "PYTHONUNBUFFERED": "1",
+            "TORCH_HOME": str(opt_ml / "torch-home"),
+            "MASTER_PORT": str(29500 + os.getpid() % 1000),
+        }
+    )
     env.update({f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()})
     env.update(extra or {})
     return env
 
-def run_trainer(opt_ml: Path, channels: dict[str, Path], hps: dict, extra_env: dict | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess:
+
+def run_trainer(
+    opt_ml: Path, channels: dict[str, Path], hps: dict, extra_env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run container/train.py as SageMaker's toolkit would, on a local /opt/ml tree."""
-    return subprocess.run([sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
-                          env=trainer_env(opt_ml, channels, extra_env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        env=trainer_env(opt_ml, channels, extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
 
 def failure_reason(opt_ml: Path) -> str:
     return (opt_ml / "output" / "failure").read_text()
 
+
 def build_image(engine: container_engine.Engine, *args: str) -> None:
-    out = subprocess.run(["bash", "scripts/build_image.sh", *args], cwd=ROOT, env=engine.env,
-                         capture_output=True, text=True, timeout=3000)
+    out = subprocess.run(
+        ["bash", "scripts/build_image.sh", *args],
+        cwd=ROOT,
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
 
 def write_sagemaker_config(opt_ml: Path, hps: dict, channels: list[str]) -> None:
     """The files SageMaker writes into /opt/ml/input/config before `train`."""
     paths.write_input_config(opt_ml, hyperparameters.as_strings(hps), channels)
-

@@ -1,4 +1,5 @@
 """smdebug trials with exactly the losses a test chooses, written by smdebug's own PyTorch hook."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 (a) the trainer itself (container/train.py), (b) scripts/run_local.py --data ARCHIVE end to end,
 (c) the training image's `train` with the archive in its channel folder; and the archives refused.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,11 @@ def kaggle_original(path: Path, per_class: int = 6) -> Path:
     """Kaggle's competition download: dogs-vs-cats.zip holding train.zip (train/cat.0.jpg ...),
     test1.zip (test1/1.jpg ..., unlabelled) and sampleSubmission.csv."""
     rng = random.Random(3)
-    train = {f"train/{animal}.{i}.jpg": jpeg(i, kind, rng) for kind, animal in enumerate(("cat", "dog"))
-             for i in range(per_class)}
+    train = {
+        f"train/{animal}.{i}.jpg": jpeg(i, kind, rng)
+        for kind, animal in enumerate(("cat", "dog"))
+        for i in range(per_class)
+    }
     test1 = {f"test1/{i}.jpg": jpeg(i, i % 2, rng) for i in range(1, 5)}
     inner = {}
     for name, members in (("train.zip", train), ("test1.zip", test1)):
@@ -97,8 +101,11 @@ def kaggle_original(path: Path, per_class: int = 6) -> Path:
 def class_folders_members() -> dict[str, bytes]:
     """One folder per class, under a top folder (flower_photos.tgz style)."""
     rng = random.Random(4)
-    return {f"flower_photos/{name}/{i}.jpg": jpeg(i, kind, rng)
-            for kind, name in enumerate(("daisy", "roses", "tulips")) for i in range(5)}
+    return {
+        f"flower_photos/{name}/{i}.jpg": jpeg(i, kind, rng)
+        for kind, name in enumerate(("daisy", "roses", "tulips"))
+        for i in range(5)
+    }
 
 
 def channel_with(tmp_path: Path, name: str, make) -> Path:
@@ -110,16 +117,36 @@ def channel_with(tmp_path: Path, name: str, make) -> Path:
 
 LAYOUTS = {
     # name: (archive name, maker, class names, training/validation/test counts as the trainer logs them)
-    "dogImages zip": ("dogImages.zip", lambda p: zip_of(p, dogimages_members()), BREEDS,
-                      "12 training, 6 validation, 6 test"),
-    "dogImages tar.gz": ("dogImages.tar.gz", lambda p: tar_of(p, dogimages_members()), BREEDS,
-                         "12 training, 6 validation, 6 test"),
-    "class folders tgz": ("flower_photos.tgz", lambda p: tar_of(p, class_folders_members()),
-                          ["daisy", "roses", "tulips"], "12 training, 3 validation, 0 test"),
-    "kaggle packaged zip": ("dogs-vs-cats.zip", lambda p: zip_of(p, kaggle_packaged_members()), ["cats", "dogs"],
-                            "8 training, 2 validation, 4 test"),
-    "kaggle packaged zip, top folder": ("dogs-vs-cats.zip", lambda p: zip_of(p, kaggle_packaged_members("dogs_vs_cats/")),
-                                        ["cats", "dogs"], "8 training, 2 validation, 4 test"),
+    "dogImages zip": (
+        "dogImages.zip",
+        lambda p: zip_of(p, dogimages_members()),
+        BREEDS,
+        "12 training, 6 validation, 6 test",
+    ),
+    "dogImages tar.gz": (
+        "dogImages.tar.gz",
+        lambda p: tar_of(p, dogimages_members()),
+        BREEDS,
+        "12 training, 6 validation, 6 test",
+    ),
+    "class folders tgz": (
+        "flower_photos.tgz",
+        lambda p: tar_of(p, class_folders_members()),
+        ["daisy", "roses", "tulips"],
+        "12 training, 3 validation, 0 test",
+    ),
+    "kaggle packaged zip": (
+        "dogs-vs-cats.zip",
+        lambda p: zip_of(p, kaggle_packaged_members()),
+        ["cats", "dogs"],
+        "8 training, 2 validation, 4 test",
+    ),
+    "kaggle packaged zip, top folder": (
+        "dogs-vs-cats.zip",
+        lambda p: zip_of(p, kaggle_packaged_members("dogs_vs_cats/")),
+        ["cats", "dogs"],
+        "8 training, 2 validation, 4 test",
+    ),
     "kaggle original zip": ("dogs-vs-cats.zip", kaggle_original, ["cat", "dog"], "10 training, 2 validation, 0 test"),
 }
 
@@ -167,6 +194,7 @@ def test_heldout_images_come_out_of_an_archive(tmp_path, monkeypatch):
 
 
 # -- refusals ------------------------------------------------------------------------------------
+
 
 def refused(tmp_path: Path, channel: Path, env: dict | None = None) -> str:
     """The trainer's data discovery (in this process: quick) refuses the channel with a one-line
@@ -229,8 +257,11 @@ def _tar_link(path: Path, kind: bytes) -> None:
 
 @pytest.mark.parametrize("kind", ["zip symlink", "tar symlink", "tar hard link"])
 def test_links_are_refused(kind, tmp_path):
-    make = {"zip symlink": _zip_symlink, "tar symlink": lambda p: _tar_link(p, tarfile.SYMTYPE),
-            "tar hard link": lambda p: _tar_link(p, tarfile.LNKTYPE)}[kind]
+    make = {
+        "zip symlink": _zip_symlink,
+        "tar symlink": lambda p: _tar_link(p, tarfile.SYMTYPE),
+        "tar hard link": lambda p: _tar_link(p, tarfile.LNKTYPE),
+    }[kind]
     channel = channel_with(tmp_path, "links.zip" if kind.startswith("zip") else "links.tar", make)
     assert "links are refused" in refused(tmp_path, channel)
 
@@ -247,8 +278,9 @@ def test_too_many_members_are_refused_counting_nested_ones(tmp_path):
     shutil.rmtree(channel)
     half = {f"train/a/{i}.jpg": b"x" for i in range(29)}
     zip_of(tmp_path / "inner.zip", half)
-    channel = channel_with(tmp_path, "outer.zip",
-                           lambda p: zip_of(p, {**half, "inner.zip": (tmp_path / "inner.zip").read_bytes()}))
+    channel = channel_with(
+        tmp_path, "outer.zip", lambda p: zip_of(p, {**half, "inner.zip": (tmp_path / "inner.zip").read_bytes()})
+    )
     assert "inner.zip has more members" in refused(tmp_path, channel, {"TRAINER_ARCHIVE_MAX_MEMBERS": "50"})
 
 
@@ -257,8 +289,10 @@ def test_too_many_bytes_are_refused_before_writing(tmp_path):
     channel = channel_with(tmp_path, "bomb.zip", lambda p: zip_of(p, {"train/a/1.jpg": bytes(64 << 20)}))
     assert (channel / "bomb.zip").stat().st_size < 1 << 20
     reason = refused(tmp_path, channel, {"TRAINER_ARCHIVE_MAX_BYTES": "8M"})
-    assert "declares 64.0 MiB uncompressed, more than the 8.0 MiB allowed per channel (TRAINER_ARCHIVE_MAX_BYTES)" \
+    assert (
+        "declares 64.0 MiB uncompressed, more than the 8.0 MiB allowed per channel (TRAINER_ARCHIVE_MAX_BYTES)"
         in reason
+    )
 
 
 def test_a_member_bigger_than_its_header_says_is_refused(tmp_path):
@@ -267,7 +301,7 @@ def test_a_member_bigger_than_its_header_says_is_refused(tmp_path):
     zip_of(path, {"train/a/1.jpg": bytes(4 << 20)})
     raw = bytearray(path.read_bytes())
     central = raw.rindex(b"PK\x01\x02")  # the member's central directory record: uncompressed size at +24
-    raw[central + 24:central + 28] = (1000).to_bytes(4, "little")
+    raw[central + 24 : central + 28] = (1000).to_bytes(4, "little")
     channel = tmp_path / "channel"
     channel.mkdir()
     (channel / "liar.zip").write_bytes(bytes(raw))
@@ -293,10 +327,10 @@ def _broken(path: Path, kind: str) -> None:
     zip_of(path, {"train/a/1.jpg": bytes(range(256)) * 64, "train/b/1.jpg": b"x"})
     raw = bytearray(path.read_bytes())
     if kind == "truncated":
-        raw = raw[:len(raw) // 2]
+        raw = raw[: len(raw) // 2]
     elif kind == "corrupt data":
         start = raw.index(b"train/a/1.jpg") + len("train/a/1.jpg")
-        raw[start + 10:start + 40] = bytes(30)
+        raw[start + 10 : start + 40] = bytes(30)
     else:  # encrypted: the flag set in the member's local and central headers (names at +30 and +46)
         local = raw.index(b"train/a/1.jpg")
         raw[local - 30 + 6] |= 1
@@ -330,10 +364,24 @@ def test_a_malformed_limit_is_a_clear_error(tmp_path):
 
 # -- scripts/run_local.py --data ARCHIVE ----------------------------------------------------------
 
+
 def run_local(engine, tmp_path: Path, *args: str, timeout: float = 1500) -> str:
-    result = subprocess.run([sys.executable, "scripts/run_local.py", "--workdir", str(tmp_path / "w"),
-                             "--weights-cache", str(tmp_path / "weights"), *args], cwd=ROOT, env=engine.env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/run_local.py",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--weights-cache",
+            str(tmp_path / "weights"),
+            *args,
+        ],
+        cwd=ROOT,
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     return result.stdout
 
@@ -350,8 +398,22 @@ def test_readme_dogimages_command(engine, tmp_path):
     cache.mkdir()
     torch.save(resnet50().state_dict(), cache / weights.imagenet_url("resnet50").rsplit("/", 1)[1])
     archive = zip_of(tmp_path / "dogImages.zip", dogimages_members(per_split=(3, 1, 2)))
-    out = run_local(engine, tmp_path, "--data", str(archive), "--hp", "backbone=resnet50", "--hp",
-                    "pretrained=imagenet", "--hp", "image-size=224", "--hp", "head=256", "--trials", "1")
+    out = run_local(
+        engine,
+        tmp_path,
+        "--data",
+        str(archive),
+        "--hp",
+        "backbone=resnet50",
+        "--hp",
+        "pretrained=imagenet",
+        "--hp",
+        "image-size=224",
+        "--hp",
+        "head=256",
+        "--trials",
+        "1",
+    )
     assert re.search(r"endpoint accuracy\s+[0-9.]+ on 6 held-out images", out), out[-3000:]
     config = json.loads((tmp_path / "w" / "opt_ml" / "model" / "model_config.json").read_text())
     assert config["class_names"] == BREEDS and config["architecture"]["backbone"] == "resnet50"
@@ -370,10 +432,14 @@ def test_kaggle_original_zip_end_to_end(engine, tmp_path):
     assert re.search(r"endpoint accuracy\s+[0-9.]+ on 4 held-out images", out), out[-3000:]
     heldout = json.loads((tmp_path / "w" / "heldout" / "heldout.json").read_text())
     assert heldout == {"split": "validation", "images": 4, "of": 4, "classes": 2}
-    assert "data: 2 classes, 12 training, 4 validation, 0 test images" in (tmp_path / "w" / "logs" / "train.log").read_text()
+    assert (
+        "data: 2 classes, 12 training, 4 validation, 0 test images"
+        in (tmp_path / "w" / "logs" / "train.log").read_text()
+    )
 
 
 # -- the training image --------------------------------------------------------------------------
+
 
 def test_archive_in_the_channel_folder_of_the_training_image(engine, tmp_path):
     build_image(engine, "train")
@@ -382,8 +448,13 @@ def test_archive_in_the_channel_folder_of_the_training_image(engine, tmp_path):
     channel.mkdir(parents=True)
     kaggle_original(channel / "dogs-vs-cats.zip")
     write_sagemaker_config(opt_ml, ONE_STEP, ["training"])
-    result = subprocess.run([engine.cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", images.train_image(), "train"],
-                            env=engine.env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [engine.cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", images.train_image(), "train"],
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "unpacked dogs-vs-cats.zip" in log and "data: 2 classes, 10 training, 2 validation, 0 test images" in log
@@ -391,6 +462,7 @@ def test_archive_in_the_channel_folder_of_the_training_image(engine, tmp_path):
 
 
 # -- SageMaker local mode (scripts/sm.py train --local, what run_local.py --sagemaker-local runs) ---
+
 
 def test_sagemaker_local_mode_mounts_only_the_archive(engine, tmp_path):
     """The SDK's local mode mounts a file's whole folder; sm.py gives the archive a channel folder of its own,
@@ -403,9 +475,24 @@ def test_sagemaker_local_mode_mounts_only_the_archive(engine, tmp_path):
     env = {k: v for k, v in engine.env.items() if not k.startswith(("AWS_", "BYOC_", "SAGEMAKER_"))}
     env["HOME"] = str(tmp_path)  # no ~/.aws to find credentials in
     hps = [a for k, v in ONE_STEP.items() for a in ("--hp", f"{k}={v}")]
-    result = subprocess.run([sys.executable, "scripts/sm.py", "train", "--local", "--workdir", str(tmp_path / "sm"),
-                             "--data", str(archive), *hps], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/sm.py",
+            "train",
+            "--local",
+            "--workdir",
+            str(tmp_path / "sm"),
+            "--data",
+            str(archive),
+            *hps,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "data: 3 classes, 9 training, 3 validation, 3 test images" in result.stdout
     assert [p.name for p in (tmp_path / "sm" / "channels" / "training").iterdir()] == ["dogImages.zip"]

@@ -1,4 +1,5 @@
 """The smdebug hook in the trainer: from SageMaker's JSON config, from hyperparameters, off by default."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,22 @@ def load_trial(path):
 
 def sagemaker_hook_config(opt_ml, tensors):
     """What SageMaker writes for DebuggerHookConfig(collection_configs=[...]) (see insights/rules.py)."""
-    config = {"LocalPath": str(tensors), "HookParameters": {"save_interval": "1"},
-              "CollectionConfigurations": [
-                  {"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}},
-                  {"CollectionName": "weights", "CollectionParameters": {"train.save_interval": "2",
-                                                                          "eval.save_interval": "1"}},
-                  {"CollectionName": "gradients", "CollectionParameters": {"save_interval": "1"}},
-                  {"CollectionName": "relu_input", "CollectionParameters": {"include_regex": ".*relu_input",
-                                                                             "save_interval": "1"}}]}
+    config = {
+        "LocalPath": str(tensors),
+        "HookParameters": {"save_interval": "1"},
+        "CollectionConfigurations": [
+            {"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}},
+            {
+                "CollectionName": "weights",
+                "CollectionParameters": {"train.save_interval": "2", "eval.save_interval": "1"},
+            },
+            {"CollectionName": "gradients", "CollectionParameters": {"save_interval": "1"}},
+            {
+                "CollectionName": "relu_input",
+                "CollectionParameters": {"include_regex": ".*relu_input", "save_interval": "1"},
+            },
+        ],
+    }
     path = opt_ml / "input" / "config" / "debughookconfig.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config))
@@ -81,8 +90,11 @@ def test_hyperparameters_switch_it_on_locally_with_own_folder_and_intervals(samp
     from smdebug import modes
 
     tensors = tmp_path / "my-trial"
-    hps = dict(SHORT, debugger="true", **{"debugger-collections": "losses,biases:2", "debugger-save-interval": "1",
-                                         "debugger-dir": str(tensors)})
+    hps = dict(
+        SHORT,
+        debugger="true",
+        **{"debugger-collections": "losses,biases:2", "debugger-save-interval": "1", "debugger-dir": str(tensors)},
+    )
     result = run_trainer(tmp_path / "opt_ml", {"training": sample_data}, hps)
     assert result.returncode == 0, result.stderr[-3000:]
     trial = load_trial(tensors)
@@ -103,15 +115,18 @@ def test_every_epochs_scalars_are_kept_when_their_steps_are_not_saved(sample_dat
     history = json.loads((opt_ml / "model" / "model_config.json").read_text())["training"]["history"]
     for name in ("train_loss", "validation_loss"):
         scalar = trial.tensor(f"scalar/{name}")
-        assert [float(scalar.value(step)) for step in scalar.steps()] == \
-            pytest.approx([epoch[name] for epoch in history], rel=1e-5), name
+        assert [float(scalar.value(step)) for step in scalar.steps()] == pytest.approx(
+            [epoch[name] for epoch in history], rel=1e-5
+        ), name
 
 
 def test_off_by_default_without_importing_smdebug(tmp_path):
-    code = ("import sys; from pathlib import Path; from contract.spec import hyperparameters; "
-            "from trainer import debugger, runtime;"
-            f"d = debugger.create(hyperparameters.parse([]), runtime.Paths(Path({str(tmp_path)!r})));"
-            "print(type(d).__name__, 'smdebug' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from contract.spec import hyperparameters; "
+        "from trainer import debugger, runtime;"
+        f"d = debugger.create(hyperparameters.parse([]), runtime.Paths(Path({str(tmp_path)!r})));"
+        "print(type(d).__name__, 'smdebug' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=CONTAINER, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["NullDebugger", "False"], out.stderr
 
@@ -128,8 +143,9 @@ def test_a_broken_config_is_logged_and_training_goes_on(sample_data, tmp_path):
 def test_an_error_inside_the_hooks_switches_the_debugger_off(tmp_path, capsys):
     # not smdebug's default configuration (losses only), for which its own error handler would
     # switch it off process-wide; ours covers every configuration
-    hp = hyperparameters.parse(["--debugger", "true", "--debugger-collections", "losses:1,weights:1",
-                                "--debugger-dir", str(tmp_path / "t")])
+    hp = hyperparameters.parse(
+        ["--debugger", "true", "--debugger-collections", "losses:1,weights:1", "--debugger-dir", str(tmp_path / "t")]
+    )
     dbg = debugger.create(hp, runtime.Paths(tmp_path))
     model, criterion = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), nn.CrossEntropyLoss()
     dbg.attach(model, criterion)

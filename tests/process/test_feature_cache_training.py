@@ -1,4 +1,5 @@
 """The feature cache: same head as without it, rebuilt when inputs change, corrupt files refused."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,14 @@ from helpers.training import FAST_HPS, run_trainer
 
 # Frozen backbone, deterministic preprocessing, fp32 and no loader workers, so
 # the run with the cache and the one without see the very same features.
-FROZEN = dict(FAST_HPS, epochs=3, pretrained="imagenet", augment="false", amp="false",
-              **{"trainable-layers": 0, "num-workers": 0, "head": "32"})
+FROZEN = dict(
+    FAST_HPS,
+    epochs=3,
+    pretrained="imagenet",
+    augment="false",
+    amp="false",
+    **{"trainable-layers": 0, "num-workers": 0, "head": "32"},
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,9 @@ def test_rebuilt_when_image_size_or_weights_change(sample_data, weights_dir, tmp
     torch.manual_seed(2)
     torch.save(torchvision.models.resnet18().state_dict(), other / "resnet18.pth")
     opt_ml = tmp_path / "c"
-    result = run_trainer(opt_ml, {"training": sample_data, "pretrained": other},
-                         dict(FROZEN, **{"feature-cache": str(cache)}))
+    result = run_trainer(
+        opt_ml, {"training": sample_data, "pretrained": other}, dict(FROZEN, **{"feature-cache": str(cache)})
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert computed(result.stdout) == 144
     assert len(list(cache.glob("features-*.pt"))) == 3
@@ -85,8 +93,11 @@ def test_corrupt_cache_file_is_refused(sample_data, weights_dir, tmp_path):
 
 def test_cache_needs_a_frozen_backbone(sample_data, weights_dir, tmp_path):
     opt_ml = tmp_path / "opt_ml"
-    result = run_trainer(opt_ml, {"training": sample_data, "pretrained": weights_dir},
-                         dict(FROZEN, **{"feature-cache": str(tmp_path / "c"), "trainable-layers": 1}))
+    result = run_trainer(
+        opt_ml,
+        {"training": sample_data, "pretrained": weights_dir},
+        dict(FROZEN, **{"feature-cache": str(tmp_path / "c"), "trainable-layers": 1}),
+    )
     assert result.returncode != 0
     assert "feature-cache needs trainable-layers 0" in (opt_ml / "output" / "failure").read_text()
 

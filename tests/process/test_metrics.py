@@ -1,6 +1,7 @@
 """GET /metrics against the real server (container/serve, 2 gunicorn workers):
 after a bounded load run, the counts add up to the requests sent, by status,
 whichever worker answers the scrape, and after a worker died."""
+
 from __future__ import annotations
 
 import os
@@ -15,14 +16,18 @@ from helpers.serving import ServerProcess, encode, make_model_dir, sample_image
 
 WORKERS = 2
 GOOD, MALFORMED, TOO_LARGE, UNSUPPORTED = 40, 6, 3, 2  # requests of each kind in the load run
-SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
-    with ServerProcess(make_model_dir(root / "model"), root / "server.log",
-                        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS), SAGEMAKER_MAX_PAYLOAD_IN_MB="1") as process:
+    with ServerProcess(
+        make_model_dir(root / "model"),
+        root / "server.log",
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
+    ) as process:
         yield process
 
 
@@ -46,9 +51,12 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def send(server: ServerProcess, kind: str) -> int:
     image = encode(sample_image(1), "JPEG")
-    body, content_type = {"good": (image, "image/jpeg"), "malformed": (b"not an image", "image/jpeg"),
-                          "too_large": (b"x" * (2 << 20), "image/jpeg"),
-                          "unsupported": (image, "text/plain")}[kind]
+    body, content_type = {
+        "good": (image, "image/jpeg"),
+        "malformed": (b"not an image", "image/jpeg"),
+        "too_large": (b"x" * (2 << 20), "image/jpeg"),
+        "unsupported": (image, "text/plain"),
+    }[kind]
     return server.invoke(body, content_type, timeout=60).status_code
 
 
@@ -81,8 +89,9 @@ def test_counts_add_up_across_workers(server):
     # a worker killed: gunicorn starts another; what the dead one counted stays
     os.kill(next(iter(pids)), signal.SIGKILL)
     deadline = time.monotonic() + 120
-    while (len(set(server.worker_pids()) - pids) < 1 or len(server.worker_pids()) < WORKERS) \
-            and time.monotonic() < deadline:
+    while (
+        len(set(server.worker_pids()) - pids) < 1 or len(server.worker_pids()) < WORKERS
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     server.wait_ready()
     samples = scrape(server)

@@ -1,6 +1,7 @@
 """The multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) against the real server:
 container/serve with 2 gunicorn workers on 127.0.0.1, called as SageMaker's
 front end calls it, with models our trainer wrote."""
+
 from __future__ import annotations
 
 import threading
@@ -53,9 +54,14 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     logs = tmp_path_factory.mktemp("mme-logs")
-    with ServerProcess(logs / "no-model-dir", logs / "server.log", SAGEMAKER_MULTI_MODEL="true",
-                        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
-                        SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB), SAGEMAKER_MAX_PAYLOAD_IN_MB="1") as process:
+    with ServerProcess(
+        logs / "no-model-dir",
+        logs / "server.log",
+        SAGEMAKER_MULTI_MODEL="true",
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+        SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB),
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
+    ) as process:
         yield process
 
 
@@ -106,8 +112,10 @@ def test_load_list_invoke_evict_unload(server, trained_models):
     assert [m["modelName"] for m in first["models"]] == names[:2]
     rest = server.get("/models", params={"page_size": 2, "next_page_token": first["nextPageToken"]}).json()
     assert [m["modelName"] for m in rest["models"]] == names[2:] and "nextPageToken" not in rest
-    assert server.get(f"/models/{names[1]}").json() == {"modelName": names[1],
-                                                        "modelUrl": str(trained_models[names[1]])}
+    assert server.get(f"/models/{names[1]}").json() == {
+        "modelName": names[1],
+        "modelUrl": str(trained_models[names[1]]),
+    }
 
     # each by name and by the front end's header, from both workers, in turns: a budget
     # of one model per worker evicts on every switch and loads lazily again
@@ -115,7 +123,9 @@ def test_load_list_invoke_evict_unload(server, trained_models):
     image = jpeg(3)
     for round_ in range(3):
         for name in names:
-            assert_answers_like_training(invoke(server, name, image, by_header=round_ % 2 == 1), references[name], image)
+            assert_answers_like_training(
+                invoke(server, name, image, by_header=round_ % 2 == 1), references[name], image
+            )
     assert metric(server, "byoc_model_evictions_total") >= 2
     assert metric(server, "byoc_models_in_memory") <= WORKERS  # one per worker, not three
     assert metric(server, "byoc_models_loaded") == 3
@@ -147,8 +157,10 @@ def test_every_error_code(server, trained_models, tmp_path):
         (requests.delete(server.url + "/models/unknown", timeout=30), 404),
         (invoke(server, "unknown", jpeg()), 404),
         (invoke(server, "unknown", jpeg(), by_header=True), 404),
-        (requests.post(server.url + "/invocations", data=jpeg(), headers={"Content-Type": "image/jpeg"},
-                       timeout=30), 400),  # no target model
+        (
+            requests.post(server.url + "/invocations", data=jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=30),
+            400,
+        ),  # no target model
         (invoke(server, name, b"not an image"), 400),
         (invoke(server, name, jpeg(), **{"Content-Type": "text/plain"}), 415),
         (invoke(server, name, jpeg(), Accept="image/png"), 406),
@@ -175,8 +187,13 @@ SLOW_MODEL_FN = """
 
 def test_a_model_being_loaded_blocks_no_other(tmp_path):
     # room for both models in each worker, so the slow load evicts nothing
-    server = ServerProcess(tmp_path / "no-model-dir", tmp_path / "server.log", SAGEMAKER_MULTI_MODEL="true",
-                           SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS), SAGEMAKER_MODEL_MEMORY_BUDGET_MB="1000")
+    server = ServerProcess(
+        tmp_path / "no-model-dir",
+        tmp_path / "server.log",
+        SAGEMAKER_MULTI_MODEL="true",
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+        SAGEMAKER_MODEL_MEMORY_BUDGET_MB="1000",
+    )
     try:
         server.wait_ready()
         check_loading_blocks_no_other(server, tmp_path)

@@ -3,6 +3,7 @@
 Two torchrun processes on this machine (gloo), then two training containers
 started as SageMaker starts a two-host job, training one model together.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def readable_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("corrupt_"))
 
 
-def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: dict[str, set[str]],
-                        test_dir: Path, world: int) -> dict:
+def check_global_counts(
+    log: str, report_dir: Path, model_dir: Path, corrupt: dict[str, set[str]], test_dir: Path, world: int
+) -> dict:
     """What the master reports is the sum (or union) of what every rank saw."""
     report = json.loads((report_dir / "evaluation.json").read_text())
     total = sum(len(names) for names in corrupt.values())
@@ -68,8 +70,9 @@ def check_global_counts(log: str, report_dir: Path, model_dir: Path, corrupt: di
     assert f"skipped {total} unreadable image(s)" in log
     # the test set scored over all ranks: every readable image once, every rank a share of it,
     # and the ranks skipped different numbers of its corrupt files (rank 0's alone would be wrong)
-    scored = {int(m.group(1)): (int(m.group(5)), int(m.group(6))) for m in RANK_EVAL.finditer(log)
-              if m.group(4) == "test"}
+    scored = {
+        int(m.group(1)): (int(m.group(5)), int(m.group(6))) for m in RANK_EVAL.finditer(log) if m.group(4) == "test"
+    }
     assert sorted(scored) == list(range(world)), log[-3000:]
     assert report["images"] == readable_images(test_dir) == sum(n for n, _ in scored.values())
     assert sum(map(sum, report["confusion_matrix"])) == report["images"] and min(n for n, _ in scored.values()) > 0
@@ -122,9 +125,11 @@ def logs_by_host(output: str) -> dict[str, str]:
 def remove_job_containers(engine, jobs_root: Path) -> None:
     """Local mode never runs `compose down`: remove this job's containers (named in its compose
     file), and the SDK's network unless another job still uses it (rm refuses then)."""
-    names = [service.get("container_name", f"{compose.parent.name}_{host}_1")  # v3: compose's default name
-             for compose in jobs_root.glob("*/docker-compose.yaml")
-             for host, service in yaml.safe_load(compose.read_text())["services"].items()]
+    names = [
+        service.get("container_name", f"{compose.parent.name}_{host}_1")  # v3: compose's default name
+        for compose in jobs_root.glob("*/docker-compose.yaml")
+        for host, service in yaml.safe_load(compose.read_text())["services"].items()
+    ]
     if names:
         subprocess.run([engine.cli, "rm", "-f", *names], env=engine.env, capture_output=True, timeout=120)
     subprocess.run([engine.cli, "network", "rm", LOCAL_NETWORK], env=engine.env, capture_output=True, timeout=60)
@@ -148,9 +153,23 @@ def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, 
     if sdk == "v2":
         env["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
     python = sys.executable if sdk == "v3" else str(SDK_V2_PYTHON)
-    command = [python, "scripts/sm.py", "train", "--sdk", sdk, "--local", "--train-instance-count", "2",
-               "--workdir", str(tmp_path), "--data", str(data), "--job-name", "two-hosts",
-               *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")]]
+    command = [
+        python,
+        "scripts/sm.py",
+        "train",
+        "--sdk",
+        sdk,
+        "--local",
+        "--train-instance-count",
+        "2",
+        "--workdir",
+        str(tmp_path),
+        "--data",
+        str(data),
+        "--job-name",
+        "two-hosts",
+        *[item for name, value in HPS.items() for item in ("--hp", f"{name}={value}")],
+    ]
     try:
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
@@ -180,6 +199,12 @@ def test_two_hosts_train_one_model_in_sagemaker_local_mode(engine, train_image, 
     delivered = compose.parent / "compressed_artifacts" if sdk == "v3" else tmp_path / "output"
     with tarfile.open(delivered / "output.tar.gz") as archive:
         archive.extractall(tmp_path / "delivered", filter="data")
-    training = check_global_counts(master + "\n" + worker, tmp_path / "delivered" / "data", compose.parent / "model",
-                                   corrupt, data / "test", world=2)
+    training = check_global_counts(
+        master + "\n" + worker,
+        tmp_path / "delivered" / "data",
+        compose.parent / "model",
+        corrupt,
+        data / "test",
+        world=2,
+    )
     assert training["world_size"] == 2 and training["hosts"] == hosts

@@ -7,6 +7,7 @@ The CPU's instruction sets are set through SAGEMAKER_CPU_FLAGS, so each case hol
 on every CPU: bf16 runs (slowly) where the flags claim native bf16 and there is none.
 No speed is asserted here, only which mode is in effect and that its answers are right.
 """
+
 from __future__ import annotations
 
 import io
@@ -72,14 +73,21 @@ def test_calibration_sample_skips_unreadable_files_and_is_small(trained_model):
             assert image.format == "JPEG" and min(image.size) == prep.resize_size
 
 
-@pytest.mark.parametrize("precision, compile_mode, flags, atol", [
-    ("bf16", "none", "avx2 avx512_bf16", 0.05),
-    ("int8", "none", "avx2", 0.3),  # the fixture's head (weights x20) amplifies int8's rounding; top-1 holds
-    ("fp32", "jit", "avx2", 1e-4),
-])
+@pytest.mark.parametrize(
+    "precision, compile_mode, flags, atol",
+    [
+        ("bf16", "none", "avx2 avx512_bf16", 0.05),
+        ("int8", "none", "avx2", 0.3),  # the fixture's head (weights x20) amplifies int8's rounding; top-1 holds
+        ("fp32", "jit", "avx2", 1e-4),
+    ],
+)
 def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, trained_model, test_images, serve):
-    server = serve(trained_model, SAGEMAKER_MODEL_PRECISION=precision, SAGEMAKER_MODEL_COMPILE=compile_mode,
-                   SAGEMAKER_CPU_FLAGS=flags)
+    server = serve(
+        trained_model,
+        SAGEMAKER_MODEL_PRECISION=precision,
+        SAGEMAKER_MODEL_COMPILE=compile_mode,
+        SAGEMAKER_CPU_FLAGS=flags,
+    )
     assert f"precision {precision} (compile {compile_mode}) in effect: top-1 agreement with fp32" in server.log()
     reference = Reference(trained_model)
     expected = reference.for_images(*test_images)
@@ -90,13 +98,17 @@ def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, t
         assert np.abs(served - expected).max() > 1e-6
 
 
-@pytest.mark.parametrize("precision, flags, reason, without_calibration", [
-    ("bf16", "avx2 avx512_vnni", "this CPU has no native bf16 instructions", False),
-    ("int8", "avx2", "this model has none", True),
-    ("fp16", "avx2 avx512_bf16", "runs fast on GPUs only", False),
-])
-def test_mode_that_cannot_run_well_falls_back_to_fp32(precision, flags, reason, without_calibration, trained_model,
-                                                      test_images, serve, tmp_path):
+@pytest.mark.parametrize(
+    "precision, flags, reason, without_calibration",
+    [
+        ("bf16", "avx2 avx512_vnni", "this CPU has no native bf16 instructions", False),
+        ("int8", "avx2", "this model has none", True),
+        ("fp16", "avx2 avx512_bf16", "runs fast on GPUs only", False),
+    ],
+)
+def test_mode_that_cannot_run_well_falls_back_to_fp32(
+    precision, flags, reason, without_calibration, trained_model, test_images, serve, tmp_path
+):
     model_dir = trained_model
     if without_calibration:
         model_dir = tmp_path / "model"

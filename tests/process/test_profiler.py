@@ -1,4 +1,5 @@
 """Profiling in the trainer and the image, and the report's verdicts."""
+
 from __future__ import annotations
 
 import json
@@ -52,25 +53,40 @@ def test_a_slow_loader_is_a_data_bottleneck_and_a_fast_one_is_not(tmp_path):
     # under torch.profiler: its one warm-up step and the 2 recorded ones (trainer/trace.py's schedule)
     assert sum(s["traced"] for s in steps) == 3 and (tmp_path / "fast" / "trace" / "trace.json").is_file()
     samples = profiler_report.read_jsonl(tmp_path / "fast" / "system.jsonl")
-    assert samples and {"cpu", "cpu_total", "mem_percent", "rss_mb", "disk_read_mb_s", "net_recv_mb_s", "gpus"} \
-        <= set(samples[0])
+    assert samples and {"cpu", "cpu_total", "mem_percent", "rss_mb", "disk_read_mb_s", "net_recv_mb_s", "gpus"} <= set(
+        samples[0]
+    )
 
 
 def run_with(system=(), steps=(), meta=None) -> dict:
-    verdicts = profiler_report.analyse({"meta": meta or {"batch_size": 32, "num_workers": 4, "cpu_count": 8},
-                                        "system": list(system), "steps": list(steps)})
+    verdicts = profiler_report.analyse(
+        {
+            "meta": meta or {"batch_size": 32, "num_workers": 4, "cpu_count": 8},
+            "system": list(system),
+            "steps": list(steps),
+        }
+    )
     return {v.rule: v for v in verdicts}
 
 
 def sample(cpu=50.0, gpu=None, gpu_mem=None, iowait=0.0):
     gpus = [] if gpu is None else [{"util": gpu, "mem_used_mb": gpu_mem * 800, "mem_total_mb": 80000}]
-    return {"t": 0, "cpu": [cpu], "cpu_total": cpu, "iowait": iowait, "mem_percent": 30, "rss_mb": 1000,
-            "disk_read_mb_s": 5.0, "gpus": gpus}
+    return {
+        "t": 0,
+        "cpu": [cpu],
+        "cpu_total": cpu,
+        "iowait": iowait,
+        "mem_percent": 30,
+        "rss_mb": 1000,
+        "disk_read_mb_s": 5.0,
+        "gpus": gpus,
+    }
 
 
 def steps(n=40, data=0.01, compute=0.1, slow_at=None):
-    return [{"epoch": 1, "step": i, "data_s": data, "compute_s": compute * (20 if i == slow_at else 1)}
-            for i in range(n)]
+    return [
+        {"epoch": 1, "step": i, "data_s": data, "compute_s": compute * (20 if i == slow_at else 1)} for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("gpu, expected", [(20.0, "IssuesFound"), (95.0, "NoIssuesFound")])
@@ -116,7 +132,9 @@ def test_gpu_reader_reads_every_gpu_or_degrades_to_none():
         gpus = reader.read()
         assert len(gpus) == torch.cuda.device_count(), gpus
         for gpu in gpus:
-            assert 0 <= gpu["util"] <= 100 and 0 <= gpu["mem_used_mb"] <= gpu["mem_total_mb"] and gpu["mem_total_mb"] > 0
+            assert (
+                0 <= gpu["util"] <= 100 and 0 <= gpu["mem_used_mb"] <= gpu["mem_total_mb"] and gpu["mem_total_mb"] > 0
+            )
     finally:
         reader.close()
 
@@ -131,16 +149,32 @@ def check_report(folder, html_path):
 
 def test_trainer_profiles_when_asked_and_the_report_is_built(sample_data, tmp_path):
     opt_ml = tmp_path / "opt_ml"
-    result = run_trainer(opt_ml, {"training": sample_data}, dict(FAST_HPS, epochs=2, profiler="true", **{
-        "profiler-interval-ms": 200, "profiler-trace-steps": 2}))
+    result = run_trainer(
+        opt_ml,
+        {"training": sample_data},
+        dict(FAST_HPS, epochs=2, profiler="true", **{"profiler-interval-ms": 200, "profiler-trace-steps": 2}),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     folder = opt_ml / "output" / "profiler"
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["interval_ms"] == 200 and meta["batch_size"] == 16 and "ended" in meta
     assert len(profiler_report.read_jsonl(folder / "steps.jsonl")) == 14  # 97 images / 16, two epochs
-    out = subprocess.run([sys.executable, "-m", "insights.profiler_report", str(folder), "--out",
-                          str(tmp_path / "report.html"), "--json", str(tmp_path / "verdicts.json")],
-                         cwd=CONTAINER, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insights.profiler_report",
+            str(folder),
+            "--out",
+            str(tmp_path / "report.html"),
+            "--json",
+            str(tmp_path / "verdicts.json"),
+        ],
+        cwd=CONTAINER,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     check_report(folder, tmp_path / "report.html")
     assert {v["rule"] for v in json.loads((tmp_path / "verdicts.json").read_text())} >= {"CPUBottleneck"}
@@ -158,6 +192,7 @@ def test_on_by_default_without_the_trace_and_off_when_false(sample_data, tmp_pat
 
 # -- in the training image -----------------------------------------------------------------
 
+
 def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tmp_path):
     import shutil
 
@@ -168,12 +203,24 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
     config = opt_ml / "input" / "config"
     # what SageMaker writes for ProfilerConfig(system_monitor_interval_millis=500) and a DebuggerHookConfig
     (config / "profilerconfig.json").write_text(json.dumps({"ProfilingIntervalInMilliseconds": 500}))
-    (config / "debughookconfig.json").write_text(json.dumps({
-        "LocalPath": "/opt/ml/output/tensors",
-        "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}}]}))
+    (config / "debughookconfig.json").write_text(
+        json.dumps(
+            {
+                "LocalPath": "/opt/ml/output/tensors",
+                "CollectionConfigurations": [
+                    {"CollectionName": "losses", "CollectionParameters": {"save_interval": "1"}}
+                ],
+            }
+        )
+    )
     cli, env = engine.cli, engine.env
-    run = subprocess.run([cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", image_names.train_image(), "train"],
-                         env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", image_names.train_image(), "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     assert "debugger: smdebug hook from /opt/ml/input/config/debughookconfig.json" in log, log[-4000:]
@@ -183,10 +230,23 @@ def test_profiler_and_debugger_in_the_training_container(engine, sample_data, tm
     assert json.loads((folder / "meta.json").read_text())["interval_ms"] == 500
     assert (folder / "trace" / "trace.json").is_file()
     after = subprocess.run(
-        [cli, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", image_names.train_image(), "bash", "-c",
-         "python -m insights.profiler_report /opt/ml/output/profiler --out /opt/ml/output/report.html && "
-         "python -m insights.rules /opt/ml/output/tensors --rule LossNotDecreasing --out /opt/ml/output/rules.json"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            cli,
+            "run",
+            "--rm",
+            "-v",
+            f"{opt_ml}:/opt/ml",
+            image_names.train_image(),
+            "bash",
+            "-c",
+            "python -m insights.profiler_report /opt/ml/output/profiler --out /opt/ml/output/report.html && "
+            "python -m insights.rules /opt/ml/output/tensors --rule LossNotDecreasing --out /opt/ml/output/rules.json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert after.returncode == 0, (after.stdout + after.stderr)[-4000:]
     check_report(folder, opt_ml / "output" / "report.html")
     verdict = json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]["LossNotDecreasing"]

@@ -5,6 +5,7 @@ on real photographs at the default training budget, because objects at
 training time are not the size they are at test time; crop-scale 1 keeps them
 the same size. These tests pin that down pixel for pixel.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,7 +38,7 @@ def placed_at(view: np.ndarray, full: np.ndarray, size: int) -> bool:
         hwc = candidate.transpose(1, 2, 0)
         for top in range(full.shape[0] - size + 1):
             for left in range(full.shape[1] - size + 1):
-                if np.abs(full[top:top + size, left:left + size] - hwc).max() < 0.05:
+                if np.abs(full[top : top + size, left : left + size] - hwc).max() < 0.05:
                     return True
     return False
 

@@ -6,6 +6,7 @@ optimizer step (fault injection; SageMaker's StopTrainingJob or a spot
 interruption would send it from outside at any step). The restart uses the
 same checkpoint folder, as a managed-spot restart does.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ from trainer import runtime
 # A head with dropout: the torch RNG state matters; augmentation on: the
 # per-sample seeds matter. amp off: the numbers hold on CPUs with and without bf16.
 # 97 training images, 8 a batch: 13 steps an epoch, 26 in all.
-RESUME_HPS = dict(FAST_HPS, epochs=2, head="32", dropout=0.2, **{
-    "batch-size": 8, "amp": "false", "num-workers": 0, "profiler": "true", "profiler-trace-steps": 0})
+RESUME_HPS = dict(
+    FAST_HPS,
+    epochs=2,
+    head="32",
+    dropout=0.2,
+    **{"batch-size": 8, "amp": "false", "num-workers": 0, "profiler": "true", "profiler-trace-steps": 0},
+)
 # One thread a process, as torchrun gives its workers: on a busy 2-core machine
 # two threads per trainer spin against each other (10x the wall time).
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -82,8 +88,11 @@ def reference(sample_data, tmp_path_factory):
     return opt_ml, run(opt_ml, {"training": sample_data}, RESUME_HPS).stdout
 
 
-@pytest.mark.parametrize("stop_at, workers", [(20, 0), (20, 2), (13, 0)],
-                         ids=["mid-epoch", "mid-epoch-loader-workers", "last-step-of-an-epoch"])
+@pytest.mark.parametrize(
+    "stop_at, workers",
+    [(20, 0), (20, 2), (13, 0)],
+    ids=["mid-epoch", "mid-epoch-loader-workers", "last-step-of-an-epoch"],
+)
 def test_sigterm_mid_epoch_resumes_exactly(reference, sample_data, tmp_path, stop_at, workers):
     """Step 20 is the 7th of epoch 2; step 13 the last of epoch 1 (the restart has only its validation left).
     The reference ran without loader workers: augmentation is seeded per image, not by the workers' state."""

@@ -6,6 +6,7 @@ bf16, fp32 elsewhere), so it is pinned false here and the runs are the same on
 every CPU. The runs are short (resnet18, 64 px, 3 steps of 32 images per epoch)
 and save what the rules read.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from helpers.training import CONTAINER, FAST_HPS, run_trainer
 from helpers.trials import loss_trial, overfitting_epochs, write_trial
 from insights import rules
 
-BASE = dict(FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true",
-                                      "profiler": "false"})
+BASE = dict(
+    FAST_HPS, amp="false", **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "true", "profiler": "false"}
+)
 # every collection at steps 0 and 3: the first steps for PoorWeightInitialization, a pair for WeightUpdateRatio
 ALL = "losses:1,weights:3,gradients:3,relu_input:3"
 # three-step windows: one window per epoch of these runs (the default, 10, needs longer runs)
@@ -174,9 +176,22 @@ def test_a_run_too_short_to_judge_says_not_enough_data(rule, trial, tmp_path_fac
 
 def test_cli_prints_each_rule_and_writes_a_summary(trial, tmp_path, tmp_path_factory):
     summary = tmp_path / "summary.json"
-    out = subprocess.run([sys.executable, "-m", "insights.rules", _trial_for("tiny", trial, tmp_path_factory),
-                          "--out", str(summary), "--param", "PoorWeightInitialization.steps=3"],
-                         cwd=CONTAINER, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insights.rules",
+            _trial_for("tiny", trial, tmp_path_factory),
+            "--out",
+            str(summary),
+            "--param",
+            "PoorWeightInitialization.steps=3",
+        ],
+        cwd=CONTAINER,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.split()}
     assert set(rules.BY_NAME) <= set(lines)
@@ -195,13 +210,21 @@ def test_defaults_are_the_ones_aws_documents():
         "VanishingGradient": {"threshold": 1e-7},
         "Overfit": {"start_step": 0, "patience": 1, "ratio_threshold": 0.1},
         "Overtraining": {"patience_train": 5, "patience_validation": 10, "delta": 0.01},
-        "PoorWeightInitialization": {"activation_inputs_regex": ".*relu_input", "threshold": 10.0,
-                                     "distribution_range": 0.001, "patience": 5, "steps": 10},
-        "LossNotDecreasing": {"use_losses_collection": True, "num_steps": 10, "diff_percent": 0.0,
-                              "increase_threshold_percent": 5.0},
+        "PoorWeightInitialization": {
+            "activation_inputs_regex": ".*relu_input",
+            "threshold": 10.0,
+            "distribution_range": 0.001,
+            "patience": 5,
+            "steps": 10,
+        },
+        "LossNotDecreasing": {
+            "use_losses_collection": True,
+            "num_steps": 10,
+            "diff_percent": 0.0,
+            "increase_threshold_percent": 5.0,
+        },
         "ExplodingTensor": {"only_nan": False},
-        "WeightUpdateRatio": {"num_steps": 500, "large_threshold": 10.0, "small_threshold": 1e-8,
-                              "epsilon": 1e-9},
+        "WeightUpdateRatio": {"num_steps": 500, "large_threshold": 10.0, "small_threshold": 1e-8, "epsilon": 1e-9},
     }
     for name, values in expected.items():
         signature = inspect.signature(rules.BY_NAME[name].cls.__init__).parameters

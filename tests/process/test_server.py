@@ -1,5 +1,6 @@
 """The serving container's contract, against the real server: container/serve
 (gunicorn and its workers) on 127.0.0.1, with model dirs the trainer's code writes."""
+
 from __future__ import annotations
 
 import base64
@@ -50,10 +51,14 @@ def reference(model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    with ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "server.log",
-                        SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
-                        SAGEMAKER_MAX_IMAGES_PER_REQUEST=str(IMAGE_LIMIT),
-                        SAGEMAKER_MAX_PIXELS_PER_REQUEST=str(PIXEL_LIMIT)) as process:
+    with ServerProcess(
+        model_dir,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB),
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+        SAGEMAKER_MAX_IMAGES_PER_REQUEST=str(IMAGE_LIMIT),
+        SAGEMAKER_MAX_PIXELS_PER_REQUEST=str(PIXEL_LIMIT),
+    ) as process:
         yield process
 
 
@@ -94,9 +99,19 @@ def assert_good_request_works(server: ServerProcess, reference: Reference) -> No
 
 # --- what a client sends -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("content_type, image_format", [
-    ("image/jpeg", "JPEG"), ("image/png", "PNG"), ("application/x-image", "JPEG"), ("image/webp", "WEBP"),
-    ("image/bmp", "BMP"), ("image/gif", "GIF"), ("image/tiff", "TIFF")])
+
+@pytest.mark.parametrize(
+    "content_type, image_format",
+    [
+        ("image/jpeg", "JPEG"),
+        ("image/png", "PNG"),
+        ("application/x-image", "JPEG"),
+        ("image/webp", "WEBP"),
+        ("image/bmp", "BMP"),
+        ("image/gif", "GIF"),
+        ("image/tiff", "TIFF"),
+    ],
+)
 def test_image_bytes_match_training_evaluation(server, reference, content_type, image_format):
     data = encode(sample_image(3), image_format)
     response = server.invoke(data, content_type, {"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
@@ -120,8 +135,7 @@ def test_json_instances_answer_in_order(server, reference):
     images = [jpeg(seed) for seed in range(4)]
     # line-wrapped base64, as base64.encodebytes writes it
     body = json.dumps({"instances": [{"b64": base64.encodebytes(image).decode()} for image in images]})
-    response = server.invoke(body, "application/json; charset=utf-8",
-                             {"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
+    response = server.invoke(body, "application/json; charset=utf-8", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
     assert response.status_code == 200, response.text
     documents = response.json()
     assert isinstance(documents, list) and len(documents) == 4
@@ -130,8 +144,10 @@ def test_json_instances_answer_in_order(server, reference):
 
 def test_npy_single_and_batch(server, reference):
     arrays = np.stack([reference.preprocess(jpeg(seed)) for seed in range(3)])
-    for array, expected in ((arrays[0], reference.probabilities(arrays[:1])),
-                            (arrays, reference.probabilities(arrays))):
+    for array, expected in (
+        (arrays[0], reference.probabilities(arrays[:1])),
+        (arrays, reference.probabilities(arrays)),
+    ):
         buffer = io.BytesIO()
         np.save(buffer, array)
         response = server.invoke(buffer.getvalue(), "application/x-npy", {"Accept": "application/x-npy"})
@@ -143,8 +159,10 @@ def test_npy_single_and_batch(server, reference):
 
 # --- what a client gets back -------------------------------------------------------------------
 
-@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/*",
-                                    "image/png, application/json;q=0.9"])
+
+@pytest.mark.parametrize(
+    "accept", [None, "*/*", "application/json", "application/*", "image/png, application/json;q=0.9"]
+)
 def test_json_is_the_default_answer(server, accept):
     response = server.invoke(jpeg(), headers={"Accept": accept} if accept else None)
     assert response.status_code == 200, response.text
@@ -173,8 +191,10 @@ def test_csv_answer_has_a_row_per_image(server, reference):
     np.testing.assert_allclose(rows, reference.for_images(*images), atol=ATOL)
 
 
-@pytest.mark.parametrize("attribute, expected_count", [("top_k=1", 1), ("top_k=3", 3), ("top_k=100", 6),
-                                                       ("top_k = 2", 2), ("top_k=4; top_k=2", 2), ("", 5)])
+@pytest.mark.parametrize(
+    "attribute, expected_count",
+    [("top_k=1", 1), ("top_k=3", 3), ("top_k=100", 6), ("top_k = 2", 2), ("top_k=4; top_k=2", 2), ("", 5)],
+)
 def test_top_k_from_custom_attributes(server, attribute, expected_count):
     response = server.invoke(jpeg(), headers={"X-Amzn-SageMaker-Custom-Attributes": attribute})
     assert response.status_code == 200, response.text
@@ -184,11 +204,15 @@ def test_top_k_from_custom_attributes(server, attribute, expected_count):
 def test_execution_parameters(server):
     response = server.get("/execution-parameters")
     assert response.status_code == 200
-    assert response.json() == {"MaxConcurrentTransforms": WORKERS, "BatchStrategy": "SINGLE_RECORD",
-                               "MaxPayloadInMB": PAYLOAD_LIMIT_MB}
+    assert response.json() == {
+        "MaxConcurrentTransforms": WORKERS,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": PAYLOAD_LIMIT_MB,
+    }
 
 
 # --- bad requests: a 4xx JSON reason, and the worker carries on ---------------------------------
+
 
 def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     buffer = io.BytesIO()
@@ -224,32 +248,72 @@ BAD_REQUESTS = {
     "malformed json": (b'{"b64": ', "application/json", {}, 400, "malformed JSON"),
     "malformed base64": (b'{"b64": "not*base64"}', "application/json", {}, 400, "malformed base64"),
     "json with a path, not an image": (b'{"image_path": "/etc/passwd"}', "application/json", {}, 400, "expected"),
-    "json base64 of a non-image": (json.dumps({"b64": base64.b64encode(b"/etc/passwd").decode()}).encode(),
-                                   "application/json", {}, 400, "not a readable image"),
+    "json base64 of a non-image": (
+        json.dumps({"b64": base64.b64encode(b"/etc/passwd").decode()}).encode(),
+        "application/json",
+        {},
+        400,
+        "not a readable image",
+    ),
     "json empty instances": (b'{"instances": []}', "application/json", {}, 400, "non-empty"),
     "npy wrong shape": (npy(np.zeros((3, 32, 32), np.float32)), "application/x-npy", {}, 400, "shape"),
-    "npy wrong channels": (npy(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)), "application/x-npy", {},
-                           400, "shape"),
+    "npy wrong channels": (
+        npy(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)),
+        "application/x-npy",
+        {},
+        400,
+        "shape",
+    ),
     "npy wrong dtype": (npy(GOOD_ARRAY.astype(np.float64)), "application/x-npy", {}, 400, "dtype"),
-    "npy pickled objects": (npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "application/x-npy", {},
-                            400, "dtype"),
+    "npy pickled objects": (
+        npy(np.array([{"a": 1}], dtype=object), allow_pickle=True),
+        "application/x-npy",
+        {},
+        400,
+        "dtype",
+    ),
     "npy truncated": (npy(GOOD_ARRAY)[:-100], "application/x-npy", {}, 400, "does not match"),
     "npy not finite": (npy(np.full_like(GOOD_ARRAY, np.nan)), "application/x-npy", {}, 400, "NaN"),
     "npy garbage": (b"\x93NUMPY garbage", "application/x-npy", {}, 400, "not a .npy"),
-    "unknown custom attribute": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "temperature=2"},
-                                 400, "temperature"),
+    "unknown custom attribute": (
+        jpeg(),
+        "image/jpeg",
+        {"X-Amzn-SageMaker-Custom-Attributes": "temperature=2"},
+        400,
+        "temperature",
+    ),
     "top_k not a number": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=two"}, 400, "top_k"),
     "top_k zero": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=0"}, 400, "top_k"),
     "payload over the limit": (b"\xff" * OVER_LIMIT, "image/jpeg", {}, 413, "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
-    "json with more images than allowed": (json_of(*[png((8, 8))] * (IMAGE_LIMIT + 1)), "application/json", {},
-                                           413, "SAGEMAKER_MAX_IMAGES_PER_REQUEST"),
-    "json decoding to more pixels than allowed": (json_of(*[png((128, 128))] * 3), "application/json", {},
-                                                  413, "SAGEMAKER_MAX_PIXELS_PER_REQUEST"),
-    "npy with more images than allowed": (npy(np.zeros((IMAGE_LIMIT + 1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)),
-                                          "application/x-npy", {}, 413, "SAGEMAKER_MAX_IMAGES_PER_REQUEST"),
+    "json with more images than allowed": (
+        json_of(*[png((8, 8))] * (IMAGE_LIMIT + 1)),
+        "application/json",
+        {},
+        413,
+        "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
+    ),
+    "json decoding to more pixels than allowed": (
+        json_of(*[png((128, 128))] * 3),
+        "application/json",
+        {},
+        413,
+        "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
+    ),
+    "npy with more images than allowed": (
+        npy(np.zeros((IMAGE_LIMIT + 1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)),
+        "application/x-npy",
+        {},
+        413,
+        "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
+    ),
     "a strip that the resize would blow up": (png((1, 20_000), "L"), "image/png", {}, 413, "resized"),
-    "a colour conversion that fails": (palette_png_with_overlong_transparency(), "image/png", {}, 400,
-                                       "palette index out of range"),
+    "a colour conversion that fails": (
+        palette_png_with_overlong_transparency(),
+        "image/png",
+        {},
+        400,
+        "palette index out of range",
+    ),
 }
 
 
@@ -274,8 +338,10 @@ def test_chunked_payload_over_the_limit(server, reference):
 def test_payload_limit_is_checked_before_reading_the_body(server, reference):
     # Claims 100 MB and sends none of it: only a check of Content-Length can answer.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-        connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
-                           b"Content-Length: 100000000\r\n\r\n")
+        connection.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
         status_line = connection.makefile("rb").readline()
     assert status_line.split()[1] == b"413", status_line
     assert_good_request_works(server, reference)
@@ -300,8 +366,12 @@ def test_the_master_loads_the_model_once_and_answers_503_meanwhile(start_server,
     # loading (4 s) outlasts gunicorn's worker timeout (2 s): no worker exists yet, and
     # the workers heartbeat while they warm up, so none is killed
     calls = tmp_path / "model_fn_calls"
-    server = start_server(COUNTING_SLOW_MODEL_FN, SAGEMAKER_MODEL_SERVER_WORKERS="2",
-                          SAGEMAKER_MODEL_SERVER_TIMEOUT="2", MODEL_FN_CALLS=str(calls))
+    server = start_server(
+        COUNTING_SLOW_MODEL_FN,
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
+        SAGEMAKER_MODEL_SERVER_TIMEOUT="2",
+        MODEL_FN_CALLS=str(calls),
+    )
     deadline = time.monotonic() + 60
     while True:  # until the master listens
         assert time.monotonic() < deadline, server.log()
@@ -336,8 +406,9 @@ REPORTING_PID = """
 """
 
 
-def concurrent_invocations(server: ServerProcess, count: int, body: bytes | None = None,
-                           content_type: str = "image/jpeg") -> list[requests.Response]:
+def concurrent_invocations(
+    server: ServerProcess, count: int, body: bytes | None = None, content_type: str = "image/jpeg"
+) -> list[requests.Response]:
     """`count` requests at once, each on its own connection (so the kernel spreads them over the workers)."""
     start = threading.Barrier(count)
 
@@ -561,6 +632,7 @@ def test_seed_style_handlers_with_the_default_output_fn(start_server, reference)
 
 # --- the production shape: resnet50, 133 classes, 224 pixels ---------------------------------------
 
+
 def test_resnet50_with_133_classes(start_server, tmp_path):
     class_names = [f"{i:03d}.breed_{i}" for i in range(1, 134)]
     model_dir = make_model_dir(tmp_path / "resnet50", backbone="resnet50", class_names=class_names, image_size=224)
@@ -579,6 +651,7 @@ def test_resnet50_with_133_classes(start_server, tmp_path):
 
 # --- soak ----------------------------------------------------------------------------------------
 
+
 def test_soak_no_errors_and_bounded_memory(server, reference):
     images = [jpeg(seed) for seed in range(8)]
     expected = reference.for_images(*images)
@@ -592,12 +665,20 @@ def test_soak_no_errors_and_bounded_memory(server, reference):
         top_k = {"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"}
         try:
             if i % 10 == 0:  # a batch of three in one request, now and then
-                response = session.post(server.url + "/invocations", data=batch_body, timeout=30,
-                                        headers={"Content-Type": "application/json", **top_k})
+                response = session.post(
+                    server.url + "/invocations",
+                    data=batch_body,
+                    timeout=30,
+                    headers={"Content-Type": "application/json", **top_k},
+                )
                 got, want = [probabilities_of(d) for d in response.json()], expected[:3]
             else:
-                response = session.post(server.url + "/invocations", data=images[i % 8], timeout=30,
-                                        headers={"Content-Type": "image/jpeg", **top_k})
+                response = session.post(
+                    server.url + "/invocations",
+                    data=images[i % 8],
+                    timeout=30,
+                    headers={"Content-Type": "image/jpeg", **top_k},
+                )
                 got, want = probabilities_of(response.json()), expected[i % 8]
         except (requests.RequestException, ValueError) as exc:
             return f"request {i}: {exc}"
@@ -624,8 +705,7 @@ def test_workers_are_spread_over_the_gpus(start_server):
 
     No GPU here: torch finds none and the model runs on the CPU, but the
     pinning is gunicorn's real pre_fork/post_fork on real workers."""
-    server = start_server(REPORTING_PID, SM_NUM_GPUS="2", CUDA_VISIBLE_DEVICES="4,6",
-                          SAGEMAKER_MODEL_SERVER_WORKERS="")
+    server = start_server(REPORTING_PID, SM_NUM_GPUS="2", CUDA_VISIBLE_DEVICES="4,6", SAGEMAKER_MODEL_SERVER_WORKERS="")
     server.wait_ready()
     seen: dict[int, str] = {}
     for _ in range(8):  # bursts on new connections: the kernel spreads them over both workers' accepts
@@ -640,11 +720,16 @@ def test_workers_are_spread_over_the_gpus(start_server):
 
 # --- dynamic batching and default bounds, in the real server ----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def default_server(model_dir, tmp_path_factory):
     """Every limit at its default, 2 workers; batches wait up to 200 ms for company."""
-    with ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "default_server.log",
-                        SAGEMAKER_MODEL_SERVER_WORKERS="2", SAGEMAKER_BATCH_WAIT_MS="200") as process:
+    with ServerProcess(
+        model_dir,
+        tmp_path_factory.mktemp("logs") / "default_server.log",
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
+        SAGEMAKER_BATCH_WAIT_MS="200",
+    ) as process:
         yield process
 
 

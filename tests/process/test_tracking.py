@@ -1,4 +1,5 @@
 """MLflow tracking against a real local server, the torch.profiler trace, and the reports' content."""
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,16 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracked(mlflow_server, sample_data, tmp_path_factory):
     opt_ml = tmp_path_factory.mktemp("tracked")
-    result = run_trainer(opt_ml, {"training": sample_data}, HPS, extra_env={
-        "MLFLOW_TRACKING_URI": mlflow_server, tracking.RUN_NAME_ENV: RUN_NAME, tracking.SYSTEM_METRICS_ENV: "1"})
+    result = run_trainer(
+        opt_ml,
+        {"training": sample_data},
+        HPS,
+        extra_env={
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            tracking.RUN_NAME_ENV: RUN_NAME,
+            tracking.SYSTEM_METRICS_ENV: "1",
+        },
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return opt_ml, result
 
@@ -67,8 +76,14 @@ def test_the_run_reads_back_through_the_mlflow_client(mlflow_server, tracked):
     def names(path):
         return {item.path for item in client.list_artifacts(run.info.run_id, path)}
 
-    assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "evaluation/losses.png",
-            "evaluation/losses.json", "evaluation/losses.csv", "evaluation/scalars.jsonl"} <= names("evaluation")
+    assert {
+        "evaluation/evaluation.json",
+        "evaluation/confusion_matrix.png",
+        "evaluation/losses.png",
+        "evaluation/losses.json",
+        "evaluation/losses.csv",
+        "evaluation/scalars.jsonl",
+    } <= names("evaluation")
     assert {"model/model.pt", "model/model_config.json"} <= names("model")
     assert "profiler/profiler-report.html" in names("profiler")
     assert "profiler/trace/trace.json" in names("profiler/trace")
@@ -92,8 +107,9 @@ def test_an_unreachable_server_never_fails_or_stalls_training(server, sample_dat
     hps = dict(FAST_HPS, epochs=1, profiler="false", **{"max-steps-per-epoch": 2})
     with Silent() as silent:
         uri = f"http://127.0.0.1:{free_port()}" if server == "closed port" else silent
-        result = run_trainer(tmp_path, {"training": sample_data}, hps, extra_env={"MLFLOW_TRACKING_URI": uri},
-                             timeout=240)
+        result = run_trainer(
+            tmp_path, {"training": sample_data}, hps, extra_env={"MLFLOW_TRACKING_URI": uri}, timeout=240
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("is not reachable") == 1, result.stdout[-3000:]
     # the one bounded first contact, not the client's minutes of retries (a closed port) or a hang
@@ -123,8 +139,14 @@ def test_loss_curves_plot_every_step_and_epoch(tracked):
     data = opt_ml / "output" / "data"
     plotted = json.loads((data / loss_curves.JSON).read_text())
     counts = {name: len(values["x"]) for name, values in plotted.items()}
-    assert counts == {"train_step_loss": STEPS, "train_step_loss_smoothed": STEPS, "learning_rate": STEPS,
-                      "validation_loss": EPOCHS, "train_accuracy": EPOCHS, "validation_accuracy": EPOCHS}
+    assert counts == {
+        "train_step_loss": STEPS,
+        "train_step_loss_smoothed": STEPS,
+        "learning_rate": STEPS,
+        "validation_loss": EPOCHS,
+        "train_accuracy": EPOCHS,
+        "validation_accuracy": EPOCHS,
+    }
     assert plotted["validation_loss"]["x"] == [7, 14]  # at the step that ended each epoch
     with open(data / loss_curves.CSV) as handle:
         rows = list(csv.DictReader(handle))
@@ -175,7 +197,7 @@ def test_profiler_report_speaks_in_words_and_units(tracked):
     folder = opt_ml / "output" / "profiler"
     run = profiler_report.load(folder)
     page = profiler_report.render(folder, run, profiler_report.analyse(run))
-    verdicts = page[page.index("<h2>Verdicts</h2>"):page.index("</table>")]
+    verdicts = page[page.index("<h2>Verdicts</h2>") : page.index("</table>")]
     assert '{"' not in verdicts and "{&quot;" not in verdicts  # no raw JSON
     assert re.search(r"data loading \d+% of step time", verdicts)
     assert re.search(r"median step: [\d.,]+ ms waiting for data, [\d.,]+ ms computing", verdicts)
@@ -189,8 +211,12 @@ def test_tuning_report_has_every_section(tmp_path):
 
     study = optuna.create_study(study_name="local-tuning", direction="minimize")
     for number in range(4):
-        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
-                           "batch-size": optuna.distributions.CategoricalDistribution([16, 32, 64])})
+        trial = study.ask(
+            {
+                "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                "batch-size": optuna.distributions.CategoricalDistribution([16, 32, 64]),
+            }
+        )
         losses = [1.5 - 0.1 * epoch - number * 0.05 for epoch in range(3)]
         for epoch, value in enumerate(losses, start=1):
             trial.report(value, epoch)
@@ -199,13 +225,23 @@ def test_tuning_report_has_every_section(tmp_path):
     (tmp_path / "leaderboard.csv").write_text("rank,trial,state,objective\n1,3,COMPLETE,1.15\n2,2,COMPLETE,1.2\n")
     data = tmp_path / "trials" / f"{best:04d}" / "opt_ml" / "output" / "data"
     data.mkdir(parents=True)
-    (data / "losses.json").write_text(json.dumps({
-        "train_step_loss": {"x": list(range(1, 22)), "y": [1.5 - i / 30 for i in range(21)]},
-        "validation_loss": {"x": [7, 14, 21], "y": [1.3, 1.2, 1.15]}}))
+    (data / "losses.json").write_text(
+        json.dumps(
+            {
+                "train_step_loss": {"x": list(range(1, 22)), "y": [1.5 - i / 30 for i in range(21)]},
+                "validation_loss": {"x": [7, 14, 21], "y": [1.3, 1.2, 1.15]},
+            }
+        )
+    )
     page = tuning_report.write(study, tmp_path).read_text()
     assert "not drawn" not in page
-    for title in ("Leaderboard", "Optimisation history", "Parameter importances",
-                  "Validation loss per epoch, every trial", f"Best trial ({best}): loss"):
+    for title in (
+        "Leaderboard",
+        "Optimisation history",
+        "Parameter importances",
+        "Validation loss per epoch, every trial",
+        f"Best trial ({best}): loss",
+    ):
         assert title in page, title
     assert page.count('class="plotly-graph-div"') == 5
     assert page.count("<tr>") == 3  # the header and two trials

@@ -1,4 +1,5 @@
 """The trainer run as SageMaker's toolkit runs it, on a temporary /opt/ml tree."""
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,10 @@ def test_tensorboard_scalars_one_per_epoch(trained):
     rates = events.Scalars("train/learning_rate")
     assert [s.step for s in rates] == list(range(1, len(rates) + 1)) and len(rates) >= 10
     assert rates[0].value == pytest.approx(float(FAST_HPS["lr"]), rel=1e-6)
-    assert all(b.value <= a.value for a, b in zip(rates, rates[1:], strict=False)) and rates[-1].value < rates[0].value / 10
+    assert (
+        all(b.value <= a.value for a, b in zip(rates, rates[1:], strict=False))
+        and rates[-1].value < rates[0].value / 10
+    )
     # the training loss at every optimizer step too, at the same steps; its epoch means are the epochs' losses
     step_losses = events.Scalars("train/step_loss")
     assert [s.step for s in step_losses] == [s.step for s in rates]
@@ -104,8 +108,13 @@ def test_resnet50_step_from_a_weights_file(sample_data, tmp_path):
     weights_dir = tmp_path / "pretrained"
     weights_dir.mkdir()
     torch.save(reference.state_dict(), weights_dir / "resnet50-imagenet.pth")
-    hps = dict(FAST_HPS, backbone="resnet50", pretrained="imagenet", epochs=1, **{
-        "trainable-layers": 0, "max-steps-per-epoch": 1, "head": "256", "batch-size": 8})
+    hps = dict(
+        FAST_HPS,
+        backbone="resnet50",
+        pretrained="imagenet",
+        epochs=1,
+        **{"trainable-layers": 0, "max-steps-per-epoch": 1, "head": "256", "batch-size": 8},
+    )
     opt_ml = tmp_path / "opt_ml"
     result = run_trainer(opt_ml, {"training": sample_data, "pretrained": weights_dir}, hps)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,17 +127,21 @@ def test_resnet50_step_from_a_weights_file(sample_data, tmp_path):
 
 # -- failures: one line in /opt/ml/output/failure and a non-zero exit --------
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing channel", "'training' channel is missing"),
-    ("empty class folder", "class folder '005.empty' in training data has no images"),
-    ("no images", "no images found in training data"),
-    ("nan loss", "loss became"),
-    ("unknown hyperparameter", "unknown hyperparameter '--learning-rate'"),
-    ("malformed hyperparameter", "hyperparameter batch-size: invalid literal"),
-    ("bad choice", "hyperparameter optimizer: choose one of adamw, sgd"),
-    ("no network for weights", "download of http://127.0.0.1:9/"),
-    ("corrupt weights file", "cannot be loaded safely"),
-])
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing channel", "'training' channel is missing"),
+        ("empty class folder", "class folder '005.empty' in training data has no images"),
+        ("no images", "no images found in training data"),
+        ("nan loss", "loss became"),
+        ("unknown hyperparameter", "unknown hyperparameter '--learning-rate'"),
+        ("malformed hyperparameter", "hyperparameter batch-size: invalid literal"),
+        ("bad choice", "hyperparameter optimizer: choose one of adamw, sgd"),
+        ("no network for weights", "download of http://127.0.0.1:9/"),
+        ("corrupt weights file", "cannot be loaded safely"),
+    ],
+)
 def test_failures_write_a_one_line_reason(case, expected, sample_data, tmp_path):
     opt_ml, channels, hps, env = tmp_path / "opt_ml", {"training": sample_data}, dict(FAST_HPS), {}
     if case == "missing channel":
@@ -167,12 +180,17 @@ def test_failures_write_a_one_line_reason(case, expected, sample_data, tmp_path)
 
 # -- SIGTERM and resuming ------------------------------------------------------
 
+
 def test_sigterm_mid_epoch_checkpoints_and_a_restart_finishes(sample_data, tmp_path):
     opt_ml = tmp_path / "opt_ml"
     hps = dict(FAST_HPS, epochs=3, **{"batch-size": 4, "num-workers": 0})
-    proc = subprocess.Popen([sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
-                            env=trainer_env(opt_ml, {"training": sample_data}), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        env=trainer_env(opt_ml, {"training": sample_data}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines, deadline = [], time.monotonic() + 180
         for line in proc.stdout:  # wait until epoch 1 is checkpointed and epoch 2 has begun
@@ -194,15 +212,23 @@ def test_sigterm_mid_epoch_checkpoints_and_a_restart_finishes(sample_data, tmp_p
     result = run_trainer(opt_ml, {"training": sample_data}, hps)
     assert result.returncode == 0, result.stderr[-3000:]
     # mid-epoch (the usual case) it goes on with the rest of that epoch; test_resume.py checks it is exact
-    where = f"in epoch {saved['epoch'] + 1} after step {saved['step']}" if saved["step"] else f"after epoch {saved['epoch']}"
+    where = (
+        f"in epoch {saved['epoch'] + 1} after step {saved['step']}"
+        if saved["step"]
+        else f"after epoch {saved['epoch']}"
+    )
     assert f"resuming from checkpoint {where}" in result.stdout
-    epochs = [int(line.split()[1].split("=")[1]) for line in result.stdout.splitlines()
-              if line.startswith("#metric epoch=") and "split=train" in line]
+    epochs = [
+        int(line.split()[1].split("=")[1])
+        for line in result.stdout.splitlines()
+        if line.startswith("#metric epoch=") and "split=train" in line
+    ]
     assert epochs == list(range(saved["epoch"] + 1, 4))
     assert (opt_ml / "model" / artifact.WEIGHTS_FILE).is_file()
 
 
 # -- archives and layouts --------------------------------------------------------
+
 
 def _zip_tree(src: Path, dest: Path, prefix: str) -> Path:
     with zipfile.ZipFile(dest, "w") as zf:
@@ -286,8 +312,7 @@ def test_exit_skips_interpreter_teardown_only_in_torchrun_workers(tmp_path, torc
     env["PYTHONPATH"] = str(CONTAINER)
     if torchrun_worker:
         env["LOCAL_RANK"] = "0"
-    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stdout.startswith("buffered, not yet flushed")  # what was printed still arrives
     assert ("teardown ran" in result.stdout) is not torchrun_worker

@@ -4,6 +4,7 @@ Trials are tiny (resnet18 with a frozen, randomly initialised backbone, 64 px,
 2 epochs of 4 steps): a few seconds each, yet their validation losses differ
 with the learning rate, which is what the sampler and the pruner need.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,18 @@ from launch import local_tuning
 from localnet import free_port
 from trainer import tracking
 
-TINY = {**{k: v for k, v in FAST_HPS.items() if k != "lr"},
-        "trainable-layers": 0, "epochs": 2, "max-steps-per-epoch": 4}
-SPACE = {"parameters": [{"name": "lr", "type": "continuous", "low": 1e-4, "high": 1e-2, "scaling": "log"},
-                        {"name": "dropout", "type": "continuous", "low": 0.0, "high": 0.5}]}
+TINY = {
+    **{k: v for k, v in FAST_HPS.items() if k != "lr"},
+    "trainable-layers": 0,
+    "epochs": 2,
+    "max-steps-per-epoch": 4,
+}
+SPACE = {
+    "parameters": [
+        {"name": "lr", "type": "continuous", "low": 1e-4, "high": 1e-2, "scaling": "log"},
+        {"name": "dropout", "type": "continuous", "low": 0.0, "high": 0.5},
+    ]
+}
 HOPELESS_LR = 5.0  # validation loss in the hundreds at epoch 1: the median pruner stops it
 DIVERGING_LR = 1e30  # the trainer stops with 'loss became nan'
 
@@ -55,6 +64,7 @@ def last_validation_loss(log: Path) -> float:
 
 
 # -- units: no training -------------------------------------------------------------
+
 
 def test_grid_discretises_ranges():
     p = search_space.Parameter
@@ -87,19 +97,30 @@ def test_overrides_pin_searched_names_and_are_checked():
         local_tuning._space_with_overrides(search_space.PRESETS["seed1"], {"learning-rate": 0.1}, quiet)
     with pytest.raises(local_tuning.TuningError, match="batch-size"):
         local_tuning._space_with_overrides(search_space.PRESETS["seed1"], {"batch-size": -1}, quiet)
-    assert local_tuning.parse_overrides(["epochs=3", "lr=1e-3", "head=256,128"]) == \
-        {"epochs": 3, "lr": 0.001, "head": "256,128"}
+    assert local_tuning.parse_overrides(["epochs=3", "lr=1e-3", "head=256,128"]) == {
+        "epochs": 3,
+        "lr": 0.001,
+        "head": "256,128",
+    }
 
 
 # -- studies ---------------------------------------------------------------------------
+
 
 def test_study_prunes_hopeless_trials_and_writes_results(sample_data, space_file, tmp_path):
     workdir = tmp_path / "study"
     first = local_tuning.run_study(str(space_file), sample_data, workdir, 2, fixed_overrides=TINY, log=quiet)
     assert first.count("COMPLETE") == 2, first.markdown()
     # a baseline exists: now a hopeless and a diverging learning rate, then one more sampled trial
-    result = local_tuning.run_study(str(space_file), sample_data, workdir, 5, fixed_overrides=TINY, log=quiet,
-                                    enqueue=[{"lr": HOPELESS_LR}, {"lr": DIVERGING_LR}])
+    result = local_tuning.run_study(
+        str(space_file),
+        sample_data,
+        workdir,
+        5,
+        fixed_overrides=TINY,
+        log=quiet,
+        enqueue=[{"lr": HOPELESS_LR}, {"lr": DIVERGING_LR}],
+    )
     print(result.markdown())
     by_number = {row.number: row for row in result.rows}
     assert sorted(by_number) == [0, 1, 2, 3, 4]
@@ -125,8 +146,9 @@ def test_study_prunes_hopeless_trials_and_writes_results(sample_data, space_file
     assert leaderboard[1].split(",")[1] == str(best.number)
     best_params = json.loads((workdir / "best_params.json").read_text())
     assert best_params == {**best.params, **TINY}
-    args = hyperparameters.parse([a for k, v in hyperparameters.to_sagemaker(best_params).items()
-                                  for a in (f"--{k}", v)])
+    args = hyperparameters.parse(
+        [a for k, v in hyperparameters.to_sagemaker(best_params).items() for a in (f"--{k}", v)]
+    )
     assert args.lr == best.params["lr"] and args.backbone == "resnet18"
     for name in ("optimization_history", "param_importances", "intermediate_values"):
         assert result.files[name].stat().st_size > 1000, result.notes
@@ -135,14 +157,22 @@ def test_study_prunes_hopeless_trials_and_writes_results(sample_data, space_file
     assert models == [f"{best.number:04d}"]
 
     # nothing left to do: a rerun runs no trial
-    again = local_tuning.run_study(str(space_file), sample_data, workdir, 5, fixed_overrides=TINY, log=quiet,
-                                   enqueue=[{"lr": HOPELESS_LR}, {"lr": DIVERGING_LR}])
+    again = local_tuning.run_study(
+        str(space_file),
+        sample_data,
+        workdir,
+        5,
+        fixed_overrides=TINY,
+        log=quiet,
+        enqueue=[{"lr": HOPELESS_LR}, {"lr": DIVERGING_LR}],
+    )
     assert len(again.rows) == 5 and not study_of(workdir).get_trials(states=(TrialState.WAITING,))
 
 
 def test_trainer_failure_fails_the_trial_with_its_reason(sample_data, space_file, tmp_path):
-    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 1, log=quiet,
-                                    fixed_overrides={**TINY, "trainable-layers": 9})
+    result = local_tuning.run_study(
+        str(space_file), sample_data, tmp_path / "study", 1, log=quiet, fixed_overrides={**TINY, "trainable-layers": 9}
+    )
     (row,) = result.rows
     assert row.state == "FAIL" and row.note.startswith("hyperparameter trainable-layers: at most 5"), row
     assert result.best is None and not (tmp_path / "study" / "best_params.json").exists()
@@ -153,8 +183,16 @@ def test_trainer_failure_fails_the_trial_with_its_reason(sample_data, space_file
 def test_parallel_trials_share_the_cores(sample_data, space_file, tmp_path, monkeypatch):
     monkeypatch.setattr(local_tuning.slots, "cpu_count", lambda: 4)  # two trials at once, two threads each
     monkeypatch.setattr(local_tuning.slots, "detect_gpus", lambda: [])
-    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 2, sampler="random",
-                                    parallel=4, fixed_overrides=TINY, log=quiet)
+    result = local_tuning.run_study(
+        str(space_file),
+        sample_data,
+        tmp_path / "study",
+        2,
+        sampler="random",
+        parallel=4,
+        fixed_overrides=TINY,
+        log=quiet,
+    )
     assert result.count("COMPLETE") == 2, result.markdown()
     first, second = sorted(study_of(tmp_path / "study").trials, key=lambda t: t.datetime_start)
     assert second.datetime_start < first.datetime_complete  # they overlapped
@@ -183,8 +221,16 @@ def warm_spares(pid: int) -> set[int]:
 
 
 def test_no_spare_trial_process_outlives_the_study(sample_data, space_file, tmp_path):
-    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 3, sampler="random",
-                                    pruner="none", fixed_overrides=TINY, log=quiet)
+    result = local_tuning.run_study(
+        str(space_file),
+        sample_data,
+        tmp_path / "study",
+        3,
+        sampler="random",
+        pruner="none",
+        fixed_overrides=TINY,
+        log=quiet,
+    )
     assert result.count("COMPLETE") == 3, result.markdown()
     assert not warm_spares(os.getpid())
     # each trial ran in its own process, with its own /opt/ml tree
@@ -194,8 +240,15 @@ def test_no_spare_trial_process_outlives_the_study(sample_data, space_file, tmp_
 
 def test_a_pre_started_trial_relaunches_the_trainer_under_torchrun(sample_data, space_file, tmp_path):
     # torchrun must start the trainer in each process, not the spare's own program
-    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 1, pruner="none",
-                                    fixed_overrides={**TINY, "processes-per-host": 2}, log=quiet)
+    result = local_tuning.run_study(
+        str(space_file),
+        sample_data,
+        tmp_path / "study",
+        1,
+        pruner="none",
+        fixed_overrides={**TINY, "processes-per-host": 2},
+        log=quiet,
+    )
     (row,) = result.rows
     assert row.state == "COMPLETE", (row.note, row.log.read_text()[-3000:])
     log = row.log.read_text()
@@ -204,9 +257,22 @@ def test_a_pre_started_trial_relaunches_the_trainer_under_torchrun(sample_data, 
 
 def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):
     workdir = tmp_path / "study"
-    cmd = [sys.executable, str(ROOT / "scripts" / "tune_local.py"), "--data", str(sample_data),
-           "--workdir", str(workdir), "--space", str(space_file), "--trials", "4", "--sampler", "random",
-           "--hp", *[f"{k}={v}" for k, v in TINY.items()]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "tune_local.py"),
+        "--data",
+        str(sample_data),
+        "--workdir",
+        str(workdir),
+        "--space",
+        str(space_file),
+        "--trials",
+        "4",
+        "--sampler",
+        "random",
+        "--hp",
+        *[f"{k}={v}" for k, v in TINY.items()],
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output = []
@@ -261,8 +327,9 @@ def test_container_runner(engine, sample_data, space_file, tmp_path, monkeypatch
     workdir = tmp_path / "study"
     with mlflow_server(tmp_path / "mlflow") as url:  # the trial's container reaches it on the host's 127.0.0.1
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        result = local_tuning.run_study(str(space_file), sample_data, workdir, 1, runner="container",
-                                        engine=engine, fixed_overrides=TINY, log=quiet)
+        result = local_tuning.run_study(
+            str(space_file), sample_data, workdir, 1, runner="container", engine=engine, fixed_overrides=TINY, log=quiet
+        )
         _, parent, children = study_runs(url)
     assert [run.info.run_name for run in children] == ["0"] and children[0].info.status == "FINISHED"
     (row,) = result.rows
@@ -272,12 +339,14 @@ def test_container_runner(engine, sample_data, space_file, tmp_path, monkeypatch
     assert math.isclose(row.objective, last_validation_loss(row.log))
     assert (workdir / "trials" / "0000" / "opt_ml" / "model" / "model_config.json").is_file()
     token = study_of(workdir).user_attrs["token"]
-    left = subprocess.run([engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env,
-                          capture_output=True, text=True).stdout
+    left = subprocess.run(
+        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
+    ).stdout
     assert f"byoc-tune-{token}" not in left
 
 
 # -- MLflow: the study a parent run, each trial a child run ------------------------
+
 
 def study_runs(url: str) -> tuple:
     from mlflow import MlflowClient
@@ -286,16 +355,25 @@ def study_runs(url: str) -> tuple:
     experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if run.info.run_name == local_tuning.STUDY_NAME]
-    children = sorted((run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
-                      key=lambda run: int(run.info.run_name))
+    children = sorted(
+        (run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda run: int(run.info.run_name),
+    )
     return client, parent, children
 
 
 def test_study_is_a_parent_run_with_a_child_run_per_trial(sample_data, space_file, tmp_path, monkeypatch):
     with mlflow_server(tmp_path / "mlflow") as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 2, pruner="none",
-                                        fixed_overrides={**TINY, "amp": "false"}, log=quiet)
+        result = local_tuning.run_study(
+            str(space_file),
+            sample_data,
+            tmp_path / "study",
+            2,
+            pruner="none",
+            fixed_overrides={**TINY, "amp": "false"},
+            log=quiet,
+        )
         assert [row.state for row in result.rows] == ["COMPLETE", "COMPLETE"], result.markdown()
         client, parent, children = study_runs(url)
         assert parent.info.status == "FINISHED"
@@ -307,7 +385,8 @@ def test_study_is_a_parent_run_with_a_child_run_per_trial(sample_data, space_fil
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]  # per epoch
             # the trial's objective is its last validation loss, as the tuner read it from the log
             assert max(history, key=lambda m: m.step).value == pytest.approx(
-                by_number[int(run.info.run_name)].objective, abs=1e-4)
+                by_number[int(run.info.run_name)].objective, abs=1e-4
+            )
             assert len(client.get_metric_history(run.info.run_id, "train:step_loss")) == 8  # 2 epochs of 4 steps
             assert run.data.params["lr"] == f"{by_number[int(run.info.run_name)].params['lr']}"
         # the parent: the best trial's parameters and objective, every trial's objective, the reports
@@ -325,8 +404,9 @@ def test_a_down_tracking_server_never_fails_the_study(sample_data, space_file, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     lines = []
     started = time.monotonic()
-    result = local_tuning.run_study(str(space_file), sample_data, tmp_path / "study", 1, pruner="none",
-                                    fixed_overrides=TINY, log=lines.append)
+    result = local_tuning.run_study(
+        str(space_file), sample_data, tmp_path / "study", 1, pruner="none", fixed_overrides=TINY, log=lines.append
+    )
     assert [row.state for row in result.rows] == ["COMPLETE"], result.markdown()
     assert sum("is not reachable" in line for line in lines) == 1, lines  # said once, by the study
     # the trial was told: it does not wait for the server itself

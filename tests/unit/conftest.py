@@ -1,4 +1,5 @@
 """Unit-tier fixtures."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Checkpoints: a round trip restores the job exactly; a corrupt, foreign or unsafe file is ignored."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,9 @@ def test_round_trip_restores_model_optimizer_schedule_and_state(tmp_path):
         assert torch.equal(value, other.model.state_dict()[key]), key
     assert other.schedule.state_dict()["last_epoch"] == 6
     moments = other.optimizer.state_dict()["state"]
-    assert moments and all(torch.equal(moments[k]["exp_avg"], loop.optimizer.state_dict()["state"][k]["exp_avg"])
-                           for k in moments)
+    assert moments and all(
+        torch.equal(moments[k]["exp_avg"], loop.optimizer.state_dict()["state"][k]["exp_avg"]) for k in moments
+    )
     assert other.skips.paths == {"train": {"bad.jpg"}}
     # the file holds tensors and plain values only
     assert torch.load(checkpointer.path, weights_only=True)["epoch"] == 1

@@ -1,4 +1,5 @@
 """The contract shared by training and serving: network, preprocessing, artifact."""
+
 from __future__ import annotations
 
 import io
@@ -41,15 +42,22 @@ def test_eval_transform_matches_torchvisions_eval_transform():
     prep = Preprocessing()
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8))
-    reference = transforms.Compose([
-        transforms.Resize(prep.resize_size), transforms.CenterCrop(prep.image_size), transforms.ToTensor(),
-        transforms.Normalize(prep.mean, prep.std)])(img)
+    reference = transforms.Compose(
+        [
+            transforms.Resize(prep.resize_size),
+            transforms.CenterCrop(prep.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(prep.mean, prep.std),
+        ]
+    )(img)
     assert np.abs(eval_transform(img, prep) - reference.numpy()).max() < 1e-5
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16"])
 def test_any_mode_decodes_to_rgb(mode):
-    img = Image.new("RGB", (40, 30), (200, 30, 30)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 900)
+    img = (
+        Image.new("RGB", (40, 30), (200, 30, 30)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 900)
+    )
     buf = io.BytesIO()
     img.save(buf, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
     decoded = decode_image(buf.getvalue())
@@ -65,10 +73,13 @@ def test_exif_orientation_is_applied():
     assert decode_image(buf.getvalue()).size == (20, 60)
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"", "empty"),
-    (b"definitely not an image", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not a readable image"),
+    ],
+)
 def test_bad_bytes_are_refused_with_a_reason(payload, message):
     with pytest.raises(ImageDecodeError, match=message):
         decode_image(payload)
@@ -100,8 +111,9 @@ def test_training_skips_and_counts_a_file_whose_conversion_fails(tmp_path):
 
     (tmp_path / "bad.png").write_bytes(palette_png_with_overlong_transparency())
     Image.new("RGB", (40, 30), "red").save(tmp_path / "good.png")
-    dataset = ImageDataset([(tmp_path / "bad.png", 0), (tmp_path / "good.png", 1)],
-                           Preprocessing.for_image_size(32), train=False)
+    dataset = ImageDataset(
+        [(tmp_path / "bad.png", 0), (tmp_path / "good.png", 1)], Preprocessing.for_image_size(32), train=False
+    )
     images, labels, unreadable = collate([dataset[0], dataset[1]])
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [1] and unreadable == [0]
     skipped = SkipTracker()

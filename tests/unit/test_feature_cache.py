@@ -1,4 +1,5 @@
 """The feature cache: computed once per image, reused, and refused when it is not this backbone's."""
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,17 @@ def images(folder, count, corrupt=()):
 
 
 def build(samples, cache, model):
-    return fc.build(samples, model, Preprocessing.for_image_size(32), cache, torch.device("cpu"), batch_size=4,
-                    workers=0, autocast=_no_autocast, memory_format=torch.contiguous_format)
+    return fc.build(
+        samples,
+        model,
+        Preprocessing.for_image_size(32),
+        cache,
+        torch.device("cpu"),
+        batch_size=4,
+        workers=0,
+        autocast=_no_autocast,
+        memory_format=torch.contiguous_format,
+    )
 
 
 def _no_autocast():
@@ -81,5 +91,14 @@ def test_the_key_changes_with_backbone_weights_and_preprocessing():
     prep = Preprocessing.for_image_size(32)
     key = fc.cache_key("resnet18", "digest", prep)
     assert key == fc.cache_key("resnet18", "digest", Preprocessing.for_image_size(32))
-    assert len({key, fc.cache_key("resnet50", "digest", prep), fc.cache_key("resnet18", "other", prep),
-                fc.cache_key("resnet18", "digest", Preprocessing.for_image_size(64))}) == 4
+    assert (
+        len(
+            {
+                key,
+                fc.cache_key("resnet50", "digest", prep),
+                fc.cache_key("resnet18", "other", prep),
+                fc.cache_key("resnet18", "digest", Preprocessing.for_image_size(64)),
+            }
+        )
+        == 4
+    )

@@ -1,4 +1,5 @@
 """The default handler stages (server/handlers.py) called directly, no HTTP."""
+
 from __future__ import annotations
 
 import base64
@@ -31,11 +32,16 @@ def test_input_fn_reads_an_image_json_and_npy(handlers):
     assert handlers.input_fn(buffer.getvalue(), NPY).shape == (3, IMAGE_SIZE, IMAGE_SIZE)
 
 
-@pytest.mark.parametrize("body, content_type, error", [
-    (b"", "image/jpeg", RequestError), (b"not an image", "image/png", RequestError),
-    (b"x", "text/plain", UnsupportedContentType), (b"{", JSON, RequestError),
-    (json.dumps({"instances": [{"b64": "AAAA"}] * 3}).encode(), JSON, TooLarge),
-])
+@pytest.mark.parametrize(
+    "body, content_type, error",
+    [
+        (b"", "image/jpeg", RequestError),
+        (b"not an image", "image/png", RequestError),
+        (b"x", "text/plain", UnsupportedContentType),
+        (b"{", JSON, RequestError),
+        (json.dumps({"instances": [{"b64": "AAAA"}] * 3}).encode(), JSON, TooLarge),
+    ],
+)
 def test_input_fn_refuses_bad_bodies(handlers, body, content_type, error):
     with pytest.raises(error):
         handlers.input_fn(body, content_type)

@@ -4,6 +4,7 @@ Training and serving are two wings joined only by container/contract; contract/s
 standard library only (the host scripts import it with the system python); insights reads what
 training saved and never imports the serving wing.
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,17 +42,23 @@ def files_of(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_each_wing_imports_only_what_it_may(package):
-    wrong = {f"{path.relative_to(ROOT)} imports {name}"
-             for path in files_of(package) for name in imported_modules(path)
-             if name.split(".")[0] in FIRST_PARTY and name.split(".")[0] not in ALLOWED[package]}
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files_of(package)
+        for name in imported_modules(path)
+        if name.split(".")[0] in FIRST_PARTY and name.split(".")[0] not in ALLOWED[package]
+    }
     assert not wrong, sorted(wrong)
 
 
 def test_the_spec_is_standard_library_only():
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    outside = {f"{path.relative_to(ROOT)} imports {name}"
-               for path in files_of("contract/spec") for name in imported_modules(path)
-               if name.split(".")[0] not in stdlib and not name.startswith("contract.spec")}
+    outside = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files_of("contract/spec")
+        for name in imported_modules(path)
+        if name.split(".")[0] not in stdlib and not name.startswith("contract.spec")
+    }
     assert not outside, sorted(outside)
 
 

@@ -1,4 +1,5 @@
 """The analysis toolbox on data a test writes: the loss rules on synthetic trials, the evaluation report."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def test_overtraining_judges_validation_passes_not_batch_noise(tmp_path):
     assert fired["status"] == "IssuesFound", fired
     # converged: training losses at ~0 wander by more than delta between batches, validation still improves
     rng = np.random.RandomState(0)
-    converged = [(list(0.02 + 0.05 * rng.rand(7)), [0.3 * 0.8 ** epoch]) for epoch in range(6)]
+    converged = [(list(0.02 + 0.05 * rng.rand(7)), [0.3 * 0.8**epoch]) for epoch in range(6)]
     quiet = verdict(write_trial(tmp_path / "converged", converged), "Overtraining")
     assert quiet["status"] == "NoIssuesFound" and quiet["judgements"] == 5, quiet
     # one pass without improvement is not yet a trend

@@ -1,4 +1,5 @@
 """sm.py's job environment: experiment tracking settings become the variables the training image reads."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,15 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_mlflow_settings_become_the_trainers_variables():
     arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/team"
-    env = job_environment(parse("--mlflow", arn, "--mlflow-experiment", "dogs", "--register-model", "dog-breeds",
-                                "--env", "BYOC_LOG=1"))
-    assert env == {"BYOC_LOG": "1", tracking.TRACKING_URI_ENV: arn, tracking.EXPERIMENT_ENV: "dogs",
-                   tracking.REGISTER_ENV: "dog-breeds"}
+    env = job_environment(
+        parse("--mlflow", arn, "--mlflow-experiment", "dogs", "--register-model", "dog-breeds", "--env", "BYOC_LOG=1")
+    )
+    assert env == {
+        "BYOC_LOG": "1",
+        tracking.TRACKING_URI_ENV: arn,
+        tracking.EXPERIMENT_ENV: "dogs",
+        tracking.REGISTER_ENV: "dog-breeds",
+    }
     assert tracking.TRACKING_URI_ENV == "MLFLOW_TRACKING_URI"  # what MLflow's client itself reads
 
 

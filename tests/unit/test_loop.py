@@ -1,4 +1,5 @@
 """The training loop's plain functions on a tiny model: what an epoch, a stop and an evaluation do."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The multi-model registry and one worker's models (server/registry.py,
 server/multi_model.py) without HTTP: two WorkerModels on one registry stand
 for two gunicorn workers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,10 @@ def workers(tmp_path, model_dirs, models_per_worker: int) -> tuple[WorkerModels,
     budget_mb = (models_per_worker * model_cost(model_dirs[0]) >> 20) + 1
     settings = dataclasses.replace(
         Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH_WAIT_MS": "0"}),
-        multi_model=True, run_dir=str(tmp_path), model_memory_budget_mb=budget_mb)
+        multi_model=True,
+        run_dir=str(tmp_path),
+        model_memory_budget_mb=budget_mb,
+    )
     return WorkerModels(settings), WorkerModels(settings)
 
 

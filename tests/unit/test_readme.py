@@ -1,4 +1,5 @@
 """The README documents what the code defines."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The serving parts that need no server: the dynamic batcher and the settings."""
+
 from __future__ import annotations
 
 import re
@@ -115,9 +116,16 @@ def test_a_failing_forward_fails_its_requests_only():
 
 
 def test_settings_from_the_environment(tmp_path):
-    settings = Settings.from_env({"SM_MODEL_DIR": str(tmp_path), "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
-                                  "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100", "SAGEMAKER_BATCH_SIZE": "32",
-                                  "SM_NUM_GPUS": "0", "SAGEMAKER_MAX_IMAGES_PER_REQUEST": "500"})
+    settings = Settings.from_env(
+        {
+            "SM_MODEL_DIR": str(tmp_path),
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
+            "SAGEMAKER_BATCH_SIZE": "32",
+            "SM_NUM_GPUS": "0",
+            "SAGEMAKER_MAX_IMAGES_PER_REQUEST": "500",
+        }
+    )
     assert (settings.workers, settings.max_payload_bytes, settings.request_threads) == (3, 100 << 20, 64)
     assert (settings.max_images_per_request, settings.max_pixels_per_request) == (500, 64_000_000)
     assert (settings.port, settings.host, settings.timeout, settings.batch_wait_ms) == (8080, "0.0.0.0", 60, 5)
@@ -125,8 +133,15 @@ def test_settings_from_the_environment(tmp_path):
     assert Settings.from_env({"SM_NUM_GPUS": "4"}).workers == 4  # one per GPU
 
 
-@pytest.mark.parametrize("name, value", [("SAGEMAKER_BATCH_SIZE", "many"), ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
-                                         ("SAGEMAKER_BIND_TO_PORT", "-1"), ("SAGEMAKER_MAX_PIXELS_PER_REQUEST", "0")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("SAGEMAKER_BATCH_SIZE", "many"),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
+        ("SAGEMAKER_BIND_TO_PORT", "-1"),
+        ("SAGEMAKER_MAX_PIXELS_PER_REQUEST", "0"),
+    ],
+)
 def test_settings_name_the_variable_that_is_wrong(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value, "SM_NUM_GPUS": "0"})

@@ -1,4 +1,5 @@
 """InferenceService (server/service.py): the handler stages wired together, in process."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def test_default_stages_answer_like_training(tmp_path):
 
 
 def test_user_output_fn_replaces_the_default(tmp_path):
-    service = InferenceService(make_model_dir(tmp_path / "model", inference_code=USER_OUTPUT_FN), settings(),
-                               module_name="inference_unit")
+    service = InferenceService(
+        make_model_dir(tmp_path / "model", inference_code=USER_OUTPUT_FN), settings(), module_name="inference_unit"
+    )
     service.start_in_worker()
     try:
         assert service.overridden == ["output_fn"]

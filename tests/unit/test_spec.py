@@ -1,4 +1,5 @@
 """contract.spec: the torch-free facts training, serving and the host tools share."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,22 @@ data: 3 classes, 43 training, 5 validation, 7 test images
 
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs the system python")
 def test_spec_imports_with_the_standard_library_only():
-    code = ("import sys\n"
-            "import contract, contract.spec\n"
-            + "".join(f"import contract.spec.{name}\n" for name in SPEC_MODULES)
-            + "outside = sorted(m for m in sys.modules if m.split('.')[0] not in sys.stdlib_module_names"
-              " and m.split('.')[0] not in ('contract', '__main__'))\n"
-              "print(outside)\n")
+    code = (
+        "import sys\n"
+        "import contract, contract.spec\n"
+        + "".join(f"import contract.spec.{name}\n" for name in SPEC_MODULES)
+        + "outside = sorted(m for m in sys.modules if m.split('.')[0] not in sys.stdlib_module_names"
+        " and m.split('.')[0] not in ('contract', '__main__'))\n"
+        "print(outside)\n"
+    )
     # -S: no site-packages at all, so any import beyond the standard library fails
-    result = subprocess.run([SYSTEM_PYTHON, "-S", "-c", code], env={"PYTHONPATH": str(ROOT / "container")},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-S", "-c", code],
+        env={"PYTHONPATH": str(ROOT / "container")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -43,21 +51,33 @@ def test_spec_imports_with_the_standard_library_only():
 @pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs the system python")
 def test_host_scripts_start_with_the_system_python():
     for script in ("run_local.py", "sm.py"):
-        result = subprocess.run([SYSTEM_PYTHON, "-S", f"scripts/{script}", "--help"], cwd=ROOT, env={},
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-S", f"scripts/{script}", "--help"],
+            cwd=ROOT,
+            env={},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if script == "sm.py":  # needs the SDK for its commands, but its spec imports are stdlib
             assert "No module named 'torch'" not in result.stderr
             continue
         assert result.returncode == 0, result.stderr
         assert "--hp NAME=VALUE" in result.stdout
-    names = subprocess.run([SYSTEM_PYTHON, "-S", "-m", "contract.spec.images", "serve", "gpu"],
-                           env={"PYTHONPATH": str(ROOT / "container")}, capture_output=True, text=True, timeout=60)
+    names = subprocess.run(
+        [SYSTEM_PYTHON, "-S", "-m", "contract.spec.images", "serve", "gpu"],
+        env={"PYTHONPATH": str(ROOT / "container")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert names.stdout.strip() == "byoc-serve:gpu", names.stderr
 
 
 def test_write_input_config(tmp_path):
-    config = paths.write_input_config(tmp_path, hyperparameters.as_strings({"epochs": 3, "head": [256, 128]}),
-                                      channels=("training", "test"))
+    config = paths.write_input_config(
+        tmp_path, hyperparameters.as_strings({"epochs": 3, "head": [256, 128]}), channels=("training", "test")
+    )
     assert config == tmp_path / "input" / "config"
     assert json.loads((config / "hyperparameters.json").read_text()) == {"epochs": "3", "head": "256,128"}
     data_config = json.loads((config / "inputdataconfig.json").read_text())
@@ -103,10 +123,16 @@ def test_tuner_progress_line():
 
 
 def test_hp_assignments():
-    assert hyperparameters.parse_assignments(["epochs=3", "head=256,128", "lr=1e-3"]) == \
-        {"epochs": "3", "head": "256,128", "lr": "1e-3"}
-    assert hyperparameters.parse_assignments(["epochs=3", "lr=1e-3", "optimizer=sgd"], typed=True) == \
-        {"epochs": 3, "lr": 0.001, "optimizer": "sgd"}
+    assert hyperparameters.parse_assignments(["epochs=3", "head=256,128", "lr=1e-3"]) == {
+        "epochs": "3",
+        "head": "256,128",
+        "lr": "1e-3",
+    }
+    assert hyperparameters.parse_assignments(["epochs=3", "lr=1e-3", "optimizer=sgd"], typed=True) == {
+        "epochs": 3,
+        "lr": 0.001,
+        "optimizer": "sgd",
+    }
     assert hyperparameters.parse_assignments(["pretrained=s3://b/k=v"]) == {"pretrained": "s3://b/k=v"}
     for bad in ("epochs", "=3"):
         with pytest.raises(hyperparameters.HyperparameterError, match="expected name=value"):
@@ -115,8 +141,12 @@ def test_hp_assignments():
 
 def test_hyperparameter_types_and_ranges():
     assert hyperparameters.BY_NAME["backbone"].choices == tuple(architecture.BACKBONES)
-    for argv, message in ((["--lr", "-1"], "must be > 0"), (["--dropout", "1"], r"must be in \[0, 1\)"),
-                          (["--backbone", "vgg"], "choose one of"), (["--learning-rate", "1"], "unknown")):
+    for argv, message in (
+        (["--lr", "-1"], "must be > 0"),
+        (["--dropout", "1"], r"must be in \[0, 1\)"),
+        (["--backbone", "vgg"], "choose one of"),
+        (["--learning-rate", "1"], "unknown"),
+    ):
         with pytest.raises(hyperparameters.HyperparameterError, match=message):
             hyperparameters.parse(argv)
     assert hyperparameters.parse(["--pretrained", "none"]).trainable_layers == len(architecture.STAGES)
@@ -133,9 +163,13 @@ def test_search_space_ranges():
         search_space.Parameter("lr", "continuous", 1.0, 0.1)
     with pytest.raises(ValueError):  # a categorical value the trainer would refuse
         search_space.Parameter("optimizer", "categorical", values=("adamw", "rmsprop"))
-    space = search_space.from_dict("mine", {"parameters": [{"name": "lr", "type": "continuous", "low": 1e-4,
-                                                             "high": 1e-1, "scaling": "log"}],
-                                            "fixed": {"epochs": 2}})
+    space = search_space.from_dict(
+        "mine",
+        {
+            "parameters": [{"name": "lr", "type": "continuous", "low": 1e-4, "high": 1e-1, "scaling": "log"}],
+            "fixed": {"epochs": 2},
+        },
+    )
     assert space.objective_regex == metrics.regex("validation:loss")
 
 
@@ -146,8 +180,17 @@ def test_presets_are_valid_hyperparameters():
 
 
 def test_training_summary_round_trip():
-    summary = artifact.TrainingSummary({"lr": 0.01, "head": [256]}, 3, [{"epoch": 1, "validation_loss": 0.5}],
-                                       "test", 0.875, 0.31, 2, 2, ["algo-1", "algo-2"])
+    summary = artifact.TrainingSummary(
+        {"lr": 0.01, "head": [256]},
+        3,
+        [{"epoch": 1, "validation_loss": 0.5}],
+        "test",
+        0.875,
+        0.31,
+        2,
+        2,
+        ["algo-1", "algo-2"],
+    )
     on_disk = json.loads(json.dumps(summary.to_dict()))
     assert on_disk["test_accuracy"] == 0.875 and "validation_accuracy" not in on_disk  # keyed by its split
     assert artifact.TrainingSummary.from_dict(on_disk) == summary

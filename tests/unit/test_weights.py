@@ -1,4 +1,5 @@
 """Starting weights from a file: read safely, fitted to the backbone, refused with a reason otherwise."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 
 contract/model.py builds them; the hyperparameter definitions check names against them.
 """
+
 from __future__ import annotations
 
 # name -> (block, blocks per stage, groups, width per group)

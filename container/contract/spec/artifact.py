@@ -12,6 +12,7 @@
 SageMaker tars this directory into model.tar.gz and extracts it again into
 /opt/ml/model of the serving container. contract/artifact.py writes and loads it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class TrainingSummary:
 
     On disk the evaluation is keyed by its split, `test_accuracy`/`test_loss` when a test set
     was given, else `validation_accuracy`/`validation_loss`, as the tools reading it expect."""
+
     hyperparameters: dict = field(default_factory=dict)
     best_epoch: int = 0  # the epoch whose weights were kept (lowest validation loss)
     history: list = field(default_factory=list)  # per epoch: losses, accuracies, seconds
@@ -46,17 +48,30 @@ class TrainingSummary:
             raise ValueError(f"split must be one of {', '.join(EVALUATED_SPLITS)}; got {self.split!r}")
 
     def to_dict(self) -> dict:
-        return {"hyperparameters": dict(self.hyperparameters), "best_epoch": self.best_epoch,
-                "history": list(self.history), f"{self.split}_accuracy": self.accuracy,
-                f"{self.split}_loss": self.loss, "skipped_images": self.skipped_images,
-                "world_size": self.world_size, "hosts": self.hosts}
+        return {
+            "hyperparameters": dict(self.hyperparameters),
+            "best_epoch": self.best_epoch,
+            "history": list(self.history),
+            f"{self.split}_accuracy": self.accuracy,
+            f"{self.split}_loss": self.loss,
+            "skipped_images": self.skipped_images,
+            "world_size": self.world_size,
+            "hosts": self.hosts,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingSummary:
         split = next((s for s in EVALUATED_SPLITS if f"{s}_accuracy" in data), None)
         if split is None:
             raise ValueError(f"no test_accuracy or validation_accuracy in the training summary: {sorted(data)}")
-        return cls(dict(data.get("hyperparameters", {})), int(data.get("best_epoch", 0)),
-                   list(data.get("history", [])), split, float(data[f"{split}_accuracy"]),
-                   float(data.get(f"{split}_loss", 0.0)), int(data.get("skipped_images", 0)),
-                   int(data.get("world_size", 1)), list(data.get("hosts", [])))
+        return cls(
+            dict(data.get("hyperparameters", {})),
+            int(data.get("best_epoch", 0)),
+            list(data.get("history", [])),
+            split,
+            float(data[f"{split}_accuracy"]),
+            float(data.get(f"{split}_loss", 0.0)),
+            int(data.get("skipped_images", 0)),
+            int(data.get("world_size", 1)),
+            list(data.get("hosts", [])),
+        )

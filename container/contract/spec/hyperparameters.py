@@ -8,6 +8,7 @@ SageMaker hands hyperparameters over as strings; the sagemaker-training
 toolkit JSON-decodes them and passes `--name value` arguments, so a boolean
 may arrive as "True", "true" or "1" and a list as "[512, 256]" or "512,256".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ def _positive(kind: Callable) -> Callable:
         if not value > 0:
             raise ValueError(f"must be > 0, got {text!r}")
         return value
+
     check.__name__ = kind.__name__
     return check
 
@@ -80,6 +82,7 @@ def _non_negative(kind: Callable) -> Callable:
         if value < 0:
             raise ValueError(f"must be >= 0, got {text!r}")
         return value
+
     check.__name__ = kind.__name__
     return check
 
@@ -99,6 +102,7 @@ def parse_collections(text) -> list[str]:
 def _auto_or(kind: Callable) -> Callable:
     def parse(text):
         return None if str(text).strip().lower() == "auto" else kind(text)
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -132,44 +136,82 @@ HYPERPARAMETERS = [
     Hyperparameter("warmup", _non_negative(float), 0.0, "epochs of linear learning-rate warm-up (fractions allowed)"),
     Hyperparameter("schedule", str, "cosine", "learning-rate decay after warm-up", ("cosine", "constant")),
     Hyperparameter("label-smoothing", _fraction, 0.0, "cross-entropy label smoothing"),
-    Hyperparameter("patience", _non_negative(int), 0, "stop after this many epochs without a better validation loss (0 = never)"),
+    Hyperparameter(
+        "patience", _non_negative(int), 0, "stop after this many epochs without a better validation loss (0 = never)"
+    ),
     # model
     Hyperparameter("backbone", str, "resnet50", "torchvision ResNet architecture", tuple(BACKBONES)),
     Hyperparameter("pretrained", str, "imagenet", "backbone weights: imagenet, none, or a file path"),
-    Hyperparameter("trainable-layers", _auto_or(_non_negative(int)), None,
-                   f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all; auto = 0 with "
-                   f"pretrained weights, {len(STAGES)} with pretrained none)"),
+    Hyperparameter(
+        "trainable-layers",
+        _auto_or(_non_negative(int)),
+        None,
+        f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all; auto = 0 with "
+        f"pretrained weights, {len(STAGES)} with pretrained none)",
+    ),
     Hyperparameter("head", parse_int_list, [], "hidden sizes of the new fully connected head, e.g. 256 or 512,128"),
     Hyperparameter("dropout", _fraction, 0.0, "dropout in the head"),
     Hyperparameter("init", str, "kaiming", "initialisation of the head", ("kaiming", "xavier", "default")),
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
-    Hyperparameter("augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"),
-    Hyperparameter("crop-scale", _crop_scale, 1.0,
-                   "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted"),
-    Hyperparameter("feature-cache", str, "",
-                   "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false"),
+    Hyperparameter(
+        "augment", parse_bool, True, "random crops and flips of training images (false: the evaluation transform)"
+    ),
+    Hyperparameter(
+        "crop-scale",
+        _crop_scale,
+        1.0,
+        "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted",
+    ),
+    Hyperparameter(
+        "feature-cache",
+        str,
+        "",
+        "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false",
+    ),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
     Hyperparameter("num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)"),
     # runtime
-    Hyperparameter("amp", parse_optional_bool, None,
-                   "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false"),
+    Hyperparameter(
+        "amp",
+        parse_optional_bool,
+        None,
+        "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false",
+    ),
     Hyperparameter("channels-last", parse_bool, True, "NHWC memory format (faster convolutions on GPUs and oneDNN)"),
     Hyperparameter("seed", _non_negative(int), 0, "random seed for splits, initialisation and augmentation"),
-    Hyperparameter("processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"),
-    Hyperparameter("max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"),
+    Hyperparameter(
+        "processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"
+    ),
+    Hyperparameter(
+        "max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"
+    ),
     # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
     Hyperparameter("debugger", parse_bool, False, "smdebug hook without SageMaker's DebuggerHookConfig"),
     # losses every step (one number each): the loss rules compare medians of several per window
-    Hyperparameter("debugger-collections", parse_collections, ["losses:1"],
-                   "collections to save, name or name:interval, e.g. losses:1,weights:100,gradients:100"),
-    Hyperparameter("debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"),
+    Hyperparameter(
+        "debugger-collections",
+        parse_collections,
+        ["losses:1"],
+        "collections to save, name or name:interval, e.g. losses:1,weights:100,gradients:100",
+    ),
+    Hyperparameter(
+        "debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"
+    ),
     Hyperparameter("debugger-dir", str, "", "where the hook writes its trial (default /opt/ml/output/tensors)"),
-    Hyperparameter("profiler", parse_optional_bool, None,
-                   "system and step profiling to /opt/ml/output/profiler: auto (on), true, false"),
+    Hyperparameter(
+        "profiler",
+        parse_optional_bool,
+        None,
+        "system and step profiling to /opt/ml/output/profiler: auto (on), true, false",
+    ),
     Hyperparameter("profiler-interval-ms", _positive(int), 500, "system sampling interval, milliseconds"),
-    Hyperparameter("profiler-trace-steps", _non_negative(int), 5,
-                   "training steps traced with torch.profiler when profiler is true or SageMaker asks (0 = none)"),
+    Hyperparameter(
+        "profiler-trace-steps",
+        _non_negative(int),
+        5,
+        "training steps traced with torch.profiler when profiler is true or SageMaker asks (0 = none)",
+    ),
 ]
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
@@ -182,6 +224,7 @@ def _with_choices(hp: Hyperparameter) -> Callable:
         if hp.choices and value not in hp.choices:
             raise ValueError(f"choose one of {', '.join(hp.choices)}; got {text!r}")
         return value
+
     return parse
 
 
@@ -205,8 +248,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         names = [u for u in unknown if u.startswith("--")] or unknown
-        raise HyperparameterError(
-            f"unknown hyperparameter {names[0]!r}; known: {', '.join(BY_NAME)}")
+        raise HyperparameterError(f"unknown hyperparameter {names[0]!r}; known: {', '.join(BY_NAME)}")
     for hp in HYPERPARAMETERS:
         raw = getattr(args, hp.dest)
         if raw is hp.default:
@@ -225,8 +267,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def as_strings(values: dict) -> dict[str, str]:
     """Values as SageMaker hands them over: strings, lists comma-separated. Names are not checked
     (the trainer refuses unknown ones with its one-line reason)."""
-    return {name: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-            for name, value in values.items()}
+    return {
+        name: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        for name, value in values.items()
+    }
 
 
 def to_sagemaker(values: dict) -> dict:

@@ -7,6 +7,7 @@ BYOC_IMAGE_TAG=NAME tags them byoc-train:NAME, byoc-serve:NAME-cpu, byoc-serve:N
 two checkouts on one machine need not overwrite each other's images.
 build_image.sh asks this module (`python3 -m contract.spec.images train|serve VARIANT`).
 """
+
 from __future__ import annotations
 
 import os

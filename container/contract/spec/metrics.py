@@ -12,6 +12,7 @@ METRIC_DEFINITIONS; the local tuner and scripts/run_local.py read lines with
 The tuning objective is the validation loss: the test set is scored once, at
 the end, and never used to pick a model.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,6 +40,7 @@ _EPOCH = re.compile(r"\bepoch=(\d+)")
 @dataclass(frozen=True)
 class Reading:
     """One metric's value on one log line; epoch None for the final test line."""
+
     name: str
     value: float
     epoch: int | None

@@ -13,6 +13,7 @@ Outside a container the root is another folder: SAGEMAKER_BASE_DIR, the
 variable the sagemaker-training toolkit itself reads, so the toolkit, the
 image's entry point and the trainer agree on one tree.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def channel(name: str, root: Path = DEFAULT_BASE_DIR) -> Path:
     return Path(root) / CHANNELS_DIR / name
 
 
-def write_input_config(root: Path, hyperparameters: dict[str, str], channels=(TRAINING_CHANNEL,),
-                       host: str = LOCAL_HOST) -> Path:
+def write_input_config(
+    root: Path, hyperparameters: dict[str, str], channels=(TRAINING_CHANNEL,), host: str = LOCAL_HOST
+) -> Path:
     """The files SageMaker writes into <root>/input/config before `train`, for a one-host File-mode job;
     the channels' folders are made too (an archive is mounted into one). `hyperparameters` are the
     strings SageMaker passes (contract.spec.hyperparameters.as_strings). Returns the config folder."""
@@ -56,9 +58,19 @@ def write_input_config(root: Path, hyperparameters: dict[str, str], channels=(TR
     for name in channels:
         channel(name, root).mkdir(parents=True, exist_ok=True)
     (config / HYPERPARAMETERS_FILE).write_text(json.dumps(dict(hyperparameters)))
-    (config / INPUT_DATA_CONFIG_FILE).write_text(json.dumps(
-        {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-         for name in channels}))
-    (config / RESOURCE_CONFIG_FILE).write_text(json.dumps(
-        {"current_host": host, "hosts": [host], "network_interface_name": "eth0"}))
+    (config / INPUT_DATA_CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                name: {
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                }
+                for name in channels
+            }
+        )
+    )
+    (config / RESOURCE_CONFIG_FILE).write_text(
+        json.dumps({"current_host": host, "hosts": [host], "network_interface_name": "eth0"})
+    )
     return config

@@ -1,5 +1,6 @@
 """Hyperparameter presets the local tools share (values as Python values; SageMaker's strings via
 contract.spec.hyperparameters.as_strings)."""
+
 from __future__ import annotations
 
 # Small and quick on the synthetic sample data (scripts/make_sample_data.py), yet it learns the

@@ -11,6 +11,7 @@ Presets are the two seeds' searches. A user's own space is a JSON file:
         {"name": "batch-size", "type": "categorical", "values": [64, 128]}],
      "fixed": {"epochs": 5, "trainable-layers": 0}}
 """
+
 from __future__ import annotations
 
 import json
@@ -84,25 +85,42 @@ class SearchSpace:
 
 PRESETS = {
     # Seed one: lr continuous 0.001..0.1, batch size integer 32..128.
-    "seed1": SearchSpace("seed1", (
-        Parameter("lr", "continuous", 1e-3, 1e-1, scaling="log"),
-        Parameter("batch-size", "integer", 32, 128),
-    ), fixed={"optimizer": "adamw", "epochs": 5}),
+    "seed1": SearchSpace(
+        "seed1",
+        (
+            Parameter("lr", "continuous", 1e-3, 1e-1, scaling="log"),
+            Parameter("batch-size", "integer", 32, 128),
+        ),
+        fixed={"optimizer": "adamw", "epochs": 5},
+    ),
     # Seed two: AdamW lr 0.01x..100x of 1e-3, eps 1e-9..1e-8, weight decay
     # 0.1x..10x of 0.01, batch size 64 or 128.
-    "seed2": SearchSpace("seed2", (
-        Parameter("lr", "continuous", 1e-5, 1e-1, scaling="log"),
-        Parameter("eps", "continuous", 1e-9, 1e-8, scaling="log"),
-        Parameter("weight-decay", "continuous", 1e-3, 1e-1, scaling="log"),
-        Parameter("batch-size", "categorical", values=(64, 128)),
-    ), fixed={"optimizer": "adamw", "head": "256,128", "epochs": 5}),
+    "seed2": SearchSpace(
+        "seed2",
+        (
+            Parameter("lr", "continuous", 1e-5, 1e-1, scaling="log"),
+            Parameter("eps", "continuous", 1e-9, 1e-8, scaling="log"),
+            Parameter("weight-decay", "continuous", 1e-3, 1e-1, scaling="log"),
+            Parameter("batch-size", "categorical", values=(64, 128)),
+        ),
+        fixed={"optimizer": "adamw", "head": "256,128", "epochs": 5},
+    ),
 }
 
 
 def from_dict(name: str, data: dict) -> SearchSpace:
     try:
-        params = tuple(Parameter(p["name"], p["type"], p.get("low"), p.get("high"), tuple(p.get("values", ())),
-                                 p.get("scaling", "linear")) for p in data["parameters"])
+        params = tuple(
+            Parameter(
+                p["name"],
+                p["type"],
+                p.get("low"),
+                p.get("high"),
+                tuple(p.get("values", ())),
+                p.get("scaling", "linear"),
+            )
+            for p in data["parameters"]
+        )
     except (KeyError, TypeError) as exc:
         raise SearchSpaceError(f"search space {name}: malformed ({exc})") from None
     return SearchSpace(name, params, dict(data.get("fixed", {})))

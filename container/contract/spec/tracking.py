@@ -12,6 +12,7 @@ Ours (container/trainer/tracking.py reads them):
 A SageMaker job gets them through its `environment`; sm.py's --mlflow, --mlflow-experiment and
 --register-model set them, run_local.py --mlflow and the local tuner set them for their containers.
 """
+
 from __future__ import annotations
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

@@ -52,6 +52,7 @@ machine's share per trial), runners (process and container), trials (one trial: 
 study (run_study: storage, resume, the pool of trials), reports (leaderboard, best_params.json,
 plots, the printed summary), cli (the command lines' arguments).
 """
+
 from __future__ import annotations
 
 from .cli import add_arguments, parse_overrides
@@ -63,7 +64,31 @@ from .space import GRID_POINTS, PRUNERS, SAMPLERS, grid_size, grid_values, make_
 from .space import space_with_overrides as _space_with_overrides
 from .study import STUDY_NAME, run_study
 
-__all__ = ["GRID_POINTS", "PRUNERS", "RUNNERS", "SAMPLERS", "STUDY_NAME", "ContainerRunner", "ProcessRunner", "Slot",
-           "StudyResult", "TrialRow", "TuningError", "_space_with_overrides", "add_arguments", "cpu_count",
-           "default_parallel", "detect_gpus", "grid_size", "grid_values", "make_pruner", "make_sampler",
-           "make_slots", "parse_overrides", "print_summary", "run_study", "suggest", "write_reports"]
+__all__ = [
+    "GRID_POINTS",
+    "PRUNERS",
+    "RUNNERS",
+    "SAMPLERS",
+    "STUDY_NAME",
+    "ContainerRunner",
+    "ProcessRunner",
+    "Slot",
+    "StudyResult",
+    "TrialRow",
+    "TuningError",
+    "_space_with_overrides",
+    "add_arguments",
+    "cpu_count",
+    "default_parallel",
+    "detect_gpus",
+    "grid_size",
+    "grid_values",
+    "make_pruner",
+    "make_sampler",
+    "make_slots",
+    "parse_overrides",
+    "print_summary",
+    "run_study",
+    "suggest",
+    "write_reports",
+]

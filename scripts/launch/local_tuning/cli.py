@@ -1,4 +1,5 @@
 """The tuner's command-line arguments (scripts/tune_local.py, and sm.py tune --local)."""
+
 from __future__ import annotations
 
 from contract.spec import hyperparameters, images
@@ -18,19 +19,31 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--space", default="seed1",
-                        help=f"search space: a preset ({', '.join(spaces.PRESETS)}) or a JSON file (default seed1)")
+    parser.add_argument(
+        "--space",
+        default="seed1",
+        help=f"search space: a preset ({', '.join(spaces.PRESETS)}) or a JSON file (default seed1)",
+    )
     parser.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="tpe (Bayesian, default), random, grid")
-    parser.add_argument("--grid-points", type=int, default=GRID_POINTS,
-                        help=f"grid points per integer/continuous range (default {GRID_POINTS})")
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="trials at once (default and most: one per GPU, or one per 2 cores)")
-    parser.add_argument("--runner", choices=RUNNERS, default="process",
-                        help="process: python container/train.py; container: the byoc-train image")
+    parser.add_argument(
+        "--grid-points",
+        type=int,
+        default=GRID_POINTS,
+        help=f"grid points per integer/continuous range (default {GRID_POINTS})",
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=None, help="trials at once (default and most: one per GPU, or one per 2 cores)"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="process",
+        help="process: python container/train.py; container: the byoc-train image",
+    )
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="early stopping of trials (default median)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
-    parser.add_argument("--image", default=images.train_image(),
-                        help="training image for --runner container")
-    parser.add_argument("--keep-models", action="store_true",
-                        help="keep every completed trial's model, not only the best")
+    parser.add_argument("--image", default=images.train_image(), help="training image for --runner container")
+    parser.add_argument(
+        "--keep-models", action="store_true", help="keep every completed trial's model, not only the best"
+    )

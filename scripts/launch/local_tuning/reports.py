@@ -1,4 +1,5 @@
 """A study's results: the rows best first, leaderboard.csv, best_params.json, the plots, the printed summary."""
+
 from __future__ import annotations
 
 import csv
@@ -72,13 +73,21 @@ _ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2}
 def _rows(study: optuna.Study, workdir: Path) -> list[TrialRow]:
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-    trials.sort(key=lambda t: (_ORDER.get(t.state, 3), sign * t.value if t.value is not None else math.inf,
-                               t.number))
-    return [TrialRow(t.number, t.state.name, t.value, dict(t.params),
-                     t.duration.total_seconds() if t.duration else None, len(t.intermediate_values),
-                     t.user_attrs.get("note", ""), workdir / t.user_attrs.get("log", f"trials/{t.number:04d}/log.txt"),
-                     t.datetime_complete.timestamp() if t.datetime_complete else None)
-            for t in trials]
+    trials.sort(key=lambda t: (_ORDER.get(t.state, 3), sign * t.value if t.value is not None else math.inf, t.number))
+    return [
+        TrialRow(
+            t.number,
+            t.state.name,
+            t.value,
+            dict(t.params),
+            t.duration.total_seconds() if t.duration else None,
+            len(t.intermediate_values),
+            t.user_attrs.get("note", ""),
+            workdir / t.user_attrs.get("log", f"trials/{t.number:04d}/log.txt"),
+            t.datetime_complete.timestamp() if t.datetime_complete else None,
+        )
+        for t in trials
+    ]
 
 
 def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], list[str]]:
@@ -89,16 +98,24 @@ def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], 
     from optuna.visualization import matplotlib as ov
 
     files, notes = {}, []
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
     varying = [p.name for p in space.parameters if len({repr(t.params.get(p.name)) for t in complete}) > 1]
     plots = {
         "optimization_history": (ov.plot_optimization_history, complete, "no completed trial"),
-        "param_importances": (ov.plot_param_importances, len(complete) >= 2 and len(varying) >= 2,
-                              "parameter importances need 2 completed trials and 2 parameters that vary"),
-        "intermediate_values": (ov.plot_intermediate_values,
-                                any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
-                                "no trial reported a validation loss"),
+        "param_importances": (
+            ov.plot_param_importances,
+            len(complete) >= 2 and len(varying) >= 2,
+            "parameter importances need 2 completed trials and 2 parameters that vary",
+        ),
+        "intermediate_values": (
+            ov.plot_intermediate_values,
+            any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
+            "no trial reported a validation loss",
+        ),
     }
     for name, (plot, possible, why_not) in plots.items():
         path = workdir / f"{name}.png"
@@ -120,19 +137,31 @@ def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], 
     return files, notes
 
 
-def write_reports(study: optuna.Study, space, fixed: dict, workdir: Path, n_trials: int,
-                  keep_models: bool = False) -> StudyResult:
+def write_reports(
+    study: optuna.Study, space, fixed: dict, workdir: Path, n_trials: int, keep_models: bool = False
+) -> StudyResult:
     rows = _rows(study, workdir)
     order = [p.name for p in space.parameters]
-    names = sorted({k for row in rows for k in row.params},
-                   key=lambda n: (n not in order, order.index(n) if n in order else 0, n))
+    names = sorted(
+        {k for row in rows for k in row.params}, key=lambda n: (n not in order, order.index(n) if n in order else 0, n)
+    )
     with open(workdir / "leaderboard.csv", "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["rank", "trial", "state", "objective", "epochs", "duration_s", *names, "note", "log"])
         for rank, row in enumerate(rows, start=1):
-            out.writerow([rank, row.number, row.state, "" if row.objective is None else row.objective, row.epochs,
-                          "" if row.duration_s is None else round(row.duration_s, 1),
-                          *[row.params.get(n, "") for n in names], row.note, row.log.relative_to(workdir)])
+            out.writerow(
+                [
+                    rank,
+                    row.number,
+                    row.state,
+                    "" if row.objective is None else row.objective,
+                    row.epochs,
+                    "" if row.duration_s is None else round(row.duration_s, 1),
+                    *[row.params.get(n, "") for n in names],
+                    row.note,
+                    row.log.relative_to(workdir),
+                ]
+            )
     files = {"leaderboard": workdir / "leaderboard.csv"}
     best = rows[0] if rows and rows[0].state == "COMPLETE" else None
     best_params = None
@@ -151,8 +180,9 @@ def write_reports(study: optuna.Study, space, fixed: dict, workdir: Path, n_tria
     files["report"] = tuning_report.write(study, workdir)  # one HTML page of the above, with plotly figures
     if best is None:
         notes.insert(0, "no trial completed: no best_params.json")
-    return StudyResult(workdir, f"sqlite:///{workdir / 'study.db'}", STUDY_NAME, n_trials, rows, best,
-                       best_params, files, notes)
+    return StudyResult(
+        workdir, f"sqlite:///{workdir / 'study.db'}", STUDY_NAME, n_trials, rows, best, best_params, files, notes
+    )
 
 
 def print_summary(result: StudyResult, out=print) -> None:
@@ -165,7 +195,9 @@ def print_summary(result: StudyResult, out=print) -> None:
         out(f"  note: {note}")
     if result.best is not None:
         out(f"best: trial {result.best.number}, objective {result.best.objective:.6g}")
-        out("train the final model with: " + " ".join(f"--hp {k}={v}" for k, v in
-                                                    hyperparameters.to_sagemaker(result.best_params).items()))
+        out(
+            "train the final model with: "
+            + " ".join(f"--hp {k}={v}" for k, v in hyperparameters.to_sagemaker(result.best_params).items())
+        )
     for name, path in result.files.items():
         out(f"  {name:<22} {path}")

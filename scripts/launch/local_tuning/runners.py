@@ -1,4 +1,5 @@
 """How a trial's trainer runs: a pre-started local process, or the training image."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n"  # PR_SET_PDEATHSIG
     "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n")
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def _die_with_parent(cmd: list[str]) -> list[str]:
@@ -43,6 +45,7 @@ def _die_with_parent(cmd: list[str]) -> list[str]:
 
 class ProcessRunner:
     """`python container/train.py --name value ...` with SAGEMAKER_BASE_DIR=<trial>/opt_ml."""
+
     kind = "process"
 
     def __init__(self, data: Path, workdir: Path):
@@ -67,26 +70,43 @@ class ProcessRunner:
     @staticmethod
     def slot_env(slot: Slot) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(slot.threads),
-                    "MKL_NUM_THREADS": str(slot.threads),
-                    # warm_trial.py imports the trainer from this checkout's container/
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(container_path.CONTAINER),
-                                                              os.environ.get("PYTHONPATH")) if p)})
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": str(slot.threads),
+                "MKL_NUM_THREADS": str(slot.threads),
+                # warm_trial.py imports the trainer from this checkout's container/
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(container_path.CONTAINER), os.environ.get("PYTHONPATH")) if p
+                ),
+            }
+        )
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         return env
 
     def spawn(self, slot: Slot) -> subprocess.Popen:
         # the caller's working directory: relative paths (feature-cache, pretrained) mean what they said
-        return subprocess.Popen(_die_with_parent([sys.executable, str(WARM_TRIAL)]), env=self.slot_env(slot),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+        return subprocess.Popen(
+            _die_with_parent([sys.executable, str(WARM_TRIAL)]),
+            env=self.slot_env(slot),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
 
     def start(self, trial_dir: Path, hps: dict, slot: Slot, name: str, env: dict | None = None) -> subprocess.Popen:
         opt_ml = trial_dir / "opt_ml"
-        env = {**(env or {}), paths.BASE_DIR_ENV: str(opt_ml), "TRAINER_SCRATCH": str(trial_dir / "scratch"),
-               "TRAINER_REASON_FILE": str(trial_dir / "reason"), "SM_CHANNEL_TRAINING": str(self.channel),
-               "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index)}
+        env = {
+            **(env or {}),
+            paths.BASE_DIR_ENV: str(opt_ml),
+            "TRAINER_SCRATCH": str(trial_dir / "scratch"),
+            "TRAINER_REASON_FILE": str(trial_dir / "reason"),
+            "SM_CHANNEL_TRAINING": str(self.channel),
+            "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index),
+        }
         argv = hyperparameters.to_argv(hyperparameters.to_sagemaker(hps))
         with self.lock:
             proc = self.spares.pop(slot.index, None)
@@ -136,6 +156,7 @@ def engine_from_script() -> container_engine.Engine:
 
 class ContainerRunner:
     """`ENGINE run --rm -v trial/opt_ml:/opt/ml -v data:/opt/ml/input/data/training:ro IMAGE train`."""
+
     kind = "container"
 
     def __init__(self, data: Path, image: str, engine: container_engine.Engine | None):
@@ -159,22 +180,44 @@ class ContainerRunner:
             hps = {**hps, CACHE_HP: CONTAINER_CACHE}
         paths.write_input_config(opt_ml, hyperparameters.to_sagemaker(hps))
         target = container_engine.channel_mount(self.data, paths.channel(paths.TRAINING_CHANNEL))
-        cmd = [shutil.which(self.cli) or self.cli, "run", "--rm", "--name", name,
-               "-v", f"{opt_ml}:{paths.DEFAULT_BASE_DIR}", "-v", target, *mounts,
-               "-e", f"OMP_NUM_THREADS={slot.threads}", "-e", f"MKL_NUM_THREADS={slot.threads}",
-               *[item for key, value in env.items() for item in ("-e", f"{key}={value}")],
-               *(["--network", "host"] if on_loopback(env) else [])]
+        cmd = [
+            shutil.which(self.cli) or self.cli,
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "-v",
+            f"{opt_ml}:{paths.DEFAULT_BASE_DIR}",
+            "-v",
+            target,
+            *mounts,
+            "-e",
+            f"OMP_NUM_THREADS={slot.threads}",
+            "-e",
+            f"MKL_NUM_THREADS={slot.threads}",
+            *[item for key, value in env.items() for item in ("-e", f"{key}={value}")],
+            *(["--network", "host"] if on_loopback(env) else []),
+        ]
         if slot.gpu is not None:
             cmd += container_engine.gpu_flags(self.cli, slot.gpu)
         cmd += [self.image, "train"]
-        return subprocess.Popen(_die_with_parent(cmd), env=self.env, cwd=trial_dir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        return subprocess.Popen(
+            _die_with_parent(cmd),
+            env=self.env,
+            cwd=trial_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
 
     def request_stop(self, proc: subprocess.Popen, name: str) -> None:
         """`ENGINE stop` (SIGTERM, then SIGKILL after the grace period), in the background."""
+
         def stop():
             subprocess.run([self.cli, "stop", "-t", str(STOP_GRACE_S), name], env=self.env, capture_output=True)
             subprocess.run([self.cli, "rm", "-f", name], env=self.env, capture_output=True)
+
         threading.Thread(target=stop, daemon=True).start()
 
     def expect(self, trials: int) -> None:

@@ -1,4 +1,5 @@
 """Each trial's share of the machine: threads, data loader workers, a GPU."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Slot:
     """One trial's share of the machine."""
+
     index: int
     threads: int  # OMP_NUM_THREADS
     workers: int  # the trainer's num-workers (data loader processes)

@@ -1,4 +1,5 @@
 """A search space (contract/spec/search_space.py) as Optuna's sampler and pruner, and the caller's overrides."""
+
 from __future__ import annotations
 
 import math
@@ -50,14 +51,16 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(name: str, space: spaces.SearchSpace, seed: int, n_trials: int,
-                 grid_points: int = GRID_POINTS) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, space: spaces.SearchSpace, seed: int, n_trials: int, grid_points: int = GRID_POINTS
+) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # a few random trials first (SageMaker's Bayesian strategy starts randomly too), then TPE
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 3)),
-                                              multivariate=True, constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=max(2, min(10, n_trials // 3)), multivariate=True, constant_liar=True
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":

@@ -1,4 +1,5 @@
 """run_study: the Optuna study in a work directory, resumed where a run left it, its trials in a pool."""
+
 from __future__ import annotations
 
 import fcntl
@@ -59,12 +60,25 @@ def _requeue_stale(study: optuna.Study, storage, runner, log) -> None:
             log(f"trial {trial.number} was interrupted before it started")
 
 
-def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path | str, n_trials: int,
-              sampler: str = "tpe", parallel: int | None = None, runner: str = "process",
-              fixed_overrides: dict | None = None, seed: int = 0, *, pruner: str = "median",
-              grid_points: int = GRID_POINTS, enqueue: list[dict] | tuple = (), image: str | None = None,
-              engine: container_engine.Engine | None = None, keep_models: bool = False,
-              log: Callable[[str], None] = lambda line: print(line, flush=True)) -> StudyResult:
+def run_study(
+    space: spaces.SearchSpace | str,
+    data: Path | str,
+    workdir: Path | str,
+    n_trials: int,
+    sampler: str = "tpe",
+    parallel: int | None = None,
+    runner: str = "process",
+    fixed_overrides: dict | None = None,
+    seed: int = 0,
+    *,
+    pruner: str = "median",
+    grid_points: int = GRID_POINTS,
+    enqueue: list[dict] | tuple = (),
+    image: str | None = None,
+    engine: container_engine.Engine | None = None,
+    keep_models: bool = False,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> StudyResult:
     """Run (or resume) a local study of `n_trials` trials in `workdir`; see the module's docstring.
 
     fixed_overrides: hyperparameters for every trial (e.g. {"epochs": 3}); they win over the
@@ -95,17 +109,25 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         storage_url = f"sqlite:///{workdir / 'study.db'}"
         storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
         direction = "minimize" if space.objective_type.lower().startswith("min") else "maximize"
-        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction,
-                                    load_if_exists=True)
-        definition = json.loads(json.dumps({"parameters": [asdict(p) for p in space.parameters],
-                                            "fixed": hyperparameters.to_sagemaker(fixed), "objective": space.objective_metric}))
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True)
+        definition = json.loads(
+            json.dumps(
+                {
+                    "parameters": [asdict(p) for p in space.parameters],
+                    "fixed": hyperparameters.to_sagemaker(fixed),
+                    "objective": space.objective_metric,
+                }
+            )
+        )
         if "definition" not in study.user_attrs:
             study.set_user_attr("definition", definition)
             study.set_user_attr("space", space.name)
             study.set_user_attr("token", uuid.uuid4().hex[:8])
         elif study.user_attrs["definition"] != definition:
-            raise TuningError(f"{workdir} holds a study of another search (space {study.user_attrs.get('space')}, "
-                              f"fixed {study.user_attrs['definition']['fixed']}): use another workdir")
+            raise TuningError(
+                f"{workdir} holds a study of another search (space {study.user_attrs.get('space')}, "
+                f"fixed {study.user_attrs['definition']['fixed']}): use another workdir"
+            )
         # a fresh random stream per run: a resumed run must not replay the first run's samples
         study.sampler = make_sampler(sampler, space, seed + len(study.trials), target, grid_points)
         study.pruner = make_pruner(pruner)
@@ -115,8 +137,11 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         if parallel and width < parallel:
             log(f"parallel {parallel} lowered to {width} ({len(gpus)} GPU(s), {cores} cores)")
         slots = hardware.make_slots(width, gpus, cores)
-        the_runner = (ProcessRunner(data, workdir) if runner == "process"
-                      else ContainerRunner(data, image or images.train_image(), engine))
+        the_runner = (
+            ProcessRunner(data, workdir)
+            if runner == "process"
+            else ContainerRunner(data, image or images.train_image(), engine)
+        )
         _requeue_stale(study, storage, the_runner, log)
         for params in enqueue:
             study.enqueue_trial(dict(params), skip_if_exists=True)
@@ -125,14 +150,27 @@ def run_study(space: spaces.SearchSpace | str, data: Path | str, workdir: Path |
         if "profiler" in hyperparameters.BY_NAME and "profiler" not in fixed:
             runtime["profiler"] = "false"  # no profile per trial
         tracking = track_study(study, log)  # MLflow, when MLFLOW_TRACKING_URI names a server
-        work = TrialWork(study, storage, space, fixed, runtime, the_runner, workdir, study.user_attrs["token"], log,
-                         trial_env=tracking.trial_env)
+        work = TrialWork(
+            study,
+            storage,
+            space,
+            fixed,
+            runtime,
+            the_runner,
+            workdir,
+            study.user_attrs["token"],
+            log,
+            trial_env=tracking.trial_env,
+        )
         done = _finished(study)
         remaining = max(0, target - done)
-        log(f"study {STUDY_NAME} in {workdir}: {done} of {target} trials done, {remaining} to run "
+        log(
+            f"study {STUDY_NAME} in {workdir}: {done} of {target} trials done, {remaining} to run "
             f"(sampler {sampler}, pruner {pruner}, runner {runner}, {width} in parallel, "
             f"{slots[0].threads} thread(s) and {slots[0].workers} loader worker(s) each"
-            + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
+            + (f", GPUs {','.join(gpus)}" if gpus else "")
+            + ")"
+        )
 
         interrupted = False
         the_runner.expect(remaining)

@@ -10,6 +10,7 @@ goes on untracked and its trials are given an empty MLFLOW_TRACKING_URI, so that
 wait for it; a call that fails later is logged once and tracking stops. A resumed study (the
 same work directory and server) keeps its parent run.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,7 @@ class StudyRun(Untracked):
     def trial_env(self, number: int) -> dict:
         if self.failed:
             return {URI_ENV: ""}
-        return {**self.env, PARENT_RUN_ENV: self.run_id,
-                RUN_NAME_ENV: str(number)}
+        return {**self.env, PARENT_RUN_ENV: self.run_id, RUN_NAME_ENV: str(number)}
 
     def call(self, what: str, func) -> None:
         if self.failed:
@@ -64,8 +64,10 @@ class StudyRun(Untracked):
             func()
         except Exception as exc:
             self.failed = True
-            self.log(f"tracking: MLflow failed to {what} ({type(exc).__name__}: {str(exc)[:300]}); "
-                     "the study goes on untracked")
+            self.log(
+                f"tracking: MLflow failed to {what} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "the study goes on untracked"
+            )
 
     def finish(self, result, objective_metric: str, status: str = "FINISHED") -> None:
         """The best trial's parameters and objective, the reports, then the parent run's end."""
@@ -74,11 +76,16 @@ class StudyRun(Untracked):
 
         client, run_id = self.client, self.run_id
         now = time.time_ns() // 1_000_000
-        objectives = [Metric(TRIAL_OBJECTIVES, row.objective, now, row.number) for row in result.rows
-                      if row.state == "COMPLETE" and row.objective is not None]
+        objectives = [
+            Metric(TRIAL_OBJECTIVES, row.objective, now, row.number)
+            for row in result.rows
+            if row.state == "COMPLETE" and row.objective is not None
+        ]
         if result.best is not None:
-            objectives += [Metric(objective_metric, result.best.objective, now, 0),
-                           Metric("best_trial", result.best.number, now, 0)]
+            objectives += [
+                Metric(objective_metric, result.best.objective, now, 0),
+                Metric("best_trial", result.best.number, now, 0),
+            ]
 
         def best_params():
             params = {k: str(v) for k, v in (result.best_params or {}).items()}
@@ -127,13 +134,16 @@ def track_study(study, log: Callable[[str], None]) -> Untracked:
                 run_id = None
         if not run_id:
             _, experiment_id = trainer_tracking.experiment(client)
-            run_id = client.create_run(experiment_id, run_name=study.study_name,
-                                       tags={"optuna.study": study.study_name}).info.run_id
+            run_id = client.create_run(
+                experiment_id, run_name=study.study_name, tags={"optuna.study": study.study_name}
+            ).info.run_id
             study.set_user_attr(RUN_ATTR, run_id)
             study.set_user_attr(URI_ATTR, uri)
         log(f"tracking: study run {run_id} at {uri}; each trial a child run")
         return StudyRun(client, run_id, uri, log)
     except Exception as exc:
-        log(f"tracking: MLflow could not start the study's run ({type(exc).__name__}: {str(exc)[:300]}); "
-            "the study goes on untracked")
+        log(
+            f"tracking: MLflow could not start the study's run ({type(exc).__name__}: {str(exc)[:300]}); "
+            "the study goes on untracked"
+        )
         return Untracked({URI_ENV: ""})

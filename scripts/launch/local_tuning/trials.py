@@ -1,4 +1,5 @@
 """One trial: its hyperparameters, its trainer run, its validation losses read from the log, its outcome."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,19 @@ DIVERGED = re.compile(r"loss became (nan|[-+]?inf)", re.IGNORECASE)
 class TrialWork:
     """The study's trials: each worker thread takes a slot, asks Optuna, runs one trial, tells the outcome."""
 
-    def __init__(self, study: optuna.Study, storage, space, fixed: dict, runtime: dict, runner, workdir: Path,
-                 token: str, log: Callable[[str], None], trial_env: Callable[[int], dict] = lambda number: {}):
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage,
+        space,
+        fixed: dict,
+        runtime: dict,
+        runner,
+        workdir: Path,
+        token: str,
+        log: Callable[[str], None],
+        trial_env: Callable[[int], dict] = lambda number: {},
+    ):
         self.study, self.storage, self.space, self.fixed, self.runtime = study, storage, space, fixed, runtime
         self.trial_env = trial_env  # a trial's extra environment, by its number (tracking.py's MLflow settings)
         self.runner, self.workdir, self.token, self.log = runner, workdir, token, log
@@ -60,8 +72,11 @@ class TrialWork:
             frozen = self.storage.get_trial(trial._trial_id)
             duration = f"{frozen.duration.total_seconds():.0f} s" if frozen.duration else ""
             shown = f"{value:.6g} " if value is not None else ""
-            self.log(f"trial {trial.number} {state.name} {shown}in {duration}"
-                     + (f": {note}" if note else "") + f"  ({params_text(trial.params)})")
+            self.log(
+                f"trial {trial.number} {state.name} {shown}in {duration}"
+                + (f": {note}" if note else "")
+                + f"  ({params_text(trial.params)})"
+            )
         finally:
             slots.put(slot)
 
@@ -117,8 +132,11 @@ class TrialWork:
             return None
         if rc == 0 and values:
             return TrialState.COMPLETE, values[-1], ""  # SageMaker's tuner takes the last value too
-        reason = failure_reason(trial_dir, rc) if rc != 0 else \
-            f"no validation loss in the log (objective regex {self.space.objective_regex!r})"
+        reason = (
+            failure_reason(trial_dir, rc)
+            if rc != 0
+            else f"no validation loss in the log (objective regex {self.space.objective_regex!r})"
+        )
         if DIVERGED.search(reason):
             return TrialState.PRUNED, None, f"diverged: {reason}"
         return TrialState.FAIL, None, reason

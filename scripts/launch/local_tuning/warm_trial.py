@@ -12,6 +12,7 @@ spare is not needed: exit 0 at once. The slot's settings that are read at
 import (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES) come with the process's own
 environment, not the request.
 """
+
 import json
 import os
 import sys

@@ -1,6 +1,7 @@
 """sm.py's commands on SDK v3 (the default; `--sdk v2` runs sm.py's own v2 commands).
 
 Same flags, same facts, same outputs (`model: <uri>`, the top-k lines) as the v2 commands."""
+
 from __future__ import annotations
 
 import time
@@ -24,18 +25,26 @@ def _job_name(base: str = "byoc-train") -> str:
 
 
 def cmd_train(args, config, session):
-    sources = {"training": args.data, "validation": args.validation, "test": args.test,
-               "pretrained": args.pretrained}
+    sources = {"training": args.data, "validation": args.validation, "test": args.test, "pretrained": args.pretrained}
     if config.is_local:
         sources = local_channels(sources, args.workdir.resolve())
     name = args.job_name or _job_name()
     root = args.workdir.resolve() / "jobs" / name
-    trainer = training.model_trainer(session, config, parse_hps(args.hp), name, tags=parse_tags(args.tag),
-                                     environment=job_environment(args), container_root=root, subnets=args.subnet or None,
-                                     security_group_ids=args.security_group or None,
-                                     network_isolation=args.network_isolation)
-    trainer.train(input_data_config=training.input_data(session, config, sources), wait=not args.no_wait,
-                  logs=not args.no_wait)
+    trainer = training.model_trainer(
+        session,
+        config,
+        parse_hps(args.hp),
+        name,
+        tags=parse_tags(args.tag),
+        environment=job_environment(args),
+        container_root=root,
+        subnets=args.subnet or None,
+        security_group_ids=args.security_group or None,
+        network_isolation=args.network_isolation,
+    )
+    trainer.train(
+        input_data_config=training.input_data(session, config, sources), wait=not args.no_wait, logs=not args.no_wait
+    )
     if config.is_local:
         print(f"model: file://{training.local_artifacts(root)}")
     elif args.no_wait:
@@ -58,10 +67,24 @@ def cmd_tune(args, config, session):
     if not args.data:
         raise SystemExit("--data (the training channel) is required to start a tuning job")
     sources = {"training": args.data, "validation": args.validation, "test": args.test}
-    trainer = training.model_trainer(session, config, fixed, "byoc-tune-trial", tags=parse_tags(args.tag),
-                                     environment=job_environment(args), tensorboard=False)
-    tuner = tuning.tuner(trainer, space, args.strategy, args.max_jobs, args.max_parallel_jobs,
-                         args.warm_start.split(",") if args.warm_start else None, epochs=int(fixed.get("epochs", 5)))
+    trainer = training.model_trainer(
+        session,
+        config,
+        fixed,
+        "byoc-tune-trial",
+        tags=parse_tags(args.tag),
+        environment=job_environment(args),
+        tensorboard=False,
+    )
+    tuner = tuning.tuner(
+        trainer,
+        space,
+        args.strategy,
+        args.max_jobs,
+        args.max_parallel_jobs,
+        args.warm_start.split(",") if args.warm_start else None,
+        epochs=int(fixed.get("epochs", 5)),
+    )
     tuner.tune(inputs=training.input_data(session, config, sources), wait=False)
     print(f"tuning job {tuner.latest_tuning_job.hyper_parameter_tuning_job_name} started")
     if not (args.wait or args.train_best):
@@ -108,8 +131,9 @@ def cmd_deploy(args, config, session):
 def cmd_invoke(args, config, session):
     for path in args.images:
         if args.via in ("predictor", "both"):
-            print_top(f"{path} (Endpoint.invoke)", hosting.invoke_with_endpoint(session, args.endpoint_name, path,
-                                                                               args.top_k))
+            print_top(
+                f"{path} (Endpoint.invoke)", hosting.invoke_with_endpoint(session, args.endpoint_name, path, args.top_k)
+            )
         if args.via in ("boto3", "both"):
             result = hosting.invoke_with_boto3(session.sagemaker_runtime_client, args.endpoint_name, path, args.top_k)
             print_top(f"{path} (boto3)", result)
@@ -135,5 +159,11 @@ def cmd_cleanup(args, config, session):
     cleanup_endpoint(config, session, args.endpoint_name)
 
 
-COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "invoke": cmd_invoke,
-            "transform": cmd_transform, "cleanup": cmd_cleanup}
+COMMANDS = {
+    "train": cmd_train,
+    "tune": cmd_tune,
+    "deploy": cmd_deploy,
+    "invoke": cmd_invoke,
+    "transform": cmd_transform,
+    "cleanup": cmd_cleanup,
+}

@@ -6,6 +6,7 @@ plain boto3 sagemaker-runtime call it; sagemaker.core.transformer.Transformer ru
 Not ModelBuilder: it picks and configures a model server of its own (TorchServe, DJL, ...), and
 our image is its own server. Local mode: see launch/v3/local.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,27 @@ def create_model(session, config: Config, model_data: str, name: str, env: dict 
     from sagemaker.core.resources import Model
     from sagemaker.core.shapes import ContainerDefinition
 
-    return Model.create(model_name=name, execution_role_arn=config.role, tags=_tags(),
-                        primary_container=ContainerDefinition(image=config.serve_image, model_data_url=model_data,
-                                                              environment=env or {}),
-                        session=session.boto_session, region=session.boto_region_name)
+    return Model.create(
+        model_name=name,
+        execution_role_arn=config.role,
+        tags=_tags(),
+        primary_container=ContainerDefinition(
+            image=config.serve_image, model_data_url=model_data, environment=env or {}
+        ),
+        session=session.boto_session,
+        region=session.boto_region_name,
+    )
 
 
-def deploy(session, config: Config, model_name: str, endpoint_name: str, instance_count: int = 1,
-           serverless: tuple[int, int] | None = None, wait: bool = True):
+def deploy(
+    session,
+    config: Config,
+    model_name: str,
+    endpoint_name: str,
+    instance_count: int = 1,
+    serverless: tuple[int, int] | None = None,
+    wait: bool = True,
+):
     """-> the v3 Endpoint. `serverless` is (memory MB, max concurrency)."""
     from sagemaker.core.resources import Endpoint, EndpointConfig
     from sagemaker.core.shapes import ProductionVariant
@@ -50,17 +64,33 @@ def deploy(session, config: Config, model_name: str, endpoint_name: str, instanc
         # "MemorySizeInMb", which the API refuses (botocore's model wants MemorySizeInMB): the plain
         # client takes this one request
         session.sagemaker_client.create_endpoint_config(
-            EndpointConfigName=endpoint_name, Tags=[PROJECT_TAG], ProductionVariants=[{
-                "VariantName": "AllTraffic", "ModelName": model_name,
-                "ServerlessConfig": {"MemorySizeInMB": serverless[0], "MaxConcurrency": serverless[1]}}])
+            EndpointConfigName=endpoint_name,
+            Tags=[PROJECT_TAG],
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model_name,
+                    "ServerlessConfig": {"MemorySizeInMB": serverless[0], "MaxConcurrency": serverless[1]},
+                }
+            ],
+        )
     else:
-        EndpointConfig.create(endpoint_config_name=endpoint_name, tags=_tags(), **where, production_variants=[
-            ProductionVariant(variant_name="AllTraffic", model_name=model_name, instance_type=config.instance("serve"),
-                              initial_instance_count=instance_count,
-                              container_startup_health_check_timeout_in_seconds=STARTUP_TIMEOUT_S,
-                              model_data_download_timeout_in_seconds=STARTUP_TIMEOUT_S)])
-    endpoint = Endpoint.create(endpoint_name=endpoint_name, endpoint_config_name=endpoint_name, tags=_tags(),
-                               **where)
+        EndpointConfig.create(
+            endpoint_config_name=endpoint_name,
+            tags=_tags(),
+            **where,
+            production_variants=[
+                ProductionVariant(
+                    variant_name="AllTraffic",
+                    model_name=model_name,
+                    instance_type=config.instance("serve"),
+                    initial_instance_count=instance_count,
+                    container_startup_health_check_timeout_in_seconds=STARTUP_TIMEOUT_S,
+                    model_data_download_timeout_in_seconds=STARTUP_TIMEOUT_S,
+                )
+            ],
+        )
+    endpoint = Endpoint.create(endpoint_name=endpoint_name, endpoint_config_name=endpoint_name, tags=_tags(), **where)
     if wait:
         endpoint.wait_for_status("InService")
     return endpoint
@@ -71,24 +101,52 @@ def invoke_with_endpoint(session, endpoint_name: str, path: Path, top_k: int) ->
     from sagemaker.core.resources import Endpoint
 
     answer = Endpoint(endpoint_name=endpoint_name).invoke(
-        body=path.read_bytes(), content_type=content_type(path), accept="application/json",
-        custom_attributes=f"top_k={top_k}", session=session.boto_session, region=session.boto_region_name)
+        body=path.read_bytes(),
+        content_type=content_type(path),
+        accept="application/json",
+        custom_attributes=f"top_k={top_k}",
+        session=session.boto_session,
+        region=session.boto_region_name,
+    )
     body = answer.body
     return json.loads(body.read() if hasattr(body, "read") else body)
 
 
-def transform(session, config: Config, model_name: str, input_uri: str, output_uri: str, instance_count: int = 1,
-              max_payload_mb: int = 20, wait: bool = True, job_name: str | None = None):
+def transform(
+    session,
+    config: Config,
+    model_name: str,
+    input_uri: str,
+    output_uri: str,
+    instance_count: int = 1,
+    max_payload_mb: int = 20,
+    wait: bool = True,
+    job_name: str | None = None,
+):
     """Batch transform as in v2: one image per request (SingleRecord, no splitting), JSON out per file.
     The job is named `job_name` (default: the model's name): without one, v3 asks the SageMaker API
     (Model.get) for the model's image to name it after, a call to AWS even in local mode."""
     from sagemaker.core.transformer import Transformer
 
     transformer = Transformer(
-        model_name=model_name, instance_count=instance_count, instance_type=config.instance("serve"),
-        output_path=output_uri, strategy="SingleRecord", max_payload=max_payload_mb, accept="application/json",
-        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)}, tags=[PROJECT_TAG], sagemaker_session=session)
+        model_name=model_name,
+        instance_count=instance_count,
+        instance_type=config.instance("serve"),
+        output_path=output_uri,
+        strategy="SingleRecord",
+        max_payload=max_payload_mb,
+        accept="application/json",
+        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)},
+        tags=[PROJECT_TAG],
+        sagemaker_session=session,
+    )
     # logs=False: following logs needs CloudWatch, which local mode does not have
-    transformer.transform(input_uri, content_type="application/x-image", split_type=None, wait=wait, logs=False,
-                          job_name=job_name or model_name)
+    transformer.transform(
+        input_uri,
+        content_type="application/x-image",
+        split_type=None,
+        wait=wait,
+        logs=False,
+        job_name=job_name or model_name,
+    )
     return transformer

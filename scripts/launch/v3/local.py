@@ -6,6 +6,7 @@ Why not ModelBuilder(mode=LOCAL_CONTAINER).deploy(): its local mode starts only 
 knows (TorchServe, DJL, TGI, ...), not an image that is its own server, and it calls STS and IAM on
 the way. The LocalSession layer below it starts any image that answers /ping and /invocations.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ from launch.hosting import content_type
 
 def create_model(session, config: Config, model_data: str, name: str, env: dict | None = None) -> str:
     """A local model; model_data a file:// URI (v3 training leaves compressed_artifacts/model.tar.gz)."""
-    session.sagemaker_client.create_model(ModelName=name, PrimaryContainer={
-        "Image": config.serve_image, "ModelDataUrl": model_data, "Environment": env or {}})
+    session.sagemaker_client.create_model(
+        ModelName=name,
+        PrimaryContainer={"Image": config.serve_image, "ModelDataUrl": model_data, "Environment": env or {}},
+    )
     return name
 
 
@@ -28,15 +31,27 @@ class LocalEndpoint:
     def __init__(self, session, config: Config, model_name: str, name: str, instance_count: int = 1):
         self.session, self.name = session, name
         client = session.sagemaker_client
-        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": model_name, "InitialInstanceCount": instance_count,
-            "InstanceType": config.instance("serve")}])
+        client.create_endpoint_config(
+            EndpointConfigName=name,
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model_name,
+                    "InitialInstanceCount": instance_count,
+                    "InstanceType": config.instance("serve"),
+                }
+            ],
+        )
         client.create_endpoint(EndpointName=name, EndpointConfigName=name)  # returns once /ping passes
 
     def invoke(self, path: Path, top_k: int) -> dict:
         response = self.session.sagemaker_runtime_client.invoke_endpoint(
-            EndpointName=self.name, Body=path.read_bytes(), ContentType=content_type(path),
-            Accept="application/json", CustomAttributes=f"top_k={top_k}")
+            EndpointName=self.name,
+            Body=path.read_bytes(),
+            ContentType=content_type(path),
+            Accept="application/json",
+            CustomAttributes=f"top_k={top_k}",
+        )
         return json.loads(response["Body"].read())
 
     def stop(self) -> None:

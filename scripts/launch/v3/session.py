@@ -4,6 +4,7 @@ v3 reads TelemetryOptOut from the SDK defaults file that SAGEMAKER_USER_CONFIG_O
 for the sessions it makes itself (ModelTrainer's local mode has none of ours); without it a local
 run would try to reach AWS. `import sagemaker.serve` (and the v3 local session) needs a region.
 """
+
 from __future__ import annotations
 
 import os

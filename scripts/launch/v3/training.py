@@ -5,6 +5,7 @@ definitions, checkpoint and output paths. Differences v3 imposes: ModelTrainer n
 (`<base>-<timestamp>`), so the checkpoint prefix is the base name's (unique per launch); in local
 mode it ignores checkpoints and writes <local_container_root>/compressed_artifacts/model.tar.gz.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,10 +34,19 @@ def local_artifacts(container_root: Path) -> Path:
     return container_root / "compressed_artifacts" / "model.tar.gz"
 
 
-def model_trainer(session, config: Config, hyperparameters: dict, name: str, tags: list[dict] | None = None,
-                  environment: dict | None = None, container_root: Path | None = None,
-                  subnets: list[str] | None = None, security_group_ids: list[str] | None = None,
-                  network_isolation: bool = False, tensorboard: bool = True):
+def model_trainer(
+    session,
+    config: Config,
+    hyperparameters: dict,
+    name: str,
+    tags: list[dict] | None = None,
+    environment: dict | None = None,
+    container_root: Path | None = None,
+    subnets: list[str] | None = None,
+    security_group_ids: list[str] | None = None,
+    network_isolation: bool = False,
+    tensorboard: bool = True,
+):
     """The ModelTrainer for one launch; its jobs are named `<name>-<timestamp>`."""
     from sagemaker.core.shapes import MetricDefinition, Tag
     from sagemaker.core.training.configs import (
@@ -60,30 +70,46 @@ def model_trainer(session, config: Config, hyperparameters: dict, name: str, tag
     if config.is_local:
         root = (container_root or Path("build/sagemaker-local") / "jobs" / name).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        kwargs.update(training_mode=Mode.LOCAL_CONTAINER, local_container_root=str(root),
-                      compute=Compute(instance_type=LOCAL_INSTANCE[config.local],
-                                      instance_count=config.train_instance_count))
+        kwargs.update(
+            training_mode=Mode.LOCAL_CONTAINER,
+            local_container_root=str(root),
+            compute=Compute(instance_type=LOCAL_INSTANCE[config.local], instance_count=config.train_instance_count),
+        )
         trainer = ModelTrainer(**kwargs)
     else:
         networking = None
         if subnets or security_group_ids or network_isolation:
-            networking = Networking(subnets=subnets, security_group_ids=security_group_ids,
-                                    enable_network_isolation=network_isolation or None)
+            networking = Networking(
+                subnets=subnets,
+                security_group_ids=security_group_ids,
+                enable_network_isolation=network_isolation or None,
+            )
         kwargs.update(
-            sagemaker_session=session, role=config.role, networking=networking,
-            compute=Compute(instance_type=config.instance("train"), instance_count=config.train_instance_count,
-                            enable_managed_spot_training=config.spot),
-            stopping_condition=StoppingCondition(max_runtime_in_seconds=config.max_run_s,
-                                                 max_wait_time_in_seconds=config.max_wait_s if config.spot else None),
+            sagemaker_session=session,
+            role=config.role,
+            networking=networking,
+            compute=Compute(
+                instance_type=config.instance("train"),
+                instance_count=config.train_instance_count,
+                enable_managed_spot_training=config.spot,
+            ),
+            stopping_condition=StoppingCondition(
+                max_runtime_in_seconds=config.max_run_s,
+                max_wait_time_in_seconds=config.max_wait_s if config.spot else None,
+            ),
             output_data_config=OutputDataConfig(s3_output_path=output_location(config, "output")),
             checkpoint_config=CheckpointConfig(s3_uri=f"{prefix}/checkpoints/{name}"),
         )
         trainer = ModelTrainer(**kwargs)
         if tensorboard:
-            trainer.with_tensorboard_output_config(TensorBoardOutputConfig(
-                s3_output_path=f"{prefix}/tensorboard/{name}", local_path=TENSORBOARD_LOCAL_PATH))
-    return trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"])
-                                            for m in METRIC_DEFINITIONS])
+            trainer.with_tensorboard_output_config(
+                TensorBoardOutputConfig(
+                    s3_output_path=f"{prefix}/tensorboard/{name}", local_path=TENSORBOARD_LOCAL_PATH
+                )
+            )
+    return trainer.with_metric_definitions(
+        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
+    )
 
 
 def input_data(session, config: Config, sources: dict[str, str]) -> list:

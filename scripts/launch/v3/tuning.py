@@ -1,6 +1,7 @@
 """Tuning jobs on SDK v3: sagemaker.train.tuner.HyperparameterTuner(model_trainer=...), from the same
 search space (contract/spec/search_space.py) and metric definitions as the v2 tuner (launch/tuning.py).
 v3's tuner has no local mode: `sm.py tune --local` runs the Optuna study (launch/local_tuning.py)."""
+
 from __future__ import annotations
 
 from contract.spec.search_space import SearchSpace, SearchSpaceError, sdk_ranges
@@ -17,8 +18,15 @@ def ranges(space: SearchSpace) -> dict:
     return sdk_ranges(space, ContinuousParameter, IntegerParameter, CategoricalParameter)
 
 
-def tuner(model_trainer, space: SearchSpace, strategy: str = "Bayesian", max_jobs: int = 20,
-          max_parallel_jobs: int = 2, warm_start_parents: list[str] | None = None, epochs: int | None = None):
+def tuner(
+    model_trainer,
+    space: SearchSpace,
+    strategy: str = "Bayesian",
+    max_jobs: int = 20,
+    max_parallel_jobs: int = 2,
+    warm_start_parents: list[str] | None = None,
+    epochs: int | None = None,
+):
     """The tuner; the trainer should already carry the fixed hyperparameters. Early stopping as in v2:
     Auto, except Hyperband (stops trials itself); Grid takes categorical parameters only."""
     from sagemaker.core.shapes import (
@@ -35,10 +43,13 @@ def tuner(model_trainer, space: SearchSpace, strategy: str = "Bayesian", max_job
     kwargs = tuner_arguments(space, strategy, max_jobs, max_parallel_jobs, ranges(space))
     if strategy == "Hyperband":
         kwargs["strategy_config"] = HyperParameterTuningJobStrategyConfig(
-            hyperband_strategy_config=HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
+            hyperband_strategy_config=HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5)
+        )
     if warm_start_parents:
         kwargs["warm_start_config"] = HyperParameterTuningJobWarmStartConfig(
             warm_start_type=WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM.value,
-            parent_hyper_parameter_tuning_jobs=[ParentHyperParameterTuningJob(hyper_parameter_tuning_job_name=p)
-                                                for p in warm_start_parents])
+            parent_hyper_parameter_tuning_jobs=[
+                ParentHyperParameterTuningJob(hyper_parameter_tuning_job_name=p) for p in warm_start_parents
+            ],
+        )
     return HyperparameterTuner(model_trainer, **kwargs)
