@@ -103,6 +103,39 @@ class Silent:
 
 
 @pytest.mark.parametrize("server", ["closed port", "never answers"])
+def test_a_tuning_jobs_training_job_is_a_child_run_and_registers_its_model(mlflow_server, sample_data, tmp_path):
+    # as SageMaker starts a tuning job's training job: its name <tuning job>-NNN-<8 hex>, and the
+    # tuning objective among the hyperparameters it writes to input/config
+    from mlflow import MlflowClient
+
+    from contract.spec import hyperparameters, paths
+
+    hps = dict(FAST_HPS, epochs=1, amp="false")
+    paths.write_input_config(
+        tmp_path, {**hyperparameters.as_strings(hps), "_tuning_objective_metric": "validation:loss"}
+    )
+    job = "byoc-tune-dogs-001-0a1b2c3d"
+    result = run_trainer(
+        tmp_path,
+        {"training": sample_data},
+        hps,
+        extra_env={
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            "TRAINING_JOB_NAME": job,
+            tracking.REGISTER_ENV: "dog-breeds",
+        },
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'byoc-tune-dogs'")
+    (child,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{job}'")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["sagemaker.training_job"] == job
+    (version,) = client.search_model_versions("name = 'dog-breeds'")
+    assert version.run_id == child.info.run_id and version.source.endswith("/model")
+
+
 def test_an_unreachable_server_never_fails_or_stalls_training(server, sample_data, tmp_path):
     hps = dict(FAST_HPS, epochs=1, profiler="false", **{"max-steps-per-epoch": 2})
     with Silent() as silent:
