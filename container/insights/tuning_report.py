@@ -50,6 +50,17 @@ def best_trial_curves(workdir: Path, number: int):
     return figure
 
 
+LOSS_AXIS_FIGURES = ("Optimisation history", "Validation loss per epoch, every trial")
+
+
+def needs_log_scale(study) -> bool:
+    """The losses span more than two orders of magnitude (a diverging or pruned trial's first epoch
+    next to converged ones): on a linear axis every other curve would lie flat on zero."""
+    values = [v for t in study.get_trials(deepcopy=False) for v in (t.value, *t.intermediate_values.values())]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 100
+
+
 def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
     """(title, figure or None, why not) for each section."""
     import optuna
@@ -82,6 +93,7 @@ def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
             "no completed trial",
         ),
     ]
+    log_scale = needs_log_scale(study)
     out = []
     for title, make, possible, why_not in sections:
         if not possible:
@@ -90,7 +102,10 @@ def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out.append((title, make(), ""))
+                figure = make()
+            if log_scale and title in LOSS_AXIS_FIGURES:
+                figure.update_yaxes(type="log")
+            out.append((title, figure, ""))
         except Exception as exc:  # one figure never costs the page
             out.append((title, None, f"{type(exc).__name__}: {exc}"))
     if complete:

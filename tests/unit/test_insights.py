@@ -53,3 +53,30 @@ def test_evaluation_report_from_plain_numbers(tmp_path):
     report.write(built, tmp_path)
     assert json.loads((tmp_path / "evaluation.json").read_text())["confusion_matrix"] == [[5, 1], [0, 4]]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuning_figures_take_a_log_axis_when_losses_span_orders_of_magnitude(tmp_path):
+    import optuna
+
+    from insights import tuning_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def study_with(first_epoch_losses):
+        study = optuna.create_study(direction="minimize")
+        for first in first_epoch_losses:
+            trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+            trial.report(first, 1)
+            trial.report(first / 10, 2)
+            study.tell(trial, first / 10)
+        return study
+
+    wide, narrow = study_with([372.0, 0.9, 1.2]), study_with([1.5, 0.9, 1.2])
+    assert tuning_report.needs_log_scale(wide) and not tuning_report.needs_log_scale(narrow)
+    for study, scale in ((wide, "log"), (narrow, None)):
+        axes = {
+            title: figure.layout.yaxis.type
+            for title, figure, _ in tuning_report.figures(study, tmp_path)
+            if title in tuning_report.LOSS_AXIS_FIGURES
+        }
+        assert axes == dict.fromkeys(tuning_report.LOSS_AXIS_FIGURES, scale)

@@ -128,6 +128,8 @@ def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], 
                 warnings.simplefilter("ignore")
                 axes = plot(study, params=varying) if name == "param_importances" else plot(study)
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            if name != "param_importances" and tuning_report.needs_log_scale(study):
+                axes.set_yscale("log")  # a diverged trial's first epoch would flatten every other curve
             figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(figure)
             files[name] = path
