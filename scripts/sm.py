@@ -39,6 +39,7 @@ from launch.cli import (  # noqa: E402
     parse_tags,
     print_leaderboard,
     print_top,
+    serve_until_stopped,
     tune_locally,
 )
 from launch.session import make_session, remove_local_containers  # noqa: E402
@@ -143,9 +144,8 @@ def cmd_deploy(args, config, session):
             for path in args.invoke:
                 print_top(str(path), hosting.invoke_with_predictor(predictor, path, args.top_k))
         else:
-            print("serving on http://localhost:8080 (local mode); Ctrl-C stops it")
-            while True:
-                time.sleep(3600)
+            print("serving on http://localhost:8080 (local mode); Ctrl-C or SIGTERM stops it")
+            serve_until_stopped()
     except KeyboardInterrupt:
         pass
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 from contract.spec import tracking
@@ -122,3 +124,18 @@ def tune_locally(args, config, space) -> None:
         image=config.train_image,
     )
     print(result.markdown())
+
+
+def serve_until_stopped() -> None:
+    """Block while a local endpoint serves; Ctrl-C or SIGTERM raise KeyboardInterrupt, which ends the
+    caller's `with`/`finally` that deletes the endpoint. Both handlers are set here: a process that a
+    non-interactive shell started in the background inherits SIGINT ignored, and Python then leaves
+    it ignored (Ctrl-C would never reach it, and the endpoint's container would outlive it)."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        time.sleep(3600)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from contract.spec import tracking
+from helpers.training import ROOT
 from launch.cli import add_environment_arguments, job_environment
 
 
@@ -36,3 +42,33 @@ def test_no_tracking_without_a_uri():
         job_environment(parse("--register-model", "dog-breeds"))
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         job_environment(parse("--env", "novalue"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_local_endpoint_stops_on_ctrl_c_even_when_sigint_came_ignored(signum):
+    # a non-interactive shell starts background commands with SIGINT ignored; the endpoint's wait must
+    # still end on Ctrl-C (and on SIGTERM), so that its `finally` deletes the endpoint's container
+    code = (
+        "import time\n"
+        "from launch.cli import serve_until_stopped\n"
+        "print('serving', flush=True)\n"
+        "try:\n"
+        "    serve_until_stopped()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped', flush=True)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("container", "scripts"))},
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert child.stdout.readline().strip() == "serving"
+        time.sleep(1.0)  # the handlers are set right after the print
+        child.send_signal(signum)
+        out, _ = child.communicate(timeout=20)
+        assert out.strip() == "stopped" and child.returncode == 0
+    finally:
+        child.kill()

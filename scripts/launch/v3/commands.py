@@ -15,6 +15,7 @@ from launch.cli import (
     parse_tags,
     print_leaderboard,
     print_top,
+    serve_until_stopped,
     tune_locally,
 )
 from launch.v3 import hosting, local, training, tuning
@@ -112,9 +113,8 @@ def cmd_deploy(args, config, session):
                     for path in args.invoke:
                         print_top(str(path), endpoint.invoke(path, args.top_k))
                 else:
-                    print("serving on http://localhost:8080 (local mode); Ctrl-C stops it")
-                    while True:
-                        time.sleep(3600)
+                    print("serving on http://localhost:8080 (local mode); Ctrl-C or SIGTERM stops it")
+                    serve_until_stopped()
             except KeyboardInterrupt:
                 pass
         print(f"local endpoint {name} stopped")
