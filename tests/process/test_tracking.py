@@ -102,7 +102,6 @@ class Silent:
         self.sock.close()
 
 
-@pytest.mark.parametrize("server", ["closed port", "never answers"])
 def test_a_tuning_jobs_training_job_is_a_child_run_and_registers_its_model(mlflow_server, sample_data, tmp_path):
     # as SageMaker starts a tuning job's training job: its name <tuning job>-NNN-<8 hex>, and the
     # tuning objective among the hyperparameters it writes to input/config
@@ -136,6 +135,7 @@ def test_a_tuning_jobs_training_job_is_a_child_run_and_registers_its_model(mlflo
     assert version.run_id == child.info.run_id and version.source.endswith("/model")
 
 
+@pytest.mark.parametrize("server", ["closed port", "never answers"])
 def test_an_unreachable_server_never_fails_or_stalls_training(server, sample_data, tmp_path):
     hps = dict(FAST_HPS, epochs=1, profiler="false", **{"max-steps-per-epoch": 2})
     with Silent() as silent:
