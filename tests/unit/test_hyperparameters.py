@@ -100,3 +100,16 @@ def test_to_sagemaker_strings_round_trip():
 )
 def test_trainable_layers_auto_trains_every_stage_without_pretrained_weights(argv, layers):
     assert parse(argv).trainable_layers == layers
+
+
+def test_list_values_as_the_training_toolkit_passes_sdk_v3s_typed_lists():
+    # SDK v3 sends a list hyperparameter as a JSON list; the sagemaker-training toolkit decodes
+    # hyperparameters.json and puts the value on the command line with str(): Python's quotes
+    from contract.spec import hyperparameters
+
+    hp = hyperparameters.parse(
+        ["--debugger-collections", str(["losses:1", "weights:10"]), "--head", str([512, 256]), "--debugger", "True"]
+    )
+    assert hp.debugger_collections == ["losses:1", "weights:10"] and hp.head == [512, 256] and hp.debugger is True
+    with pytest.raises(hyperparameters.HyperparameterError):
+        hyperparameters.parse(["--debugger-collections", "['losses:0']"])

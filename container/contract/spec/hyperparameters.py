@@ -12,6 +12,7 @@ may arrive as "True", "true" or "1" and a list as "[512, 256]" or "512,256".
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +34,28 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _list_literal(value: str) -> list:
+    """A bracketed list as JSON ('["a"]') or as Python writes one (['a']): the sagemaker-training
+    toolkit decodes hyperparameters.json and passes a list value on the command line with str(),
+    which is what SDK v3's typed hyperparameters (real JSON lists) arrive as."""
+    try:
+        items = json.loads(value)
+    except ValueError:
+        try:
+            items = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"expected a list like [1, 2] or 1,2, got {value!r}") from None
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"expected a list, got {value!r}")
+    return list(items)
+
+
 def parse_int_list(text: str) -> list[int]:
     value = str(text).strip()
     if value in ("", "[]", "none", "None"):
         return []
     if value.startswith("["):
-        items = json.loads(value)
+        items = _list_literal(value)
     else:
         items = [part for part in value.split(",") if part.strip()]
     result = [int(item) for item in items]
@@ -90,7 +107,7 @@ def _non_negative(kind: Callable) -> Callable:
 def parse_collections(text) -> list[str]:
     """smdebug collections, `name` or `name:save_interval`: "losses,weights:100" or '["losses"]'."""
     value = str(text).strip()
-    items = json.loads(value) if value.startswith("[") else value.split(",")
+    items = _list_literal(value) if value.startswith("[") else value.split(",")
     result = [str(item).strip() for item in items if str(item).strip()]
     for item in result:
         name, colon, interval = item.partition(":")
