@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contract.spec.media import IMAGE_TYPES
 from launch.config import Config
 from launch.training import PROJECT_TAG
 
-IMAGE_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".gif": "image/gif",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
 # SageMaker waits this long for the model to download and for /ping to pass
 STARTUP_TIMEOUT_S = 600
 

@@ -13,20 +13,10 @@ from pathlib import Path
 
 from container_engine import channel_mount
 from contract.spec import hyperparameters, paths
+from contract.spec.media import IMAGE_TYPES
 from localnet import free_port, wait_healthy
 
 from .stages import StageFailed, digest
-
-IMAGE_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".gif": "image/gif",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
 
 PING_LIMIT_S = 240  # SageMaker allows 4 minutes
 
