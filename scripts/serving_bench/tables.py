@@ -7,6 +7,12 @@ GOAL_TAIL = 1.5  # p99 over p50 at c=16
 GOAL_AGREEMENT = 0.99
 
 
+def flips(row: dict) -> str:
+    """Where top-1 differs: the largest fp32 top-1/top-2 probability gap among those images."""
+    gap = row.get("flipped_gap")
+    return "" if gap is None else f" (flips where fp32's top-2 gap was <= {gap:.3f})"
+
+
 def precision_table(rows: list[dict], flags: str, decode: dict[str, float], images: int) -> str:
     lines = [
         f"CPU flags: {flags or 'none known'}; decode + preprocess of one 500x375 JPEG: "
@@ -22,7 +28,7 @@ def precision_table(rows: list[dict], flags: str, decode: dict[str, float], imag
         lines.append(
             f"| {row['precision']} ({row['in_effect']}) | {row['limit']:.1f} ({row['batch']}) | "
             f"{cells[1]['rps']:.1f} | {cells[4]['rps']:.1f} | {cells[16]['rps']:.1f} | {ratio:.2f} | "
-            f"{cells[16]['p50']:.0f} / {cells[16]['p99']:.0f} | {row['agreement']:.1%} |"
+            f"{cells[16]['p50']:.0f} / {cells[16]['p99']:.0f} | {row['agreement']:.1%}{flips(row)} |"
         )
     lines.append("")
     for row in rows:

@@ -114,6 +114,9 @@ def test_container_classifies_a_jpeg(engine, container):
     # serve became gunicorn's master (PID 1, so SIGTERM reaches it) with jemalloc preloaded
     maps = engine_run(engine, "exec", container["id"], "grep", "-c", "libjemalloc", "/proc/1/maps")
     assert maps.returncode == 0 and int(maps.stdout) > 0, maps.stdout + maps.stderr
+    # ... configured so that large activations stay mapped between forward passes (see container/serve)
+    environ = engine_run(engine, "exec", container["id"], "cat", "/proc/1/environ")
+    assert "MALLOC_CONF=oversize_threshold:0" in environ.stdout.split("\0"), environ.stderr
 
 
 def image_packages(engine, image: str) -> set[str]:
