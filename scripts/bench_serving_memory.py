@@ -8,7 +8,7 @@
     memory     RSS and PSS (/proc/PID/smaps_rollup) of master + workers at
                1, 2 and 4 workers, after a short warm load
     soak       whole-server RSS and PSS at request 500 vs 5,000 (2 workers,
-               bounded in time), read between load phases, none in flight;
+               bounded in time), read between load phases, none in flight, allocator settled;
                PSS split into anonymous (heap, tensors: where a leak shows)
                and file-backed (mapped libraries paged in from the page cache)
     bounds     what each JSON / NPY body gets back (status, reason, time)
@@ -45,6 +45,10 @@ from serving_bench.workload import make_images, make_model_dir
 SECTIONS = ("readiness", "memory", "soak", "bounds")
 START_TIMEOUT = 300.0
 SOAK_MARKS = (500, 1000, 2000, 3000, 4000, 5000)
+# jemalloc gives a worker's freed pages back about 10 s after they were freed
+# (server/allocator.py), so each sample waits that out: every sample then holds
+# only what the server keeps, not the last batch's activations.
+SETTLE_S = 11.0
 
 
 def start(model_dir: Path, work: Path, container: Path, workers: int, **env: str) -> Server:
@@ -157,7 +161,8 @@ def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_ca
 
 def soak(server: Server, payloads: list[bytes], total: int, concurrency: int, time_cap: float) -> tuple[dict, dict]:
     """Load in phases up to each mark; memory is read between phases, with no request in
-    flight (a forward pass's activations would otherwise swing a sample by +-50 MiB)."""
+    flight (a forward pass's activations would otherwise swing a sample by +-50 MiB),
+    after the allocator has settled (SETTLE_S)."""
     samples, done, errors, first_error = {}, 0, 0, ""
     deadline = time.perf_counter() + time_cap
     for mark in [m for m in SOAK_MARKS if m <= total]:
@@ -166,7 +171,7 @@ def soak(server: Server, payloads: list[bytes], total: int, concurrency: int, ti
         first_error = first_error or state["first_error"]
         if done < mark:
             break  # out of time
-        time.sleep(1.0)
+        time.sleep(SETTLE_S)
         samples[mark] = memory_of(server)
     return samples, {"done": done, "errors": errors, "first_error": first_error}
 
