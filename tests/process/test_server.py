@@ -754,3 +754,16 @@ def test_six_mb_of_tiny_base64_pngs_is_refused_before_decoding(default_server, r
     assert "SAGEMAKER_MAX_IMAGES_PER_REQUEST" in response.json()["error"]
     assert time.monotonic() - started < 10
     assert_good_request_works(default_server, reference)
+
+
+def test_every_worker_returns_idle_memory_in_the_background(server):
+    """jemalloc's background thread, started in each worker (a fork does not inherit
+    the master's): without it an idle worker keeps its last batch's pages for ever."""
+    workers = server.worker_pids()
+    assert len(workers) == WORKERS
+    for pid in workers:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert any(b"libjemalloc" in entry for entry in environ if entry.startswith(b"LD_PRELOAD="))
+        threads = {Path(task, "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir()}
+        assert "jemalloc_bg_thd" in threads, sorted(threads)
+    assert "jemalloc returns idle memory in the background" in server.log()
