@@ -3,7 +3,8 @@ every model.tar.gz under one S3 prefix can be invoked by its path there
 (TargetModel), loaded on first use and unloaded when memory runs short.
 
 The image answers SageMaker's multi-model API when SAGEMAKER_MULTI_MODEL=true
-(container/server/multi_model_routes.py). SDK v3 has its own path (h14's module).
+(container/server/multi_model_routes.py). SDK v3 has no MultiDataModel; with
+`sm.py --sdk v3` this command is refused with that reason.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launch.config import Config
-from launch.hosting import STARTUP_TIMEOUT_S, content_type, image_predictor_class
+from launch.hosting import content_type, image_predictor_class
 from launch.training import PROJECT_TAG
 
 MULTI_MODEL_ENV = {"SAGEMAKER_MULTI_MODEL": "true"}
@@ -36,13 +37,15 @@ def multi_data_model(session, config: Config, name: str, model_prefix: str, memo
 
 
 def deploy(mme, config: Config, endpoint_name: str, instance_count: int = 1, wait: bool = True):
+    # No startup health-check timeout: a multi-model container loads no model
+    # at start (/ping is 200 at once), and MultiDataModel.deploy drops that
+    # argument anyway (a test caught it being passed and lost).
     return mme.deploy(
         initial_instance_count=instance_count,
         instance_type=config.instance("serve"),
         endpoint_name=endpoint_name,
         wait=wait,
         tags=[PROJECT_TAG],
-        container_startup_health_check_timeout=STARTUP_TIMEOUT_S,
     )
 
 

@@ -22,7 +22,7 @@ from helpers.sagemaker_requests import (
 )
 from helpers.training import ROOT
 from launch import config as configuration
-from launch import hosting, training
+from launch import hosting, multi_model, training
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
 
@@ -78,6 +78,38 @@ def test_deploy_with_autoscaling(aws):
     assert recorder.request("CreateEndpoint")["EndpointName"] == "dogs"
     check_autoscaling(recorder.request("RegisterScalableTarget"), recorder.request("PutScalingPolicy"))
     assert predictor.endpoint_name == "dogs"
+
+
+def test_multi_model_endpoint_deploys_and_invokes_by_target_model(aws, tmp_path):
+    session, config, recorder = aws
+    recorder.expect("sagemaker", "create_model", {"ModelArn": "arn:aws:sagemaker:eu-west-1:1:model/m"})
+    recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:eu-west-1:1:ec/e"})
+    recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/e"})
+    answer = json.dumps({"predictions": [{"label": "cats", "index": 0, "probability": 0.9}]}).encode()
+    recorder.expect(
+        "sagemaker-runtime",
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+    )
+    mme = multi_model.multi_data_model(session, config, "pets-mme", "s3://b/models", memory_budget_mb=2048)
+    predictor = multi_model.deploy(mme, config, "pets", instance_count=1, wait=False)
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(b"\xff\xd8 fake jpeg")
+    assert multi_model.invoke(predictor, "customer-a.tar.gz", image, 2)["predictions"][0]["label"] == "cats"
+
+    container = recorder.request("CreateModel")["PrimaryContainer"]
+    assert container["Mode"] == "MultiModel"
+    assert container["ModelDataUrl"] == "s3://b/models/"
+    assert container["Image"] == config.serve_image
+    assert container["Environment"]["SAGEMAKER_MULTI_MODEL"] == "true"
+    assert container["Environment"]["SAGEMAKER_MODEL_MEMORY_BUDGET_MB"] == "2048"
+    variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["ModelName"] == recorder.request("CreateModel")["ModelName"]
+    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 1
+    assert recorder.request("CreateEndpoint")["EndpointName"] == "pets"
+    call = recorder.request("InvokeEndpoint")
+    assert call["EndpointName"] == "pets" and call["TargetModel"] == "customer-a.tar.gz"
+    assert call["ContentType"] == "image/jpeg" and call["CustomAttributes"] == "top_k=2"
 
 
 def test_serverless_endpoint(aws):
