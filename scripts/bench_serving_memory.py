@@ -308,7 +308,12 @@ def main() -> int:
                         f"| {row['body']} | {row['bytes']:,} | {row['status']} | {row['ms']:,.0f} "
                         f"| {row['reason'][:110]}{'' if row['alive'] else ' (server died)'} |"
                     )
-                print(f"\nafter the bounds: whole server {memory_of(server)['pss']:,.0f} MiB PSS")
+                right_after = memory_of(server)["pss"]
+                time.sleep(SETTLE_S)
+                print(
+                    f"\nafter the bounds: whole server {right_after:,.0f} MiB PSS, "
+                    f"{memory_of(server)['pss']:,.0f} MiB {SETTLE_S:.0f} s later"
+                )
                 server.stop()
         finally:
             for server in list(Server.running):
