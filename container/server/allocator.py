@@ -21,15 +21,3 @@ def start_background_purging() -> bool:
         return False  # glibc's malloc: it trims the heap on its own
     enabled = ctypes.c_bool(True)
     return mallctl(b"background_thread", None, None, ctypes.byref(enabled), ctypes.sizeof(enabled)) == 0
-
-
-def background_purging() -> bool:
-    """Whether jemalloc's background thread is on (False without jemalloc)."""
-    try:
-        mallctl = ctypes.CDLL(None).mallctl
-    except (OSError, AttributeError):
-        return False
-    state, size = ctypes.c_bool(False), ctypes.c_size_t(ctypes.sizeof(ctypes.c_bool))
-    if mallctl(b"background_thread", ctypes.byref(state), ctypes.byref(size), None, 0) != 0:
-        return False
-    return state.value

@@ -49,7 +49,6 @@ def test_a_local_endpoint_stops_on_ctrl_c_even_when_sigint_came_ignored(signum):
     # a non-interactive shell starts background commands with SIGINT ignored; the endpoint's wait must
     # still end on Ctrl-C (and on SIGTERM), so that its `finally` deletes the endpoint's container
     code = (
-        "import time\n"
         "from launch.cli import serve_until_stopped\n"
         "print('serving', flush=True)\n"
         "try:\n"

@@ -1,6 +1,8 @@
 """container/serve's choice of memory allocator (a script, loaded here as a module)."""
 
 import importlib.util
+import os
+import sys
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
@@ -11,6 +13,10 @@ SERVE = Path(__file__).resolve().parents[2] / "container" / "serve"
 
 @pytest.fixture
 def serve(monkeypatch, tmp_path):
+    # the script puts container/ on sys.path and PYTHONPATH as it loads: undone after each test,
+    # so later tests' subprocesses do not inherit it
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     loader = SourceFileLoader("serve_script", str(SERVE))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader("serve_script", loader))
     loader.exec_module(module)
