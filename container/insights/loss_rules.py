@@ -158,22 +158,33 @@ class LossNotDecreasing(LocalRule):
 PASSES_AFTER_BEST = 2
 
 
+def generalising(phases: dict, phase) -> bool:
+    """Whether the model, at this validation pass, does better on unseen images than it did on its
+    training batches when the run began (the first pass's mean training loss). Until then it has
+    learnt nothing that carries over, or, trained from scratch, BatchNorm's running statistics have
+    not settled: validation losses of 200 to 3,000 against training losses of 1.5 to 4.6, rising and
+    falling by 2x from pass to pass (four seeds of one run). Overfitting and overtraining are about
+    generalisation lost or no longer gained, so neither rule judges a pass before this."""
+    return phase.validation < next(iter(phases.values())).train
+
+
 class Overfit(LocalRule):
     """Overfitting, shown by the validation passes' mean losses: the validation loss has risen
     `ratio_threshold` (a fraction) above its own best of the earlier passes while the training loss
     (its mean since the previous pass) kept falling below what it was at that best, and the
     validation loss is `ratio_threshold` above the training loss (AWS's measure), for `patience`
     passes in a row. AWS's rule compares validation with training loss alone, so a from-scratch
-    run's first pass (BatchNorm statistics not yet settled: validation loss 10x the training loss)
-    is "overfitting" there; here the first pass is only a best to compare with, and a run with a
-    single pass is NotEnoughData."""
+    run's first passes (BatchNorm statistics not yet settled: validation loss 100x the training
+    loss) are "overfitting" there; here a pass counts from the first one that is `generalising`,
+    that one only a best to compare with. A run with no such pass after it is NotEnoughData."""
 
     def __init__(self, base_trial, tensor_regex=None, start_step=0, patience=1, ratio_threshold=0.1):
         super().__init__(base_trial)
         self.start, self.patience, self.ratio = int(start_step), int(patience), float(ratio_threshold)
         self.tensors = self.loss_names(tensor_regex=regex_list(tensor_regex))
         self.phases = None
-        self.passes, self.best, self.streak = {}, {}, {}  # per tensor: passes seen, best pass, passes in a row
+        # per tensor: passes seen, of them generalising, best pass, passes in a row
+        self.seen, self.passes, self.best, self.streak = {}, {}, {}, {}
 
     def check(self, step):
         if self.phases is None:
@@ -181,6 +192,9 @@ class Overfit(LocalRule):
         for name in self.tensors:
             phase = self.phases[name].get(step)
             if phase is None or step < self.start:
+                continue
+            self.seen[name] = self.seen.get(name, 0) + 1
+            if not generalising(self.phases[name], phase):
                 continue
             self.passes[name] = self.passes.get(name, 0) + 1
             best = self.best.get(name)
@@ -202,10 +216,11 @@ class Overfit(LocalRule):
         return None
 
     def needs(self):
-        seen = max(self.passes.values(), default=0)
+        seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
         return (
-            f"{seen} validation pass(es) with saved training and validation losses after step {self.start}: "
-            f"a first one to set the best, then {self.patience} more (patience) are needed"
+            f"{seen} validation pass(es) with saved training and validation losses after step {self.start}, "
+            f"{passes} of them with a validation loss below the training loss the run began with: a first "
+            f"such pass to set the best, then {self.patience} more (patience) are needed"
         )
 
 
@@ -215,7 +230,8 @@ class Overtraining(LocalRule):
     PASSES_AFTER_BEST passes or more, and since that best the job trained `patience_train` TRAIN
     steps or ran `patience_validation` EVAL steps. AWS's rule also fires when single TRAIN steps'
     losses stop improving, which batch noise does in any converged run; a still-improving
-    validation loss is no overtraining."""
+    validation loss is no overtraining, and neither is a from-scratch run's unsettled start: passes
+    count from the first one that is `generalising`."""
 
     def __init__(self, base_trial, patience_train=5, patience_validation=10, delta=0.01):
         super().__init__(base_trial)
@@ -223,7 +239,8 @@ class Overtraining(LocalRule):
         self.delta = float(delta)
         self.tensors = self.loss_names()
         self.phases = None
-        self.best, self.since, self.passes = {}, {}, {}  # per tensor: best pass, passes since (+ their steps)
+        # per tensor: best pass, passes since (+ their steps), passes seen, of them generalising
+        self.best, self.since, self.seen, self.passes = {}, {}, {}, {}
 
     def check(self, step):
         if self.phases is None:
@@ -231,6 +248,9 @@ class Overtraining(LocalRule):
         for name in self.tensors:
             phase = self.phases[name].get(step)
             if phase is None:
+                continue
+            self.seen[name] = self.seen.get(name, 0) + 1
+            if not generalising(self.phases[name], phase):
                 continue
             self.passes[name] = self.passes.get(name, 0) + 1
             best = self.best.get(name)
@@ -252,8 +272,9 @@ class Overtraining(LocalRule):
         return None
 
     def needs(self):
-        seen = max(self.passes.values(), default=0)
+        seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
         return (
-            f"{seen} validation pass(es) with saved training and validation losses: two or more are "
+            f"{seen} validation pass(es) with saved training and validation losses, {passes} of them with a "
+            f"validation loss below the training loss the run began with: two or more such passes are "
             f"needed (save losses in both modes: debugger-collections losses:1)"
         )

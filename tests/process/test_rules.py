@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers.training import CONTAINER, FAST_HPS, run_trainer
-from helpers.trials import loss_trial, overfitting_epochs, write_trial
+from helpers.trials import FROM_SCRATCH, from_scratch_epochs, loss_trial, overfitting_epochs, write_trial
 from insights import rules
 
 BASE = dict(
@@ -67,9 +67,6 @@ RUNS = {
     # the seeds' set-up: a frozen backbone and a trained head; validation follows training
     "frozen": dict(epochs=3, lr=0.01, **{"trainable-layers": 0, "debugger-collections": "losses:1"}),
     "tiny": dict(epochs=1, **{"debugger-collections": "losses:1,gradients:1,relu_input:1"}),
-    # from scratch, unaugmented, 10 epochs: the first validation pass's loss is 100x the training loss
-    # (BatchNorm's running statistics not yet settled), then both fall to ~0.02: no overfitting
-    "long": dict(epochs=10, lr=0.003, augment="false", **{"debugger-collections": "losses:1"}),
     "hot": dict(epochs=4, lr=10, **{"debugger-collections": "losses:1,weights:1"}),
     "nan": dict(epochs=2, optimizer="sgd", lr="1e12", **{"debugger-collections": "losses:1"}),
     # the same at lr 1e-9: nothing learns, the loss only wanders with the batches
@@ -108,17 +105,27 @@ def test_rule_triggers_on_the_bad_run_only(rule, bad, good, trial, tmp_path_fact
     assert quiet["judgements"] > 0 and not quiet["message"]  # it compared something, and all was well
 
 
-def test_a_first_passes_gap_from_scratch_is_not_overfitting(trial, tmp_path_factory):
-    """AWS's Overfit fires on the first validation pass of a run from scratch (validation loss 100x the
-    training loss, BatchNorm statistics not settled); that run's validation loss then falls to the end."""
+@pytest.mark.parametrize("seed", sorted(FROM_SCRATCH))
+def test_a_from_scratch_runs_unsettled_start_is_neither_overfitting_nor_overtraining(seed, tmp_path):
+    """Four seeds of one from-scratch run (helpers/trials.py): validation losses of hundreds that rise
+    and fall while BatchNorm settles, then fall below where training began, and on to ~0.1. Judged from
+    their first pass, three of the four "overfit" and two "overtrain"; judged from where the model
+    generalises, none overfits, and one overtrains: seed 2's last two passes are no better than its best."""
     from insights.trial import LOSS_NAME, open_trial, phase_means
 
-    path = _trial_for("long", trial, tmp_path_factory)
+    path = write_trial(tmp_path, from_scratch_epochs(seed))
     phases = phase_means(open_trial(path), LOSS_NAME)
-    assert phases[0].validation > 10 * phases[0].train and len(phases) == 10  # the premise: a first-pass gap
+    assert phases[0].validation > 50 * phases[0].train and len(phases) == 10  # the premise: an unsettled start
+    generalising = [p for p in phases if p.validation < phases[0].train]
+    assert len(generalising) >= 3 and generalising == phases[-len(generalising) :]
     verdicts = rules.run(path, ["Overfit", "Overtraining"])
-    for name, verdict in verdicts.items():  # and a converged training loss's batch noise is no overtraining
-        assert verdict["status"] == "NoIssuesFound" and verdict["judgements"] == 9, (name, verdict)
+    overfit, overtraining = verdicts["Overfit"], verdicts["Overtraining"]
+    assert overfit["status"] == "NoIssuesFound" and overfit["judgements"] == len(generalising) - 1, overfit
+    assert overtraining["judgements"] == len(generalising) - 1, overtraining
+    if seed == 2:  # validation 0.126, 0.126, 0.127 after its best: two passes of training for nothing
+        assert overtraining["status"] == "IssuesFound" and overtraining["first_step"] == phases[-1].step
+    else:
+        assert overtraining["status"] == "NoIssuesFound", overtraining
 
 
 def test_loss_not_decreasing_on_the_epochs_mean_losses_when_windows_are_too_few(trial, tmp_path_factory):
