@@ -1,7 +1,12 @@
-"""SAGEMAKER_MODEL_PRECISION and SAGEMAKER_MODEL_COMPILE against the real server, on a model
-directory with the calibration sample the trainer's writer (artifact.write_calibration) takes
-from the data set's training images, and the data set's own test images. (That training writes
-it is checked in test_trainer.py, on its trained model.)
+"""SAGEMAKER_MODEL_PRECISION and SAGEMAKER_MODEL_COMPILE against the real server, on a model the
+trainer trained and wrote (calibration sample included), and the data set's own test images.
+
+A trained model, because rounding is judged against decision margins: a random-weight network's
+int8 answers differ from fp32's by up to 0.37 in probability, and which of its images flip
+changes with the CPU. On eight trained models (two presets, six seeds) int8 differed by at most
+0.18 and bf16 by 0.005, and int8 flipped one of 16 images in three of them, each one fp32 was
+unsure of: a mode is right when it is close to fp32 everywhere and agrees on top-1 as often as
+the server's own check demands (precision.MIN_AGREEMENT), not on every image.
 
 The CPU's instruction sets are set through SAGEMAKER_CPU_FLAGS, so each case holds
 on every CPU: bf16 runs (slowly) where the flags claim native bf16 and there is none.
@@ -19,14 +24,34 @@ from PIL import Image
 
 from contract import artifact
 from helpers.serving import Reference, ServerProcess, make_calibrated_model_dir
+from helpers.training import FAST_HPS, run_trainer
+from server.precision import MIN_AGREEMENT
 
 NPY = "application/x-npy"
 TEST_IMAGES = 16
+# 10 epochs of 3 steps from scratch, unaugmented (about 20 s): validation loss 0.03 to 0.13
+TRAINING = dict(
+    FAST_HPS,
+    amp="false",
+    epochs=10,
+    lr=0.003,
+    augment="false",
+    **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "false", "profiler": "false"},
+)
 
 
 @pytest.fixture(scope="module")
 def trained_model(sample_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
+    opt_ml = tmp_path_factory.mktemp("precision")
+    result = run_trainer(opt_ml, {"training": sample_data}, TRAINING)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return opt_ml / "model"
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(sample_data, tmp_path_factory):
+    """A model directory whose calibration sample was written from a list with an unreadable file first."""
+    root = tmp_path_factory.mktemp("calibrated")
     corrupt = root / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not a JPEG")
     return make_calibrated_model_dir(root / "model", sample_data, unreadable=(corrupt,))
@@ -64,9 +89,9 @@ def served_probabilities(server, images: list[bytes]) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def test_calibration_sample_skips_unreadable_files_and_is_small(trained_model):
-    prep = artifact.preprocessing(artifact.read_config(trained_model))
-    files = artifact.calibration_files(trained_model)
+def test_calibration_sample_skips_unreadable_files_and_is_small(calibrated_model):
+    prep = artifact.preprocessing(artifact.read_config(calibrated_model))
+    files = artifact.calibration_files(calibrated_model)
     assert len(files) == artifact.CALIBRATION_IMAGES
     for path in files:
         with Image.open(path) as image:
@@ -76,8 +101,8 @@ def test_calibration_sample_skips_unreadable_files_and_is_small(trained_model):
 @pytest.mark.parametrize(
     "precision, compile_mode, flags, atol",
     [
-        ("bf16", "none", "avx2 avx512_bf16", 0.05),
-        ("int8", "none", "avx2", 0.3),  # the fixture's head (weights x20) amplifies int8's rounding; top-1 holds
+        ("bf16", "none", "avx2 avx512_bf16", 0.02),
+        ("int8", "none", "avx2", 0.3),
         ("fp32", "jit", "avx2", 1e-4),
     ],
 )
@@ -92,8 +117,10 @@ def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, t
     reference = Reference(trained_model)
     expected = reference.for_images(*test_images)
     served = served_probabilities(server, test_images)
-    assert (served.argmax(1) == expected.argmax(1)).all()
     assert np.abs(served - expected).max() < atol
+    assert (served.argmax(1) == expected.argmax(1)).mean() >= MIN_AGREEMENT
+    if precision == "fp32":  # the same numbers, reordered: no image may flip
+        assert (served.argmax(1) == expected.argmax(1)).all()
     if precision != "fp32":  # the x-npy answer is the mode's own, not fp32's
         assert np.abs(served - expected).max() > 1e-6
 
