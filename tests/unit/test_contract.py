@@ -36,7 +36,9 @@ def test_every_backbone_builds_with_a_head():
 
 
 def test_eval_transform_matches_torchvisions_eval_transform():
-    """Our PIL+numpy transform is torchvision's Resize/CenterCrop/Normalize."""
+    """Our PIL+numpy transform is torchvision's Resize/CenterCrop/Normalize, up to
+    rounding: it resizes only the box the crop keeps, so a pixel may differ by
+    one 8-bit level (of 255), and on average by far less."""
     from torchvision import transforms
 
     prep = Preprocessing()
@@ -50,7 +52,9 @@ def test_eval_transform_matches_torchvisions_eval_transform():
             transforms.Normalize(prep.mean, prep.std),
         ]
     )(img)
-    assert np.abs(eval_transform(img, prep) - reference.numpy()).max() < 1e-5
+    levels = np.abs(eval_transform(img, prep) - reference.numpy()) * np.asarray(prep.std).reshape(3, 1, 1) * 255
+    assert levels.max() < 1.0 + 1e-3
+    assert levels.mean() < 0.01
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16"])
