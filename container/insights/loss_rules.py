@@ -158,45 +158,74 @@ class LossNotDecreasing(LocalRule):
 PASSES_AFTER_BEST = 2
 
 
-def generalising(phases: dict, phase) -> bool:
-    """Whether the model, at this validation pass, does better on unseen images than it did on its
-    training batches when the run began (the first pass's mean training loss). Until then it has
-    learnt nothing that carries over, or, trained from scratch, BatchNorm's running statistics have
-    not settled: validation losses of 200 to 3,000 against training losses of 1.5 to 4.6, rising and
-    falling by 2x from pass to pass (four seeds of one run). Overfitting and overtraining are about
-    generalisation lost or no longer gained, so neither rule judges a pass before this."""
-    return phase.validation < next(iter(phases.values())).train
+class ValidationPassRule(LocalRule):
+    """Overfit's and Overtraining's ground: each validation pass's mean loss and the mean training
+    loss since the pass before (phase_means), judged from the first pass whose validation loss is
+    below the loss the run began with (its first saved training loss: the untrained model's, near
+    chance) on. Before that pass the model has learnt nothing that carries to unseen images, or,
+    trained from scratch, BatchNorm's running statistics have not settled: four seeds of one such run
+    had validation losses of 220 to 3,100 against training losses of 1.6 to 4.6, moving 2x from pass
+    to pass for six passes. Overfitting is generalisation lost, overtraining generalisation no longer
+    gained: neither can be read from those passes."""
+
+    def __init__(self, base_trial):
+        super().__init__(base_trial)
+        self.tensors = self.loss_names()
+        self.phases, self.began = None, None
+        self.seen, self.passes = {}, {}  # per tensor: passes seen; passes judged (from the first that generalises)
+
+    def judged_pass(self, name, step):
+        """The validation pass that ends at `step`, when it is one to judge; else None."""
+        if self.phases is None:
+            self.phases = {n: {p.step: p for p in phase_means(self.base_trial, n)} for n in self.tensors}
+            self.began = {n: first_training_loss(self.base_trial, n) for n in self.tensors}
+        phase = self.phases[name].get(step)
+        if phase is None:
+            return None
+        self.seen[name] = self.seen.get(name, 0) + 1
+        if not self.passes.get(name) and not phase.validation < self.began[name]:
+            return None  # not generalising yet
+        self.passes[name] = self.passes.get(name, 0) + 1
+        return phase
+
+    def passes_found(self) -> str:
+        seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
+        began = ", ".join(f"{v:.4g}" for v in (self.began or {}).values()) or "none saved"
+        return (
+            f"{seen} validation pass(es) with saved training and validation losses, {passes} of them from the "
+            f"first whose validation loss was below the loss the run began with ({began})"
+        )
 
 
-class Overfit(LocalRule):
+def first_training_loss(trial, name) -> float:
+    tensor = trial.tensor(name)
+    steps = tensor.steps(mode=ModeKeys.TRAIN)
+    return float(tensor.value(steps[0], mode=ModeKeys.TRAIN)) if steps else float("inf")
+
+
+class Overfit(ValidationPassRule):
     """Overfitting, shown by the validation passes' mean losses: the validation loss has risen
     `ratio_threshold` (a fraction) above its own best of the earlier passes while the training loss
-    (its mean since the previous pass) kept falling below what it was at that best, and the
+    (its mean since the previous pass) fell `ratio_threshold` below what it was at that best, and the
     validation loss is `ratio_threshold` above the training loss (AWS's measure), for `patience`
     passes in a row. AWS's rule compares validation with training loss alone, so a from-scratch
     run's first passes (BatchNorm statistics not yet settled: validation loss 100x the training
-    loss) are "overfitting" there; here a pass counts from the first one that is `generalising`,
-    that one only a best to compare with. A run with no such pass after it is NotEnoughData."""
+    loss) are "overfitting" there; here passes count as ValidationPassRule says, the first of them
+    only a best to compare with, and a training loss that moved by noise alone is no fall. Without
+    a pass to compare, the verdict is NotEnoughData."""
 
     def __init__(self, base_trial, tensor_regex=None, start_step=0, patience=1, ratio_threshold=0.1):
         super().__init__(base_trial)
         self.start, self.patience, self.ratio = int(start_step), int(patience), float(ratio_threshold)
-        self.tensors = self.loss_names(tensor_regex=regex_list(tensor_regex))
-        self.phases = None
-        # per tensor: passes seen, of them generalising, best pass, passes in a row
-        self.seen, self.passes, self.best, self.streak = {}, {}, {}, {}
+        if tensor_regex:
+            self.tensors = self.loss_names(tensor_regex=regex_list(tensor_regex))
+        self.best, self.streak = {}, {}  # per tensor: best pass, overfitting passes in a row
 
     def check(self, step):
-        if self.phases is None:
-            self.phases = {n: {p.step: p for p in phase_means(self.base_trial, n)} for n in self.tensors}
         for name in self.tensors:
-            phase = self.phases[name].get(step)
-            if phase is None or step < self.start:
+            phase = self.judged_pass(name, step) if step >= self.start else None
+            if phase is None:
                 continue
-            self.seen[name] = self.seen.get(name, 0) + 1
-            if not generalising(self.phases[name], phase):
-                continue
-            self.passes[name] = self.passes.get(name, 0) + 1
             best = self.best.get(name)
             if best is None or phase.validation < best.validation:
                 self.best[name], self.streak[name] = phase, 0
@@ -204,9 +233,9 @@ class Overfit(LocalRule):
                 continue
             self.judged += self.passes[name] > self.patience  # a best before, and room for the streak
             rose = phase.validation > best.validation * (1 + self.ratio)
+            fell = phase.train < best.train * (1 - self.ratio)
             gap = (phase.validation - phase.train) / max(abs(phase.train), 1e-12)
-            overfitting = rose and phase.train < best.train and gap > self.ratio
-            self.streak[name] = self.streak[name] + 1 if overfitting else 0
+            self.streak[name] = self.streak[name] + 1 if rose and fell and gap > self.ratio else 0
             if self.streak[name] >= self.patience:
                 return (
                     f"{name}: validation loss {phase.validation:.4g} is over {self.ratio:.0%} above its best "
@@ -216,43 +245,31 @@ class Overfit(LocalRule):
         return None
 
     def needs(self):
-        seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
         return (
-            f"{seen} validation pass(es) with saved training and validation losses after step {self.start}, "
-            f"{passes} of them with a validation loss below the training loss the run began with: a first "
-            f"such pass to set the best, then {self.patience} more (patience) are needed"
+            f"{self.passes_found()} after step {self.start}: a first to set the best, then "
+            f"{self.patience} more (patience) are needed"
         )
 
 
-class Overtraining(LocalRule):
+class Overtraining(ValidationPassRule):
     """Training that goes on after the validation loss stopped improving, judged on the validation
-    passes' mean losses: no pass has been `delta` (a fraction of the best) below the best one for
-    PASSES_AFTER_BEST passes or more, and since that best the job trained `patience_train` TRAIN
-    steps or ran `patience_validation` EVAL steps. AWS's rule also fires when single TRAIN steps'
-    losses stop improving, which batch noise does in any converged run; a still-improving
-    validation loss is no overtraining, and neither is a from-scratch run's unsettled start: passes
-    count from the first one that is `generalising`."""
+    passes' mean losses (counted as ValidationPassRule says): no pass has been `delta` (a fraction of
+    the best) below the best one for PASSES_AFTER_BEST passes or more, and since that best the job
+    trained `patience_train` TRAIN steps or ran `patience_validation` EVAL steps. AWS's rule also
+    fires when single TRAIN steps' losses stop improving, which batch noise does in any converged
+    run; a still-improving validation loss is no overtraining."""
 
     def __init__(self, base_trial, patience_train=5, patience_validation=10, delta=0.01):
         super().__init__(base_trial)
         self.patience_train, self.patience_validation = int(patience_train), int(patience_validation)
         self.delta = float(delta)
-        self.tensors = self.loss_names()
-        self.phases = None
-        # per tensor: best pass, passes since (+ their steps), passes seen, of them generalising
-        self.best, self.since, self.seen, self.passes = {}, {}, {}, {}
+        self.best, self.since = {}, {}  # per tensor: best pass, passes since (+ their steps)
 
     def check(self, step):
-        if self.phases is None:
-            self.phases = {n: {p.step: p for p in phase_means(self.base_trial, n)} for n in self.tensors}
         for name in self.tensors:
-            phase = self.phases[name].get(step)
+            phase = self.judged_pass(name, step)
             if phase is None:
                 continue
-            self.seen[name] = self.seen.get(name, 0) + 1
-            if not generalising(self.phases[name], phase):
-                continue
-            self.passes[name] = self.passes.get(name, 0) + 1
             best = self.best.get(name)
             if best is not None:
                 self.judged += 1
@@ -272,9 +289,7 @@ class Overtraining(LocalRule):
         return None
 
     def needs(self):
-        seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
         return (
-            f"{seen} validation pass(es) with saved training and validation losses, {passes} of them with a "
-            f"validation loss below the training loss the run began with: two or more such passes are "
-            f"needed (save losses in both modes: debugger-collections losses:1)"
+            f"{self.passes_found()}: two or more such passes are needed (save losses in both modes: "
+            f"debugger-collections losses:1)"
         )
