@@ -15,13 +15,13 @@ from contract.spec import images
 from helpers.serving import (
     CLASS_NAMES,
     Reference,
+    assert_like_fp32,
     encode,
     free_port,
-    make_calibrated_model_dir,
     make_model_dir,
     sample_image,
 )
-from helpers.training import build_image
+from helpers.training import build_image, train_converged_model
 from localnet import wait_healthy
 
 IMAGE = images.serve_image("cpu")
@@ -38,6 +38,12 @@ def engine_run(engine: container_engine.Engine, *args: str, timeout: float = 120
 def serve_image(engine):
     build_image(engine, "serve", "cpu")
     return IMAGE
+
+
+@pytest.fixture(scope="module")
+def converged_model(sample_data, tmp_path_factory):
+    """A trained model with the trainer's calibration sample: the precision modes' rounding is judged on it."""
+    return train_converged_model(tmp_path_factory.mktemp("converged"), sample_data)
 
 
 @pytest.fixture(scope="module")
@@ -157,16 +163,18 @@ def test_cpu_image_is_at_most_1000_mb(engine, serve_image):
 @pytest.mark.parametrize(
     "precision, compile_mode, flags, atol",
     [
-        ("bf16", "none", "avx2 avx512_bf16", 0.05),  # the flags claim native bf16: the conversion runs on every CPU
+        ("bf16", "none", "avx2 avx512_bf16", 0.02),  # the flags claim native bf16: the conversion runs on every CPU
         ("int8", "none", "avx2", 0.3),  # torch.ao's FX quantization, calibrated on the artifact's sample
         ("fp32", "jit", "avx2", 1e-3),  # torch.jit trace + freeze
         ("int8", "jit", "avx2 avx512_vnni", 0.3),
     ],
 )
-def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engine, serve_image, sample_data, tmp_path):
+def test_precision_modes_in_the_image(
+    precision, compile_mode, flags, atol, engine, serve_image, converged_model, sample_data
+):
     """Each mode runs in the image, not only against the test environment's torch (test_precision.py):
     what Dockerfile.serve removes must include nothing these modes load (sympy for torch.fx, ...)."""
-    model_dir = make_calibrated_model_dir(tmp_path / "model", sample_data)
+    model_dir = converged_model
     test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
     images = [path.read_bytes() for path in test_files]
     assert len(images) == 8
@@ -191,11 +199,7 @@ def test_precision_modes_in_the_image(precision, compile_mode, flags, atol, engi
             rows.append(np.load(io.BytesIO(response.content)))
         log = engine_run(engine, "logs", running["id"])
     assert f"precision {precision} (compile {compile_mode}) in effect" in log.stdout + log.stderr, log.stderr
-    served, expected = np.concatenate(rows), Reference(model_dir).for_images(*images)
-    assert (served.argmax(1) == expected.argmax(1)).all()
-    assert np.abs(served - expected).max() < atol
-    if precision != "fp32":  # the answer is the mode's own, not fp32's
-        assert np.abs(served - expected).max() > 1e-6
+    assert_like_fp32(np.concatenate(rows), Reference(model_dir).for_images(*images), precision, atol)
 
 
 def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):

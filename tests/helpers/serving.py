@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import struct
 import subprocess
 import sys
+import tarfile
 import textwrap
 import zlib
 from pathlib import Path
@@ -115,6 +117,37 @@ class Reference:
 
     def for_images(self, *encoded_images: bytes) -> np.ndarray:
         return self.probabilities(np.stack([self.preprocess(data) for data in encoded_images]))
+
+
+def assert_like_fp32(served: np.ndarray, expected: np.ndarray, precision: str, atol: float) -> None:
+    """A precision mode's probabilities against fp32's for the same images, on a trained model
+    (train_converged_model): within `atol` everywhere, top-1 agreeing as often as the server's own
+    start-up check demands (an image fp32 is unsure of may flip under rounding; on eight trained
+    models int8 flipped one of 16 in three), and not fp32's own numbers. fp32 (jit) reorders the
+    same arithmetic: no image may flip."""
+    from server.precision import MIN_AGREEMENT
+
+    agreeing = served.argmax(1) == expected.argmax(1)
+    assert np.abs(served - expected).max() < atol, np.abs(served - expected).max()
+    assert agreeing.all() if precision == "fp32" else agreeing.mean() >= MIN_AGREEMENT, agreeing
+    if precision != "fp32":  # the x-npy answer is the mode's own
+        assert np.abs(served - expected).max() > 1e-6
+
+
+def labels_from_archive(model_tar: Path, files: list[Path], folder: Path) -> dict[str, str]:
+    """{file name: label} that the model in a model.tar.gz gives these images in-process: what an
+    endpoint or batch transform serving that archive must answer, however well the run learnt."""
+    folder.mkdir()
+    with tarfile.open(model_tar) as tar:
+        tar.extractall(folder, filter="data")
+    reference = Reference(folder)
+    chosen = reference.for_images(*[path.read_bytes() for path in files]).argmax(1)
+    return {path.name: reference.class_names[index] for path, index in zip(files, chosen, strict=True)}
+
+
+def transform_labels(outputs: list[Path]) -> dict[str, str]:
+    """{input file name: top label} of a batch transform's FILE.out answers."""
+    return {out.name.removesuffix(".out"): json.loads(out.read_text())["predictions"][0]["label"] for out in outputs}
 
 
 class ServerProcess:

@@ -1,16 +1,10 @@
 """SAGEMAKER_MODEL_PRECISION and SAGEMAKER_MODEL_COMPILE against the real server, on a model the
 trainer trained and wrote (calibration sample included), and the data set's own test images.
 
-A trained model, because rounding is judged against decision margins: a random-weight network's
-int8 answers differ from fp32's by up to 0.37 in probability, and which of its images flip
-changes with the CPU. On eight trained models (two presets, six seeds) int8 differed by at most
-0.18 and bf16 by 0.005, and int8 flipped one of 16 images in three of them, each one fp32 was
-unsure of: a mode is right when it is close to fp32 everywhere and agrees on top-1 as often as
-the server's own check demands (precision.MIN_AGREEMENT), not on every image.
-
-The CPU's instruction sets are set through SAGEMAKER_CPU_FLAGS, so each case holds
-on every CPU: bf16 runs (slowly) where the flags claim native bf16 and there is none.
-No speed is asserted here, only which mode is in effect and that its answers are right.
+A trained model (helpers/training.py's CONVERGED_HPS), because rounding is judged against decision
+margins: a random-weight network's int8 answers differ from fp32's by up to 0.37 in probability,
+and which of its images flip changes with the CPU. helpers/serving.py's assert_like_fp32 says what
+counts as right.
 """
 
 from __future__ import annotations
@@ -23,29 +17,16 @@ import pytest
 from PIL import Image
 
 from contract import artifact
-from helpers.serving import Reference, ServerProcess, make_calibrated_model_dir
-from helpers.training import FAST_HPS, run_trainer
-from server.precision import MIN_AGREEMENT
+from helpers.serving import Reference, ServerProcess, assert_like_fp32, make_calibrated_model_dir
+from helpers.training import train_converged_model
 
 NPY = "application/x-npy"
 TEST_IMAGES = 16
-# 10 epochs of 3 steps from scratch, unaugmented (about 20 s): validation loss 0.03 to 0.13
-TRAINING = dict(
-    FAST_HPS,
-    amp="false",
-    epochs=10,
-    lr=0.003,
-    augment="false",
-    **{"batch-size": 32, "max-steps-per-epoch": 3, "debugger": "false", "profiler": "false"},
-)
 
 
 @pytest.fixture(scope="module")
 def trained_model(sample_data, tmp_path_factory):
-    opt_ml = tmp_path_factory.mktemp("precision")
-    result = run_trainer(opt_ml, {"training": sample_data}, TRAINING)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return opt_ml / "model"
+    return train_converged_model(tmp_path_factory.mktemp("precision"), sample_data)
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +97,7 @@ def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, t
     assert f"precision {precision} (compile {compile_mode}) in effect: top-1 agreement with fp32" in server.log()
     reference = Reference(trained_model)
     expected = reference.for_images(*test_images)
-    served = served_probabilities(server, test_images)
-    assert np.abs(served - expected).max() < atol
-    assert (served.argmax(1) == expected.argmax(1)).mean() >= MIN_AGREEMENT
-    if precision == "fp32":  # the same numbers, reordered: no image may flip
-        assert (served.argmax(1) == expected.argmax(1)).all()
-    if precision != "fp32":  # the x-npy answer is the mode's own, not fp32's
-        assert np.abs(served - expected).max() > 1e-6
+    assert_like_fp32(served_probabilities(server, test_images), expected, precision, atol)
 
 
 @pytest.mark.parametrize(
