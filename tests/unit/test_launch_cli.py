@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,13 @@ def test_no_tracking_without_a_uri():
         job_environment(parse("--env", "novalue"))
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for the signal (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_local_endpoint_stops_on_ctrl_c_even_when_sigint_came_ignored(signum):
     # a non-interactive shell starts background commands with SIGINT ignored; the endpoint's wait must
@@ -65,7 +73,9 @@ def test_a_local_endpoint_stops_on_ctrl_c_even_when_sigint_came_ignored(signum):
     )
     try:
         assert child.stdout.readline().strip() == "serving"
-        time.sleep(1.0)  # the handlers are set right after the print
+        deadline = time.monotonic() + 20  # the handler is set right after the print: wait until it is caught
+        while not catches(child.pid, signum) and time.monotonic() < deadline:
+            time.sleep(0.02)
         child.send_signal(signum)
         out, _ = child.communicate(timeout=20)
         assert out.strip() == "stopped" and child.returncode == 0

@@ -67,7 +67,7 @@ def test_a_lone_request_does_not_wait():
 
 
 def test_waiting_for_an_announced_request_is_bounded_by_the_wait():
-    batcher = DynamicBatcher(RecordingForward(), max_batch_size=8, max_wait_ms=300)
+    batcher = DynamicBatcher(RecordingForward(), max_batch_size=8, max_wait_ms=1000)
     announced, release = threading.Event(), threading.Event()
 
     def slow_request():  # announces itself, then fails before submitting
@@ -81,12 +81,12 @@ def test_waiting_for_an_announced_request_is_bounded_by_the_wait():
     announced.wait(timeout=10)
     started = time.monotonic()
     batcher.submit(torch.ones(1, 3))
-    assert 0.2 < time.monotonic() - started < 2.0  # waited for the announced one, but only max_wait_ms
+    assert 0.9 < time.monotonic() - started < 5.0  # waited for the announced one, but only max_wait_ms
     release.set()
     other.join(timeout=10)
     started = time.monotonic()
     batcher.submit(torch.ones(1, 3))
-    assert time.monotonic() - started < 0.2  # the failed request's announcement is gone
+    assert time.monotonic() - started < 0.5  # the failed request's announcement is gone: no wait
 
 
 def test_a_request_larger_than_a_batch_is_split_and_reassembled():
