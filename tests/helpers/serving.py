@@ -122,8 +122,8 @@ class Reference:
 def assert_like_fp32(served: np.ndarray, expected: np.ndarray, precision: str, atol: float) -> None:
     """A precision mode's probabilities against fp32's for the same images, on a trained model
     (train_converged_model): within `atol` everywhere, top-1 agreeing as often as the server's own
-    start-up check demands (an image fp32 is unsure of may flip under rounding; on eight trained
-    models int8 flipped one of 16 in three), and not fp32's own numbers. fp32 (jit) reorders the
+    start-up check demands (an image fp32 is unsure of may flip under rounding: int8 flipped one of
+    16 on up to three of eight trained models), and not fp32's own numbers. fp32 (jit) reorders the
     same arithmetic: no image may flip."""
     from server.precision import MIN_AGREEMENT
 
