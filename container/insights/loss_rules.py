@@ -246,8 +246,8 @@ class Overfit(ValidationPassRule):
 
     def needs(self):
         return (
-            f"{self.passes_found()} after step {self.start}: a first to set the best, then "
-            f"{self.patience} more (patience) are needed"
+            f"{self.passes_found()}, counting passes after step {self.start}: a first to set the best, "
+            f"then {self.patience} more (patience) are needed"
         )
 
 
