@@ -87,9 +87,12 @@ def assert_answers_like_training(response: requests.Response, reference: Referen
     predictions = response.json()["predictions"]
     expected = reference.for_images(image)[0]
     assert len(predictions) == len(reference.class_names)
-    assert predictions[0]["label"] == reference.class_names[int(expected.argmax())]
     got = np.array([p["probability"] for p in sorted(predictions, key=lambda p: p["index"])])
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert predictions[0]["label"] == reference.class_names[int(got.argmax())]
+    second, first = np.sort(expected)[-2:]
+    if first - second > 2e-4:  # a closer call (a one-step model's) may fall either way within the 1e-4 above
+        assert predictions[0]["label"] == reference.class_names[int(expected.argmax())]
 
 
 def test_starts_with_no_model(server):
