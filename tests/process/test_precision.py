@@ -5,6 +5,10 @@ A trained model (helpers/training.py's CONVERGED_HPS), because rounding is judge
 margins: a random-weight network's int8 answers differ from fp32's by up to 0.37 in probability,
 and which of its images flip changes with the CPU. helpers/serving.py's assert_like_fp32 says what
 counts as right.
+
+The CPU's instruction sets are set through SAGEMAKER_CPU_FLAGS, so each case holds
+on every CPU: bf16 runs (slowly) where the flags claim native bf16 and there is none.
+No speed is asserted here, only which mode is in effect and that its answers are right.
 """
 
 from __future__ import annotations
