@@ -178,7 +178,7 @@ class ValidationPassRule(LocalRule):
         """The validation pass that ends at `step`, when it is one to judge; else None."""
         if self.phases is None:
             self.phases = {n: {p.step: p for p in phase_means(self.base_trial, n)} for n in self.tensors}
-            self.began = {n: first_training_loss(self.base_trial, n) for n in self.tensors}
+            self.began = {n: self.first_training_loss(n) for n in self.tensors}
         phase = self.phases[name].get(step)
         if phase is None:
             return None
@@ -188,6 +188,11 @@ class ValidationPassRule(LocalRule):
         self.passes[name] = self.passes.get(name, 0) + 1
         return phase
 
+    def first_training_loss(self, name) -> float:
+        steps = self.base_trial.tensor(name).steps(mode=ModeKeys.TRAIN)
+        value = self.value(name, steps[0], ModeKeys.TRAIN) if steps else None
+        return float("inf") if value is None else float(value)
+
     def passes_found(self) -> str:
         seen, passes = max(self.seen.values(), default=0), max(self.passes.values(), default=0)
         began = ", ".join(f"{v:.4g}" for v in (self.began or {}).values()) or "none saved"
@@ -195,12 +200,6 @@ class ValidationPassRule(LocalRule):
             f"{seen} validation pass(es) with saved training and validation losses, {passes} of them from the "
             f"first whose validation loss was below the loss the run began with ({began})"
         )
-
-
-def first_training_loss(trial, name) -> float:
-    tensor = trial.tensor(name)
-    steps = tensor.steps(mode=ModeKeys.TRAIN)
-    return float(tensor.value(steps[0], mode=ModeKeys.TRAIN)) if steps else float("inf")
 
 
 class Overfit(ValidationPassRule):
