@@ -11,7 +11,7 @@ Stages, one line each with its time (a progress bar for trials and epochs on a t
   tune      a small local tuning study (Optuna, inside the training image; --space)
   train     the final model with the best values, debugger hook and profiler on
   rules     SageMaker Debugger's rules over the training's tensors
-  profile   the profiling report and the loss plot
+  profile   the profiling report and the debugger loss plot
   serve     the serving container on 127.0.0.1 (SageMaker's `serve`)
   classify  the held-out images through /invocations; p50 latency
 then a summary. --mlflow starts a local MLflow server (the training image's, on

@@ -98,15 +98,17 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
                 f"{self.tracking.store}: `mlflow ui --backend-store-uri {store_uri(self.tracking.store)} "
                 f"--artifacts-destination {self.tracking.store / 'artifacts'}`)"
             )
+        # what a user opens first comes first: the curves and the report, then the details
         for label, path in (
-            ("model", Path(trained["model"])),
+            ("loss curves", out / "data" / "losses.png"),
             ("evaluation report", out / "data" / "evaluation.json"),
             ("confusion matrix", out / "data" / "confusion_matrix.png"),
+            ("profiler report", out / "profiler-report.html"),
             ("tuning leaderboard", self.workdir / "tuning" / "leaderboard.csv"),
             ("best params", self.workdir / "tuning" / "best_params.json"),
             ("rules summary", out / "rules.json"),
-            ("profiler report", out / "profiler-report.html"),
-            ("loss plot", out / "losses.png"),
+            ("debugger loss plot", out / "losses.png"),
+            ("model", Path(trained["model"])),
             ("logs", self.logs),
         ):
             print(f"  {label:<21} {path}")

@@ -63,12 +63,13 @@ def test_summary_and_reports(first_run, engine):
     profiler = re.search(r"profiler verdicts\s+(.*)$", out, re.MULTILINE).group(1)
     assert re.search(r"CPUBottleneck: (IssuesFound|NoIssuesFound)", profiler)
     named = re.findall(
-        r"^  (model|evaluation report|confusion matrix|tuning leaderboard|best params|rules summary|"
-        r"profiler report|loss plot|logs)\s+(\S+)$",
+        r"^  (loss curves|evaluation report|confusion matrix|profiler report|tuning leaderboard|best params|"
+        r"rules summary|debugger loss plot|model|logs)\s+(\S+)$",
         out,
         re.MULTILINE,
     )
-    assert len(named) == 9
+    assert [label for label, _ in named][:2] == ["loss curves", "evaluation report"]  # what to open first
+    assert len(named) == 10
     for label, path in named:
         path = Path(path)
         assert path.exists(), label

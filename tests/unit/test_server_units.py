@@ -155,7 +155,7 @@ def test_cpu_workers_fit_cores_and_memory():
     assert cpu_workers(cores=16, memory=1 << 20, weights=model) == 1
 
 
-def test_every_server_variable_is_in_the_readme_table(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    table = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.MULTILINE))
+def test_every_server_variable_is_in_the_serving_pages_table(tmp_path):
+    page = (ROOT / "docs" / "serving.md").read_text()
+    table = set(re.findall(r"^\| `([A-Z_]+)` \|", page, re.MULTILINE))
     assert set(Settings.from_env({"SM_MODEL_DIR": str(tmp_path), "SM_NUM_GPUS": "0"}).to_env()) <= table
