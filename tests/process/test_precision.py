@@ -43,7 +43,7 @@ def calibrated_model(sample_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(sample_data) -> list[bytes]:
+def sample_images(sample_data) -> list[bytes]:
     """The data set's held-out JPEGs and PNGs, as a client would send them."""
     files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     return [p.read_bytes() for p in files[:TEST_IMAGES]]
@@ -91,7 +91,7 @@ def test_calibration_sample_skips_unreadable_files_and_is_small(calibrated_model
         ("fp32", "jit", "avx2", 1e-4),
     ],
 )
-def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, trained_model, test_images, serve):
+def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, trained_model, sample_images, serve):
     server = serve(
         trained_model,
         SAGEMAKER_MODEL_PRECISION=precision,
@@ -100,8 +100,8 @@ def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, t
     )
     assert f"precision {precision} (compile {compile_mode}) in effect: top-1 agreement with fp32" in server.log()
     reference = Reference(trained_model)
-    expected = reference.for_images(*test_images)
-    assert_like_fp32(served_probabilities(server, test_images), expected, precision, atol)
+    expected = reference.for_images(*sample_images)
+    assert_like_fp32(served_probabilities(server, sample_images), expected, precision, atol)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_mode_in_effect_agrees_with_fp32(precision, compile_mode, flags, atol, t
     ],
 )
 def test_mode_that_cannot_run_well_falls_back_to_fp32(
-    precision, flags, reason, without_calibration, trained_model, test_images, serve, tmp_path
+    precision, flags, reason, without_calibration, trained_model, sample_images, serve, tmp_path
 ):
     model_dir = trained_model
     if without_calibration:
@@ -122,8 +122,8 @@ def test_mode_that_cannot_run_well_falls_back_to_fp32(
     server = serve(model_dir, SAGEMAKER_MODEL_PRECISION=precision, SAGEMAKER_CPU_FLAGS=flags)
     assert f"SAGEMAKER_MODEL_PRECISION={precision} SAGEMAKER_MODEL_COMPILE=none falls back to fp32" in server.log()
     assert reason in server.log()
-    expected = Reference(trained_model).for_images(*test_images[:4])
-    np.testing.assert_allclose(served_probabilities(server, test_images[:4]), expected, atol=1e-5)
+    expected = Reference(trained_model).for_images(*sample_images[:4])
+    np.testing.assert_allclose(served_probabilities(server, sample_images[:4]), expected, atol=1e-5)
 
 
 def test_unknown_precision_is_refused_by_name(trained_model, tmp_path):

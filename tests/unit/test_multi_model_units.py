@@ -5,6 +5,7 @@ for two gunicorn workers."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -54,10 +55,15 @@ def test_registry_reserve_commit_remove(tmp_path):
 
 def test_a_dead_loaders_reservation_is_void(tmp_path):
     registry = ModelRegistry(tmp_path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     entry = registry.reserve("m", "/x")
+    with pytest.raises(AlreadyLoaded):  # its loader (this process) is alive: the name is taken
+        registry.reserve("m", "/x")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     registry._write(dataclasses.replace(entry, owner_pid=int(dead.stdout)))
-    registry.reserve("m", "/x")  # no 409: its loader is gone
+    with pytest.raises(ModelNotLoaded):  # a dead loader's reservation is nobody's model
+        registry.get("m")
+    again = registry.reserve("m", "/x")  # no 409: its loader is gone
+    assert again.generation != entry.generation and again.owner_pid == os.getpid()
 
 
 def test_loaded_through_one_worker_served_by_the_other(tmp_path, model_dirs):
