@@ -43,6 +43,7 @@ from contract.preprocess import (
 from server import precision
 from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
+from server.parsing import json_document, shown
 from server.settings import Settings
 
 IMAGE_TYPES = frozenset(
@@ -205,10 +206,7 @@ def check_image_count(count: int, max_images: int) -> None:
 def images_from_json(body: bytes, max_images: int) -> tuple[list[bytes], bool]:
     """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch).
     The count is checked before any base64 is decoded."""
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise RequestError(f"malformed JSON: {exc}") from None
+    document = json_document(body)
     if isinstance(document, dict) and "instances" in document:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
@@ -270,7 +268,7 @@ def negotiate(accept: str | None) -> str:
             return JSON
         if kind in (JSON, NPY, CSV):
             return kind
-    raise UnsupportedAccept(f"cannot answer with {accept!r}: accept one of {JSON}, {NPY}, {CSV}")
+    raise UnsupportedAccept(f"cannot answer with {shown(accept, 80)}: accept one of {JSON}, {NPY}, {CSV}")
 
 
 def probability_rows(prediction) -> tuple[np.ndarray, bool]:

@@ -27,6 +27,7 @@ def workers(tmp_path, model_dirs, models_per_worker: int) -> tuple[WorkerModels,
     settings = dataclasses.replace(
         Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH_WAIT_MS": "0"}),
         multi_model=True,
+        multi_model_root=str(tmp_path.parent),  # pytest's base folder: model_dirs and tmp_path are in it
         run_dir=str(tmp_path),
         model_memory_budget_mb=budget_mb,
     )
