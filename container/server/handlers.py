@@ -53,6 +53,7 @@ JSON = "application/json"
 NPY = "application/x-npy"
 CSV = "text/csv"
 DEFAULT_TOP_K = 5
+BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
 def media_type(header: str | None) -> str:
@@ -221,8 +222,9 @@ def base64_image(item, where: str) -> bytes:
     if len(keys) != 1 or not isinstance(item[keys[0]], str):
         raise RequestError(f'{where}: expected {{"b64": "<base64 image>"}} or {{"image": "<base64 image>"}}')
     try:
-        # whitespace is dropped first: line-wrapped base64 (MIME style) is common
-        return base64.b64decode("".join(item[keys[0]].split()), validate=True)
+        # ASCII whitespace is dropped first: line-wrapped base64 (MIME style) is common;
+        # anything else outside the alphabet (a no-break space, a surrogate) is a 400
+        return base64.b64decode(item[keys[0]].translate(BASE64_WHITESPACE), validate=True)
     except ValueError:
         raise RequestError(f"{where}: malformed base64") from None
 
