@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import stat
@@ -118,6 +119,7 @@ class WorkerModels:
         self.budget = settings.model_memory_budget_bytes
         self._lock = threading.Lock()  # guards _resident; never held while loading
         self._resident: OrderedDict[str, _Resident] = OrderedDict()  # least recently used first
+        self._starts = itertools.count()
 
     # --- the endpoint's operations -------------------------------------------
     def load(self, name: str, url: str) -> Entry:
@@ -200,9 +202,11 @@ class WorkerModels:
         from server.service import InferenceService
 
         started = time.monotonic()
-        # checked again: the url's links may point elsewhere now; code/ under this load's generation
+        # checked again: the url's links may point elsewhere now. The code's tag is new for every
+        # start: a copy being evicted may still serve a request while this one imports its own.
         model_dir = check_model_dir(resident.entry.url, self.settings.multi_model_root)
-        service = InferenceService(model_dir, self.settings, code_tag=resident.entry.generation)
+        tag = f"{resident.entry.generation}_{next(self._starts)}"
+        service = InferenceService(model_dir, self.settings, code_tag=tag)
         try:
             service.start_in_worker()
             cost = model_cost(model_dir, service.model)
