@@ -21,6 +21,8 @@ from server.service import MAX_TOP_K, requested_top_k
 EXAMPLES = settings(max_examples=300, deadline=None)
 # what a header or query string can carry: ASCII (controls included), Latin-1, digits of other scripts
 CLIENT_TEXT = st.text(st.characters(max_codepoint=0x2FFF, exclude_categories=("Cs",)), max_size=60)
+# numbers as a client might garble them: other scripts' digits, superscripts, signs, separators
+DIGITISH = st.text(st.sampled_from("0123456789²³¹⁴١٢٣߀𝟙 _+-.e"), min_size=1, max_size=12) | st.just("9" * 5000)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -38,7 +40,9 @@ def refused_or(call, *args):
 
 
 @EXAMPLES
-@given(st.one_of(CLIENT_TEXT, st.builds("top_k={}".format, CLIENT_TEXT), st.integers().map("top_k={}".format)))
+@given(
+    st.one_of(CLIENT_TEXT, st.builds("top_k={}".format, CLIENT_TEXT | DIGITISH), st.integers().map("top_k={}".format))
+)
 def test_top_k_is_a_bounded_whole_number_or_a_400(attributes):
     top_k = refused_or(requested_top_k, attributes)
     assert top_k is None or 1 <= top_k <= MAX_TOP_K
@@ -54,7 +58,7 @@ def test_top_k_that_were_500s_or_loose_are_400s(attributes):
 
 
 @EXAMPLES
-@given(CLIENT_TEXT, CLIENT_TEXT)
+@given(CLIENT_TEXT | DIGITISH, CLIENT_TEXT)
 def test_page_size_and_token_are_400s_or_in_range(size, token):
     with FLASK.test_request_context(query_string={"page_size": size, "next_page_token": token}):
         size_read = refused_or(page_size)
