@@ -9,6 +9,7 @@ import gc
 import json
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -19,6 +20,7 @@ from server.multi_model import InsufficientMemory, WorkerModels, model_cost
 from server.registry import AlreadyLoaded, ModelNotLoaded, ModelRegistry
 from server.service import InferenceService
 from server.settings import Settings
+from server.user_code import ModelCode
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,33 @@ def test_two_models_loading_at_once_in_threads_each_get_their_own_helper(tmp_pat
     for thread in threads:
         thread.join(timeout=120)
     assert not wrong and not any(thread.is_alive() for thread in threads)
+
+
+PACKAGE_USER = {
+    "inference.py": """
+        import helpers.numbers
+        from helpers import words
+        from . import flat
+
+        def answer():
+            import helpers.numbers as late  # at request time, from a function
+            return helpers.numbers.N, words.WORD, flat.FLAT, late.N
+    """,
+    "flat.py": "FLAT = 'flat'\n",
+    "helpers/__init__.py": "",
+    "helpers/numbers.py": "from .words import WORD\nN = len(WORD)\n",
+    "helpers/words.py": "WORD = 'own'\n",
+}
+
+
+def test_a_models_code_imports_its_packages_its_own_way_and_leaves_with_it(tmp_path):
+    for name, source in PACKAGE_USER.items():
+        (tmp_path / "code" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "code" / name).write_text(textwrap.dedent(source))
+    before, ours = set(sys.modules), sys.modules["helpers"]  # this test suite's own helpers package
+    code = ModelCode(tmp_path, "packages")
+    # the model's helpers/, not the one Python already holds under that name
+    assert code.module.answer() == (3, "own", "flat", 3)
+    assert sys.modules["helpers"] is ours and "flat" not in sys.modules  # nothing under the plain names
+    code.unload()
+    assert set(sys.modules) == before
