@@ -13,13 +13,16 @@
 
 A single model comes loaded from gunicorn's master (preload.py): a worker takes
 connections only once it can answer /invocations.
-Every error is JSON {"error": reason}, and none ends the worker.
+Every error is JSON {"error": reason}, and none ends the worker. A 4xx says what
+was wrong with the request; a 500 says only a request id, which the log line
+holding the traceback also has (no exception text: it can name paths).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -32,6 +35,7 @@ from server.settings import Settings
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 BATCH_SIZE_HEADER = "X-Forward-Batch-Size"
+REQUEST_ID_HEADER = "X-Request-Id"  # on a 500: the log line with its traceback
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,18 @@ def read_body(max_bytes: int) -> bytes:
 
 
 def unavailable() -> tuple[Response, int]:
-    return error_response(500, f"the model failed to load: {MODEL.failure or 'unknown reason'}")
+    # MODEL.failure (exception text: paths, file names) is in the log already (preload.py)
+    return error_response(500, "the model failed to load: the server's log says why")
+
+
+def internal_error(exc: BaseException) -> tuple[Response, int]:
+    """A 500 that says nothing of the server's insides: the traceback goes to the log
+    under a request id, which the client gets to quote."""
+    request_id = uuid.uuid4().hex
+    log.error("request %s (%s %r) failed", request_id, request.method, request.path, exc_info=exc)
+    response, status = error_response(500, f"internal server error (request id {request_id}, in the server's log)")
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response, status
 
 
 def invoke(service, settings: Settings) -> Response:
@@ -138,11 +153,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return error_response(exc.code, exc.description)
+        return internal_error(exc) if exc.code >= 500 else error_response(exc.code, exc.description)
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception):
-        log.exception("invocation failed")
-        return error_response(500, f"{type(exc).__name__}: {exc}")
+        return internal_error(exc)
 
     return app

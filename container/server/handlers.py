@@ -43,6 +43,7 @@ from contract.preprocess import (
 from server import precision
 from server.batching import DynamicBatcher
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
+from server.parsing import json_document, shown
 from server.settings import Settings
 
 IMAGE_TYPES = frozenset(
@@ -52,6 +53,7 @@ JSON = "application/json"
 NPY = "application/x-npy"
 CSV = "text/csv"
 DEFAULT_TOP_K = 5
+BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
 def media_type(header: str | None) -> str:
@@ -205,10 +207,7 @@ def check_image_count(count: int, max_images: int) -> None:
 def images_from_json(body: bytes, max_images: int) -> tuple[list[bytes], bool]:
     """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch).
     The count is checked before any base64 is decoded."""
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise RequestError(f"malformed JSON: {exc}") from None
+    document = json_document(body)
     if isinstance(document, dict) and "instances" in document:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
@@ -223,8 +222,9 @@ def base64_image(item, where: str) -> bytes:
     if len(keys) != 1 or not isinstance(item[keys[0]], str):
         raise RequestError(f'{where}: expected {{"b64": "<base64 image>"}} or {{"image": "<base64 image>"}}')
     try:
-        # whitespace is dropped first: line-wrapped base64 (MIME style) is common
-        return base64.b64decode("".join(item[keys[0]].split()), validate=True)
+        # ASCII whitespace is dropped first: line-wrapped base64 (MIME style) is common;
+        # anything else outside the alphabet (a no-break space, a surrogate) is a 400
+        return base64.b64decode(item[keys[0]].translate(BASE64_WHITESPACE), validate=True)
     except ValueError:
         raise RequestError(f"{where}: malformed base64") from None
 
@@ -270,7 +270,7 @@ def negotiate(accept: str | None) -> str:
             return JSON
         if kind in (JSON, NPY, CSV):
             return kind
-    raise UnsupportedAccept(f"cannot answer with {accept!r}: accept one of {JSON}, {NPY}, {CSV}")
+    raise UnsupportedAccept(f"cannot answer with {shown(accept, 80)}: accept one of {JSON}, {NPY}, {CSV}")
 
 
 def probability_rows(prediction) -> tuple[np.ndarray, bool]:

@@ -12,18 +12,28 @@ with its own batcher:
     unload(name)        DELETE /models/{name}: out of the registry; workers
                         drop their copies on their next look at it
 
-Memory: each model counts settings.model_memory_bytes (its weights twice)
-against SAGEMAKER_MODEL_MEMORY_BUDGET_MB; above it, the least recently used
-models not serving a request leave this worker's memory (they stay loaded
-for the endpoint and come back on their next request). A model being loaded
-holds only its own lock: requests to the others go on.
+Where from: a model's url must resolve (links followed) to a directory inside
+settings.multi_model_root (SAGEMAKER_MULTI_MODEL_ROOT, SageMaker's /opt/ml/models)
+holding a model; every other url gets one and the same 400, which tells nothing
+of what exists. Each load's code/ gets a namespace of its own (user_code.ModelCode).
+
+Memory: a model counts twice (weights and a forward pass's activations) the
+larger of the bytes of its directory's files and the bytes of the tensors its
+model_fn returned (measured once loaded, then kept in the registry for the other
+workers), against SAGEMAKER_MODEL_MEMORY_BUDGET_MB; above it, the least
+recently used models not serving a request leave this worker's memory (they
+stay loaded for the endpoint and come back on their next request). A model
+being loaded holds only its own lock: requests to the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +45,8 @@ from contract.spec.artifact import CODE_DIR, CONFIG_FILE
 from server.errors import RequestError
 from server.metrics import MODEL_EVICTIONS, MODEL_LOAD_SECONDS, MODELS_IN_MEMORY
 from server.registry import Entry, ModelNotLoaded, ModelRegistry
-from server.settings import Settings, model_memory_bytes
+from server.settings import Settings
+from server.user_code import ENTRY_MODULE, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +65,51 @@ class _Resident:
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while loading
 
 
-def model_cost(url: str) -> int:
-    return max(1, model_memory_bytes(url))
+def files_bytes(folder) -> int:
+    """The bytes of the regular files under `folder` (links not followed)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(parent, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
-def check_model_dir(url) -> None:
-    path = Path(url)
-    if not path.is_dir():
-        raise RequestError(f"model url {str(url)!r} is not a directory")
-    if not (path / CONFIG_FILE).is_file() and not (path / CODE_DIR / "inference.py").is_file():
-        raise RequestError(f"model url {str(url)!r} holds neither {CONFIG_FILE} nor {CODE_DIR}/inference.py")
+def tensor_bytes(model, depth: int = 0) -> int:
+    """The bytes of the tensors model_fn returned: a module's parameters and buffers,
+    tensors, and those inside a dict, list or tuple of them (two levels)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if isinstance(model, torch.Tensor):
+        return model.numel() * model.element_size()
+    if depth < 2 and isinstance(model, (dict, list, tuple)):
+        items = model.values() if isinstance(model, dict) else model
+        return sum(tensor_bytes(item, depth + 1) for item in items)
+    return 0
+
+
+def model_cost(url, model=None) -> int:
+    """What a model counts against the budget: before loading from its files, once loaded its tensors too."""
+    return max(1, 2 * files_bytes(url), 2 * tensor_bytes(model))
+
+
+def check_model_dir(url: str, root: str) -> Path:
+    """The model directory `url` names, resolved; RequestError unless it lies in `root` and holds a model."""
+    refusal = RequestError(
+        f"model url: expected a directory under {root} holding {CONFIG_FILE} or {CODE_DIR}/{ENTRY_MODULE}.py"
+    )
+    try:
+        path = Path(url).resolve(strict=True)
+        inside = Path(url).is_absolute() and path.is_relative_to(Path(root).resolve(strict=True))
+        holds_model = path.is_dir() and ((path / CONFIG_FILE).is_file() or entry_point(path).is_file())
+    except (OSError, ValueError, RuntimeError):  # missing, a NUL byte, a name too long, a link loop
+        raise refusal from None
+    if not (inside and holds_model):
+        raise refusal
+    return path
 
 
 class WorkerModels:
@@ -73,13 +119,13 @@ class WorkerModels:
         self.budget = settings.model_memory_budget_bytes
         self._lock = threading.Lock()  # guards _resident; never held while loading
         self._resident: OrderedDict[str, _Resident] = OrderedDict()  # least recently used first
+        self._starts = itertools.count()
 
     # --- the endpoint's operations -------------------------------------------
     def load(self, name: str, url: str) -> Entry:
         entry = self.registry.reserve(name, url)  # 409 first, whatever the url holds
         try:
-            check_model_dir(url)
-            cost = model_cost(url)
+            cost = model_cost(check_model_dir(url, self.settings.multi_model_root))
             if cost > self.budget:
                 raise InsufficientMemory(
                     f"model {name!r} needs about {cost >> 20} MB, more than the "
@@ -91,7 +137,7 @@ class WorkerModels:
                     self._start(resident)
             finally:
                 self._done_with(resident)
-            return self.registry.commit(entry)
+            return self.registry.commit(entry, resident.cost)
         except BaseException:
             self._drop(name, entry.generation)
             self.registry.remove(name, entry.generation)
@@ -110,7 +156,7 @@ class WorkerModels:
         except ModelNotLoaded:
             self._drop(name, None)  # unloaded through another worker
             raise
-        resident = self._admit(entry, model_cost(entry.url))
+        resident = self._admit(entry, entry.cost or model_cost(entry.url))
         try:
             with resident.lock:  # only this model's: others are served meanwhile
                 if resident.service is None:
@@ -156,10 +202,24 @@ class WorkerModels:
         from server.service import InferenceService
 
         started = time.monotonic()
-        service = InferenceService(
-            resident.entry.url, self.settings, module_name=f"inference_{resident.entry.generation}"
-        )
-        service.start_in_worker()
+        # checked again: the url's links may point elsewhere now. The code's tag is new for every
+        # start: a copy being evicted may still serve a request while this one imports its own.
+        model_dir = check_model_dir(resident.entry.url, self.settings.multi_model_root)
+        tag = f"{resident.entry.generation}_{next(self._starts)}"
+        service = InferenceService(model_dir, self.settings, code_tag=tag)
+        try:
+            service.start_in_worker()
+            cost = model_cost(model_dir, service.model)
+            if cost > self.budget:
+                raise InsufficientMemory(
+                    f"model {resident.entry.name!r} takes about {cost >> 20} MB loaded, more than the "
+                    f"{self.budget >> 20} MB budget (SAGEMAKER_MODEL_MEMORY_BUDGET_MB)"
+                )
+        except BaseException:
+            service.close()
+            raise
+        with self._lock:
+            resident.cost = max(resident.cost, cost)
         resident.service = service
         MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
         MODELS_IN_MEMORY.inc()

@@ -17,13 +17,13 @@ multi_model.py.
 from __future__ import annotations
 
 import base64
-import json
 
 from flask import Flask, jsonify, request
 
 from server.app import invoke, read_body
 from server.errors import RequestError
 from server.multi_model import WorkerModels
+from server.parsing import json_document, model_name, shown, whole_number
 from server.registry import Entry
 from server.settings import Settings
 
@@ -37,33 +37,28 @@ def described(entry: Entry) -> dict:
 
 
 def load_request() -> tuple[str, str]:
-    try:
-        document = json.loads(read_body(MAX_LOAD_REQUEST_BYTES) or b"null")
-    except ValueError as exc:
-        raise RequestError(f"malformed JSON: {exc}") from None
+    document = json_document(read_body(MAX_LOAD_REQUEST_BYTES) or b"null")
     if not isinstance(document, dict):
         raise RequestError('expected {"model_name": ..., "url": ...}')
     name, url = document.get("model_name"), document.get("url")
-    for key, value in (("model_name", name), ("url", url)):
-        if not isinstance(value, str) or not value.strip():
-            raise RequestError(f'"{key}" must be a non-empty string')
-    return name, url
+    if not isinstance(url, str) or not url.strip():
+        raise RequestError('"url" must be a non-empty string')
+    return model_name(name, '"model_name"'), url
 
 
 def page_size() -> int:
-    text = request.args.get("page_size", str(DEFAULT_PAGE_SIZE))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
-        raise RequestError(f"page_size={text!r}: expected a whole number from 1 to {MAX_PAGE_SIZE}")
-    return int(text)
+    return whole_number(request.args.get("page_size", str(DEFAULT_PAGE_SIZE)), "page_size", 1, MAX_PAGE_SIZE)
 
 
 def page_start() -> str:
     """The name the page starts at, from next_page_token (opaque to the caller)."""
     token = request.args.get("next_page_token", "")
+    if not token:
+        return ""
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
-    except ValueError:
-        raise RequestError(f"next_page_token={token!r} is not one this server gave") from None
+        return model_name(base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii"))
+    except ValueError:  # RequestError, binascii.Error and UnicodeError are ValueErrors
+        raise RequestError(f"next_page_token={shown(token)} is not one this server gave") from None
 
 
 def add_routes(app: Flask, settings: Settings) -> WorkerModels:

@@ -2,7 +2,8 @@
 gunicorn worker through files, so a load through one worker is visible to all.
 
 One JSON file per model under settings.registry_dir (the file name is a hash of
-the model's name: SageMaker's names are opaque strings), written atomically;
+the model's name: SageMaker's names are opaque strings, checked by
+parsing.model_name), written atomically;
 changes happen under an exclusive lock on a lock file, reads need none.
 A model is first *reserved* (a second load of the name is a 409 from then on,
 whichever worker answers) and *ready* once its loading worker succeeded; a
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from contract.artifact import atomic_write_bytes
 from server.errors import RequestError
+from server.parsing import model_name
 
 
 class AlreadyLoaded(RequestError):
@@ -41,6 +43,7 @@ class Entry:
     generation: str
     ready: bool = False
     owner_pid: int = 0  # the worker loading it, while not ready
+    cost: int = 0  # bytes against the memory budget, as measured by the worker that loaded it
 
 
 def _alive(pid: int) -> bool:
@@ -59,6 +62,7 @@ class ModelRegistry:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
+        model_name(name)  # every operation's name passes here: 400 before it is hashed
         return self.directory / (hashlib.sha256(name.encode()).hexdigest() + ".json")
 
     @contextmanager
@@ -91,8 +95,8 @@ class ModelRegistry:
             self._write(entry)
             return entry
 
-    def commit(self, entry: Entry) -> Entry:
-        ready = Entry(entry.name, entry.url, entry.generation, ready=True)
+    def commit(self, entry: Entry, cost: int = 0) -> Entry:
+        ready = Entry(entry.name, entry.url, entry.generation, ready=True, cost=cost)
         with self._locked():
             self._write(ready)
         return ready

@@ -7,48 +7,37 @@ defines a function of the same name, as with SageMaker's framework images.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import re
-import sys
-from pathlib import Path
-from types import ModuleType
 
-from contract.spec.artifact import CODE_DIR
 from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
+from server.parsing import shown, whole_number
 from server.settings import Settings
+from server.user_code import ModelCode, load_shared
 
 HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
+MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # InvokeEndpoint's limit
+MAX_TOP_K = 999_999  # more than any model's classes: all of them
 log = logging.getLogger(__name__)
 
 
-def load_user_module(model_dir, module_name: str = "inference") -> ModuleType | None:
-    """model_dir/code/inference.py as a module; a multi-model worker names each model's its own."""
-    path = Path(model_dir) / CODE_DIR / "inference.py"
-    if not path.is_file():
-        return None
-    # As in SageMaker's images, inference.py may import modules next to it.
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def requested_top_k(custom_attributes: str | None) -> int:
-    """X-Amzn-SageMaker-Custom-Attributes: 'top_k=3' (pairs separated by ',' or ';')."""
+    """X-Amzn-SageMaker-Custom-Attributes: 'top_k=3' (pairs separated by ',' or ';'),
+    at most 1024 ASCII characters, as InvokeEndpoint's CustomAttributes."""
+    text = custom_attributes or ""
+    if len(text) > MAX_CUSTOM_ATTRIBUTES_CHARS or not text.isascii():
+        raise RequestError(
+            f"custom attributes: expected at most {MAX_CUSTOM_ATTRIBUTES_CHARS} ASCII characters, as SageMaker sends"
+        )
     top_k = DEFAULT_TOP_K
-    for pair in re.split(r"[,;]", custom_attributes or ""):
+    for pair in re.split(r"[,;]", text):
         if not pair.strip():
             continue
         key, _, value = (part.strip() for part in pair.partition("="))
         if key != "top_k":
-            raise RequestError(f"unknown custom attribute {key!r}: the only one is top_k")
-        if not value.isdigit() or int(value) < 1:
-            raise RequestError(f"custom attribute top_k={value!r}: expected a whole number >= 1")
-        top_k = int(value)
+            raise RequestError(f"unknown custom attribute {shown(key)}: the only one is top_k")
+        top_k = whole_number(value, "custom attribute top_k", 1, MAX_TOP_K)
     return top_k
 
 
@@ -64,10 +53,19 @@ class InferenceService:
     Then `invoke` serves requests from many threads.
     """
 
-    def __init__(self, model_dir, settings: Settings, module_name: str = "inference"):
+    def __init__(self, model_dir, settings: Settings, code_tag: str | None = None):
+        """code_tag: a multi-model worker's unique name for this load, which gets
+        code/ a namespace of its own (user_code.ModelCode); None: SageMaker's way."""
         self.model_dir = str(model_dir)
         self.defaults = DefaultHandlers(model_dir, settings)
-        user = load_user_module(model_dir, module_name)
+        self.code = None if code_tag is None else ModelCode(model_dir, code_tag)
+        try:
+            self._take_handlers(load_shared(model_dir) if self.code is None else self.code.module, settings)
+        except BaseException:
+            self.close()  # no model code left behind in sys.modules
+            raise
+
+    def _take_handlers(self, user, settings: Settings) -> None:
         self.overridden = [name for name in HANDLER_NAMES if callable(getattr(user, name, None))]
         if self.overridden:
             log.info("code/inference.py overrides %s", ", ".join(self.overridden))
@@ -90,9 +88,11 @@ class InferenceService:
             self.defaults.warm(self.model)
 
     def close(self) -> None:
-        """Stop the batcher's thread (a multi-model worker unloading this model)."""
+        """Stop the batcher's thread and forget the model's code (a multi-model worker unloading it)."""
         if self.defaults.batcher:
             self.defaults.batcher.close()
+        if self.code is not None:
+            self.code.unload()
 
     def last_batch_size(self) -> int | None:
         """Images in the forward pass that served this thread's last request (default predict_fn only)."""

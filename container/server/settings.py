@@ -28,8 +28,10 @@
     CUDA_VISIBLE_DEVICES            the GPUs this server may use (each worker gets one)
     SAGEMAKER_MULTI_MODEL           true: a multi-model endpoint (multi_model.py): models
                                     are loaded through POST /models, none from SM_MODEL_DIR
+    SAGEMAKER_MULTI_MODEL_ROOT      multi-model: the folder every model's url must lie in, links
+                                    followed (default /opt/ml/models, where SageMaker puts them)
     SAGEMAKER_MODEL_MEMORY_BUDGET_MB  multi-model: the memory one worker's loaded models
-                                    may take (estimated, model_memory_bytes); the least
+                                    may take (multi_model.model_cost); the least
                                     recently used are unloaded above it. Default: half of
                                     what memory leaves each worker
     SAGEMAKER_SERVER_RUN_DIR        the server's scratch: the multi-model registry and the
@@ -39,7 +41,7 @@
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
 MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, MODEL_PRECISION, MODEL_COMPILE,
-CPU_FLAGS, MODEL_MEMORY_*, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
+CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
 environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exported here). `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
@@ -93,6 +95,7 @@ class Settings:
     compile: str = "none"
     cpu_flags: str = ""  # space-separated, only PRECISION_FLAGS
     multi_model: bool = False
+    multi_model_root: str = "/opt/ml/models"
     model_memory_budget_mb: int = 1024
     run_dir: str = ""
     metrics_dir: str = ""
@@ -146,6 +149,7 @@ class Settings:
             if "SAGEMAKER_CPU_FLAGS" in env
             else cpu_flags(),
             multi_model=multi_model,
+            multi_model_root=env.get("SAGEMAKER_MULTI_MODEL_ROOT") or cls.multi_model_root,
             model_memory_budget_mb=_int(env, "SAGEMAKER_MODEL_MEMORY_BUDGET_MB", default_budget, minimum=1),
             run_dir=run_dir,
             metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(run_dir, "metrics"),
@@ -171,6 +175,7 @@ class Settings:
             "compile": "SAGEMAKER_MODEL_COMPILE",
             "cpu_flags": "SAGEMAKER_CPU_FLAGS",
             "multi_model": "SAGEMAKER_MULTI_MODEL",
+            "multi_model_root": "SAGEMAKER_MULTI_MODEL_ROOT",
             "model_memory_budget_mb": "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
             "run_dir": "SAGEMAKER_SERVER_RUN_DIR",
             "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
@@ -263,12 +268,6 @@ def memory_bytes() -> int:
 def model_bytes(model_dir) -> int:
     weights = Path(model_dir) / WEIGHTS_FILE
     return weights.stat().st_size if weights.is_file() else 0
-
-
-def model_memory_bytes(model_dir) -> int:
-    """What one loaded model is counted as against SAGEMAKER_MODEL_MEMORY_BUDGET_MB:
-    its weights twice (the model's parameters and a forward pass's activations)."""
-    return 2 * model_bytes(model_dir)
 
 
 def cpu_workers(cores: int, memory: int, weights: int) -> int:

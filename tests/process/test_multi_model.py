@@ -61,6 +61,8 @@ def server(tmp_path_factory):
         SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
         SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB),
         SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
+        # the models' root: every test's folders (trained_models', tmp_path's) are in pytest's base one
+        SAGEMAKER_MULTI_MODEL_ROOT=str(tmp_path_factory.getbasetemp()),
     ) as process:
         yield process
 
@@ -196,6 +198,7 @@ def test_a_model_being_loaded_blocks_no_other(tmp_path):
         SAGEMAKER_MULTI_MODEL="true",
         SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
         SAGEMAKER_MODEL_MEMORY_BUDGET_MB="1000",
+        SAGEMAKER_MULTI_MODEL_ROOT=str(tmp_path),
     )
     try:
         server.wait_ready()

@@ -5,16 +5,23 @@ for two gunicorn workers."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import os
 import subprocess
 import sys
+import textwrap
+import threading
 
 import pytest
 
+from helpers.code_models import make_code_model
 from helpers.serving import CLASS_NAMES, encode, make_model_dir, sample_image
 from server.multi_model import InsufficientMemory, WorkerModels, model_cost
 from server.registry import AlreadyLoaded, ModelNotLoaded, ModelRegistry
+from server.service import InferenceService
 from server.settings import Settings
+from server.user_code import ModelCode
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +30,15 @@ def model_dirs(tmp_path_factory):
     return [make_model_dir(root / f"m{i}", class_names=CLASS_NAMES[: i + 2]) for i in range(3)]
 
 
+MODELS = [("first", (0.9, 0.1)), ("second", (0.1, 0.9))]  # each one's helper.py makes a different class win
+
+
 def workers(tmp_path, model_dirs, models_per_worker: int) -> tuple[WorkerModels, WorkerModels]:
     budget_mb = (models_per_worker * model_cost(model_dirs[0]) >> 20) + 1
     settings = dataclasses.replace(
         Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH_WAIT_MS": "0"}),
         multi_model=True,
+        multi_model_root=str(tmp_path.parent),  # pytest's base folder: model_dirs and tmp_path are in it
         run_dir=str(tmp_path),
         model_memory_budget_mb=budget_mb,
     )
@@ -100,3 +111,93 @@ def test_a_model_larger_than_the_budget_is_507(tmp_path, model_dirs):
     with pytest.raises(InsufficientMemory):
         worker.load("big", str(big))
     assert worker.registry.ready() == []
+
+
+def rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def top_class(service) -> int:
+    body, _ = service.invoke(encode(sample_image(), "JPEG"), "image/jpeg", None, None)
+    return json.loads(body)["predictions"][0]["index"]
+
+
+def test_a_thousand_loads_of_same_named_helpers_stay_apart_and_leave_nothing(tmp_path):
+    """Two models whose code/ both hold helper.py, loaded, invoked and closed 500 times each
+    (as a multi-model worker does, each load under its own tag): each answers with its own
+    helper, and sys.path, sys.modules and the memory (each load's module holds 256 KB) stay flat."""
+    settings = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_NUM_GPUS": "0"})
+    models = [make_code_model(tmp_path / name, winner, ballast_bytes=256 << 10) for name, winner in MODELS]
+
+    def cycle(i: int) -> None:
+        service = InferenceService(models[i % 2], settings, code_tag=f"cycle{i}")
+        try:
+            assert top_class(service) == i % 2
+        finally:
+            service.close()
+
+    for i in range(10):
+        cycle(i)
+    gc.collect()
+    path, modules, rss = list(sys.path), set(sys.modules), rss_bytes()
+    for i in range(1000):
+        cycle(i)
+    gc.collect()
+    assert sys.path == path
+    assert set(sys.modules) == modules
+    assert rss_bytes() - rss < 32 << 20, f"grew {(rss_bytes() - rss) >> 20} MB"
+
+
+def test_two_models_loading_at_once_in_threads_each_get_their_own_helper(tmp_path):
+    settings = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_NUM_GPUS": "0"})
+    models = [make_code_model(tmp_path / name, winner) for name, winner in MODELS]
+    wrong = []
+
+    def load_many(which: int) -> None:
+        for i in range(50):
+            service = InferenceService(models[which], settings, code_tag=f"thread{which}_{i}")
+            try:
+                if top_class(service) != which:
+                    wrong.append((which, i))
+            finally:
+                service.close()
+
+    threads = [threading.Thread(target=load_many, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not wrong and not any(thread.is_alive() for thread in threads)
+
+
+PACKAGE_USER = {
+    "inference.py": """
+        import helpers.numbers
+        from helpers import words
+        from . import flat
+
+        def answer():
+            import helpers.numbers as late  # at request time, from a function
+            return helpers.numbers.N, words.WORD, flat.FLAT, late.N
+    """,
+    "flat.py": "FLAT = 'flat'\n",
+    "helpers/__init__.py": "",
+    "helpers/numbers.py": "from .words import WORD\nN = len(WORD)\n",
+    "helpers/words.py": "WORD = 'own'\n",
+}
+
+
+def test_a_models_code_imports_its_packages_its_own_way_and_leaves_with_it(tmp_path):
+    for name, source in PACKAGE_USER.items():
+        (tmp_path / "code" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "code" / name).write_text(textwrap.dedent(source))
+    before, ours = set(sys.modules), sys.modules["helpers"]  # this test suite's own helpers package
+    code = ModelCode(tmp_path, "packages")
+    # the model's helpers/, not the one Python already holds under that name
+    assert code.module.answer() == (3, "own", "flat", 3)
+    assert sys.modules["helpers"] is ours and "flat" not in sys.modules  # nothing under the plain names
+    code.unload()
+    assert set(sys.modules) == before

@@ -39,7 +39,7 @@ def test_default_stages_answer_like_training(tmp_path):
 
 def test_user_output_fn_replaces_the_default(tmp_path):
     service = InferenceService(
-        make_model_dir(tmp_path / "model", inference_code=USER_OUTPUT_FN), settings(), module_name="inference_unit"
+        make_model_dir(tmp_path / "model", inference_code=USER_OUTPUT_FN), settings(), code_tag="unit"
     )
     service.start_in_worker()
     try:

@@ -1,0 +1,76 @@
+"""Strict parsers for what a client controls; each refuses with a RequestError (400),
+never with another exception (a 500):
+
+    whole_number(text, what, lowest, highest)   ASCII digits only, at most 6 of them
+                                                (str.isdigit() takes '²'; int() takes
+                                                '1_000', ' 7' and 5,000-digit numbers)
+    model_name(text, what)                      a multi-model endpoint's model name
+    json_document(body)                         UTF-8 JSON nested at most MAX_JSON_DEPTH deep
+    shown(text)                                 a client's text, cut short, for an error message
+
+Model names: SageMaker's TargetModel (botocore's InvokeEndpoint model) is 1 to 1024
+characters, printable ASCII (\\p{Print}: space to '~') not starting with whitespace; its
+front end sends the same set as model_name and the Target-Model header. No control
+character (a forged log line), nothing outside ASCII (a lone surrogate cannot be hashed
+or logged). A name is never a path: the registry stores it under its hash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from server.errors import RequestError
+
+MAX_DIGITS = 6
+MAX_NAME_CHARS = 1024
+MAX_JSON_DEPTH = 32  # our documents nest 3 deep; Python's json recurses once per level
+MODEL_NAME = re.compile(rf"[!-~][ -~]{{0,{MAX_NAME_CHARS - 1}}}")
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
+# A JSON string, so brackets inside strings are not counted as nesting (unrolled: no backtracking)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """repr of the first `limit` characters: a client's text echoed in a 4xx, bounded."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def whole_number(text: str, what: str, lowest: int, highest: int) -> int:
+    if not _DIGITS.fullmatch(text) or not lowest <= int(text) <= highest:
+        raise RequestError(f"{what}={shown(text)}: expected a whole number from {lowest} to {highest}")
+    return int(text)
+
+
+def model_name(text, what: str = "model name") -> str:
+    if not isinstance(text, str) or not MODEL_NAME.fullmatch(text):
+        raise RequestError(f"{what}: expected 1 to {MAX_NAME_CHARS} printable ASCII characters, the first not a space")
+    return text
+
+
+def json_depth(body: bytes) -> int:
+    """How deep `body`'s arrays and objects nest, counted without recursion
+    (at most about 1 s for a 6 MB body of nothing but quotes)."""
+    structure = np.frombuffer(_JSON_STRING.sub(b"", body), np.uint8)
+    steps = np.isin(structure, _OPENING).astype(np.int64) - np.isin(structure, _CLOSING)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def json_document(body: bytes):
+    """The parsed body; 400 for non-UTF-8, malformed JSON, or nesting deeper than MAX_JSON_DEPTH."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("malformed JSON: not UTF-8") from None
+    openings = body.count(b"[") + body.count(b"{")  # no deeper than this: most bodies skip the scan
+    if openings > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(f"malformed JSON: nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError):  # a number past Python's 4,300-digit limit, say
+        raise RequestError("malformed JSON") from None

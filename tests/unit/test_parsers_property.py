@@ -1,0 +1,167 @@
+"""The request parsers (server/parsing.py and their callers) against Hypothesis's inputs:
+whatever a client sends, the answer is a value or a RequestError (a 4xx), never another
+exception (a 500). Plus the inputs that were 500s before issue 21."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.errors import RequestError
+from server.handlers import CSV, JSON, NPY, images_from_json, negotiate
+from server.multi_model_routes import MAX_PAGE_SIZE, page_size, page_start
+from server.parsing import MAX_JSON_DEPTH, MAX_NAME_CHARS, json_depth, json_document, model_name
+from server.service import MAX_TOP_K, requested_top_k
+
+EXAMPLES = settings(max_examples=300, deadline=None)
+# what a header or query string can carry: ASCII (controls included), Latin-1, digits of other scripts
+CLIENT_TEXT = st.text(st.characters(max_codepoint=0x2FFF, exclude_categories=("Cs",)), max_size=60)
+# numbers as a client might garble them: other scripts' digits, superscripts, signs, separators
+DIGITISH = st.text(st.sampled_from("0123456789²³¹⁴١٢٣߀𝟙 _+-.e"), min_size=1, max_size=12) | st.just("9" * 5000)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+FLASK = Flask(__name__)
+
+
+def refused_or(call, *args):
+    """call(*args), or None when it refused with a RequestError; any other exception fails the test."""
+    try:
+        return call(*args)
+    except RequestError:
+        return None
+
+
+@EXAMPLES
+@given(
+    st.one_of(CLIENT_TEXT, st.builds("top_k={}".format, CLIENT_TEXT | DIGITISH), st.integers().map("top_k={}".format))
+)
+def test_top_k_is_a_bounded_whole_number_or_a_400(attributes):
+    top_k = refused_or(requested_top_k, attributes)
+    assert top_k is None or 1 <= top_k <= MAX_TOP_K
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    ["top_k=" + "9" * 5000, "top_k=²", "top_k=١", "top_k=1_0", "top_k=+3", "top_k=3" + "," * 2000, "top_k=é"],
+)
+def test_top_k_that_were_500s_or_loose_are_400s(attributes):
+    with pytest.raises(RequestError):
+        requested_top_k(attributes)
+
+
+@EXAMPLES
+@given(CLIENT_TEXT | DIGITISH, CLIENT_TEXT)
+def test_page_size_and_token_are_400s_or_in_range(size, token):
+    with FLASK.test_request_context(query_string={"page_size": size, "next_page_token": token}):
+        size_read = refused_or(page_size)
+        start = refused_or(page_start)
+    assert size_read is None or 1 <= size_read <= MAX_PAGE_SIZE
+    assert start is None or start == "" or model_name(start) == start
+
+
+@pytest.mark.parametrize("size", ["²", "1" * 5000, "٣", " 5", "5 ", "0", str(MAX_PAGE_SIZE + 1)])
+def test_page_sizes_that_were_500s_or_loose_are_400s(size):
+    with FLASK.test_request_context(query_string={"page_size": size}), pytest.raises(RequestError):
+        page_size()
+
+
+@given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=50))
+def test_a_token_this_server_gave_reads_back(name):
+    token = base64.urlsafe_b64encode(name.encode()).decode()
+    with FLASK.test_request_context(query_string={"next_page_token": token}):
+        assert page_start() == name
+
+
+@EXAMPLES
+@given(st.one_of(CLIENT_TEXT, st.text(max_size=30), st.integers(), st.none(), st.lists(st.integers(), max_size=2)))
+def test_a_model_name_is_printable_ascii_or_a_400(name):
+    accepted = refused_or(model_name, name)
+    if accepted is not None:
+        assert accepted == name and len(name) <= MAX_NAME_CHARS and name.isascii() and name.isprintable()
+        assert not name[0].isspace()
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a\nforged log line", "", " leading space", "x" * 1025, "é", "\x00"])
+def test_names_that_were_500s_or_unsafe_are_400s(name):
+    with pytest.raises(RequestError):
+        model_name(name)
+
+
+def test_sagemakers_names_pass():
+    for name in ("customer-a.tar.gz", "a/b c", "8f1c0e7a" * 128, "x"):
+        assert model_name(name) == name
+
+
+def nesting(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(nesting, value.values()), default=0)
+    return 0
+
+
+@EXAMPLES
+@given(JSON_VALUES)
+def test_json_depth_counts_nesting_not_brackets_in_strings(value):
+    assert json_depth(json.dumps(value).encode()) == nesting(value)
+
+
+@EXAMPLES
+@given(st.binary(max_size=200) | JSON_VALUES.map(lambda value: json.dumps(value).encode()))
+def test_json_bodies_parse_or_are_400s(body):
+    refused_or(json_document, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"a":' * 100_000,
+        b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
+        b'{"b64": "\xff\xfe"}',
+        b"1" * 5000,
+        b"\xef\xbb\xbf{}",
+    ],
+)
+def test_json_that_was_500s_or_is_not_utf8_is_400(body):
+    with pytest.raises(RequestError):
+        json_document(body)
+
+
+@EXAMPLES
+@given(
+    st.binary(max_size=100)
+    | JSON_VALUES.map(lambda value: json.dumps(value).encode())
+    | st.lists(st.dictionaries(st.sampled_from(["b64", "image", "x"]), CLIENT_TEXT, max_size=2), max_size=3).map(
+        lambda items: json.dumps({"instances": items}).encode()
+    )
+)
+def test_images_from_json_gives_bytes_or_a_4xx(body):
+    result = refused_or(images_from_json, body, 2)  # TooLarge (413) is a RequestError too
+    if result is not None:
+        images, _ = result
+        assert all(isinstance(image, bytes) for image in images)
+
+
+@pytest.mark.parametrize("encoded", ["\ud800", "é" * 8, "QUJD\u00a0RA==", "=" * 7, "QQ"])
+def test_odd_base64_is_a_400(encoded):
+    with pytest.raises(RequestError):
+        images_from_json(json.dumps({"b64": encoded}).encode(), 2)
+
+
+@EXAMPLES
+@given(
+    st.none()
+    | CLIENT_TEXT
+    | st.lists(st.sampled_from([JSON, NPY, CSV, "*/*", "image/png", ";q=0.5", " "])).map(",".join)
+)
+def test_negotiate_picks_a_type_or_is_a_406(accept):
+    assert refused_or(negotiate, accept) in (None, JSON, NPY, CSV)
