@@ -93,7 +93,8 @@ def gpu_flags(cli: str, device: str = "all") -> list[str]:
 
 def bind(source, target, read_only: bool = False) -> list[str]:
     """`run` arguments that mount the host's `source` at `target`: --mount, whose fields Docker and podman
-    read as one CSV line, so a path may hold ':' (which `-v a:b` splits on) and, quoted, ','."""
+    read as one CSV line, so a path may hold ':' (which `-v a:b` splits on) and, quoted, ','. Unlike -v,
+    --mount does not make a missing `source`: the callers make their folders first."""
     fields = ["type=bind", f"source={Path(source).resolve()}", f"target={target}"] + (["readonly"] if read_only else [])
     if any(char in field for field in fields for char in "\r\n"):
         raise ValueError(f"a mount path holds a line break: {source!r}")
