@@ -113,11 +113,15 @@ def prepare(settings: Settings) -> None:
     passes it on, where any other exception would print a traceback)."""
     try:
         claim(settings.run_dir, "SAGEMAKER_SERVER_RUN_DIR")
+    except (Refused, OSError) as exc:
+        raise SystemExit(f"serve: {exc}") from None
+    try:
         if _inside(settings.metrics_dir, settings.run_dir):
             os.makedirs(settings.metrics_dir, exist_ok=True)  # inside a folder just claimed, so emptied
         else:
             claim(settings.metrics_dir, "PROMETHEUS_MULTIPROC_DIR")
     except (Refused, OSError) as exc:
+        release(settings.run_dir)  # a server that does not start leaves nothing behind
         raise SystemExit(f"serve: {exc}") from None
     if settings.multi_model:
         os.makedirs(settings.registry_dir, exist_ok=True)

@@ -96,6 +96,8 @@ def test_a_scratch_folder_that_is_not_the_servers_is_refused_and_left_as_it_was(
     reason = "holds files this server did not make" if case == "holds other files" else "is a symbolic link"
     assert last_line.startswith(f"serve: {variable}={named} ") and reason in last_line, server.log()[-2000:]
     assert tree(target) == before and not (target / MARKER).exists()
+    if variable == "PROMETHEUS_MULTIPROC_DIR":  # the run folder claimed just before is not left behind
+        assert not server.run_dir.exists()
 
 
 def test_the_server_removes_the_folder_it_made_and_empties_the_one_it_found_empty(tmp_path):
