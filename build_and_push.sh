@@ -40,6 +40,11 @@ run() {
     if [ "$dry_run" = 1 ]; then echo "+ $*"; else "$@"; fi
 }
 
+# the last error of a step, for die's one line (mktemp: a fixed name in the shared /tmp could be
+# another user's symbolic link, which this script, often root, would write through)
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+
 python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 version=$(cat VERSION)
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
@@ -52,8 +57,8 @@ if [ "$dry_run" = 1 ]; then
     ENGINE=${CONTAINER_ENGINE:-docker}
 else
     source scripts/engine.sh
-    engine_setup 2>/tmp/build_and_push-engine.log \
-        || die "no container engine: $(tail -n 1 /tmp/build_and_push-engine.log)"
+    engine_setup 2>"$errors" \
+        || die "no container engine: $(tail -n 1 "$errors")"
 fi
 
 registry=""
@@ -67,8 +72,8 @@ if [ "$push" = 1 ]; then
         export AWS_REGION=$region AWS_DEFAULT_REGION=$region
         account=${AWS_ACCOUNT_ID:-}
         if [ -z "$account" ]; then
-            account=$("$python" scripts/aws_ecr.py account 2>/tmp/build_and_push-aws.log) \
-                || die "$(tail -n 1 /tmp/build_and_push-aws.log)"
+            account=$("$python" scripts/aws_ecr.py account 2>"$errors") \
+                || die "$(tail -n 1 "$errors")"
         fi
         registry=${REGISTRY:-$account.dkr.ecr.$region.amazonaws.com}
     fi
@@ -95,17 +100,17 @@ for name in "${wanted[@]}"; do
     if [ "$dry_run" = 1 ]; then
         echo "+ $python scripts/aws_ecr.py ensure-repo $repo"
     else
-        "$python" scripts/aws_ecr.py ensure-repo "$repo" >/dev/null 2>/tmp/build_and_push-aws.log \
-            || die "$(tail -n 1 /tmp/build_and_push-aws.log)"
-        echo "[build_and_push] $(tail -n 1 /tmp/build_and_push-aws.log)" >&2
+        "$python" scripts/aws_ecr.py ensure-repo "$repo" >/dev/null 2>"$errors" \
+            || die "$(tail -n 1 "$errors")"
+        echo "[build_and_push] $(tail -n 1 "$errors")" >&2
     fi
     if [ "$logged_in" = 0 ]; then
         if [ "$dry_run" = 1 ]; then
             echo "+ $python scripts/aws_ecr.py login-password | $ENGINE login --username AWS --password-stdin $registry"
         else
-            "$python" scripts/aws_ecr.py login-password 2>/tmp/build_and_push-aws.log \
+            "$python" scripts/aws_ecr.py login-password 2>"$errors" \
                 | "$ENGINE" login "${tls[@]}" --username AWS --password-stdin "$registry" >/dev/null \
-                || die "login to $registry failed: $(tail -n 1 /tmp/build_and_push-aws.log)"
+                || die "login to $registry failed: $(tail -n 1 "$errors")"
         fi
         logged_in=1
     fi

@@ -41,6 +41,8 @@ serve)
             wheels=/opt/wheels
         fi
         if [ -n "$wheels" ]; then
+            # a build's -v is the only mount podman build has: it splits on ':'
+            case "$wheels" in *:*) echo "TORCH_CPU_WHEELS=$wheels: a folder whose path holds no ':', please" >&2; exit 2 ;; esac
             whl=$(ls "$wheels"/torch-*+cpu-cp311-*.whl | sort -V | tail -n 1)
             version=$(basename "$whl" | cut -d- -f2)
             [ "$ENGINE" = podman ] || { echo "TORCH_CPU_WHEELS needs podman (build-time mount)" >&2; exit 1; }
@@ -54,12 +56,24 @@ serve)
 *) echo "unknown image kind: $kind (train or serve)" >&2; exit 2 ;;
 esac
 
+# the project's label (container_engine.PROJECT_LABEL): containers of these images inherit it, and the
+# scripts find their containers by it
+args+=(--label "$(python3 scripts/container_engine.py label)")
+
 # shellcheck disable=SC2206
 extra=(${EXTRA_BUILD_ARGS:-})
 echo "[build] $ENGINE build $kind -> $tag" >&2
 start=$(date +%s)
-# one image build at a time on this machine (2 cores): parallel callers queue here
-exec 9>/tmp/byoc-build.lock
+# one image build at a time on this machine (2 cores): parallel callers queue here. The lock lives in
+# the user's cache, not the shared /tmp (where another user's symbolic link could stand), and is opened
+# to append: nothing is ever written through it.
+lock_dir=${XDG_CACHE_HOME:-$HOME/.cache}
+mkdir -p "$lock_dir"
+exec 9>>"$lock_dir/byoc-build.lock"
 flock 9
+# Enough disk for this build? A fresh machine with other images on it failed deep inside the build
+# with "no space left on device"; this says how much it needs before starting (container_engine.py).
+build=$kind; [ "$kind" = serve ] && build=serve-$variant
+python3 scripts/container_engine.py check-space "$ENGINE" "$build" "$tag" || exit 1
 "$ENGINE" build "${args[@]}" "${extra[@]}" -t "$tag" .
 echo "[build] $tag built in $(( $(date +%s) - start )) s" >&2

@@ -8,13 +8,36 @@ Standard library only: scripts/run_local.py needs nothing else on the host.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_TIMEOUT_S = 900  # a first run may install podman and debootstrap the base image
+
+# Set on every image build_image.sh builds (containers inherit it) and every container the scripts start:
+# what the scripts look their containers up by, never a name pattern, which could match anyone's.
+PROJECT_LABEL = "org.byoc.project=byoc"
+
+GB = 10**9
+# Free space one build needs in the engine's storage. The finished images' sizes are measured (README,
+# "Image sizes", podman image inspect): train 6.7 GB, serve:gpu 4.8 GB, serve:cpu 0.9 GB. A build needs
+# more while it runs: pip's downloaded wheels inside the RUN that installs torch (about 3 GB for CUDA
+# torch and its nvidia-* wheels, 0.3 GB for CPU torch), the builder stages' layers, kept as the next
+# build's cache (serve: the venv stage before slimming, 5.2 GB on GPU, 1.4 GB on CPU; train: the wheels
+# stage, under 1 GB), and a margin for the context and the engine's temporary files.
+BUILD_SPACE_BYTES = {
+    "train": 12 * GB,  # 6.7 image + 3 wheels + 1 wheels stage + 1.3 margin
+    "serve-gpu": 14 * GB,  # 4.8 image + 5.2 venv stage + 3 wheels + 1 margin
+    "serve-cpu": 4 * GB,  # 0.9 image + 1.4 venv stage + 0.3 wheels + 1.4 margin
+}
+# A rebuild of an image that is there: its layers are cached, and only the changed ones are made again.
+REBUILD_SPACE_BYTES = 2 * GB
 
 
 class EngineError(RuntimeError):
@@ -68,8 +91,76 @@ def gpu_flags(cli: str, device: str = "all") -> list[str]:
     return ["--device", f"nvidia.com/gpu={device}"]
 
 
-def channel_mount(data: Path, channel) -> str:
-    """A read-only volume for a data set as SageMaker delivers a channel: a folder is the channel;
+def bind(source, target, read_only: bool = False) -> list[str]:
+    """`run` arguments that mount the host's `source` at `target`: --mount, whose fields Docker and podman
+    read as one CSV line, so a path may hold ':' (which `-v a:b` splits on) and, quoted, ','. Unlike -v,
+    --mount does not make a missing `source`: the callers make their folders first."""
+    fields = ["type=bind", f"source={Path(source).resolve()}", f"target={target}"] + (["readonly"] if read_only else [])
+    if any(char in field for field in fields for char in "\r\n"):
+        raise ValueError(f"a mount path holds a line break: {source!r}")
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(fields)
+    return ["--mount", line.getvalue()]
+
+
+def channel_mount(data: Path, channel) -> list[str]:
+    """A read-only mount for a data set as SageMaker delivers a channel: a folder is the channel;
     an archive lies in the channel folder (the trainer unpacks it)."""
     data = Path(data)
-    return f"{data}:{channel}:ro" if data.is_dir() else f"{data}:{channel}/{data.name}:ro"
+    return bind(data, channel if data.is_dir() else f"{channel}/{data.name}", read_only=True)
+
+
+def label_flags() -> list[str]:
+    """`run` arguments that mark a container as this project's (PROJECT_LABEL)."""
+    return ["--label", PROJECT_LABEL]
+
+
+def project_containers(cli: str, *filters: str, env: dict | None = None) -> list[str]:
+    """Names of this project's containers (PROJECT_LABEL), with further `--filter`s (e.g. status=exited)."""
+    args = [cli, "ps", "-a", "--filter", f"label={PROJECT_LABEL}"]
+    for extra in filters:
+        args += ["--filter", extra]
+    out = subprocess.run([*args, "--format", "{{.Names}}"], env=env, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def space_shortfall(build: str, free_bytes: int, cached: bool, where: str) -> str | None:
+    """Why a build of `build` (a BUILD_SPACE_BYTES key) should not start with `free_bytes` free in the
+    engine's storage at `where`, or None. `cached`: the image is there already (a rebuild)."""
+    needed = REBUILD_SPACE_BYTES if cached else BUILD_SPACE_BYTES[build]
+    if free_bytes >= needed:
+        return None
+    return (
+        f"building {build} needs about {needed / GB:.0f} GB free in {where} (the container engine's storage); "
+        f"{free_bytes / GB:.1f} GB are free. Make room (`podman system prune`, `podman rmi` of old images) "
+        "or point the engine's storage at a larger disk"
+    )
+
+
+def storage_dir(cli: str, env: dict | None = None) -> str:
+    """Where the engine keeps images and build layers."""
+    template = "{{.Store.GraphRoot}}" if Path(cli).name == "podman" else "{{.DockerRootDir}}"
+    out = subprocess.run([cli, "info", "--format", template], env=env, capture_output=True, text=True)
+    return out.stdout.strip() or "/var/lib/containers/storage"
+
+
+def check_build_space(cli: str, build: str, tag: str) -> str | None:
+    """space_shortfall for this machine: the storage's free bytes, whether `tag` is there."""
+    where = storage_dir(cli)
+    probe = Path(where)
+    while not probe.exists():  # the storage is made by the first build
+        probe = probe.parent
+    cached = subprocess.run([cli, "image", "inspect", tag], capture_output=True).returncode == 0
+    return space_shortfall(build, shutil.disk_usage(probe).free, cached, where)
+
+
+if __name__ == "__main__":
+    # build_image.sh: `container_engine.py check-space ENGINE BUILD TAG`, `container_engine.py label`
+    if sys.argv[1:2] == ["label"]:
+        print(PROJECT_LABEL)
+    elif sys.argv[1:2] == ["check-space"] and len(sys.argv) == 5:
+        reason = check_build_space(*sys.argv[2:])
+        if reason:
+            sys.exit(f"[build] {reason}")
+    else:
+        sys.exit("usage: container_engine.py label | check-space ENGINE BUILD TAG")

@@ -35,9 +35,14 @@ _podman_install() {
         return 1
     fi
     _engine_log "installing podman, runc, debootstrap, docker-compose (apt)"
+    # logs through mktemp: a fixed name in the shared /tmp could be another user's symbolic link,
+    # which root would write through
+    local log
+    log=$(mktemp --tmpdir engine-apt.XXXXXX)
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        podman runc debootstrap docker-compose uidmap) >/tmp/engine-apt.log 2>&1 \
-        || { _engine_log "apt-get failed, see /tmp/engine-apt.log"; return 1; }
+        podman runc debootstrap docker-compose uidmap) >"$log" 2>&1 \
+        || { _engine_log "apt-get failed, see $log"; return 1; }
+    rm -f "$log"
 }
 
 _podman_configure() {
@@ -60,13 +65,15 @@ _podman_service() {
     export DOCKER_HOST="unix://$ENGINE_SOCKET"
     _docker_answers && return 0
     mkdir -p "$(dirname "$ENGINE_SOCKET")"
+    local log
+    log=$(mktemp --tmpdir podman-service.XXXXXX)  # kept: the service writes to it as long as it runs
     # setsid: the service must outlive the shell that started it (CI steps).
     setsid podman system service --time=0 "unix://$ENGINE_SOCKET" \
-        >/tmp/podman-service.log 2>&1 </dev/null &
+        >"$log" 2>&1 </dev/null &
     _ENGINE_STARTED_SERVICE=$!
     local i
     for i in $(seq 1 50); do _docker_answers && return 0; sleep 0.2; done
-    _engine_log "podman API service did not answer on $ENGINE_SOCKET (see /tmp/podman-service.log)"
+    _engine_log "podman API service did not answer on $ENGINE_SOCKET (see $log)"
     return 1
 }
 
@@ -75,12 +82,13 @@ _local_base_image() {
     # packages once and then reused from podman's storage.
     if podman image exists "$LOCAL_BASE_IMAGE"; then return 0; fi
     _engine_log "building base image $LOCAL_BASE_IMAGE with debootstrap (once)"
-    local dir
+    local dir log
     dir=$(mktemp -d /tmp/byoc-rootfs.XXXXXX)
-    debootstrap --variant=minbase bookworm "$dir" >/tmp/debootstrap.log 2>&1 \
-        || { _engine_log "debootstrap failed, see /tmp/debootstrap.log"; rm -rf "$dir"; return 1; }
+    log=$(mktemp --tmpdir debootstrap.XXXXXX)
+    debootstrap --variant=minbase bookworm "$dir" >"$log" 2>&1 \
+        || { _engine_log "debootstrap failed, see $log"; rm -rf "$dir"; return 1; }
     tar -C "$dir" -c . | podman import - "$LOCAL_BASE_IMAGE" >/dev/null
-    rm -rf "$dir"
+    rm -rf "$dir" "$log"
 }
 
 engine_setup() {

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+from contextlib import contextmanager
 from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -41,3 +46,41 @@ def running(pid: int) -> bool:
         return _stat_fields(pid)[0] not in ("Z", "X")
     except (OSError, ValueError, IndexError):
         return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot; None once it is gone (reaped). A pid alone does not
+    name a process: the kernel hands it out again (pid_max may be 32768: a busy machine wraps round in
+    about a minute), and /proc/PID also answers for a thread of another process. (pid, start_ticks) does."""
+    try:
+        return int(_stat_fields(pid)[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def exists(pid: int, ticks: int | None) -> bool:
+    """The process that started at `ticks` as `pid` is still in the process table (running or a zombie)."""
+    return ticks is not None and start_ticks(pid) == ticks
+
+
+@contextmanager
+def adopting_orphans():
+    """While the block runs, this process is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): a process
+    below it whose parent exits becomes its child, and stays in the process table (a zombie once it
+    exits) until this process reaps it, instead of going to PID 1, which may reap it at once. So a test
+    sees a process a server left behind, however briefly it lived on."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def reap(pid: int) -> None:
+    """Reap `pid` if it became this process's child (adopting_orphans) and has exited; else nothing."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -20,9 +20,14 @@ make_venv() {
         echo "[test] creating the environment $link in $venv (a few minutes the first time)" >&2
         rm -rf "$venv"
         python3 -m venv "$venv"
+        # logs through mktemp: a fixed name in the shared /tmp could be another user's symbolic link,
+        # which this script (often root) would write through
+        local log
+        log=$(mktemp --tmpdir "test-venv-$stamp.XXXXXX")
         { "$venv/bin/pip" install -q -r "$1" && { [ -z "$extra" ] || "$venv/bin/pip" install -q $extra; }; } \
-            >"/tmp/test-venv-$stamp.log" 2>&1 \
-            || { tail -n 30 "/tmp/test-venv-$stamp.log" >&2; echo "[test] making $link failed" >&2; exit 1; }
+            >"$log" 2>&1 \
+            || { tail -n 30 "$log" >&2; echo "[test] making $link failed, see $log" >&2; exit 1; }
+        rm -f "$log"
         touch "$venv/.complete"
     fi
     if [ "$(readlink "$link" 2>/dev/null)" != "$venv" ]; then
@@ -50,8 +55,10 @@ flock -u 9
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
 # and jemalloc, which the server preloads as the serving image does (tests/process/test_server.py's soak)
 if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1; then
-    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >/tmp/test-apt.log 2>&1 \
-        || { echo "[test] installing docker-registry and libjemalloc2 failed, see /tmp/test-apt.log" >&2; exit 1; }
+    apt_log=$(mktemp --tmpdir test-apt.XXXXXX)
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >"$apt_log" 2>&1 \
+        || { echo "[test] installing docker-registry and libjemalloc2 failed, see $apt_log" >&2; exit 1; }
+    rm -f "$apt_log"
 fi
 
 source scripts/engine.sh

@@ -60,6 +60,20 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    # The master, after gunicorn's stop(): a worker still listed outlived the grace period and was sent
+    # SIGKILL a moment ago, and stop() looked once for its exit without waiting. Wait for it (bounded:
+    # SageMaker's SIGKILL comes 30 s after its SIGTERM), so no worker outlives the master, orphaned
+    # with the model's memory (and a GPU) or left a zombie, and none still writes to the scratch
+    # folder removed next.
+    import time
+
+    deadline = time.monotonic() + 4
+    for pid in list(server.WORKERS):
+        try:
+            while not os.waitpid(pid, os.WNOHANG)[0] and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except ChildProcessError:
+            pass  # reaped already
     rundir.remove(_settings)
 
 

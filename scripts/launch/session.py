@@ -36,11 +36,10 @@ def prepare_local_environment(config: Config) -> None:
 
 def remove_local_containers(cli: str | None = None) -> None:
     """Local mode runs `docker-compose up` and never `down`: its finished job and
-    endpoint containers (v2: <random>-algo-N-<random>; v3's training: <job>_algo-N_1) stay behind. Remove them."""
+    endpoint containers (v2: <random>-algo-N-<random>; v3's training: <job>_algo-N_1) stay behind. Remove them:
+    only exited ones from this project's images (they carry its label), never a name alike of someone else's."""
     cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
-    names = subprocess.run(
-        [cli, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"], capture_output=True, text=True
-    ).stdout.split()
+    names = container_engine.project_containers(cli, "status=exited")
     stale = [name for name in names if "-algo-" in name or "_algo-" in name]
     if stale:
         subprocess.run([cli, "rm", "-f", *stale], capture_output=True)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import container_engine
+from container_engine import bind, label_flags
 from contract.spec import images
 from contract.spec.tracking import RUN_NAME_ENV
 
@@ -53,12 +54,14 @@ class Containers:
         return out.stdout.strip()
 
     def in_training_image(self, *args: str, mounts: list[str] = (), flags: list[str] = ()) -> list[str]:
-        """A command run in the training image, with the repository mounted read-only at /src."""
-        volumes = [item for mount in (f"{ROOT}:/src:ro", *mounts) for item in ("-v", mount)]
+        """A command run in the training image, with the repository mounted read-only at /src;
+        `mounts`: further run arguments made by container_engine.bind."""
+        volumes = [*bind(ROOT, "/src", read_only=True), *mounts]
         return [
             self.cli,
             "run",
             "--rm",
+            *label_flags(),
             *self.gpu_flags,
             *self.trainer_flags(),
             *flags,
@@ -79,4 +82,4 @@ class Containers:
         """What every trainer run gets: the host's weights cache as the image's hub cache, forwarded settings."""
         self.weights_cache.mkdir(parents=True, exist_ok=True)
         env = [item for name in FORWARDED_ENV if name in os.environ for item in ("-e", f"{name}={os.environ[name]}")]
-        return ["-v", f"{self.weights_cache}:{IMAGE_HUB_CACHE}", *env]
+        return [*bind(self.weights_cache, IMAGE_HUB_CACHE), *env]

@@ -11,7 +11,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from container_engine import channel_mount
+from container_engine import bind, channel_mount, label_flags
 from contract.spec import hyperparameters, paths
 from contract.spec.media import IMAGE_TYPES
 from localnet import free_port, wait_healthy
@@ -43,7 +43,7 @@ class ServingStages:
                 "--limit",
                 str(limit),
                 *hp_args,
-                mounts=[channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)), f"{out}:/out"],
+                mounts=[*channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)), *bind(out, "/out")],
             ),
         )
         return out
@@ -70,11 +70,11 @@ class ServingStages:
                     "-d",
                     "--name",
                     name,
+                    *label_flags(),
                     *box.gpu_flags,
                     "-p",
                     f"127.0.0.1:{port}:8080",
-                    "-v",
-                    f"{model_dir}:{paths.DEFAULT_BASE_DIR / paths.MODEL_DIR}:ro",
+                    *bind(model_dir, paths.DEFAULT_BASE_DIR / paths.MODEL_DIR, read_only=True),
                     box.serve_image,
                     "serve",
                 ],

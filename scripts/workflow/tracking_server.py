@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from container_engine import bind, label_flags
 from localnet import free_port, wait_healthy
 
 from .containers import Containers
@@ -45,10 +46,10 @@ class TrackingServer:
             "-d",
             "--name",
             self.name,
+            *label_flags(),
             "--network",
             "host",
-            "-v",
-            f"{self.store}:{STORE_IN_CONTAINER}",
+            *bind(self.store, STORE_IN_CONTAINER),
             box.train_image,
             "mlflow",
             "server",

@@ -7,7 +7,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from container_engine import channel_mount
+from container_engine import bind, channel_mount, label_flags
 from contract.spec import hyperparameters, metrics, paths
 from contract.spec.artifact import CONFIG_FILE, WEIGHTS_FILE, TrainingSummary
 from contract.spec.search_space import TRIAL_FINISHED
@@ -33,8 +33,8 @@ class TrainingStages:
                 box.cli,
                 "run",
                 "--rm",
-                "-v",
-                f"{box.weights_cache}:/cache",
+                *label_flags(),
+                *bind(box.weights_cache, "/cache"),
                 box.train_image,
                 "sh",
                 "-c",
@@ -50,7 +50,7 @@ class TrainingStages:
         self.sh(
             log,
             self.containers.in_training_image(
-                "python", "/src/scripts/make_sample_data.py", "/data/dogImages", mounts=[f"{out}:/data"]
+                "python", "/src/scripts/make_sample_data.py", "/data/dogImages", mounts=bind(out, "/data")
             ),
         )
         return {"data": str(out / "dogImages"), "outputs": [str(out / "dogImages")]}
@@ -69,8 +69,8 @@ class TrainingStages:
         space_file = Path(self.args.space) if self.args.space and Path(self.args.space).is_file() else None
         if space_file is None and not self.args.space and not self.args.data:
             space_file = DEMO_SPACE
-        mounts = [channel_mount(data, "/data"), f"{out}:/work"] + (
-            [f"{space_file.resolve()}:/space.json:ro"] if space_file else []
+        mounts = [*channel_mount(data, "/data"), *bind(out, "/work")] + (
+            bind(space_file, "/space.json", read_only=True) if space_file else []
         )
         space = "/space.json" if space_file else (self.args.space or "seed1")
         # values searched in the space must not be fixed too
@@ -124,13 +124,12 @@ class TrainingStages:
                     box.cli,
                     "run",
                     "--rm",
+                    *label_flags(),
                     *box.gpu_flags,
                     *box.trainer_flags(),
                     *box.tracking_flags("train"),
-                    "-v",
-                    f"{opt_ml}:{paths.DEFAULT_BASE_DIR}",
-                    "-v",
-                    channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)),
+                    *bind(opt_ml, paths.DEFAULT_BASE_DIR),
+                    *channel_mount(data, paths.channel(paths.TRAINING_CHANNEL)),
                     box.train_image,
                     "train",
                 ],
@@ -189,7 +188,7 @@ class TrainingStages:
                 "/opt_ml/output/tensors",
                 "--out",
                 "/opt_ml/output/rules.json",
-                mounts=[f"{opt_ml}:/opt_ml"],
+                mounts=bind(opt_ml, "/opt_ml"),
             ),
         )
         summary = json.loads((opt_ml / "output" / "rules.json").read_text())["rules"]
@@ -211,7 +210,7 @@ class TrainingStages:
                 "/opt_ml/output/profiler-report.html",
                 "--json",
                 "/opt_ml/output/profiler-verdicts.json",
-                mounts=[f"{opt_ml}:/opt_ml"],
+                mounts=bind(opt_ml, "/opt_ml"),
             ),
         )
         self.sh(
@@ -223,7 +222,7 @@ class TrainingStages:
                 "/opt_ml/output/tensors",
                 "--out",
                 "/opt_ml/output/losses.png",
-                mounts=[f"{opt_ml}:/opt_ml"],
+                mounts=bind(opt_ml, "/opt_ml"),
             ),
         )
         verdicts = json.loads((opt_ml / "output" / "profiler-verdicts.json").read_text())

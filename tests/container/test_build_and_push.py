@@ -144,7 +144,21 @@ def test_one_line_reason_without_an_engine(engine, tmp_path):
     # a PATH with bash and python but neither docker nor podman, and no daemon to answer
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "cat", "git", "tail", "sed", "date", "timeout", "id", "mkdir", "dirname", "grep"):
+    for tool in (
+        "bash",
+        "cat",
+        "git",
+        "tail",
+        "sed",
+        "date",
+        "timeout",
+        "id",
+        "mkdir",
+        "dirname",
+        "grep",
+        "mktemp",
+        "rm",
+    ):
         os.symlink(shutil.which(tool), bin_dir / tool)
     env = aws_env(engine, None, PATH=str(bin_dir), CONTAINER_ENGINE="podman")
     result = build_and_push(env, "--no-push", "--images", "train", timeout=120)

@@ -163,10 +163,14 @@ class ServerProcess:
                 "SAGEMAKER_BIND_HOST": "127.0.0.1",
                 "SAGEMAKER_BIND_TO_PORT": str(self.port),
                 "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                # its scratch beside its log, not /tmp/byoc-serve-PORT: stop() kills (SIGKILL, no clean-up),
+                # and a folder left in /tmp would meet a later server given the same port
+                "SAGEMAKER_SERVER_RUN_DIR": str(log_path.with_name(f"{log_path.stem}.run")),
                 **env,
             }
         )
         self.log_path = log_path
+        self.run_dir = Path(server_env["SAGEMAKER_SERVER_RUN_DIR"])
         with open(log_path, "wb") as log:
             # Its own session: teardown can kill gunicorn and its workers as one group.
             self.process = subprocess.Popen(

@@ -18,6 +18,7 @@ import requests
 import torch
 from PIL import Image, ImageOps
 
+import proctree
 from contract.preprocess import decode_image, eval_transform
 from crafted_png import decompression_bomb_png
 from helpers.serving import (
@@ -495,7 +496,9 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_within_30_s(start_s
     client = threading.Thread(target=lambda: results.append(server.invoke(jpeg())))
     client.start()
     time.sleep(1)  # the request is inside predict_fn now
-    workers = server.worker_pids()
+    # (pid, start time): a pid alone may name another process by the time it is checked (a loaded
+    # machine hands pids out again within a minute), or a thread of one (/proc/PID answers for threads)
+    workers = {pid: proctree.start_ticks(pid) for pid in server.worker_pids()}
     terminated = time.monotonic()
     server.process.terminate()
     client.join(timeout=60)
@@ -503,7 +506,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_within_30_s(start_s
     assert len(results[0].json()[0]["predictions"]) == 5
     assert server.process.wait(timeout=60) == 0
     assert time.monotonic() - terminated < 30, server.log()  # SageMaker's SIGKILL comes at 30 s
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not [pid for pid, ticks in workers.items() if proctree.exists(pid, ticks)], server.log()[-3000:]
     idle.close()
     with pytest.raises(requests.ConnectionError):
         server.get("/ping")

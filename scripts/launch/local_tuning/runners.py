@@ -155,7 +155,7 @@ def engine_from_script() -> container_engine.Engine:
 
 
 class ContainerRunner:
-    """`ENGINE run --rm -v trial/opt_ml:/opt/ml -v data:/opt/ml/input/data/training:ro IMAGE train`."""
+    """`ENGINE run --rm --mount trial/opt_ml at /opt/ml --mount data at /opt/ml/input/data/training IMAGE train`."""
 
     kind = "container"
 
@@ -176,7 +176,7 @@ class ContainerRunner:
         if hps.get(CACHE_HP):  # one feature cache for all trials: the host folder, mounted
             host = Path(str(hps[CACHE_HP])).resolve()
             host.mkdir(parents=True, exist_ok=True)
-            mounts += ["-v", f"{host}:{CONTAINER_CACHE}"]
+            mounts += container_engine.bind(host, CONTAINER_CACHE)
             hps = {**hps, CACHE_HP: CONTAINER_CACHE}
         paths.write_input_config(opt_ml, hyperparameters.to_sagemaker(hps))
         target = container_engine.channel_mount(self.data, paths.channel(paths.TRAINING_CHANNEL))
@@ -186,10 +186,9 @@ class ContainerRunner:
             "--rm",
             "--name",
             name,
-            "-v",
-            f"{opt_ml}:{paths.DEFAULT_BASE_DIR}",
-            "-v",
-            target,
+            *container_engine.label_flags(),
+            *container_engine.bind(opt_ml, paths.DEFAULT_BASE_DIR),
+            *target,
             *mounts,
             "-e",
             f"OMP_NUM_THREADS={slot.threads}",
