@@ -35,9 +35,10 @@
                                     recently used are unloaded above it. Default: half of
                                     what memory leaves each worker
     SAGEMAKER_SERVER_RUN_DIR        the server's scratch: the multi-model registry and the
-                                    metrics files; emptied at start (default /tmp/byoc-serve-PORT)
+                                    metrics files (default /tmp/byoc-serve-PORT); a new or empty
+                                    folder, or one the server marked (rundir.py); others are refused
     PROMETHEUS_MULTIPROC_DIR        where prometheus_client's worker files live
-                                    (default RUN_DIR/metrics); emptied at start
+                                    (default RUN_DIR/metrics); the same rule
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
 MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, MODEL_PRECISION, MODEL_COMPILE,
