@@ -116,9 +116,9 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
             loop.dist.world_size,
             distributed.hosts()[0],
         ),
+        # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
+        calibration_images=[path for path, _ in spread(sets.splits.train, 64)],
     )
-    # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
-    artifact.write_calibration(paths.model, [path for path, _ in spread(sets.splits.train, 64)], sets.prep)
     log(f"model written to {paths.model}; evaluation report in {paths.output_data}")
     loop.reporter.report_final(split, loss, acc, paths)
 
