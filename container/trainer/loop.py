@@ -127,7 +127,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             loss_sum += loss_value * n
             correct += (logits.argmax(1) == labels).sum().item()
             seen += n
-        loop.stop.step_done(state.global_step, dist_info.is_main)
+        loop.stop.step_done(state.global_step, dist_info.rank)
         if loop.stop.agreed(device):
             state.step = step + 1
             state.partial = [*distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start]

@@ -12,6 +12,7 @@ artifact (contract/artifact.py) and the evaluation report (insights/report.py).
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 
 import torch.distributed as dist
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     paths = runtime.Paths.from_env()
     dist_info = distributed.Distributed()
+    if not distributed.under_torchrun():  # torchrun's workers are this process's children
+        runtime.clear_failure(paths)
     try:
         hp = hyperparameters.parse(argv)
         distributed.relaunch_under_torchrun(hp.processes_per_host, argv)
@@ -148,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         weights.WeightsError,
         runtime.TrainingFailure,
         artifact.ArtifactError,
-    ) as exc:
-        if dist_info.local_rank == 0:  # each host's first process: every host has its own /opt/ml/output
-            runtime.write_failure(paths, str(exc))
+    ) as exc:  # every rank writes: the first to fail is kept (a rank >= 1's reason too)
+        runtime.write_failure(paths, str(exc))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no Exception, and no stop with a checkpoint either
+        runtime.write_failure(paths, "interrupted by SIGINT")
+        return 128 + signal.SIGINT
     except Exception as exc:  # unexpected: keep the traceback in the log, the reason in the file
         import traceback
 
         traceback.print_exc()
-        if dist_info.local_rank == 0:
-            runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
+        runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         if dist.is_initialized():
