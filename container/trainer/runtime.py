@@ -96,6 +96,9 @@ def write_failure(paths: Paths, reason: str) -> None:
 # Fault injection for the resume tests: rank 0 sends itself SIGTERM after this
 # optimizer step, through the same handler a real StopTrainingJob reaches.
 SIGTERM_AT_STEP_ENV = "TRAINER_SIGTERM_AT_STEP"
+# The same, after the first batch of the first pass over this split ("validation", "test"):
+# a stop during validation or the final scoring.
+SIGTERM_IN_SPLIT_ENV = "TRAINER_SIGTERM_IN_SPLIT"
 # Fault injection for the failure tests: this rank fails after its first optimizer step.
 FAIL_ON_RANK_ENV = "TRAINER_FAIL_ON_RANK"
 
@@ -108,6 +111,7 @@ class StopFlag:
         self.received_at: float | None = None  # time.monotonic() of the signal
         self.sigterm_at_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, "0")) or None
         self.fail_on_rank = int(os.environ.get(FAIL_ON_RANK_ENV, "-1"))
+        self.sigterm_in_split = os.environ.get(SIGTERM_IN_SPLIT_ENV) or None
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -120,6 +124,11 @@ class StopFlag:
             os.kill(os.getpid(), signal.SIGTERM)
         if rank == self.fail_on_rank:
             raise TrainingFailure(f"injected failure on rank {rank} ({FAIL_ON_RANK_ENV})")
+
+    def eval_batch_done(self, split: str, rank: int) -> None:
+        if rank == 0 and split == self.sigterm_in_split:
+            self.sigterm_in_split = None  # once
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def seconds_since_signal(self) -> float:
         return time.monotonic() - self.received_at if self.received_at is not None else 0.0
