@@ -169,6 +169,12 @@ def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[floa
     one batch), so they leave at the same batch and their collectives stay lined up.
     `final`: the one scoring at the end, kept apart from validation in the debugger's trial."""
     device, n_classes = loop.device, len(loop.class_names)
+    if torch.distributed.is_initialized():
+        # DDP gives every rank rank 0's buffers (BatchNorm statistics) before each training forward,
+        # which each rank's own batch then moves: score rank 0's, the ones checkpoints and the artifact
+        # keep, so that a restart from a checkpoint scores what the stopped job would have
+        for buffer in loop.model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     loop.model.eval()
     (loop.debugger.predict if final else loop.debugger.eval)()
     confusion = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=device)

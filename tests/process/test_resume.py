@@ -145,3 +145,17 @@ def test_sigterm_while_scoring_the_test_set_keeps_the_checkpoint_and_a_restart_f
     resumed = run(tmp_path, channels, RESUME_HPS)
     assert "resuming from checkpoint after epoch 2" in resumed.stdout
     assert_same_run(reference[0], reference[1], tmp_path, stopped.stdout + resumed.stdout, steps=26)
+
+
+def test_ddp_sigterm_in_validation_stops_every_rank_at_the_same_batch(sample_data, tmp_path):
+    """Two processes (gloo): rank 0 gets the signal, both leave validation at the batch they agreed on
+    (else one would wait in a collective the other never joins), and the restart ends as the reference."""
+    channels = {"training": sample_data}
+    hps = dict(RESUME_HPS, **{"processes-per-host": 2})
+    reference = run(tmp_path / "reference", channels, hps)
+    stopped = run(tmp_path / "resumed", channels, hps, {runtime.SIGTERM_IN_SPLIT_ENV: "validation"})
+    assert "stopped in epoch 1's validation: checkpoint saved " in stopped.stdout, stopped.stdout[-3000:]
+    resumed = run(tmp_path / "resumed", channels, hps)
+    assert "resuming from checkpoint in epoch 1 after step 7" in resumed.stdout  # 49 images a rank, 8 a batch
+    log = stopped.stdout + resumed.stdout
+    assert_same_run(tmp_path / "reference", reference.stdout, tmp_path / "resumed", log, steps=14)
