@@ -178,12 +178,12 @@ class _TimedReader:
 
 
 @contextlib.contextmanager
-def _timed_open(archive: Path, budget: Budget):
-    """The archive's (decompressed) bytes as a _TimedReader."""
+def _timed_open(archive: Path, budget: Budget, compressed_tar: bool = True):
+    """The archive's bytes, a compressed tar's decompressed (found by magic bytes), as a _TimedReader."""
     with open(archive, "rb") as raw:
         magic = raw.read(6)
         raw.seek(0)
-        opener = next((o for m, o in DECOMPRESSORS.items() if magic.startswith(m)), None)
+        opener = next((o for m, o in DECOMPRESSORS.items() if magic.startswith(m)), None) if compressed_tar else None
         if opener is None:
             yield _TimedReader(raw, archive.name, budget, compressed=False)
             return
@@ -223,7 +223,7 @@ def _write(source, target: Path, archive: str, name: str, declared: int, budget:
 
 
 def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
-    with _timed_open(archive, budget) as stream, zipfile.ZipFile(stream) as zf:
+    with _timed_open(archive, budget, compressed_tar=False) as stream, zipfile.ZipFile(stream) as zf:
         infos = zf.infolist()
         budget.check_members(archive.name, len(infos))
         for info in infos:
