@@ -1,10 +1,20 @@
-"""The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py."""
+"""The model artifact: writing it (training) and loading it (serving); its layout is contract/spec/artifact.py.
+
+`save` writes the whole artifact (weights, calibration images, config) into a
+staging folder on the model directory's file system, then renames it into
+place with the config last, the old config removed first: a job killed at any
+moment leaves the old artifact, the new one, or none (no config: the server
+says so), never new weights under an old config. The model directory itself is
+not swapped: /opt/ml/model may be a mount point, which cannot be renamed.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -51,11 +61,19 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:  # on disk before the name points at it
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# Fault injection for the trainer's tests: SIGKILL right after the new weights are in place, before
+# their config is: the moment at which a kill used to leave new weights under the old config.
+SIGKILL_AFTER_WEIGHTS_ENV = "ARTIFACT_SIGKILL_AFTER_WEIGHTS"
+STAGING_PREFIX = ".staging-"
 
 
 def save(
@@ -65,12 +83,14 @@ def save(
     prep: Preprocessing,
     class_names: list,
     training: TrainingSummary | None = None,
+    calibration_images: list = (),
 ) -> None:
+    """The whole artifact, replacing any earlier one (its calibration images included) all or nothing:
+    see the module's docstring. `calibration_images`: what write_calibration picks from."""
     if len(class_names) != arch.num_classes:
         raise ArtifactError(f"{len(class_names)} class names for {arch.num_classes} outputs")
     model_dir = Path(model_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    atomic_torch_save(state, model_dir / WEIGHTS_FILE)
     config = {
         "format_version": FORMAT_VERSION,
         "architecture": arch.to_dict(),
@@ -78,7 +98,53 @@ def save(
         "class_names": list(class_names),
         "training": training.to_dict() if training else {},
     }
-    atomic_write_bytes(model_dir / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    staging = _staging_dir(model_dir)
+    try:
+        atomic_torch_save(state, staging / WEIGHTS_FILE)
+        if calibration_images:
+            write_calibration(staging, calibration_images, prep)
+        atomic_write_bytes(staging / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        _publish(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_dir(model_dir: Path) -> Path:
+    """A new folder beside `model_dir` (not packed into model.tar.gz), or inside it where `model_dir`
+    is a mount point (renames do not cross file systems); stale ones of killed jobs are removed."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    beside = model_dir.parent
+    if beside.stat().st_dev != model_dir.stat().st_dev or not os.access(beside, os.W_OK):
+        beside = model_dir
+    prefix = f"{STAGING_PREFIX}{model_dir.name}-"
+    for stale in beside.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=beside, prefix=prefix))
+
+
+def _publish(staging: Path, model_dir: Path) -> None:
+    """Rename the staged files into `model_dir`: the old config goes first and the new one comes last."""
+    (model_dir / CONFIG_FILE).unlink(missing_ok=True)
+    _fsync_dir(model_dir)
+    old_calibration = model_dir / CALIBRATION_DIR
+    if old_calibration.exists():
+        old_calibration.rename(staging / f"old-{CALIBRATION_DIR}")  # removed with the staging folder
+    if (staging / CALIBRATION_DIR).is_dir():
+        (staging / CALIBRATION_DIR).rename(old_calibration)
+    os.replace(staging / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
+    if os.environ.get(SIGKILL_AFTER_WEIGHTS_ENV):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _fsync_dir(model_dir)  # the weights' name is on disk before the config that vouches for them
+    os.replace(staging / CONFIG_FILE, model_dir / CONFIG_FILE)
+    _fsync_dir(model_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_config(model_dir) -> dict:

@@ -4,8 +4,12 @@ Refused, with a one-line DataError: a member path outside the target folder
 (absolute, `..`); any link (tar symlinks and hard links, zip members whose mode
 says symlink); devices, fifos and sparse tar members; more members, more
 uncompressed bytes or deeper nesting than the limits below. Sizes are checked
-twice: as the headers declare them before anything is written, and as the bytes
-arrive (headers can lie), so a lying or bomb-like member stops at the limit.
+twice: as the headers declare them, summed header by header while a tar is
+listed (listing a compressed tar decompresses each member to reach the next
+header, so a bomb must stop at its first oversized header, before its data),
+and as the bytes arrive (headers can lie), so a lying or bomb-like member stops
+at the limit. A time limit covers listing and writing both: every read of the
+archive file checks it, so a slow bomb stops too.
 Archives found inside an archive (Kaggle's dogs-vs-cats.zip holds train.zip)
 are unpacked where they lie, as `unzip` would, and then deleted; one budget of
 bytes and members covers a channel's archives and everything nested in them.
@@ -13,6 +17,9 @@ bytes and members covers a channel's archives and everything nested in them.
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import lzma
 import os
 import shutil
@@ -43,11 +50,14 @@ class Limits:
     max_bytes: int = 16 * 1024**3
     max_members: int = 200_000
     max_depth: int = 3  # a channel's archive is depth 1; Kaggle's train.zip inside it is 2
+    # dogImages unpacks in about 20 s; 16 GiB of bzip2 at its ~50 MB/s about 6 minutes
+    max_seconds: int = 1800
 
     ENV = {
         "max_bytes": "TRAINER_ARCHIVE_MAX_BYTES",
         "max_members": "TRAINER_ARCHIVE_MAX_MEMBERS",
         "max_depth": "TRAINER_ARCHIVE_MAX_DEPTH",
+        "max_seconds": "TRAINER_ARCHIVE_MAX_SECONDS",
     }
 
     @classmethod
@@ -82,11 +92,26 @@ def _size(n: int) -> str:
 
 
 class Budget:
-    """What a channel may still unpack: bytes and members, over all its archives and their nesting."""
+    """What a channel may still unpack: bytes, members and time, over all its archives and their nesting."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.bytes_left, self.members_left = limits.max_bytes, limits.max_members
+        self.deadline = time.monotonic() + limits.max_seconds
+
+    def check_time(self, archive: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise DataError(
+                f"archive {archive} takes longer to unpack than the {self.limits.max_seconds:,} s allowed "
+                f"per channel ({Limits.ENV['max_seconds']}); refusing it"
+            )
+
+    def check_bytes(self, archive: str, size: int) -> None:
+        if size > self.bytes_left:
+            raise DataError(
+                f"archive {archive} declares {_size(size)} uncompressed, more than the "
+                f"{_size(self.limits.max_bytes)} allowed per channel ({Limits.ENV['max_bytes']}); refusing it"
+            )
 
     def check_members(self, archive: str, members: int) -> None:
         if members > self.members_left:
@@ -97,11 +122,7 @@ class Budget:
 
     def declare(self, archive: str, members: int, size: int, dest: Path) -> None:
         self.check_members(archive, members)
-        if size > self.bytes_left:
-            raise DataError(
-                f"archive {archive} declares {_size(size)} uncompressed, more than the "
-                f"{_size(self.limits.max_bytes)} allowed per channel ({Limits.ENV['max_bytes']}); refusing it"
-            )
+        self.check_bytes(archive, size)
         free = shutil.disk_usage(dest).free
         if size > free:
             raise DataError(f"archive {archive} needs {_size(size)} to unpack, {_size(free)} free in {dest}")
@@ -114,6 +135,60 @@ class Budget:
                 f"archive {archive} unpacks to more than the {_size(self.limits.max_bytes)} allowed "
                 f"per channel ({Limits.ENV['max_bytes']}): its headers understate it; refusing it"
             )
+
+
+# magic bytes -> how to open the stream; a tar without any is read as is
+DECOMPRESSORS = {
+    b"\x1f\x8b": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    b"BZh": bz2.BZ2File,
+    b"\xfd7zXZ\x00": lzma.LZMAFile,
+}
+
+
+class _TimedReader:
+    """An archive's bytes (a tar's decompressed), every read checking the channel's time limit.
+
+    Listing a compressed tar decompresses the data between headers, and bzip2 turns 79 bytes
+    into 64 MiB: the file's own reads are too few to check, so the decompressed stream is read
+    here in chunks, a forward seek included (which the decompressors would do in one call)."""
+
+    def __init__(self, stream, archive: str, budget: Budget, compressed: bool):
+        self._stream, self._archive, self._budget, self._compressed = stream, archive, budget, compressed
+
+    def read(self, size: int = -1) -> bytes:
+        parts, left = [], size if size is not None and size >= 0 else float("inf")
+        while left > 0:
+            self._budget.check_time(self._archive)
+            part = self._stream.read(int(min(left, CHUNK)))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self._compressed and whence == os.SEEK_SET and offset > self._stream.tell():
+            while (gap := offset - self._stream.tell()) > 0 and self.read(min(gap, CHUNK)):
+                pass
+            return self._stream.tell()
+        return self._stream.seek(offset, whence)
+
+    def __getattr__(self, name):  # tell, name, mode, close: as the stream has them
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _timed_open(archive: Path, budget: Budget, compressed_tar: bool = True):
+    """The archive's bytes, a compressed tar's decompressed (found by magic bytes), as a _TimedReader."""
+    with open(archive, "rb") as raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        opener = next((o for m, o in DECOMPRESSORS.items() if magic.startswith(m)), None) if compressed_tar else None
+        if opener is None:
+            yield _TimedReader(raw, archive.name, budget, compressed=False)
+            return
+        with opener(raw) as stream:
+            yield _TimedReader(stream, archive.name, budget, compressed=True)
 
 
 def _member_path(root: Path, archive: str, name: str) -> Path | None:
@@ -148,7 +223,7 @@ def _write(source, target: Path, archive: str, name: str, declared: int, budget:
 
 
 def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
-    with zipfile.ZipFile(archive) as zf:
+    with _timed_open(archive, budget, compressed_tar=False) as stream, zipfile.ZipFile(stream) as zf:
         infos = zf.infolist()
         budget.check_members(archive.name, len(infos))
         for info in infos:
@@ -164,11 +239,15 @@ def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
 
 
 def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarfile.TarInfo]:
-    """The members, read one header at a time: a tar of millions stops at the limit, not in memory."""
-    members = []
+    """The members, read one header at a time: a tar of millions stops at the limit, not in memory, and
+    one whose sizes add up past the budget stops at that header, before the next is reached (in a
+    compressed tar, by decompressing the data between)."""
+    members, declared = [], 0
     for member in tf:
         members.append(member)
+        declared += member.size
         budget.check_members(archive, len(members))
+        budget.check_bytes(archive, declared)
         if member.issym() or member.islnk():
             raise DataError(f"archive {archive} has a link, {member.name!r}; links are refused")
         if not (member.isreg() or member.isdir()) or member.issparse():
@@ -179,7 +258,7 @@ def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarf
 
 
 def _extract_tar(archive: Path, root: Path, budget: Budget) -> list[Path]:
-    with tarfile.open(archive) as tf:
+    with _timed_open(archive, budget) as stream, tarfile.open(fileobj=stream, mode="r:") as tf:
         members = [(m.name, m.size, m.isdir(), m) for m in _tar_members(tf, archive.name, budget)]
         return _write_members(archive.name, root, budget, members, tf.extractfile)
 

@@ -13,12 +13,21 @@ before the restore, and a digest of them in the fingerprint makes sure they
 are the ones the checkpoint was trained on. For a frozen ResNet50 with 133
 classes that is about 4 MB per epoch (head weights, best weights, AdamW's two
 moments) instead of 200 MB, which matters for short tuning trials.
+
+A checkpoint this job cannot use (another job's: other classes, batch size,
+...; or unreadable) is moved aside, not overwritten at the first epoch's end:
+renamed to `checkpoint.pt.<why>-<UTC time>` in the same folder, with a one-line
+warning naming it. Failing instead would stop every job that reuses a
+checkpoint_s3_uri on purpose; overwriting loses another job's only copy. The
+folder is synced to S3, so the moved file stays there too, where its owner can
+find it (and delete it: it is never read again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,14 +152,16 @@ class Checkpointer:
             return TrainingState()
         try:
             saved = torch.load(self.path, map_location=loop.device, weights_only=True)
-        except Exception as exc:
-            print(f"ignoring unreadable checkpoint {self.path}: {str(exc).splitlines()[0]}", flush=True)
+        except FileNotFoundError:  # rank 0 moved it aside meanwhile: every rank starts afresh
             return TrainingState()
-        if saved.get("fingerprint") != self.fingerprint(loop):
-            print(f"ignoring checkpoint {self.path}: it was written by a job with other data or settings", flush=True)
+        except Exception as exc:
+            self.set_aside("unreadable", f"it is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
+            return TrainingState()
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint(loop):
+            self.set_aside("mismatch", "it was written by a job with other data or settings")
             return TrainingState()
         if set(saved["model"]) != set(loop.trainable_state()):
-            print(f"ignoring checkpoint {self.path}: it holds other parameters than this job trains", flush=True)
+            self.set_aside("mismatch", "it holds other parameters than this job trains")
             return TrainingState()
         loop.model.load_state_dict(saved["model"], strict=False)
         loop.optimizer.load_state_dict(saved["optimizer"])
@@ -175,3 +186,19 @@ class Checkpointer:
             )
             print(f"resuming from checkpoint {where} (optimizer step {state.global_step})", flush=True)
         return state
+
+    def set_aside(self, kind: str, why: str) -> None:
+        """Rename the checkpoint out of the way (rank 0; the others only read), with a one-line warning."""
+        if not self.writer:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}")
+        for n in range(2, 100):  # two in one second: keep both
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}-{n}")
+        try:
+            self.path.rename(aside)
+        except FileNotFoundError:
+            return
+        print(f"WARNING: not resuming from checkpoint {self.path}: {why}; moved it to {aside}", flush=True)

@@ -43,7 +43,10 @@ SPLIT_NAMES = {
     "validation": ("valid", "validation", "val"),
     "test": ("test", "testing"),
 }
-IGNORED_NAMES = {"__MACOSX", ".DS_Store"}
+# In every scratch folder the trainer makes: only a folder holding it is ever emptied, so a
+# TRAINER_SCRATCH pointed at /opt/ml (or /) by mistake cannot delete what the trainer did not make.
+SCRATCH_MARKER = ".made-by-trainer"
+IGNORED_NAMES = {"__MACOSX", ".DS_Store", SCRATCH_MARKER}
 
 
 def channel_dir(name: str) -> Path | None:
@@ -65,7 +68,8 @@ def unpack_channel(channel: Path, scratch: Path) -> Path:
     """The channel itself, or (if it holds archives) the folder they unpack to.
 
     Processes of one host share the unpacked tree: the first to take the lock
-    unpacks, the others (DDP workers) find it done."""
+    unpacks, the others (DDP workers) find it done. `scratch` is emptied only if
+    the trainer made it (SCRATCH_MARKER)."""
     entries = [p for p in channel.iterdir() if p.name not in IGNORED_NAMES]
     packed = sorted(p for p in entries if archives.is_archive(p))
     if not packed:
@@ -79,15 +83,32 @@ def unpack_channel(channel: Path, scratch: Path) -> Path:
         if done.is_file() and done.read_text() == fingerprint and scratch.is_dir():
             return scratch
         done.unlink(missing_ok=True)
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        remove_scratch(scratch)
+        scratch.mkdir()
+        (scratch / SCRATCH_MARKER).write_text("made by the trainer to unpack a channel; removed with this folder\n")
         try:
             archives.unpack_all(packed, scratch, limits)
         except DataError:
-            shutil.rmtree(scratch, ignore_errors=True)  # nothing half-unpacked stays on the disk
+            remove_scratch(scratch)  # nothing half-unpacked stays on the disk
             raise
         done.write_text(fingerprint)
     return scratch
+
+
+def remove_scratch(scratch: Path) -> None:
+    """Delete a scratch folder the trainer made; refuse (DataError) one it did not, unless empty."""
+    if not scratch.exists():
+        return
+    if (scratch / SCRATCH_MARKER).is_file():
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    try:
+        scratch.rmdir()
+    except OSError:
+        raise DataError(
+            f"scratch folder {scratch} exists and was not made by the trainer; refusing to empty it: "
+            "point TRAINER_SCRATCH at a new or empty folder"
+        ) from None
 
 
 def _unwrap(root: Path) -> Path:

@@ -70,6 +70,9 @@ class EpochResult:
     accuracy: float
     images_per_sec: float  # over the slowest rank's time
     images: int
+    # the sums behind it, as TrainingState.partial keeps them: what a stop during validation saves,
+    # so that a restart redoes only the validation
+    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
 
 
 def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
@@ -127,7 +130,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             loss_sum += loss_value * n
             correct += (logits.argmax(1) == labels).sum().item()
             seen += n
-        loop.stop.step_done(state.global_step, dist_info.is_main)
+        loop.stop.step_done(state.global_step, dist_info.rank)
         if loop.stop.agreed(device):
             state.step = step + 1
             state.partial = [*distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start]
@@ -142,32 +145,56 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     # global: every rank's sums; the speed over the slowest rank's time
     elapsed = distributed.all_max(time.perf_counter() - start, device)
     loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
-    return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(elapsed, 1e-9), int(seen))
+    return EpochResult(
+        loss_sum / max(seen, 1),
+        correct / max(seen, 1),
+        seen / max(elapsed, 1e-9),
+        int(seen),
+        [loss_sum, correct, seen, elapsed],
+    )
+
+
+def batches_on_every_rank(dataset, hp, dist_info: distributed.Distributed) -> int:
+    """How many evaluation batches every rank has: the last rank's share (EvalShard) is the smallest."""
+    smallest = len(range(dist_info.world_size - 1, len(dataset), dist_info.world_size))
+    return -(-smallest // hp.batch_size)
 
 
 @torch.no_grad()
-def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray]:
-    """(mean loss, accuracy, confusion matrix: rows true, columns predicted) over every rank's share.
+def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[float, float, np.ndarray] | None:
+    """(mean loss, accuracy, confusion matrix: rows true, columns predicted) over every rank's share;
+    None when a stop (SIGTERM) was requested part-way: a long pass must not outlast SageMaker's 30 s.
 
+    The ranks agree on the stop after each batch that every rank has (their shares differ by at most
+    one batch), so they leave at the same batch and their collectives stay lined up.
     `final`: the one scoring at the end, kept apart from validation in the debugger's trial."""
     device, n_classes = loop.device, len(loop.class_names)
+    if torch.distributed.is_initialized():
+        # DDP gives every rank rank 0's buffers (BatchNorm statistics) before each training forward,
+        # which each rank's own batch then moves: score rank 0's, the ones checkpoints and the artifact
+        # keep, so that a restart from a checkpoint scores what the stopped job would have
+        for buffer in loop.model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     loop.model.eval()
     (loop.debugger.predict if final else loop.debugger.eval)()
     confusion = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
     unreadable = 0
-    for images, labels, bad in loader(dataset, loop.hp, loop.dist, train=False):
+    shared = batches_on_every_rank(dataset, loop.hp, loop.dist)
+    for batch, (images, labels, bad) in enumerate(loader(dataset, loop.hp, loop.dist, train=False), start=1):
         loop.skips.add(split, dataset, bad)
         unreadable += len(bad)
-        if images is None:
-            continue
-        images = images.to(device, non_blocking=True, memory_format=loop.input_format)
-        labels = labels.to(device, non_blocking=True)
-        with loop.autocast():
-            logits = loop.forward_model(images)
-        loop.debugger.eval_loss(logits, labels)
-        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes**2)
+        if images is not None:
+            images = images.to(device, non_blocking=True, memory_format=loop.input_format)
+            labels = labels.to(device, non_blocking=True)
+            with loop.autocast():
+                logits = loop.forward_model(images)
+            loop.debugger.eval_loss(logits, labels)
+            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes**2)
+        loop.stop.eval_batch_done(split, loop.dist.rank)
+        if batch <= shared and loop.stop.agreed(device):
+            return None
     if torch.distributed.is_initialized():
         print(
             f"{distributed.rank_label(loop.dist)} {split}: scored {int(confusion.sum().item())} images, "

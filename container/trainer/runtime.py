@@ -67,13 +67,28 @@ class TrainingFailure(RuntimeError):
     """A failure with a one-line reason for /opt/ml/output/failure."""
 
 
+def failure_files(paths: Paths) -> tuple[Path, Path]:
+    return paths.root / spec_paths.FAILURE_FILE, reason_copy()
+
+
+def clear_failure(paths: Paths) -> None:
+    """A new job's start (before torchrun's workers exist): an earlier run's reason is no reason of this one."""
+    for path in failure_files(paths):
+        path.unlink(missing_ok=True)
+
+
 def write_failure(paths: Paths, reason: str) -> None:
-    line = " ".join(str(reason).split())[:1000]  # one line; SageMaker shows 1 KB
-    for path in (paths.root / spec_paths.FAILURE_FILE, reason_copy()):
+    """Every rank that fails calls this; the first one's reason is kept (O_EXCL), since a rank's failure
+    makes the others fail after it, in collectives that lost their peer: later reasons go to the log."""
+    label = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    line = (label + " ".join(str(reason).split()))[:1000]  # one line; SageMaker shows 1 KB
+    for path in failure_files(paths):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(line + "\n")
-        except OSError:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(line + "\n")
+        except OSError:  # FileExistsError: another rank failed first
             pass
     print(f"FAILED: {line}", file=sys.stderr, flush=True)
 
@@ -81,6 +96,11 @@ def write_failure(paths: Paths, reason: str) -> None:
 # Fault injection for the resume tests: rank 0 sends itself SIGTERM after this
 # optimizer step, through the same handler a real StopTrainingJob reaches.
 SIGTERM_AT_STEP_ENV = "TRAINER_SIGTERM_AT_STEP"
+# The same, after the first batch of the first pass over this split ("validation", "test"):
+# a stop during validation or the final scoring.
+SIGTERM_IN_SPLIT_ENV = "TRAINER_SIGTERM_IN_SPLIT"
+# Fault injection for the failure tests: this rank fails after its first optimizer step.
+FAIL_ON_RANK_ENV = "TRAINER_FAIL_ON_RANK"
 
 
 class StopFlag:
@@ -90,6 +110,8 @@ class StopFlag:
         self.requested = False
         self.received_at: float | None = None  # time.monotonic() of the signal
         self.sigterm_at_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, "0")) or None
+        self.fail_on_rank = int(os.environ.get(FAIL_ON_RANK_ENV, "-1"))
+        self.sigterm_in_split = os.environ.get(SIGTERM_IN_SPLIT_ENV) or None
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -97,8 +119,15 @@ class StopFlag:
         self.received_at = time.monotonic()
         print("SIGTERM received: saving a checkpoint after this step", flush=True)
 
-    def step_done(self, global_step: int, is_main: bool) -> None:
-        if is_main and global_step == self.sigterm_at_step:
+    def step_done(self, global_step: int, rank: int) -> None:
+        if rank == 0 and global_step == self.sigterm_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if rank == self.fail_on_rank:
+            raise TrainingFailure(f"injected failure on rank {rank} ({FAIL_ON_RANK_ENV})")
+
+    def eval_batch_done(self, split: str, rank: int) -> None:
+        if rank == 0 and split == self.sigterm_in_split:
+            self.sigterm_in_split = None  # once
             os.kill(os.getpid(), signal.SIGTERM)
 
     def seconds_since_signal(self) -> float:

@@ -12,6 +12,7 @@ artifact (contract/artifact.py) and the evaluation report (insights/report.py).
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 
 import torch.distributed as dist
@@ -20,7 +21,7 @@ from contract import artifact
 from contract.spec import hyperparameters
 from contract.spec.artifact import TrainingSummary
 from trainer import data, distributed, runtime, setup, weights
-from trainer.checkpoint import Checkpointer, TrainingState
+from trainer.checkpoint import Checkpointer, TrainingState, rng_state
 from trainer.heldout import spread
 from trainer.loop import Loop, evaluate, train_one_epoch
 
@@ -33,6 +34,13 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
         checkpointer = Checkpointer(paths.checkpoints, dist_info.is_main)
         state = checkpointer.restore(loop)
         for epoch in range(state.epoch + 1, hp.epochs + 1):
+            # here, not after the epoch: a job stopped in finish() restarts from the early stop's checkpoint
+            if hp.patience and state.epoch - state.best_epoch >= hp.patience:
+                log(
+                    f"early stop: validation loss has not improved for {hp.patience} epochs "
+                    f"(best {state.best_loss:.6f} at epoch {state.best_epoch})"
+                )
+                break
             result = train_one_epoch(loop, sets.train, epoch, state)
             if result is None:  # SIGTERM part-way: save where, and the sums so far
                 loop.merge_skips()
@@ -42,8 +50,19 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
                     f"{loop.stop.seconds_since_signal():.2f} s after SIGTERM, a restart resumes from it"
                 )
                 return False
+            scored = evaluate(loop, sets.validation, "validation")
+            if scored is None:  # SIGTERM in validation: the epoch's training is done, a restart redoes the rest
+                state.step, state.partial = loop.steps_per_epoch, result.partial
+                state.rng = distributed.all_gather(rng_state(device))
+                loop.merge_skips()
+                checkpointer.save(loop, state)
+                log(
+                    f"stopped in epoch {epoch}'s validation: checkpoint saved "
+                    f"{loop.stop.seconds_since_signal():.2f} s after SIGTERM, a restart redoes the validation"
+                )
+                return False
             state.step, state.partial, state.rng = 0, [0.0, 0.0, 0.0, 0.0], None
-            val_loss, val_acc, _ = evaluate(loop, sets.validation, "validation")
+            val_loss, val_acc, _ = scored
             loop.reporter.report_epoch(epoch, result, val_loss, val_acc)
             state.epoch = epoch
             state.history.append(
@@ -61,29 +80,30 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
                 state.best_state = copy.deepcopy({k: v.cpu() for k, v in loop.trainable_state().items()})
             loop.merge_skips()
             checkpointer.save(loop, state)
-            if hp.patience and epoch - state.best_epoch >= hp.patience:
-                log(
-                    f"early stop: validation loss has not improved for {hp.patience} epochs "
-                    f"(best {state.best_loss:.6f} at epoch {state.best_epoch})"
-                )
-                break
             if loop.stop.agreed(device):
                 log(f"stopped after epoch {epoch}; checkpoint saved, a restart resumes from it")
                 return False
-        finish(loop, sets, state, paths)
-        return True
+        return finish(loop, sets, state, paths)
     finally:
         close(loop, paths)
 
 
-def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtime.Paths) -> None:
-    """The best epoch's weights, scored once on the test set (or validation without one); the artifact and the report."""
+def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtime.Paths) -> bool:
+    """The best epoch's weights, scored once on the test set (or validation without one); the artifact and
+    the report. False when SIGTERM came first: the last epoch's checkpoint stays, a restart redoes this."""
     log = loop.reporter.log
     if state.best_state is not None:
         loop.model.load_state_dict(state.best_state, strict=False)  # the frozen part never changed
         log(f"using the weights of epoch {state.best_epoch} (lowest validation loss {state.best_loss:.6f})")
     split, dataset = ("test", sets.test) if len(sets.test) else ("validation", sets.validation)
-    loss, acc, confusion = evaluate(loop, dataset, split, final=True)
+    scored = evaluate(loop, dataset, split, final=True)
+    if scored is None or loop.stop.agreed(loop.device):  # before the report and the artifact are written
+        log(
+            f"stopped while scoring the {split} set, {loop.stop.seconds_since_signal():.2f} s after SIGTERM; "
+            "the checkpoint of the last epoch stays, a restart scores and writes the model"
+        )
+        return False
+    loss, acc, confusion = scored
     if split == "test":
         loop.reporter.report_test(loss, acc)
     loop.merge_skips()
@@ -93,7 +113,7 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
             + ", ".join(p for paths in loop.skips.summary().values() for p in paths[:5])
         )
     if not loop.dist.is_main:
-        return
+        return True
     # Deferred: the report draws with matplotlib; the loop hands it plain numbers, and importing the
     # trainer (a pre-started tuning trial does) loads neither matplotlib nor the insights package.
     from insights import report
@@ -116,11 +136,12 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
             loop.dist.world_size,
             distributed.hosts()[0],
         ),
+        # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
+        calibration_images=[path for path, _ in spread(sets.splits.train, 64)],
     )
-    # int8 serving calibrates on these, every precision is checked on them (server/precision.py)
-    artifact.write_calibration(paths.model, [path for path, _ in spread(sets.splits.train, 64)], sets.prep)
     log(f"model written to {paths.model}; evaluation report in {paths.output_data}")
     loop.reporter.report_final(split, loss, acc, paths)
+    return True
 
 
 def close(loop: Loop, paths: runtime.Paths) -> None:
@@ -135,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     paths = runtime.Paths.from_env()
     dist_info = distributed.Distributed()
+    if not distributed.under_torchrun():  # torchrun's workers are this process's children
+        runtime.clear_failure(paths)
     try:
         hp = hyperparameters.parse(argv)
         distributed.relaunch_under_torchrun(hp.processes_per_host, argv)
@@ -148,16 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         weights.WeightsError,
         runtime.TrainingFailure,
         artifact.ArtifactError,
-    ) as exc:
-        if dist_info.local_rank == 0:  # each host's first process: every host has its own /opt/ml/output
-            runtime.write_failure(paths, str(exc))
+    ) as exc:  # every rank writes: the first to fail is kept (a rank >= 1's reason too)
+        runtime.write_failure(paths, str(exc))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no Exception, and no stop with a checkpoint either
+        runtime.write_failure(paths, "interrupted by SIGINT")
+        return 128 + signal.SIGINT
     except Exception as exc:  # unexpected: keep the traceback in the log, the reason in the file
         import traceback
 
         traceback.print_exc()
-        if dist_info.local_rank == 0:
-            runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
+        runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         if dist.is_initialized():

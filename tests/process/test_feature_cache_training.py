@@ -127,5 +127,5 @@ def test_checkpoint_keeps_only_what_trains_and_is_tied_to_the_frozen_weights(sam
     torch.save(torchvision.models.resnet18().state_dict(), other / "resnet18.pth")
     moved = run_trainer(opt_ml, {"training": sample_data, "pretrained": other}, dict(FROZEN, epochs=4))
     assert moved.returncode == 0, moved.stderr[-3000:]
-    assert "ignoring checkpoint" in moved.stdout and "resuming" not in moved.stdout
+    assert "not resuming from checkpoint" in moved.stdout and "resuming from checkpoint after" not in moved.stdout
     assert "#metric epoch=1 split=train" in moved.stdout

@@ -109,3 +109,53 @@ def test_ddp_sigterm_mid_epoch_resumes_exactly(sample_data, tmp_path):
     # 49 images per process, 7 steps an epoch: step 10 is the 3rd of epoch 2
     log = stop_and_resume(tmp_path / "resumed", channels, hps, stop_at=10)
     assert_same_run(tmp_path / "reference", reference.stdout, tmp_path / "resumed", log, steps=14)
+
+
+# -- SIGTERM in validation and in the final scoring (runtime.SIGTERM_IN_SPLIT_ENV) --------------
+
+
+def test_sigterm_in_validation_saves_the_epoch_and_a_restart_redoes_only_the_validation(
+    reference, sample_data, tmp_path
+):
+    channels = {"training": sample_data}
+    stopped = run(tmp_path, channels, RESUME_HPS, {runtime.SIGTERM_IN_SPLIT_ENV: "validation"})
+    assert "stopped in epoch 1's validation: checkpoint saved " in stopped.stdout, stopped.stdout[-3000:]
+    seconds = float(stopped.stdout.split("checkpoint saved ")[1].split(" s after SIGTERM")[0])
+    assert seconds < 30  # SageMaker's grace before SIGKILL
+    assert "#metric epoch=1" not in stopped.stdout  # the epoch's line waits for its validation
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"], saved["global_step"]) == (0, 13, 13)  # epoch 1 trained, not validated
+    resumed = run(tmp_path, channels, RESUME_HPS)
+    assert "resuming from checkpoint in epoch 1 after step 13" in resumed.stdout
+    assert_same_run(reference[0], reference[1], tmp_path, stopped.stdout + resumed.stdout, steps=26)
+
+
+def test_sigterm_while_scoring_the_test_set_keeps_the_checkpoint_and_a_restart_finishes(
+    reference, sample_data, tmp_path
+):
+    channels = {"training": sample_data}
+    stopped = run(tmp_path, channels, RESUME_HPS, {runtime.SIGTERM_IN_SPLIT_ENV: "test"})
+    assert "stopped while scoring the test set, " in stopped.stdout, stopped.stdout[-3000:]
+    seconds = float(stopped.stdout.split("stopped while scoring the test set, ")[1].split(" s after SIGTERM")[0])
+    assert seconds < 30
+    assert not (tmp_path / "model" / artifact.WEIGHTS_FILE).exists()  # no artifact, no report
+    assert not (tmp_path / "output" / "failure").exists()  # a stop, not a failure
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (2, 0)
+    resumed = run(tmp_path, channels, RESUME_HPS)
+    assert "resuming from checkpoint after epoch 2" in resumed.stdout
+    assert_same_run(reference[0], reference[1], tmp_path, stopped.stdout + resumed.stdout, steps=26)
+
+
+def test_ddp_sigterm_in_validation_stops_every_rank_at_the_same_batch(sample_data, tmp_path):
+    """Two processes (gloo): rank 0 gets the signal, both leave validation at the batch they agreed on
+    (else one would wait in a collective the other never joins), and the restart ends as the reference."""
+    channels = {"training": sample_data}
+    hps = dict(RESUME_HPS, **{"processes-per-host": 2})
+    reference = run(tmp_path / "reference", channels, hps)
+    stopped = run(tmp_path / "resumed", channels, hps, {runtime.SIGTERM_IN_SPLIT_ENV: "validation"})
+    assert "stopped in epoch 1's validation: checkpoint saved " in stopped.stdout, stopped.stdout[-3000:]
+    resumed = run(tmp_path / "resumed", channels, hps)
+    assert "resuming from checkpoint in epoch 1 after step 7" in resumed.stdout  # 49 images a rank, 8 a batch
+    log = stopped.stdout + resumed.stdout
+    assert_same_run(tmp_path / "reference", reference.stdout, tmp_path / "resumed", log, steps=14)

@@ -1,4 +1,4 @@
-"""Checkpoints: a round trip restores the job exactly; a corrupt, foreign or unsafe file is ignored."""
+"""Checkpoints: a round trip restores the job exactly; a corrupt, foreign or unsafe file is moved aside."""
 
 from __future__ import annotations
 
@@ -52,22 +52,48 @@ def test_only_rank_0_writes(tmp_path):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
-def test_a_corrupt_file_is_ignored(tmp_path, capsys):
+def aside(tmp_path, kind: str) -> list:
+    return sorted(tmp_path.glob(f"checkpoint.pt.{kind}-*"))
+
+
+def test_a_corrupt_file_is_moved_aside(tmp_path, capsys):
     loop, state, checkpointer = trained(tmp_path)
     checkpointer.save(loop, state)
-    checkpointer.path.write_bytes(checkpointer.path.read_bytes()[:200])
+    corrupt = checkpointer.path.read_bytes()[:200]
+    checkpointer.path.write_bytes(corrupt)
     assert checkpointer.restore(fresh()).epoch == 0
-    assert "ignoring unreadable checkpoint" in capsys.readouterr().out
+    [moved] = aside(tmp_path, "unreadable")
+    assert moved.read_bytes() == corrupt and not checkpointer.path.exists()
+    out = capsys.readouterr().out
+    assert f"not resuming from checkpoint {checkpointer.path}: it is unreadable (" in out
+    assert f"; moved it to {moved}" in out and out.count("\n") == 1
 
 
-def test_another_jobs_checkpoint_is_ignored(tmp_path, capsys):
+def test_another_jobs_checkpoint_is_moved_aside_and_kept(tmp_path, capsys):
+    """Not overwritten by this job's first checkpoint: the other job's stays, renamed, byte for byte."""
     loop, state, checkpointer = trained(tmp_path)
     checkpointer.save(loop, state)
-    assert checkpointer.restore(fresh("--seed", "1")).epoch == 0
-    assert "other data or settings" in capsys.readouterr().out
+    theirs = checkpointer.path.read_bytes()
+    other = fresh("--seed", "1")
+    assert checkpointer.restore(other).epoch == 0
+    assert "it was written by a job with other data or settings; moved it to" in capsys.readouterr().out
+    checkpointer.save(other, TrainingState())  # this job's first epoch end
+    [moved] = aside(tmp_path, "mismatch")
+    assert moved.read_bytes() == theirs
+    assert torch.load(checkpointer.path, weights_only=True)["fingerprint"]["seed"] == 1
+    # other frozen weights: a second mismatch, kept apart from the first
+    checkpointer.save(loop, state)
     other = fresh()
     other.frozen_digest = "other frozen weights"
     assert checkpointer.restore(other).epoch == 0
+    assert len(aside(tmp_path, "mismatch")) == 2
+
+
+def test_only_rank_0_moves_a_checkpoint_aside(tmp_path):
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    assert Checkpointer(tmp_path, writer=False).restore(fresh("--seed", "1")).epoch == 0
+    assert checkpointer.path.exists() and not aside(tmp_path, "mismatch")
 
 
 class Payload:
@@ -81,7 +107,7 @@ def test_a_file_with_pickled_code_is_not_loaded(tmp_path, capsys):
     torch.save({"fingerprint": Payload()}, checkpointer.path)
     assert checkpointer.restore(fresh()).epoch == 0
     out = capsys.readouterr().out
-    assert "ignoring unreadable checkpoint" in out and "code ran" not in out
+    assert "it is unreadable" in out and "code ran" not in out
 
 
 def test_frozen_keys_and_digest_identify_the_frozen_weights():

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.server
+import threading
+import time
+
 import pytest
 import torch
 
@@ -65,3 +71,74 @@ def test_resolve_none_a_file_or_the_channel(tmp_path):
     (tmp_path / "b.pt").write_bytes(b"x")
     with pytest.raises(weights.WeightsError, match="exactly one"):
         weights.resolve("imagenet", "resnet18", tmp_path)
+
+
+# -- downloads (WEIGHTS_MIRROR_URL): a real HTTP server on 127.0.0.1 ----------------
+
+GOOD = b"weights " * 4096
+GOOD_NAME = f"resnet18-{hashlib.sha256(GOOD).hexdigest()[:8]}.pth"
+ENDLESS_LIMIT = 256 << 20  # the endless body's own bound, so a broken client cannot keep the server busy
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()  # no Content-Length: the body ends when the server closes
+        if self.path == f"/{GOOD_NAME}":
+            self.wfile.write(GOOD)
+        elif self.path.startswith("/wrong/"):  # another file under the good name
+            self.wfile.write(GOOD + b"tampered")
+        elif self.path.startswith("/endless/"):
+            sent = 0
+            with contextlib.suppress(OSError):  # the client hangs up at its cap
+                while sent < ENDLESS_LIMIT:
+                    self.wfile.write(bytes(1 << 16))
+                    sent += 1 << 16
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_a_download_whose_hash_matches_its_name_is_kept(mirror, tmp_path):
+    dest = tmp_path / "hub" / GOOD_NAME
+    weights.download(f"{mirror}/{GOOD_NAME}", dest)
+    assert dest.read_bytes() == GOOD
+    assert [p.name for p in dest.parent.iterdir()] == [GOOD_NAME]  # no temporary file left
+
+
+def test_a_download_with_another_hash_is_refused_and_not_cached(mirror, tmp_path, monkeypatch):
+    """Through resolve(), as the trainer downloads: the mirror serves other bytes under torchvision's name."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("WEIGHTS_MIRROR_URL", f"{mirror}/wrong/")
+    with pytest.raises(weights.WeightsError) as refused:
+        weights.resolve("imagenet", "resnet18", None)
+    assert str(refused.value) == (
+        f"download of {mirror}/wrong/resnet18-f37072fd.pth does not match the sha256 prefix f37072fd in its "
+        f"name (got {hashlib.sha256(GOOD + b'tampered').hexdigest()[:8]}); refusing it"
+    )
+    assert not list((tmp_path / "torch").rglob("*.pth*"))
+
+
+def test_an_endless_download_stops_at_the_cap(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("WEIGHTS_MAX_BYTES", "4M")
+    started = time.monotonic()
+    with pytest.raises(weights.WeightsError, match=r"larger than the 4,194,304 bytes allowed \(WEIGHTS_MAX_BYTES\)"):
+        weights.download(f"{mirror}/endless/{GOOD_NAME}", tmp_path / GOOD_NAME)
+    assert time.monotonic() - started < 10
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_name_without_a_hash_is_not_downloaded(mirror, tmp_path):
+    with pytest.raises(weights.WeightsError, match="carries no sha256 prefix"):
+        weights.download(f"{mirror}/resnet18.pth", tmp_path / "resnet18.pth")
