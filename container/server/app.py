@@ -19,13 +19,14 @@ Every error is JSON {"error": reason}, and none ends the worker.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from server import metrics
-from server.errors import RequestError
+from server.errors import Overloaded, RequestError
 from server.preload import MODEL
 from server.settings import Settings
 
@@ -40,20 +41,39 @@ def error_response(status: int, reason: str) -> tuple[Response, int]:
     return jsonify(error=reason), status
 
 
-def read_body(max_bytes: int) -> bytes:
+def read_body(max_bytes: int, timeout_s: float = Settings.body_read_timeout_s) -> bytes:
     """The request body; 413 from its Content-Length before reading, or, for
     a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
-    MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)"""
+    MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
+
+    408 when the whole body has not arrived within `timeout_s`: gunicorn's
+    worker timeout does not cover a gthread request, so a client trickling
+    a byte now and then would hold one of the worker's threads for ever.
+    The connection is then shut for reading: gunicorn closes it after the
+    answer instead of draining the rest."""
     too_large = RequestEntityTooLarge(f"payload larger than {max_bytes >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     if (request.content_length or 0) > max_bytes:
         raise too_large
     stream = request.environ["wsgi.input"]  # gunicorn ends it at Content-Length or the last chunk
+    connection: socket.socket | None = request.environ.get("gunicorn.socket")
+    deadline = time.monotonic() + timeout_s
     body = bytearray()
-    while len(body) <= max_bytes:
-        chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
-        if not chunk:
-            return bytes(body)
-        body += chunk
+    try:
+        while len(body) <= max_bytes:
+            if connection is not None:  # each read waits only for what is left of the deadline
+                connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
+            if not chunk:
+                return bytes(body)
+            body += chunk
+    except TimeoutError:
+        connection.shutdown(socket.SHUT_RD)
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s (SAGEMAKER_BODY_READ_TIMEOUT_S)"
+        ) from None
+    finally:
+        if connection is not None:
+            connection.settimeout(None)
     raise too_large
 
 
@@ -64,7 +84,7 @@ def unavailable() -> tuple[Response, int]:
 def invoke(service, settings: Settings) -> Response:
     """One request through `service`'s handler stages."""
     body, content_type = service.invoke(
-        read_body(settings.max_payload_bytes),
+        read_body(settings.max_payload_bytes, settings.body_read_timeout_s),
         request.headers.get("Content-Type"),
         request.headers.get("Accept"),
         request.headers.get(CUSTOM_ATTRIBUTES_HEADER),
@@ -134,7 +154,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(RequestError)
     def client_error(exc: RequestError):
-        return error_response(exc.status, str(exc))
+        response, status = error_response(exc.status, str(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
