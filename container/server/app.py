@@ -18,8 +18,8 @@ Every error is JSON {"error": reason}, and none ends the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import time
 
 from flask import Flask, Response, g, jsonify, request
@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTim
 from server import metrics
 from server.errors import Overloaded, RequestError
 from server.preload import MODEL
+from server.read_deadline import READ_DEADLINES
 from server.settings import Settings
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -45,35 +46,23 @@ def read_body(max_bytes: int, timeout_s: float = Settings.body_read_timeout_s) -
     """The request body; 413 from its Content-Length before reading, or, for
     a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
     MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
-
-    408 when the whole body has not arrived within `timeout_s`: gunicorn's
-    worker timeout does not cover a gthread request, so a client trickling
-    a byte now and then would hold one of the worker's threads for ever.
-    The connection is then shut for reading: gunicorn closes it after the
-    answer instead of draining the rest."""
+    408 when the whole body has not arrived within `timeout_s` (read_deadline.py)."""
     too_large = RequestEntityTooLarge(f"payload larger than {max_bytes >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     if (request.content_length or 0) > max_bytes:
         raise too_large
     stream = request.environ["wsgi.input"]  # gunicorn ends it at Content-Length or the last chunk
-    connection: socket.socket | None = request.environ.get("gunicorn.socket")
-    deadline = time.monotonic() + timeout_s
+    connection = request.environ.get("gunicorn.socket")
     body = bytearray()
-    try:
+    with READ_DEADLINES.watching(connection, timeout_s) if connection else contextlib.nullcontext() as watch:
         while len(body) <= max_bytes:
-            if connection is not None:  # each read waits only for what is left of the deadline
-                connection.settimeout(max(deadline - time.monotonic(), 0.001))
             chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
+            if watch is not None and watch.expired:  # what came is cut short: no body
+                raise RequestTimeout(
+                    f"the request body did not arrive within {timeout_s:g} s (SAGEMAKER_BODY_READ_TIMEOUT_S)"
+                )
             if not chunk:
                 return bytes(body)
             body += chunk
-    except TimeoutError:
-        connection.shutdown(socket.SHUT_RD)
-        raise RequestTimeout(
-            f"the request body did not arrive within {timeout_s:g} s (SAGEMAKER_BODY_READ_TIMEOUT_S)"
-        ) from None
-    finally:
-        if connection is not None:
-            connection.settimeout(None)
     raise too_large
 
 

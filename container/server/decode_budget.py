@@ -6,7 +6,7 @@ is not: it runs SAGEMAKER_MODEL_SERVER_THREADS requests at once, and sixteen
 8000x8000 RGBA PNGs of a few hundred KB each decode to ~8 GB together, which
 ends the worker and every request in it. So a decode takes its pixels from
 this budget before it allocates them and gives them back once its image is
-cropped (handlers.py). A thread that finds the budget spent waits, at most
+cropped (handlers.py), its freed pages returned to the kernel. A thread that finds the budget spent waits, at most
 `wait_s`, then gets 503 with Retry-After; an image larger than the whole
 budget is refused at once (413): waiting would not help it.
 """
@@ -17,7 +17,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from server import allocator
 from server.errors import Overloaded, TooLarge
+
+# A decode this large gives its freed pages back to the kernel when it ends
+# (allocator.py: otherwise they stay in its thread's arena for ~10 s).
+PURGE_ABOVE_PIXELS = 4_000_000
 
 
 class DecodeBudget:
@@ -45,6 +50,8 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if pixels >= PURGE_ABOVE_PIXELS:
+                allocator.purge_freed_pages()  # before others may allocate what this decode freed
             with self._cond:
                 self._free += pixels
                 self._cond.notify_all()
