@@ -8,6 +8,11 @@ thread per worker watches every body being read and shuts the reading side
 of a socket whose deadline passed: the blocked recv returns at once with
 nothing, and app.read_body answers 408. The connection then closes: gunicorn
 finds nothing more to read on it.
+
+A request's headers have no deadline in gthread either (it waits 5 s for a
+first byte, not for the rest): bound_header_reads puts gunicorn's parser,
+in this worker, under the same watch, and a client still sending headers
+at the deadline is disconnected.
 """
 
 from __future__ import annotations
@@ -75,3 +80,22 @@ class ReadDeadlines:
 
 
 READ_DEADLINES = ReadDeadlines()
+
+
+def bound_header_reads(seconds: float) -> None:
+    """Each request's headers must arrive within `seconds` (gunicorn_config.post_worker_init)."""
+    from gunicorn.http.parser import Parser
+
+    read_next = Parser.__next__
+    if getattr(read_next, "bounded", False):
+        return
+
+    def next_within(parser: Parser):
+        connection = getattr(parser.unreader, "sock", None)
+        if not isinstance(connection, socket.socket):
+            return read_next(parser)
+        with READ_DEADLINES.watching(connection, seconds):
+            return read_next(parser)
+
+    next_within.bounded = True
+    Parser.__next__ = next_within
