@@ -281,14 +281,20 @@ def cpu_cores() -> int:
     return cores
 
 
+# A container's memory limit: cgroup v2, then v1 (Amazon Linux 2 hosts, podman
+# on cgroup v1), where no limit reads as a number larger than any memory.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def memory_bytes() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:  # a container's memory limit
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
             total = min(total, int(limit))
-    except (OSError, ValueError):
-        pass
     return total
 
 
