@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 # Only these decoders are reachable from untrusted bytes: PIL knows dozens of
 # formats, some of which (EPS) call external programs.
@@ -27,6 +28,21 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+# EXIF orientation -> the transpose that shows the image upright (ImageOps.exif_transpose's table)
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# 16-bit greyscale is scaled to 8 bits this many rows at a time
+ROWS_PER_BAND = 256
 
 
 class ImageDecodeError(ValueError):
@@ -56,52 +72,120 @@ class Preprocessing:
         return asdict(self)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, release_source: bool = False) -> Image.Image:
     """Apply EXIF orientation and convert any mode (L, CMYK, P, RGBA, I;16...) to RGB.
 
     Transparent pixels are composited on white, the way viewers show them,
     rather than taking whatever colour the fully transparent pixels store.
+    Memory: at most the source and one RGB copy exist at full size at once;
+    with `release_source` (decoding, where nobody else holds the source) the
+    source's pixels are freed before an orientation transposes the copy. An
+    8000x8000 RGBA PNG peaks at 0.5 GB instead of 1.4 GB.
     """
-    img = ImageOps.exif_transpose(img)
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    rgb = _rgb_pixels(img)
+    if release_source and rgb is not img:
+        img.close()  # frees the pixels now, not when the caller's reference goes
+    transpose = EXIF_TRANSPOSE.get(orientation)
+    if transpose is None:
+        return rgb
+    upright = rgb.transpose(transpose)
+    if release_source:
+        rgb.close()
+    return upright
+
+
+def _rgb_pixels(img: Image.Image) -> Image.Image:
+    if img.mode == "P" and "transparency" not in img.info:
+        return img.convert("RGB")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        # the colour pasted through its own alpha onto white: alpha_composite's
+        # pixels without its two full-size RGBA copies (a test checks every
+        # colour and alpha against it)
+        rgb = Image.new("RGB", img.size, (255, 255, 255))
+        rgb.paste(img, mask=img)
+        return rgb
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale into 8 bits instead of clipping
-        arr = np.asarray(img, dtype=np.float32)
-        peak = max(float(arr.max()), 1.0)
-        img = Image.fromarray((arr * (255.0 / peak)).astype(np.uint8), "L")
+        return _scaled_to_8_bits(img).convert("RGB")
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale scaled into 8 bits (instead of clipped), a band of
+    rows at a time: no float32 copy of the whole image."""
+    values = np.asarray(img)
+    scale = 255.0 / max(float(values.max()), 1.0)
+    grey = np.empty(values.shape, np.uint8)
+    for top in range(0, len(values), ROWS_PER_BAND):
+        band = values[top : top + ROWS_PER_BAND].astype(np.float32)
+        grey[top : top + ROWS_PER_BAND] = (band * scale).astype(np.uint8)
+    return Image.fromarray(grey, "L")
 
 
 def decode_image(data: bytes, prep: Preprocessing | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Bytes -> RGB PIL image, or ImageDecodeError with a one-line reason.
 
+    open_image then load_rgb; the server runs them apart, to admit the
+    decode into its worker's budget between the two (server/decode_budget.py).
+    """
+    return load_rgb(open_image(data, prep, max_pixels))
+
+
+def open_image(data: bytes, prep: Preprocessing | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> PendingImage:
+    """The image's header read and its size checked; not a pixel decoded yet.
+
     With `prep`, JPEGs are decoded at a reduced DCT scale that still covers
     the resize size (PIL's draft mode): a 4000x3000 photo decodes ~8x faster
     and the result after resizing differs by less than JPEG noise.
 
-    ImageTooLarge before any pixel is allocated when the image would decode
-    to more than `max_pixels` (counted after draft mode: what is allocated),
-    or, with `prep`, when its aspect ratio would make the resize before the
-    centre crop that large (a 1x60000 strip would be resized to 256x15360000).
+    ImageTooLarge when the image would decode to more than `max_pixels`
+    (counted after draft mode: what is allocated; but a progressive JPEG at
+    its full size: libjpeg keeps every DCT coefficient of a progressive
+    image at full size whatever the scale, so a 1.4 MB, 11000x11000 one
+    drafted to 1375x1375 would take 700 MB), or, with `prep`, when its
+    aspect ratio would make the resize before the centre crop that large
+    (a 1x60000 strip would be resized to 256x15360000).
     """
     if not data:
         raise ImageDecodeError("empty image payload")
-    try:
+    with _decode_errors():
         img = Image.open(io.BytesIO(data), formats=FORMATS)
+        full_pixels = img.width * img.height
+        progressive = img.format == "JPEG" and bool(img.info.get("progressive"))
+        if progressive:
+            check_pixels(img.size, max_pixels, "a progressive JPEG, decoded at its full size of")
         if prep is not None and img.format == "JPEG":
             img.draft("RGB", (prep.resize_size, prep.resize_size))
         check_pixels(img.size, max_pixels)
         if prep is not None:
             check_pixels(resized_size(img.size, prep), max_pixels, "resized before the crop to")
-        img.load()
+        return PendingImage(img, full_pixels if progressive else img.width * img.height)
+
+
+def load_rgb(pending: PendingImage) -> Image.Image:
+    """Decode an opened image to RGB (to_rgb); its other pixels are freed on the way."""
+    with _decode_errors():
+        pending.image.load()
         # Inside the same guard: a mode conversion or EXIF orientation that
         # fails is as much the file's fault as a decoder error.
-        return to_rgb(img)
+        return to_rgb(pending.image, release_source=True)
+
+
+@dataclass
+class PendingImage:
+    """An image opened and checked by open_image, not decoded yet."""
+
+    image: Image.Image
+    pixels: int  # what decoding allocates at once: the drafted size, a progressive JPEG's full size
+
+
+@contextmanager
+def _decode_errors():
+    """Every failure of PIL's as ImageDecodeError (or ImageTooLarge) with a one-line reason."""
+    try:
+        yield
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError:

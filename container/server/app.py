@@ -20,16 +20,18 @@ holding the traceback also has (no exception text: it can name paths).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from server import metrics
-from server.errors import RequestError
+from server.errors import Overloaded, RequestError
 from server.preload import MODEL
+from server.read_deadline import READ_DEADLINES
 from server.settings import Settings
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -44,20 +46,27 @@ def error_response(status: int, reason: str) -> tuple[Response, int]:
     return jsonify(error=reason), status
 
 
-def read_body(max_bytes: int) -> bytes:
+def read_body(max_bytes: int, timeout_s: float = Settings.body_read_timeout_s) -> bytes:
     """The request body; 413 from its Content-Length before reading, or, for
     a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
-    MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)"""
+    MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
+    408 when the whole body has not arrived within `timeout_s` (read_deadline.py)."""
     too_large = RequestEntityTooLarge(f"payload larger than {max_bytes >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     if (request.content_length or 0) > max_bytes:
         raise too_large
     stream = request.environ["wsgi.input"]  # gunicorn ends it at Content-Length or the last chunk
+    connection = request.environ.get("gunicorn.socket")
     body = bytearray()
-    while len(body) <= max_bytes:
-        chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
-        if not chunk:
-            return bytes(body)
-        body += chunk
+    with READ_DEADLINES.watching(connection, timeout_s) if connection else contextlib.nullcontext() as watch:
+        while len(body) <= max_bytes:
+            chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
+            if watch is not None and watch.expired:  # what came is cut short: no body
+                raise RequestTimeout(
+                    f"the request body did not arrive within {timeout_s:g} s (SAGEMAKER_BODY_READ_TIMEOUT_S)"
+                )
+            if not chunk:
+                return bytes(body)
+            body += chunk
     raise too_large
 
 
@@ -79,7 +88,7 @@ def internal_error(exc: BaseException) -> tuple[Response, int]:
 def invoke(service, settings: Settings) -> Response:
     """One request through `service`'s handler stages."""
     body, content_type = service.invoke(
-        read_body(settings.max_payload_bytes),
+        read_body(settings.max_payload_bytes, settings.body_read_timeout_s),
         request.headers.get("Content-Type"),
         request.headers.get("Accept"),
         request.headers.get(CUSTOM_ATTRIBUTES_HEADER),
@@ -149,7 +158,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(RequestError)
     def client_error(exc: RequestError):
-        return error_response(exc.status, str(exc))
+        response, status = error_response(exc.status, str(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

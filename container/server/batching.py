@@ -15,6 +15,12 @@ Each request thread can read how many images shared its last forward pass
 forward pass's size and each request's wait go to /metrics (metrics.py).
 `close` ends the model thread once the queue is empty (a multi-model worker
 unloading a model).
+
+Nothing a request sends ends the model thread: only inputs of one shape
+share a forward pass (a user input_fn may return any size), and a failing
+forward pass fails its batch's requests alone. A request waits for its
+result at most `timeout_s` (queue included), then gets 503; a job still
+queued by then is dropped, not computed.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
+from server.errors import Overloaded
 from server.metrics import FORWARD_BATCH_SIZE, QUEUE_WAIT_SECONDS
 
 
@@ -41,10 +49,17 @@ class _Job:
 
 
 class DynamicBatcher:
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch_size: int, max_wait_ms: float):
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        max_batch_size: int,
+        max_wait_ms: float,
+        timeout_s: float | None = None,
+    ):
         self._forward = forward
         self.max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
+        self.timeout_s = timeout_s
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._upcoming = 0
@@ -86,9 +101,20 @@ class DynamicBatcher:
             if getattr(self._announced, "pending", False):
                 self._withdraw_announcement()
             self._cond.notify()
-        outputs = [job.future.result() for job in jobs]
+        outputs = self._results(jobs)
         self._announced.batch_size = max(job.batch_size for job in jobs)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _results(self, jobs: list[_Job]) -> list[torch.Tensor]:
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        try:
+            return [job.future.result(deadline and max(0.0, deadline - time.monotonic())) for job in jobs]
+        except FutureTimeout:
+            for job in jobs:
+                job.future.cancel()  # a job not started yet is skipped by the model thread
+            raise Overloaded(
+                f"no prediction within {self.timeout_s:g} s (SAGEMAKER_PREDICT_TIMEOUT_S): the model is busy"
+            ) from None
 
     def close(self) -> None:
         """End the model thread after the jobs already queued; no submit may follow."""
@@ -103,24 +129,31 @@ class DynamicBatcher:
 
     def _run(self) -> None:
         while jobs := self._next_batch():
-            inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
-            self.forward_passes += 1
-            self.images += len(inputs)
-            started = time.monotonic()
-            for job in jobs:
-                job.batch_size = len(inputs)
-                if self.observed:
-                    QUEUE_WAIT_SECONDS.observe(started - job.queued_at)
-            if self.observed:
-                FORWARD_BATCH_SIZE.observe(len(inputs))
+            # a job whose request gave up waiting is cancelled: skip it
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
             try:
-                outputs = self._forward(inputs)
+                self._forward_batch(jobs)
             except Exception as exc:  # the requests fail, the model thread lives on
                 for job in jobs:
-                    job.future.set_exception(exc)
-                continue
-            for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs]), strict=True):
-                job.future.set_result(output)
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _forward_batch(self, jobs: list[_Job]) -> None:
+        inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
+        self.forward_passes += 1
+        self.images += len(inputs)
+        started = time.monotonic()
+        for job in jobs:
+            job.batch_size = len(inputs)
+            if self.observed:
+                QUEUE_WAIT_SECONDS.observe(started - job.queued_at)
+        if self.observed:
+            FORWARD_BATCH_SIZE.observe(len(inputs))
+        outputs = self._forward(inputs)
+        for job, output in zip(jobs, outputs.split([len(job.inputs) for job in jobs]), strict=True):
+            job.future.set_result(output)
 
     def _queued_images(self) -> int:
         return sum(len(job.inputs) for job in self._queue)
@@ -138,8 +171,13 @@ class DynamicBatcher:
                     break
                 self._cond.wait(remaining)
             batch = [self._queue.popleft()]
-            size = len(batch[0].inputs)
-            while self._queue and size + len(self._queue[0].inputs) <= self.max_batch_size:
+            size, shape = len(batch[0].inputs), batch[0].inputs.shape[1:]
+            # in order, while the next job fits and has the first one's shape
+            while (
+                self._queue
+                and size + len(self._queue[0].inputs) <= self.max_batch_size
+                and self._queue[0].inputs.shape[1:] == shape
+            ):
                 batch.append(self._queue.popleft())
                 size += len(batch[-1].inputs)
             return batch

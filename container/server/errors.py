@@ -17,3 +17,11 @@ class TooLarge(RequestError):
     """More images, or more pixels, than one request may hold."""
 
     status = 413
+
+
+class Overloaded(RequestError):
+    """Not the client's fault: the server is busy now, and the same request may succeed
+    later (answered with Retry-After)."""
+
+    status = 503
+    retry_after_s = 1

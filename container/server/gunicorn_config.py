@@ -11,7 +11,7 @@ _settings = Settings.from_env()
 # Before server.metrics is imported (below): prometheus_client opens its files as metrics are defined.
 rundir.prepare(_settings)
 
-from server import allocator, metrics, preload  # noqa: E402
+from server import allocator, metrics, preload, read_deadline  # noqa: E402
 from server.app import LOG_FORMAT  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -46,6 +46,7 @@ def when_ready(server):
 
 def post_worker_init(worker):
     # A worker, before its first accept.
+    read_deadline.bound_header_reads(_settings.body_read_timeout_s)
     if allocator.start_background_purging():
         logging.getLogger(__name__).info("worker %d: jemalloc returns idle memory in the background", worker.pid)
     if _settings.multi_model:

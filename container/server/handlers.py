@@ -37,11 +37,15 @@ from contract.preprocess import (
     ImageDecodeError,
     ImageTooLarge,
     Preprocessing,
-    decode_image,
     eval_transform,
+    load_rgb,
+    normalize,
+    open_image,
+    resize_and_crop,
 )
 from server import precision
 from server.batching import DynamicBatcher
+from server.decode_budget import worker_budget
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
 from server.parsing import json_document, shown
 from server.settings import Settings
@@ -97,7 +101,10 @@ class DefaultHandlers:
     def bind(self, model: torch.nn.Module) -> None:
         """Batch the default predict_fn's forward passes of `model` (model_fn's result)."""
         self.batcher = DynamicBatcher(
-            lambda inputs: forward(model, inputs), self.settings.batch_size, self.settings.batch_wait_ms
+            lambda inputs: forward(model, inputs),
+            self.settings.batch_size,
+            self.settings.batch_wait_ms,
+            self.settings.predict_timeout_s,
         )
         # Requests run their forward passes in the batcher's thread, at batch
         # sizes up to the maximum: warm that thread at both ends before the
@@ -127,10 +134,18 @@ class DefaultHandlers:
         )
 
     def _preprocess(self, encoded_image: bytes, budget: PixelBudget) -> torch.Tensor:
+        """One image to its input tensor. Its decode holds pixels of the worker's
+        decode budget (decode_budget.py) until the image is cropped: the
+        full-size pixels are freed at once, not when the request ends."""
         try:
-            image = decode_image(encoded_image, self.prep, budget.per_image_limit())
-            budget.spend(image.width * image.height)
-            return torch.from_numpy(eval_transform(image, self.prep))
+            pending = open_image(encoded_image, self.prep, budget.per_image_limit())
+            budget.spend(pending.image.width * pending.image.height)
+            settings = self.settings
+            with worker_budget(settings.decode_pixels_per_worker, settings.decode_wait_s).reserve(pending.pixels):
+                image = load_rgb(pending)
+                cropped = resize_and_crop(image, self.prep)
+                image.close()
+            return torch.from_numpy(normalize(cropped, self.prep))
         except ImageTooLarge as exc:
             raise TooLarge(budget.explain(str(exc))) from None
         except ImageDecodeError as exc:

@@ -11,6 +11,19 @@
     SAGEMAKER_MAX_PIXELS_PER_REQUEST  64000000: pixels all of a request's images
                                     decode to, together (413 above); one image
                                     alone is also bounded by it
+    SAGEMAKER_DECODE_PIXELS_PER_WORKER  pixels one worker's request threads may decode
+                                    at once, together (decode_budget.py): a request
+                                    waits for its share, SAGEMAKER_DECODE_WAIT_S at
+                                    most (then 503), and one image needing more than
+                                    all of it is refused (413). Default: three quarters
+                                    of the memory a worker has beyond its model, at
+                                    DECODE_BYTES_PER_PIXEL
+    SAGEMAKER_DECODE_WAIT_S         10: longest a request waits for decode budget
+    SAGEMAKER_BODY_READ_TIMEOUT_S   10: the whole body must arrive within this; a
+                                    slower client gets 408 and its connection closed
+    SAGEMAKER_PREDICT_TIMEOUT_S     30: longest a request waits for its forward pass
+                                    (queue included), then 503. The three deadlines
+                                    add up to less than SageMaker's 60 s per invocation
     SAGEMAKER_BATCH_SIZE            8: most images in one forward pass
     SAGEMAKER_BATCH_WAIT_MS         5: longest a request waits for others to join
                                     its forward pass; 0: never wait (batching.py)
@@ -41,8 +54,8 @@
                                     (default RUN_DIR/metrics); the same rule
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
-MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, MODEL_PRECISION, MODEL_COMPILE,
-CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
+MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, DECODE_*, *_TIMEOUT_S, MODEL_PRECISION,
+MODEL_COMPILE, CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
 environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exported here). `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
@@ -70,6 +83,11 @@ SHUTDOWN_GRACE_S = 25
 # the loaded state dict, the model, and headroom for activations of a batch.
 WORKER_BASE_BYTES = 512 << 20
 WEIGHTS_FACTOR = 4
+# The most memory one pixel of an image takes while it is decoded, at the
+# peak of contract.preprocess.load_rgb: the decoder's output (RGBA, CMYK: 4
+# bytes; a progressive JPEG's DCT coefficients: up to 8 at its full size),
+# its RGB copy (PIL keeps RGB in 4 bytes), a transposed copy; measured 8-9.
+DECODE_BYTES_PER_PIXEL = 12
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 COMPILE_MODES = ("none", "jit")
@@ -92,6 +110,10 @@ class Settings:
     gpus: int
     max_images_per_request: int = 64
     max_pixels_per_request: int = 64_000_000
+    decode_pixels_per_worker: int = 256_000_000
+    decode_wait_s: int = 10
+    body_read_timeout_s: int = 10
+    predict_timeout_s: int = 30
     precision: str = "fp32"
     compile: str = "none"
     cpu_flags: str = ""  # space-separated, only PRECISION_FLAGS
@@ -122,9 +144,9 @@ class Settings:
         gpus = _int(env, "SM_NUM_GPUS", None, minimum=0)
         gpus = count_gpus() if gpus is None else gpus
         cores = cpu_cores()
+        weights = 0 if multi_model else model_bytes(model_dir)
         workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1)
         if workers is None:
-            weights = 0 if multi_model else model_bytes(model_dir)
             workers = gpus or cpu_workers(cores, memory_bytes(), weights)
         batch_size = _int(env, "SAGEMAKER_BATCH_SIZE", 8, minimum=1)
         port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1)
@@ -144,6 +166,12 @@ class Settings:
             gpus=gpus,
             max_images_per_request=_int(env, "SAGEMAKER_MAX_IMAGES_PER_REQUEST", cls.max_images_per_request, minimum=1),
             max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request, minimum=1),
+            decode_pixels_per_worker=_int(
+                env, "SAGEMAKER_DECODE_PIXELS_PER_WORKER", decode_pixels_per_worker(workers, weights), minimum=1
+            ),
+            decode_wait_s=_int(env, "SAGEMAKER_DECODE_WAIT_S", cls.decode_wait_s, minimum=0),
+            body_read_timeout_s=_int(env, "SAGEMAKER_BODY_READ_TIMEOUT_S", cls.body_read_timeout_s, minimum=1),
+            predict_timeout_s=_int(env, "SAGEMAKER_PREDICT_TIMEOUT_S", cls.predict_timeout_s, minimum=1),
             precision=_choice(env, "SAGEMAKER_MODEL_PRECISION", PRECISIONS),
             compile=_choice(env, "SAGEMAKER_MODEL_COMPILE", COMPILE_MODES),
             cpu_flags=" ".join(sorted(set(env["SAGEMAKER_CPU_FLAGS"].split()) & set(PRECISION_FLAGS)))
@@ -172,6 +200,10 @@ class Settings:
             "gpus": "SM_NUM_GPUS",
             "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
             "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
+            "decode_pixels_per_worker": "SAGEMAKER_DECODE_PIXELS_PER_WORKER",
+            "decode_wait_s": "SAGEMAKER_DECODE_WAIT_S",
+            "body_read_timeout_s": "SAGEMAKER_BODY_READ_TIMEOUT_S",
+            "predict_timeout_s": "SAGEMAKER_PREDICT_TIMEOUT_S",
             "precision": "SAGEMAKER_MODEL_PRECISION",
             "compile": "SAGEMAKER_MODEL_COMPILE",
             "cpu_flags": "SAGEMAKER_CPU_FLAGS",
@@ -255,14 +287,20 @@ def cpu_cores() -> int:
     return cores
 
 
+# A container's memory limit: cgroup v2, then v1 (Amazon Linux 2 hosts, podman
+# on cgroup v1), where no limit reads as a number larger than any memory.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def memory_bytes() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:  # a container's memory limit
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
             total = min(total, int(limit))
-    except (OSError, ValueError):
-        pass
     return total
 
 
@@ -276,3 +314,10 @@ def cpu_workers(cores: int, memory: int, weights: int) -> int:
     and no more workers than memory holds."""
     by_memory = memory // (WORKER_BASE_BYTES + WEIGHTS_FACTOR * weights)
     return max(1, min(max(cores // 2, 1), by_memory))
+
+
+def decode_pixels_per_worker(workers: int, weights: int) -> int:
+    """Three quarters of what memory leaves each worker beyond its base and its
+    model, in decoded pixels; at least one image of 1000x1000."""
+    spare = memory_bytes() // workers - WORKER_BASE_BYTES - WEIGHTS_FACTOR * weights
+    return max(1_000_000, spare * 3 // 4 // DECODE_BYTES_PER_PIXEL)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
+from PIL import Image, ImageDraw
 
 import container_engine
 from contract.spec import images
@@ -53,8 +57,9 @@ def gpu_serve_image(engine):
 
 
 @contextlib.contextmanager
-def serving(engine, image: str, model_dir, **env: str):
-    """`ENGINE run -d -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro -e ... IMAGE serve`, removed afterwards."""
+def serving(engine, image: str, model_dir, memory: str | None = None, **env: str):
+    """`ENGINE run -d -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro -e ... IMAGE serve`, removed afterwards;
+    `memory`: the container's memory limit (`--memory`, as an instance's size sets it)."""
     for path in [model_dir, *model_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # the mount is read by the container's user
     port = free_port()
@@ -66,6 +71,7 @@ def serving(engine, image: str, model_dir, **env: str):
         "--rm",
         "-p",
         f"127.0.0.1:{port}:8080",
+        *(["--memory", memory] if memory else []),
         *env_args,
         "-v",
         f"{model_dir}:/opt/ml/model:ro",
@@ -288,3 +294,78 @@ def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
     finally:
         engine_run(engine, "stop", "-t", "10", running["id"])
         engine_run(engine, "rm", "-f", running["id"])
+
+
+def flat_blocks(mode: str, side: int, seed: int) -> Image.Image:
+    """Large flat rectangles: a few hundred KB as PNG, side x side pixels decoded."""
+    rng = np.random.default_rng(seed)
+    image = Image.new(mode, (side, side))
+    draw = ImageDraw.Draw(image)
+    bands = len(image.getbands())
+    for _ in range(100):
+        x, y = (int(v) for v in rng.integers(0, side, 2))
+        colour = tuple(int(v) for v in rng.integers(0, 256, bands))
+        draw.rectangle([x, y, x + side // 8, y + side // 8], fill=colour if bands > 1 else colour[0])
+    return image
+
+
+def test_a_burst_of_decompression_heavy_images_in_3_gb_kills_no_worker(engine, serve_image, tmp_path):
+    """--memory 3g, 2 workers x 16 threads, 64 requests of images a few hundred KB each that
+    decode to 36 or 64 million pixels (before the worker's decode budget, ~1 GB apiece at
+    once). The default budget, from the container's memory limit, lets each worker decode
+    about one at a time; the 64 Mpx ones exceed it (413). No worker is killed."""
+    side = 6000
+    palette = flat_blocks("P", side, 2)
+    palette.putpalette(bytes(range(256)) * 3)
+    grey16 = Image.fromarray(np.asarray(flat_blocks("L", 750, 1), np.uint16) * 257).resize((side, side))
+    buffers = {name: io.BytesIO() for name in ("rgba", "grey16", "palette", "progressive", "rgba 8000")}
+    flat_blocks("RGBA", side, 0).save(buffers["rgba"], "PNG")
+    grey16.save(buffers["grey16"], "PNG")
+    palette.save(buffers["palette"], "PNG", transparency=bytes(range(256)))
+    flat_blocks("RGB", side, 3).save(buffers["progressive"], "JPEG", quality=30, progressive=True)
+    flat_blocks("RGBA", 8000, 4).save(buffers["rgba 8000"], "PNG")
+    bodies = [(name, buffer.getvalue()) for name, buffer in buffers.items()]
+    with serving(
+        engine,
+        serve_image,
+        make_model_dir(tmp_path / "model"),
+        memory="3g",
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
+        SAGEMAKER_MODEL_SERVER_THREADS="16",
+    ) as running:
+        wait_for_ping(engine, running)
+        start = threading.Barrier(64)
+
+        def one(i: int) -> tuple[str, int]:
+            name, body = bodies[i % len(bodies)]
+            start.wait(timeout=60)
+            try:
+                response = requests.post(
+                    running["url"] + "/invocations", data=body, timeout=120, headers={"Content-Type": "image/png"}
+                )
+            except requests.RequestException as exc:
+                return name, f"{type(exc).__name__}"
+            return name, response.status_code
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(one, range(64)))
+        took = time.monotonic() - started
+        peak = engine_run(  # cgroup v2, or v1
+            engine,
+            "exec",
+            running["id"],
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.peak || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes",
+        ).stdout.strip()
+        print(f"burst of 64 in {took:.0f} s; container memory.peak {peak or '?'}; {sorted(map(str, answers))}")
+        logs = engine_run(engine, "logs", running["id"])
+        log = logs.stdout + logs.stderr
+        # gunicorn's words for a worker killed (the OOM killer's SIGKILL) or gone, and replaced
+        assert "was sent" not in log and "exited with" not in log and log.count("Booting worker") == 2, log[-3000:]
+        assert all(status in (200, 413, 503) for _, status in answers), answers
+        assert all(status == 413 for name, status in answers if name == "rgba 8000"), answers
+        assert all(any(s == 200 for n, s in answers if n == name) for name, _ in bodies[:4]), answers
+        assert took < 300
+        classify_and_check(running)
