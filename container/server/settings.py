@@ -55,7 +55,8 @@
 
 The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
 MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, DECODE_*, *_TIMEOUT_S, MODEL_PRECISION,
-MODEL_COMPILE, CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's. This module is the only one that reads the
+MODEL_COMPILE, CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's.
+This module is the only one that reads the
 environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exported here). `serve` resolves the
 defaults that probe the host once and exports the result, so gunicorn's
 config and every worker read the same numbers.
