@@ -42,13 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.spec.artifact import CODE_DIR, CONFIG_FILE
-from server.errors import RequestError
+from server.errors import Overloaded, RequestError
 from server.metrics import MODEL_EVICTIONS, MODEL_LOAD_SECONDS, MODELS_IN_MEMORY
 from server.registry import Entry, ModelNotLoaded, ModelRegistry
 from server.settings import Settings
 from server.user_code import ENTRY_MODULE, entry_point
 
 log = logging.getLogger(__name__)
+
+
+# A request for a model that another thread of this worker is loading waits at most this
+# long (SageMaker gives an invocation 60 s), then gets a 503 it may retry.
+LOAD_WAIT_S = 30
 
 
 class InsufficientMemory(RequestError):
@@ -158,9 +163,15 @@ class WorkerModels:
             raise
         resident = self._admit(entry, entry.cost or model_cost(entry.url))
         try:
-            with resident.lock:  # only this model's: others are served meanwhile
+            # only this model's lock: others are served meanwhile; and no request waits
+            # without a bound for another thread's load of it
+            if not resident.lock.acquire(timeout=LOAD_WAIT_S):
+                raise Overloaded(f"model {name!r} is still loading in this worker; try again")
+            try:
                 if resident.service is None:
                     self._start(resident)
+            finally:
+                resident.lock.release()
             yield resident.service
         finally:
             self._done_with(resident)

@@ -18,14 +18,17 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from contract.artifact import atomic_write_bytes
-from server.errors import RequestError
+from server.errors import Overloaded, RequestError
 from server.parsing import model_name
+
+LOCK_WAIT_S = 10
 
 
 class AlreadyLoaded(RequestError):
@@ -68,7 +71,17 @@ class ModelRegistry:
     @contextmanager
     def _locked(self):
         with open(self.directory / ".lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Held for a few file operations; a worker that dies holding it releases it. A
+            # waiter still gives up after LOCK_WAIT_S rather than wait without a bound.
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise Overloaded("the model registry is busy; try again") from None
+                    time.sleep(0.005)
             try:
                 yield
             finally:

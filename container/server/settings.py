@@ -279,13 +279,24 @@ def count_gpus() -> int:
 
 def cpu_cores() -> int:
     cores = len(os.sched_getaffinity(0))
-    try:  # a container's CPU quota (docker run --cpus) is not in the affinity mask
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, int(quota) // int(period)))
+    quota = cgroup_cpu_quota()  # a container's CPU quota (docker run --cpus) is not in the affinity mask
+    return min(cores, max(1, int(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs the container may use (quota / period): cgroup v2's cpu.max, else v1's
+    cpu.cfs_quota_us (-1: none), as memory_bytes reads both; None without a quota."""
+    try:
+        quota, period = Path(root, "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return cores
+    try:
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
 
 
 # A container's memory limit: cgroup v2, then v1 (Amazon Linux 2 hosts, podman

@@ -12,11 +12,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
 from helpers.code_models import make_code_model
 from helpers.serving import CLASS_NAMES, encode, make_model_dir, sample_image
+from server.errors import Overloaded
 from server.multi_model import InsufficientMemory, WorkerModels, model_cost
 from server.registry import AlreadyLoaded, ModelNotLoaded, ModelRegistry
 from server.service import InferenceService
@@ -201,3 +203,55 @@ def test_a_models_code_imports_its_packages_its_own_way_and_leaves_with_it(tmp_p
     assert sys.modules["helpers"] is ours and "flat" not in sys.modules  # nothing under the plain names
     code.unload()
     assert set(sys.modules) == before
+
+
+def test_a_request_waits_a_bounded_time_for_another_threads_load(tmp_path, model_dirs, monkeypatch):
+    """A model whose load in this worker hangs (a slow model_fn, say) costs its other requests
+    LOAD_WAIT_S and a 503 they may retry, not a thread each held for ever."""
+    from server import multi_model
+
+    monkeypatch.setattr(multi_model, "LOAD_WAIT_S", 0.5)
+    worker, other = workers(tmp_path, model_dirs, models_per_worker=2)
+    other.load("m0", str(model_dirs[0]))  # loaded through the other worker: this one loads lazily
+    resident = worker._admit(worker.registry.get("m0"), 1)
+    resident.lock.acquire()  # as a thread of this worker would while loading it
+    try:
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="still loading"):
+            with worker.using("m0"):
+                pass
+        assert 0.4 < time.monotonic() - started < 5
+    finally:
+        resident.lock.release()
+        worker._done_with(resident)
+    with worker.using("m0") as service:  # the load lock free again: served
+        assert classes_answered(service) == 2
+
+
+def test_the_registry_lock_is_waited_for_a_bounded_time(tmp_path, monkeypatch):
+    """A process that holds the registry's lock (hung mid-update) delays the others'
+    loads LOCK_WAIT_S, then they answer 503; a dead holder's lock is freed by the kernel."""
+    from server import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "LOCK_WAIT_S", 0.5)
+    registry = ModelRegistry(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl, time; f = open({str(tmp_path / '.lock')!r}, 'a+b'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="busy"):
+            registry.reserve("m", "/x")
+        assert 0.4 < time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert registry.reserve("m", "/x").name == "m"  # the dead holder's lock went with it

@@ -159,3 +159,23 @@ def test_every_server_variable_is_in_the_serving_pages_table(tmp_path):
     page = (ROOT / "docs" / "serving.md").read_text()
     table = set(re.findall(r"^\| `([A-Z_]+)` \|", page, re.MULTILINE))
     assert set(Settings.from_env({"SM_MODEL_DIR": str(tmp_path), "SM_NUM_GPUS": "0"}).to_env()) <= table
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, --cpus 1.5
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1 (podman here, AL2)
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_the_cpu_quota_is_read_on_cgroup_v2_and_v1(tmp_path, files, expected):
+    """Workers and torch threads are sized by the container's CPUs: a v1 host's quota was ignored."""
+    from server.settings import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(str(tmp_path)) == expected
