@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import subprocess
 import threading
 import time
@@ -246,6 +247,7 @@ def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
         make_model_dir(models / name / "model", class_names=classes)
     for path in [models, *models.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # read by the container's user
+    (models / "escape").symlink_to("/opt/program")  # inside the root, pointing out of it (at the server's code)
     port = free_port()
     started = engine_run(
         engine,
@@ -256,6 +258,8 @@ def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
         f"127.0.0.1:{port}:8080",
         "-e",
         "SAGEMAKER_MULTI_MODEL=true",
+        "-e",
+        "SAGEMAKER_BODY_READ_TIMEOUT_S=2",
         "-v",
         f"{models}:/opt/ml/models:ro",
         serve_image,
@@ -291,9 +295,44 @@ def test_multi_model_endpoint_in_the_image(engine, serve_image, tmp_path):
         )
         scraped = requests.get(running["url"] + "/metrics", timeout=30).text
         assert "byoc_models_loaded 2.0" in scraped, scraped
+        hostile_requests_in_the_image(running["url"])
     finally:
         engine_run(engine, "stop", "-t", "10", running["id"])
         engine_run(engine, "rm", "-f", running["id"])
+
+
+def hostile_requests_in_the_image(url: str) -> None:
+    """The image's answers to a few hostile requests (tests/process has each in depth): a url
+    outside /opt/ml/models, by path or by link, is one 400 that tells nothing of what exists;
+    deep JSON is a 400; a body that trickles in is cut off at the read deadline."""
+    refusals = set()
+    for target in ("/opt/program", "/nonexistent", "/opt/ml/models/escape", "/opt/ml/models/../../../etc", "models"):
+        answer = requests.post(url + "/models", timeout=60, json={"model_name": "x", "url": target})
+        assert answer.status_code == 400, (target, answer.text)
+        refusals.add(answer.json()["error"])
+    assert len(refusals) == 1 and "/opt/program" not in refusals.pop()
+    deep = requests.post(url + "/models", timeout=60, data=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert deep.status_code == 400, deep.text
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as slow:
+        slow.sendall(
+            b"POST /models/first/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = b""
+        while time.monotonic() - started < 20:  # a byte a second: the 2 s deadline must cut it off
+            try:
+                slow.sendall(b"x")
+                chunk = slow.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                chunk = b""
+            except OSError:
+                break  # the server closed the connection
+            if chunk:
+                answer += chunk
+                break
+            time.sleep(1)
+        assert time.monotonic() - started < 15, "the slow body was not cut off"
+        assert not answer or answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
 def flat_blocks(mode: str, side: int, seed: int) -> Image.Image:
