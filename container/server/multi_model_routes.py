@@ -20,12 +20,12 @@ import base64
 
 from flask import Flask, jsonify, request
 
-from server.app import invoke, read_body
 from server.errors import RequestError
 from server.multi_model import WorkerModels
 from server.parsing import json_document, model_name, shown, whole_number
 from server.registry import Entry
 from server.settings import Settings
+from server.transport import invoke, read_body
 
 MAX_LOAD_REQUEST_BYTES = 64 << 10
 DEFAULT_PAGE_SIZE = 100

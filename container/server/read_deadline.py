@@ -6,7 +6,7 @@ loop until the size asked for has come, so a socket timeout, which bounds
 each recv alone, never fires for a client that sends a byte a second. So one
 thread per worker watches every body being read and shuts the reading side
 of a socket whose deadline passed: the blocked recv returns at once with
-nothing, and app.read_body answers 408. The connection then closes: gunicorn
+nothing, and transport.read_body answers 408. The connection then closes: gunicorn
 finds nothing more to read on it.
 
 A request's headers have no deadline in gthread either (it waits 5 s for a

@@ -67,3 +67,61 @@ def test_the_rule_sees_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from trainer.loop import evaluate\n    return evaluate\n")
     assert "trainer.loop" in imported_modules(bad)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(CONTAINER).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports (deferred imports too);
+    `from package import module` counts as importing the module."""
+    modules = {module_name(path): path for package in ALLOWED for path in files_of(package)}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            edges.update(target for target in targets if target in modules and target != name)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each module that lies on one (depth-first search)."""
+    found, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_module_imports_itself_in_a_circle():
+    """A circle (app imports multi_model_routes, which imports app) makes the import order
+    matter and the two modules one: shared code goes into a module both import."""
+    # packages import their modules through __init__ by design; those edges are not circles
+    graph = {
+        name: {edge for edge in edges if not name.startswith(edge + ".")} for name, edges in import_graph().items()
+    }
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_circle_check_sees_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
