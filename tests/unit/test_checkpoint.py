@@ -47,9 +47,14 @@ def test_round_trip_restores_model_optimizer_schedule_and_state(tmp_path):
 
 
 def test_only_rank_0_writes(tmp_path):
+    """The same save on the same state: rank 0's writes the file, another rank's writes nothing
+    (so the test cannot pass by a save that does nothing at all)."""
     loop, state, _ = trained(tmp_path)
-    Checkpointer(tmp_path, writer=False).save(loop, state)
-    assert not (tmp_path / "checkpoint.pt").exists()
+    other, main = tmp_path / "other-rank", tmp_path / "rank-0"
+    Checkpointer(other, writer=False).save(loop, state)
+    Checkpointer(main, writer=True).save(loop, state)
+    assert not (other / "checkpoint.pt").exists()
+    assert torch.load(main / "checkpoint.pt", weights_only=True)["epoch"] == state.epoch
 
 
 def aside(tmp_path, kind: str) -> list:
