@@ -9,16 +9,8 @@ starts (stale files would be counted), `worker_exited` drops a dead worker's
 live gauges. Outside a server (unit tests) the metrics live in the
 process.
 
-    byoc_requests_total{route, status, content_type}   route: the URL rule
-        (/invocations, /models/<name>/invoke, ...), status: the HTTP code sent,
-        content_type: the request's media type, one of KNOWN_CONTENT_TYPES or "other"
-    byoc_request_seconds{route}        from the request's start to its answer
-    byoc_forward_batch_size            images in each forward pass (dynamic batching)
-    byoc_queue_wait_seconds            a request's wait for its forward pass to start
-    byoc_model_load_seconds            loading one model (model_fn, warm-up included)
-    byoc_models_loaded                 multi-model: models loaded (POST /models), from the registry
-    byoc_models_in_memory              multi-model: models held in workers' memory, all workers
-    byoc_model_evictions_total         multi-model: models a worker unloaded for the memory budget
+The metrics are the objects below and `_ModelsLoaded`; their help strings are
+docs/serving.md's table (scripts/docs_tables.py generates it from them).
 """
 
 from __future__ import annotations
@@ -59,19 +51,30 @@ KNOWN_CONTENT_TYPES = frozenset(
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-REQUESTS = Counter("byoc_requests", "HTTP requests answered", ["route", "status", "content_type"])
-REQUEST_SECONDS = Histogram("byoc_request_seconds", "Time to answer a request", ["route"], buckets=LATENCY_BUCKETS)
-FORWARD_BATCH_SIZE = Histogram("byoc_forward_batch_size", "Images in one forward pass", buckets=BATCH_BUCKETS)
+REQUESTS = Counter(
+    "byoc_requests",
+    "HTTP requests answered; route: the URL rule (/invocations, /models/<name>/invoke, ...), status: the "
+    "HTTP code sent, content_type: the request's media type (image/jpeg, application/json, ...; others as other)",
+    ["route", "status", "content_type"],
+)
+REQUEST_SECONDS = Histogram(
+    "byoc_request_seconds", "Time from a request's start to its answer", ["route"], buckets=LATENCY_BUCKETS
+)
+FORWARD_BATCH_SIZE = Histogram(
+    "byoc_forward_batch_size", "Images in one forward pass (dynamic batching)", buckets=BATCH_BUCKETS
+)
 QUEUE_WAIT_SECONDS = Histogram(
-    "byoc_queue_wait_seconds", "Wait of a request for its forward pass", buckets=LATENCY_BUCKETS
+    "byoc_queue_wait_seconds", "Wait of a request for its forward pass to start", buckets=LATENCY_BUCKETS
 )
 MODEL_LOAD_SECONDS = Histogram(
     "byoc_model_load_seconds",
-    "Loading one model, warm-up included",
+    "Loading one model (model_fn), warm-up included",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-MODELS_IN_MEMORY = Gauge("byoc_models_in_memory", "Models held in the workers' memory", multiprocess_mode="livesum")
-MODEL_EVICTIONS = Counter("byoc_model_evictions", "Models unloaded for the memory budget")
+MODELS_IN_MEMORY = Gauge(
+    "byoc_models_in_memory", "Multi-model: models held in memory, all workers together", multiprocess_mode="livesum"
+)
+MODEL_EVICTIONS = Counter("byoc_model_evictions", "Multi-model: models a worker unloaded for the memory budget")
 
 
 def content_type_label(header: str | None) -> str:
@@ -92,7 +95,11 @@ class _ModelsLoaded:
         self.count = count
 
     def collect(self):
-        yield GaugeMetricFamily("byoc_models_loaded", "Models loaded (multi-model endpoint)", value=self.count())
+        yield GaugeMetricFamily(
+            "byoc_models_loaded",
+            "Multi-model: models loaded (POST /models), read from the registry",
+            value=self.count(),
+        )
 
 
 def exposition(models_loaded: Callable[[], int] | None = None) -> tuple[bytes, str]:

@@ -1,70 +1,17 @@
 """Server settings, from the environment SageMaker (or whoever runs the image) sets.
 
-    SM_MODEL_DIR                    /opt/ml/model
-    SAGEMAKER_BIND_TO_PORT          8080
-    SAGEMAKER_BIND_HOST             0.0.0.0 (tests bind 127.0.0.1)
-    SAGEMAKER_MODEL_SERVER_WORKERS  one per GPU; on CPU as many as cores and memory fit
-    SAGEMAKER_MODEL_SERVER_TIMEOUT  60 s: gunicorn's worker timeout; in-flight requests
-                                    may still run SHUTDOWN_GRACE_S after SIGTERM
-    SAGEMAKER_MAX_PAYLOAD_IN_MB     6 (batch transform sets its MaxPayloadInMB)
-    SAGEMAKER_MAX_IMAGES_PER_REQUEST  64: images in one JSON or NPY body (413 above)
-    SAGEMAKER_MAX_PIXELS_PER_REQUEST  64000000: pixels all of a request's images
-                                    decode to, together (413 above); one image
-                                    alone is also bounded by it
-    SAGEMAKER_DECODE_PIXELS_PER_WORKER  pixels one worker's request threads may decode
-                                    at once, together (decode_budget.py): a request
-                                    waits for its share, SAGEMAKER_DECODE_WAIT_S at
-                                    most (then 503), and one image needing more than
-                                    all of it is refused (413). Default: three quarters
-                                    of the memory a worker has beyond its model, at
-                                    DECODE_BYTES_PER_PIXEL
-    SAGEMAKER_DECODE_WAIT_S         10: longest a request waits for decode budget
-    SAGEMAKER_BODY_READ_TIMEOUT_S   10: the whole body must arrive within this; a
-                                    slower client gets 408 and its connection closed
-    SAGEMAKER_PREDICT_TIMEOUT_S     30: longest a request waits for its forward pass
-                                    (queue included), then 503. The three deadlines
-                                    add up to less than SageMaker's 60 s per invocation
-    SAGEMAKER_BATCH_SIZE            8: most images in one forward pass
-    SAGEMAKER_BATCH_WAIT_MS         5: longest a request waits for others to join
-                                    its forward pass; 0: never wait (batching.py)
-    SAGEMAKER_MODEL_SERVER_THREADS  concurrent requests per worker, default
-                                    max(16, 2 x batch size) so batches can fill
-    SAGEMAKER_TORCH_THREADS         torch CPU threads per worker, default
-                                    cores // workers, so workers do not oversubscribe
-    SM_NUM_GPUS                     GPUs to spread workers over (default: counted)
-    SAGEMAKER_MODEL_PRECISION       fp32 (default) | bf16 | int8 | fp16 (GPU only):
-                                    the numbers the model runs in (precision.py)
-    SAGEMAKER_MODEL_COMPILE         none (default) | jit: trace and freeze the model
-                                    (folds batch norm, fuses oneDNN ops; CPU only)
-    SAGEMAKER_CPU_FLAGS             the instruction sets precision.py decides by,
-                                    default read from /proc/cpuinfo (tests override it)
-    CUDA_VISIBLE_DEVICES            the GPUs this server may use (each worker gets one)
-    SAGEMAKER_MULTI_MODEL           true: a multi-model endpoint (multi_model.py): models
-                                    are loaded through POST /models, none from SM_MODEL_DIR
-    SAGEMAKER_MULTI_MODEL_ROOT      multi-model: the folder every model's url must lie in, links
-                                    followed (default /opt/ml/models, where SageMaker puts them)
-    SAGEMAKER_MODEL_MEMORY_BUDGET_MB  multi-model: the memory one worker's loaded models
-                                    may take (multi_model.model_cost); the least
-                                    recently used are unloaded above it. Default: half of
-                                    what memory leaves each worker
-    SAGEMAKER_SERVER_RUN_DIR        the server's scratch: the multi-model registry and the
-                                    metrics files (default /tmp/byoc-serve-PORT); a new or empty
-                                    folder, or one the server marked (rundir.py); others are refused
-    PROMETHEUS_MULTIPROC_DIR        where prometheus_client's worker files live
-                                    (default RUN_DIR/metrics); the same rule
+VARIABLES below names each variable once: the Settings field it sets, its default and its
+meaning; `Settings.from_env` reads them, `Settings.to_env` exports them, and docs/serving.md's
+table is generated from them (scripts/docs_tables.py). Most SAGEMAKER_ names are this project's:
+SageMaker itself documents only the port, workers, timeout, payload and multi-model ones.
 
-The names without SAGEMAKER's documentation behind them (BIND_HOST, BATCH_*,
-MODEL_SERVER_THREADS, TORCH_THREADS, MAX_IMAGES_*, MAX_PIXELS_*, DECODE_*, *_TIMEOUT_S, MODEL_PRECISION,
-MODEL_COMPILE, CPU_FLAGS, MODEL_MEMORY_*, MULTI_MODEL_ROOT, SERVER_RUN_DIR) are this project's.
-This module is the only one that reads the
-environment (prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, as exported here). `serve` resolves the
-defaults that probe the host once and exports the result, so gunicorn's
-config and every worker read the same numbers.
+This module is the only one that reads the environment (prometheus_client reads its
+directory variable itself, as exported here). `serve` resolves the defaults that probe the
+host once and exports the result, so gunicorn's config and every worker read the same numbers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import subprocess
@@ -97,7 +44,186 @@ PRECISION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", 
 
 
 @dataclass(frozen=True)
+class Variable:
+    """One environment variable: the Settings field it sets, its name, its default (None where
+    from_env works it out from the host or other settings; `shown` then says how), its meaning.
+    `meaning` and `shown` are Markdown: they are docs/serving.md's table cells."""
+
+    field: str
+    name: str
+    default: int | str | bool | None
+    meaning: str
+    shown: str = ""
+
+    @property
+    def default_text(self) -> str:
+        """The default as the manual shows it."""
+        return self.shown or _export(self.default)
+
+
+VARIABLES = (
+    Variable("port", "SAGEMAKER_BIND_TO_PORT", 8080, "port"),
+    Variable("host", "SAGEMAKER_BIND_HOST", "0.0.0.0", "address to listen on (the tests use 127.0.0.1)"),
+    Variable("model_dir", "SM_MODEL_DIR", "/opt/ml/model", "the model directory"),
+    Variable("gpus", "SM_NUM_GPUS", None, "GPUs to spread the workers over", shown="counted"),
+    Variable(
+        "cuda_visible_devices",
+        "CUDA_VISIBLE_DEVICES",
+        "",
+        "the GPUs this server may use (each worker gets one)",
+        shown="(unset: all)",
+    ),
+    Variable(
+        "workers",
+        "SAGEMAKER_MODEL_SERVER_WORKERS",
+        None,
+        "gunicorn workers",
+        shown="one per GPU; on CPU what cores and memory fit",
+    ),
+    Variable(
+        "timeout",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        60,
+        f"gunicorn's worker timeout, seconds (in-flight requests get {SHUTDOWN_GRACE_S} s after SIGTERM)",
+    ),
+    Variable(
+        "max_payload_mb",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        6,
+        "request size limit (413 above it); batch transform sets it to its MaxPayloadInMB",
+    ),
+    Variable(
+        "max_images_per_request",
+        "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
+        64,
+        "images in one JSON or NPY body (413 above it)",
+    ),
+    Variable(
+        "max_pixels_per_request",
+        "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
+        64_000_000,
+        "pixels a request's images decode to, together (413 above it); one image alone is bounded by it too",
+    ),
+    Variable(
+        "decode_pixels_per_worker",
+        "SAGEMAKER_DECODE_PIXELS_PER_WORKER",
+        None,
+        "pixels a worker's requests decode at once (decode_budget.py); a request waits for its share "
+        "(503 after the wait), one image above it is 413",
+        shown=f"3/4 of a worker's spare memory, {DECODE_BYTES_PER_PIXEL} bytes a pixel",
+    ),
+    Variable(
+        "decode_wait_s",
+        "SAGEMAKER_DECODE_WAIT_S",
+        10,
+        "longest a request waits for decode budget, seconds (then 503 with Retry-After)",
+    ),
+    Variable(
+        "body_read_timeout_s",
+        "SAGEMAKER_BODY_READ_TIMEOUT_S",
+        10,
+        "the whole body must arrive within it, seconds (408 and the connection closed)",
+    ),
+    Variable(
+        "predict_timeout_s",
+        "SAGEMAKER_PREDICT_TIMEOUT_S",
+        30,
+        "longest a request waits for its forward pass, queue included, seconds (then 503); "
+        "the three deadlines add up to less than SageMaker's 60 s per invocation",
+    ),
+    Variable("batch_size", "SAGEMAKER_BATCH_SIZE", 8, "most images in one forward pass (dynamic batching)"),
+    Variable(
+        "batch_wait_ms",
+        "SAGEMAKER_BATCH_WAIT_MS",
+        5,
+        "longest a request waits for others to join its forward pass, milliseconds; 0 = never",
+    ),
+    Variable(
+        "request_threads",
+        "SAGEMAKER_MODEL_SERVER_THREADS",
+        None,
+        "concurrent requests per worker (enough for batches to fill)",
+        shown="max(16, 2 x batch)",
+    ),
+    Variable(
+        "torch_threads",
+        "SAGEMAKER_TORCH_THREADS",
+        None,
+        "torch CPU threads per worker (so that workers do not oversubscribe the cores)",
+        shown="cores / workers",
+    ),
+    Variable(
+        "precision",
+        "SAGEMAKER_MODEL_PRECISION",
+        PRECISIONS[0],
+        "`fp32`, `bf16` (batch norm folded, bfloat16 weights, channels-last; only with native bf16: "
+        "AVX-512 BF16 or AMX, else fp32 with a warning), `int8` (torch.ao FX static quantization, x86 "
+        "backend, calibrated on the artifact's `calibration/*.jpg`, which training writes; without them "
+        "fp32 with a warning; CPU only), `fp16` (GPU only)",
+    ),
+    Variable(
+        "compile",
+        "SAGEMAKER_MODEL_COMPILE",
+        COMPILE_MODES[0],
+        "`jit`: torch.jit.trace + freeze at load (folds batch norm, fuses oneDNN ops; CPU only; "
+        "needs no C++ compiler, unlike torch.compile)",
+    ),
+    Variable(
+        "cpu_flags",
+        "SAGEMAKER_CPU_FLAGS",
+        None,
+        "the instruction sets the precision is chosen by (tests set it)",
+        shown="read from /proc/cpuinfo",
+    ),
+    Variable(
+        "multi_model",
+        "SAGEMAKER_MULTI_MODEL",
+        False,
+        "true: a multi-model endpoint ([Multi-model endpoints](multi-model.md)): models are loaded "
+        "through `POST /models`, none from the model directory",
+    ),
+    Variable(
+        "multi_model_root",
+        "SAGEMAKER_MULTI_MODEL_ROOT",
+        "/opt/ml/models",
+        "multi-model: every model's `url` must resolve (links followed) inside it; the default is where "
+        "SageMaker puts them",
+    ),
+    Variable(
+        "model_memory_budget_mb",
+        "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
+        None,
+        "multi-model: memory one worker's models may take (multi_model.model_cost); the least recently "
+        "used are unloaded above it",
+        shown="half of memory / workers",
+    ),
+    Variable(
+        "run_dir",
+        "SAGEMAKER_SERVER_RUN_DIR",
+        None,
+        "scratch: the model registry and metric files; a new or empty folder, or one this server marked "
+        "as its own (emptied at start, rundir.py); one holding other files is refused",
+        shown="/tmp/byoc-serve-PORT",
+    ),
+    Variable(
+        "metrics_dir",
+        "PROMETHEUS_MULTIPROC_DIR",
+        None,
+        "prometheus_client's per-worker files; the same rule as the run folder",
+        shown="RUN_DIR/metrics",
+    ),
+)
+VARIABLE = {variable.field: variable for variable in VARIABLES}
+
+
+def _export(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
 class Settings:
+    """What the server runs with; each field is set by its VARIABLES record."""
+
     model_dir: str
     host: str
     port: int
@@ -109,21 +235,21 @@ class Settings:
     request_threads: int
     torch_threads: int
     gpus: int
-    max_images_per_request: int = 64
-    max_pixels_per_request: int = 64_000_000
-    decode_pixels_per_worker: int = 256_000_000
-    decode_wait_s: int = 10
-    body_read_timeout_s: int = 10
-    predict_timeout_s: int = 30
-    precision: str = "fp32"
-    compile: str = "none"
-    cpu_flags: str = ""  # space-separated, only PRECISION_FLAGS
-    multi_model: bool = False
-    multi_model_root: str = "/opt/ml/models"
-    model_memory_budget_mb: int = 1024
-    run_dir: str = ""
-    metrics_dir: str = ""
-    cuda_visible_devices: str = ""
+    max_images_per_request: int
+    max_pixels_per_request: int
+    decode_pixels_per_worker: int
+    decode_wait_s: int
+    body_read_timeout_s: int
+    predict_timeout_s: int
+    precision: str
+    compile: str
+    cpu_flags: str  # space-separated, only PRECISION_FLAGS
+    multi_model: bool
+    multi_model_root: str
+    model_memory_budget_mb: int
+    run_dir: str
+    metrics_dir: str
+    cuda_visible_devices: str
 
     @property
     def max_payload_bytes(self) -> int:
@@ -140,89 +266,69 @@ class Settings:
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
         """Raises ValueError naming the variable that is not a valid number."""
-        model_dir = env.get("SM_MODEL_DIR", "/opt/ml/model")
-        multi_model = _bool(env, "SAGEMAKER_MULTI_MODEL")
-        gpus = _int(env, "SM_NUM_GPUS", None, minimum=0)
+        model_dir = _text(env, "model_dir")
+        multi_model = _bool(env, "multi_model")
+        gpus = _int(env, "gpus", minimum=0)
         gpus = count_gpus() if gpus is None else gpus
         cores = cpu_cores()
         weights = 0 if multi_model else model_bytes(model_dir)
-        workers = _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1)
+        workers = _int(env, "workers", minimum=1)
         if workers is None:
             workers = gpus or cpu_workers(cores, memory_bytes(), weights)
-        batch_size = _int(env, "SAGEMAKER_BATCH_SIZE", 8, minimum=1)
-        port = _int(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1)
-        run_dir = env.get("SAGEMAKER_SERVER_RUN_DIR") or os.path.join(tempfile.gettempdir(), f"byoc-serve-{port}")
+        batch_size = _int(env, "batch_size", minimum=1)
+        port = _int(env, "port", minimum=1)
+        run_dir = _text(env, "run_dir", blank=os.path.join(tempfile.gettempdir(), f"byoc-serve-{port}"))
         default_budget = max(1, (memory_bytes() // workers - WORKER_BASE_BYTES) // 2 >> 20)
+        flags = _text(env, "cpu_flags")
         return cls(
             model_dir=model_dir,
-            host=env.get("SAGEMAKER_BIND_HOST", "0.0.0.0"),
+            host=_text(env, "host"),
             port=port,
             workers=workers,
-            timeout=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, minimum=1),
-            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, minimum=1),
+            timeout=_int(env, "timeout", minimum=1),
+            max_payload_mb=_int(env, "max_payload_mb", minimum=1),
             batch_size=batch_size,
-            batch_wait_ms=_int(env, "SAGEMAKER_BATCH_WAIT_MS", 5, minimum=0),
-            request_threads=_int(env, "SAGEMAKER_MODEL_SERVER_THREADS", max(16, 2 * batch_size), minimum=1),
-            torch_threads=_int(env, "SAGEMAKER_TORCH_THREADS", max(1, cores // workers), minimum=1),
+            batch_wait_ms=_int(env, "batch_wait_ms", minimum=0),
+            request_threads=_int(env, "request_threads", minimum=1, computed=max(16, 2 * batch_size)),
+            torch_threads=_int(env, "torch_threads", minimum=1, computed=max(1, cores // workers)),
             gpus=gpus,
-            max_images_per_request=_int(env, "SAGEMAKER_MAX_IMAGES_PER_REQUEST", cls.max_images_per_request, minimum=1),
-            max_pixels_per_request=_int(env, "SAGEMAKER_MAX_PIXELS_PER_REQUEST", cls.max_pixels_per_request, minimum=1),
+            max_images_per_request=_int(env, "max_images_per_request", minimum=1),
+            max_pixels_per_request=_int(env, "max_pixels_per_request", minimum=1),
             decode_pixels_per_worker=_int(
-                env, "SAGEMAKER_DECODE_PIXELS_PER_WORKER", decode_pixels_per_worker(workers, weights), minimum=1
+                env, "decode_pixels_per_worker", minimum=1, computed=decode_pixels_per_worker(workers, weights)
             ),
-            decode_wait_s=_int(env, "SAGEMAKER_DECODE_WAIT_S", cls.decode_wait_s, minimum=0),
-            body_read_timeout_s=_int(env, "SAGEMAKER_BODY_READ_TIMEOUT_S", cls.body_read_timeout_s, minimum=1),
-            predict_timeout_s=_int(env, "SAGEMAKER_PREDICT_TIMEOUT_S", cls.predict_timeout_s, minimum=1),
-            precision=_choice(env, "SAGEMAKER_MODEL_PRECISION", PRECISIONS),
-            compile=_choice(env, "SAGEMAKER_MODEL_COMPILE", COMPILE_MODES),
-            cpu_flags=" ".join(sorted(set(env["SAGEMAKER_CPU_FLAGS"].split()) & set(PRECISION_FLAGS)))
-            if "SAGEMAKER_CPU_FLAGS" in env
-            else cpu_flags(),
+            decode_wait_s=_int(env, "decode_wait_s", minimum=0),
+            body_read_timeout_s=_int(env, "body_read_timeout_s", minimum=1),
+            predict_timeout_s=_int(env, "predict_timeout_s", minimum=1),
+            precision=_choice(env, "precision", PRECISIONS),
+            compile=_choice(env, "compile", COMPILE_MODES),
+            cpu_flags=cpu_flags() if flags is None else " ".join(sorted(set(flags.split()) & set(PRECISION_FLAGS))),
             multi_model=multi_model,
-            multi_model_root=env.get("SAGEMAKER_MULTI_MODEL_ROOT") or cls.multi_model_root,
-            model_memory_budget_mb=_int(env, "SAGEMAKER_MODEL_MEMORY_BUDGET_MB", default_budget, minimum=1),
+            multi_model_root=_text(env, "multi_model_root", blank=VARIABLE["multi_model_root"].default),
+            model_memory_budget_mb=_int(env, "model_memory_budget_mb", minimum=1, computed=default_budget),
             run_dir=run_dir,
-            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(run_dir, "metrics"),
-            cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES", ""),
+            metrics_dir=_text(env, "metrics_dir", blank=os.path.join(run_dir, "metrics")),
+            cuda_visible_devices=_text(env, "cuda_visible_devices"),
         )
 
     def to_env(self) -> dict[str, str]:
-        names = {
-            "model_dir": "SM_MODEL_DIR",
-            "host": "SAGEMAKER_BIND_HOST",
-            "port": "SAGEMAKER_BIND_TO_PORT",
-            "workers": "SAGEMAKER_MODEL_SERVER_WORKERS",
-            "timeout": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
-            "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB",
-            "batch_size": "SAGEMAKER_BATCH_SIZE",
-            "batch_wait_ms": "SAGEMAKER_BATCH_WAIT_MS",
-            "request_threads": "SAGEMAKER_MODEL_SERVER_THREADS",
-            "torch_threads": "SAGEMAKER_TORCH_THREADS",
-            "gpus": "SM_NUM_GPUS",
-            "max_images_per_request": "SAGEMAKER_MAX_IMAGES_PER_REQUEST",
-            "max_pixels_per_request": "SAGEMAKER_MAX_PIXELS_PER_REQUEST",
-            "decode_pixels_per_worker": "SAGEMAKER_DECODE_PIXELS_PER_WORKER",
-            "decode_wait_s": "SAGEMAKER_DECODE_WAIT_S",
-            "body_read_timeout_s": "SAGEMAKER_BODY_READ_TIMEOUT_S",
-            "predict_timeout_s": "SAGEMAKER_PREDICT_TIMEOUT_S",
-            "precision": "SAGEMAKER_MODEL_PRECISION",
-            "compile": "SAGEMAKER_MODEL_COMPILE",
-            "cpu_flags": "SAGEMAKER_CPU_FLAGS",
-            "multi_model": "SAGEMAKER_MULTI_MODEL",
-            "multi_model_root": "SAGEMAKER_MULTI_MODEL_ROOT",
-            "model_memory_budget_mb": "SAGEMAKER_MODEL_MEMORY_BUDGET_MB",
-            "run_dir": "SAGEMAKER_SERVER_RUN_DIR",
-            "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
-            "cuda_visible_devices": "CUDA_VISIBLE_DEVICES",
-        }
-        env = {names[key]: str(value) for key, value in dataclasses.asdict(self).items()}
-        env["SAGEMAKER_MULTI_MODEL"] = "true" if self.multi_model else "false"
+        env = {variable.name: _export(getattr(self, variable.field)) for variable in VARIABLES}
         if not self.cuda_visible_devices:
-            del env["CUDA_VISIBLE_DEVICES"]  # set but empty would hide every GPU
+            del env[VARIABLE["cuda_visible_devices"].name]  # set but empty would hide every GPU
         return env
 
 
-def _bool(env, name: str) -> bool:
+def _text(env, field: str, blank: str | None = None) -> str | None:
+    """The variable as it is set, else its default; with `blank`, set but empty counts as unset
+    and `blank` is the default."""
+    variable = VARIABLE[field]
+    if blank is not None:
+        return env.get(variable.name) or blank
+    return env.get(variable.name, variable.default)
+
+
+def _bool(env, field: str) -> bool:
+    name = VARIABLE[field].name
     text = env.get(name, "").strip().lower()
     if text in ("", "false", "0", "no"):
         return False
@@ -231,23 +337,26 @@ def _bool(env, name: str) -> bool:
     raise ValueError(f"{name}={text!r}: expected true or false")
 
 
-def _int(env, name: str, default: int | None, minimum: int) -> int | None:
-    text = env.get(name, "").strip()
+def _int(env, field: str, minimum: int, computed: int | None = None) -> int | None:
+    """The variable as a whole number >= minimum; unset: its default, else `computed`, else None."""
+    variable = VARIABLE[field]
+    text = env.get(variable.name, "").strip()
     if not text:
-        return default
+        return variable.default if variable.default is not None else computed
     try:
         value = int(text)
     except ValueError:
         value = None
     if value is None or value < minimum:
-        raise ValueError(f"{name}={text!r}: expected a whole number >= {minimum}")
+        raise ValueError(f"{variable.name}={text!r}: expected a whole number >= {minimum}")
     return value
 
 
-def _choice(env, name: str, choices: tuple[str, ...]) -> str:
-    text = env.get(name, "").strip().lower() or choices[0]
+def _choice(env, field: str, choices: tuple[str, ...]) -> str:
+    variable = VARIABLE[field]
+    text = env.get(variable.name, "").strip().lower() or variable.default
     if text not in choices:
-        raise ValueError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+        raise ValueError(f"{variable.name}={text!r}: expected one of {', '.join(choices)}")
     return text
 
 

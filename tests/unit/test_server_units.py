@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
 import pytest
 import torch
 
-from helpers.serving import ROOT
 from server.batching import DynamicBatcher
 from server.settings import WORKER_BASE_BYTES, Settings, cpu_workers
 
@@ -153,12 +151,6 @@ def test_cpu_workers_fit_cores_and_memory():
     assert cpu_workers(cores=16, memory=64 << 30, weights=model) == 8
     assert cpu_workers(cores=16, memory=2 * (WORKER_BASE_BYTES + 4 * model), weights=model) == 2
     assert cpu_workers(cores=16, memory=1 << 20, weights=model) == 1
-
-
-def test_every_server_variable_is_in_the_serving_pages_table(tmp_path):
-    page = (ROOT / "docs" / "serving.md").read_text()
-    table = set(re.findall(r"^\| `([A-Z_]+)` \|", page, re.MULTILINE))
-    assert set(Settings.from_env({"SM_MODEL_DIR": str(tmp_path), "SM_NUM_GPUS": "0"}).to_env()) <= table
 
 
 @pytest.mark.parametrize(

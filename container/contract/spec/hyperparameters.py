@@ -1,7 +1,8 @@
 """Every hyperparameter the trainer takes: name, type, default, meaning.
 
 The single source of truth: the trainer's CLI, the SageMaker scripts, the
-tuning search spaces and the README table are all built from HYPERPARAMETERS.
+tuning search spaces and docs/training.md's table (scripts/docs_tables.py) are
+all built from HYPERPARAMETERS; `help` is Markdown, as the table shows it.
 Standard library only (see contract/spec/__init__.py): the host scripts read it too.
 
 SageMaker hands hyperparameters over as strings; the sagemaker-training
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,21 @@ class HyperparameterError(ValueError):
     """A hyperparameter is unknown or malformed; the message is one line."""
 
 
+def _kind(text: str) -> Callable:
+    """Names what a parser takes, for the manual's type column (Hyperparameter.kind)."""
+
+    def mark(parse: Callable) -> Callable:
+        parse.kind = text
+        return parse
+
+    return mark
+
+
+def kind_of(parse: Callable) -> str:
+    return getattr(parse, "kind", {"str": "string"}.get(parse.__name__, parse.__name__))
+
+
+@_kind("bool")
 def parse_bool(text: str) -> bool:
     value = str(text).strip().lower()
     if value in ("true", "1", "yes", "on"):
@@ -50,6 +67,7 @@ def _list_literal(value: str) -> list:
     return list(items)
 
 
+@_kind("int list")
 def parse_int_list(text: str) -> list[int]:
     value = str(text).strip()
     if value in ("", "[]", "none", "None"):
@@ -64,6 +82,7 @@ def parse_int_list(text: str) -> list[int]:
     return result
 
 
+@_kind("bool or auto")
 def parse_optional_bool(text: str) -> bool | None:
     return None if str(text).strip().lower() == "auto" else parse_bool(text)
 
@@ -76,9 +95,11 @@ def _positive(kind: Callable) -> Callable:
         return value
 
     check.__name__ = kind.__name__
+    check.kind = f"{kind_of(kind)} > 0"
     return check
 
 
+@_kind("float in [0, 1)")
 def _fraction(text):
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -86,6 +107,7 @@ def _fraction(text):
     return value
 
 
+@_kind("float in (0, 1]")
 def _crop_scale(text):
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -101,9 +123,11 @@ def _non_negative(kind: Callable) -> Callable:
         return value
 
     check.__name__ = kind.__name__
+    check.kind = f"{kind_of(kind)} >= 0"
     return check
 
 
+@_kind("list")
 def parse_collections(text) -> list[str]:
     """smdebug collections, `name` or `name:save_interval`: "losses,weights:100" or '["losses"]'."""
     value = str(text).strip()
@@ -121,9 +145,11 @@ def _auto_or(kind: Callable) -> Callable:
         return None if str(text).strip().lower() == "auto" else kind(text)
 
     parse.__name__ = kind.__name__
+    parse.kind = f"{kind_of(kind)} or auto"
     return parse
 
 
+@_kind("int >= 0 or auto")
 def _workers(text):
     return -1 if str(text).strip().lower() in ("auto", "-1") else _non_negative(int)(text)
 
@@ -135,10 +161,34 @@ class Hyperparameter:
     default: Any
     help: str
     choices: tuple | None = None
+    shown: str = ""  # the default as the manual shows it, where the value alone would mislead
 
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
+
+    @property
+    def kind(self) -> str:
+        """What it takes, in words: 'float > 0', 'bool or auto', 'one of adamw, sgd'."""
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        return kind_of(self.parse)
+
+    @property
+    def default_text(self) -> str:
+        """The default as the manual shows it: 0.001, 1e-8, true, auto (None), (none) (empty)."""
+        value = self.default
+        if self.shown:
+            return self.shown
+        if value is None:
+            return "auto"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return re.sub(r"e([-+])0*(\d)", r"e\1\2", f"{value:g}").replace("e+", "e")
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value)) or "(none)"
+        return str(value) or "(none)"
 
 
 HYPERPARAMETERS = [
@@ -149,26 +199,32 @@ HYPERPARAMETERS = [
     Hyperparameter("optimizer", str, "adamw", "optimiser", ("adamw", "sgd")),
     Hyperparameter("eps", _positive(float), 1e-8, "AdamW epsilon"),
     Hyperparameter("weight-decay", _non_negative(float), 1e-2, "decoupled weight decay (AdamW) or L2 (SGD)"),
-    Hyperparameter("momentum", _non_negative(float), 0.9, "SGD momentum"),
+    Hyperparameter("momentum", _non_negative(float), 0.9, "SGD momentum (Nesterov)"),
     Hyperparameter("warmup", _non_negative(float), 0.0, "epochs of linear learning-rate warm-up (fractions allowed)"),
     Hyperparameter("schedule", str, "cosine", "learning-rate decay after warm-up", ("cosine", "constant")),
     Hyperparameter("label-smoothing", _fraction, 0.0, "cross-entropy label smoothing"),
     Hyperparameter(
-        "patience", _non_negative(int), 0, "stop after this many epochs without a better validation loss (0 = never)"
+        "patience", _non_negative(int), 0, "early stopping: epochs without a better validation loss (0 = never)"
     ),
     # model
     Hyperparameter("backbone", str, "resnet50", "torchvision ResNet architecture", tuple(BACKBONES)),
-    Hyperparameter("pretrained", str, "imagenet", "backbone weights: imagenet, none, or a file path"),
+    Hyperparameter("pretrained", str, "imagenet", "backbone weights: `imagenet`, `none`, or a weights file path"),
     Hyperparameter(
         "trainable-layers",
         _auto_or(_non_negative(int)),
         None,
-        f"backbone stages to fine-tune from the top (0 = frozen, {len(STAGES)} = all; auto = 0 with "
-        f"pretrained weights, {len(STAGES)} with pretrained none)",
+        f"backbone stages fine-tuned from the top: 0 = frozen (as the seeds), {len(STAGES)} = all; auto = 0 "
+        f"with pretrained weights, {len(STAGES)} with `pretrained none` (a frozen random backbone hands the "
+        "head random features, and it learns little from them; asking for 0 explicitly logs a warning)",
     ),
-    Hyperparameter("head", parse_int_list, [], "hidden sizes of the new fully connected head, e.g. 256 or 512,128"),
+    Hyperparameter(
+        "head",
+        parse_int_list,
+        [],
+        "hidden sizes of the new fully connected head, e.g. `256` or `512,128` (the seeds used one or two layers)",
+    ),
     Hyperparameter("dropout", _fraction, 0.0, "dropout in the head"),
-    Hyperparameter("init", str, "kaiming", "initialisation of the head", ("kaiming", "xavier", "default")),
+    Hyperparameter("init", str, "kaiming", "head initialisation (`kaiming`: He's)", ("kaiming", "xavier", "default")),
     # data
     Hyperparameter("image-size", _positive(int), 224, "training crop and evaluation centre crop, pixels"),
     Hyperparameter(
@@ -178,22 +234,27 @@ HYPERPARAMETERS = [
         "crop-scale",
         _crop_scale,
         1.0,
-        "smallest share of an image's area a random training crop covers; 1: no zoom, the evaluation view shifted",
+        "smallest share of an image's area that a random training crop covers; 1 = no zoom: the evaluation's "
+        "resize, the crop placed at random (see Recipe); 0.08 = ImageNet's `RandomResizedCrop`",
     ),
     Hyperparameter(
         "feature-cache",
         str,
         "",
-        "folder caching backbone features per image for frozen-backbone runs (tuning trials); implies augment false",
+        "folder caching backbone features per image for frozen-backbone runs, e.g. tuning trials; "
+        "implies `augment` false",
+        shown="(off)",
     ),
     Hyperparameter("val-fraction", _fraction, 0.1, "share of training images held out when no validation set is given"),
-    Hyperparameter("num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)"),
+    Hyperparameter(
+        "num-workers", _workers, -1, "data loader processes (auto or -1 = one per core, at most 8)", shown="auto"
+    ),
     # runtime
     Hyperparameter(
         "amp",
         parse_optional_bool,
         None,
-        "mixed precision: auto (on for CUDA, bf16 on CPUs with native bf16), true, false",
+        "mixed precision; auto: on for CUDA, bf16 on CPUs with native bf16",
     ),
     Hyperparameter("channels-last", parse_bool, True, "NHWC memory format (faster convolutions on GPUs and oneDNN)"),
     Hyperparameter("seed", _non_negative(int), 0, "random seed for splits, initialisation and augmentation"),
@@ -204,30 +265,41 @@ HYPERPARAMETERS = [
         "max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"
     ),
     # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
-    Hyperparameter("debugger", parse_bool, False, "smdebug hook without SageMaker's DebuggerHookConfig"),
-    # losses every step (one number each): the loss rules compare medians of several per window
+    Hyperparameter(
+        "debugger",
+        parse_bool,
+        False,
+        "smdebug hook without SageMaker's `DebuggerHookConfig` (which switches it on by itself)",
+    ),
     Hyperparameter(
         "debugger-collections",
         parse_collections,
         ["losses:1"],
-        "collections to save, name or name:interval, e.g. losses:1,weights:100,gradients:100",
+        "collections to save, `name` or `name:interval`: `losses:1,weights:100,gradients:100,relu_input:100` "
+        "(losses every step: the loss rules take medians over windows of them)",
     ),
     Hyperparameter(
         "debugger-save-interval", _positive(int), 10, "steps between saves, for collections without their own"
     ),
-    Hyperparameter("debugger-dir", str, "", "where the hook writes its trial (default /opt/ml/output/tensors)"),
+    Hyperparameter("debugger-dir", str, "", "where the hook writes its trial", shown="/opt/ml/output/tensors"),
     Hyperparameter(
         "profiler",
         parse_optional_bool,
         None,
-        "system and step profiling to /opt/ml/output/profiler: auto (on), true, false",
+        "system sampling, step timing and a short torch.profiler trace into `/opt/ml/output/profiler` (auto = on)",
     ),
-    Hyperparameter("profiler-interval-ms", _positive(int), 500, "system sampling interval, milliseconds"),
+    Hyperparameter(
+        "profiler-interval-ms",
+        _positive(int),
+        500,
+        "system sampling interval, milliseconds (SageMaker's `ProfilerConfig` interval wins when given)",
+    ),
     Hyperparameter(
         "profiler-trace-steps",
         _non_negative(int),
         5,
-        "training steps traced with torch.profiler when profiler is true or SageMaker asks (0 = none)",
+        "training steps traced by torch.profiler after 2 warm-up steps, when `profiler` is true or "
+        "SageMaker's `ProfilerConfig` is given (0 = none)",
     ),
 ]
 
