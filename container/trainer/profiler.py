@@ -43,7 +43,7 @@ def wanted(hp, paths) -> bool:
 
 
 def trace_steps(hp, paths) -> int:
-    """The torch.profiler trace costs about a second however long the job (scripts/bench_debugger.py):
+    """The torch.profiler trace costs about a second however long the job (scripts/bench.py debugger):
     taken only when profiling is asked for, by `profiler true` or SageMaker's ProfilerConfig."""
     asked = hp.profiler is True or (paths.root / "input" / "config" / SAGEMAKER_CONFIG).is_file()
     return hp.profiler_trace_steps if asked else 0

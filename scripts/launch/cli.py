@@ -139,3 +139,110 @@ def serve_until_stopped() -> None:
     signal.signal(signal.SIGTERM, stop)
     while True:
         time.sleep(3600)
+
+
+# -- the commands' shared steps: launch/v3/commands.py and launch/v2/commands.py add only their SDK's calls --
+
+
+def timestamped(base: str) -> str:
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_sources(args, config) -> dict:
+    """sm.py train's channels; in local mode a file gets a channel folder of its own (local_channels)."""
+    sources = {"training": args.data, "validation": args.validation, "test": args.test, "pretrained": args.pretrained}
+    return local_channels(sources, args.workdir.resolve()) if config.is_local else sources
+
+
+def tuner_options(args, fixed: dict) -> dict:
+    """sm.py tune's flags as the keyword arguments of either SDK's tuning.tuner."""
+    return dict(
+        strategy=args.strategy,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        warm_start_parents=args.warm_start.split(",") if args.warm_start else None,
+        epochs=int(fixed.get("epochs", 5)),
+    )
+
+
+def tune(args, config, session, start, tuning, train) -> None:
+    """sm.py tune on either SDK. start(space, fixed, sources) starts (or attaches to) the SDK's tuning job and
+    returns its tuner; tuning is the SDK's module (leaderboard, best_hyperparameters); train its cmd_train."""
+    from contract.spec import search_space
+
+    space = search_space.load(args.space)
+    fixed = {**space.fixed, **parse_hps(args.hp)}
+    if config.is_local:  # no local tuning jobs in either SDK: the same space runs with Optuna
+        tune_locally(args, config, space)
+        return
+    if not (args.attach or args.data):
+        raise SystemExit("--data (the training channel) is required to start a tuning job")
+    tuner = start(space, fixed, {"training": args.data, "validation": args.validation, "test": args.test})
+    if not (args.wait or args.train_best):
+        return
+    tuner.wait()
+    print_leaderboard(space, tuning.leaderboard(tuner))
+    best = tuning.best_hyperparameters(session, tuner)
+    print(f"best hyperparameters: {best}")
+    if args.train_best:  # the first seed's flow: train the final model with the best values
+        args.hp = [f"{k}={v}" for k, v in best.items()]
+        args.job_name, args.no_wait, args.no_debugger, args.pretrained = None, False, False, None
+        args.subnet, args.security_group, args.network_isolation = [], [], False
+        train(args, config, session)
+
+
+def endpoint_name(args, base: str = "byoc") -> str:
+    return args.endpoint_name or timestamped(base)
+
+
+def serverless(args) -> tuple[int, int] | None:
+    return tuple(int(x) for x in args.serverless.split(":")) if args.serverless else None
+
+
+def autoscale(args, session, name: str, hosting) -> None:
+    """deploy --autoscale MIN:MAX:INVOCATIONS with the SDK's hosting module."""
+    if args.autoscale:
+        low, high, target = args.autoscale.split(":")
+        hosting.autoscale(session, name, int(low), int(high), float(target))
+        print(f"autoscaling {low}..{high} instances at {target} invocations per instance")
+
+
+def serve_locally(args, invoke) -> None:
+    """deploy --local once the endpoint is in service: classify --invoke images with invoke(path, top_k), or
+    serve until Ctrl-C or SIGTERM; the caller then deletes the endpoint."""
+    try:
+        if args.invoke:
+            for path in args.invoke:
+                print_top(str(path), invoke(path, args.top_k))
+        else:
+            print("serving on http://localhost:8080 (local mode); Ctrl-C or SIGTERM stops it")
+            serve_until_stopped()
+    except KeyboardInterrupt:
+        pass
+
+
+def invoke_images(args, session, label: str, invoke) -> None:
+    """sm.py invoke: each image through the SDK's own call, invoke(path, top_k), named label, and boto3's."""
+    from launch.hosting import invoke_with_boto3
+
+    for path in args.images:
+        if args.via in ("predictor", "both"):
+            print_top(f"{path} ({label})", invoke(path, args.top_k))
+        if args.via in ("boto3", "both"):
+            result = invoke_with_boto3(session.sagemaker_runtime_client, args.endpoint_name, path, args.top_k)
+            print_top(f"{path} (boto3)", result)
+
+
+def transform_locations(args, config, session) -> tuple[str, str]:
+    """sm.py transform's input (uploaded when it is a local folder outside local mode) and output URIs."""
+    from launch.training import channel_uri, output_location
+
+    input_uri = channel_uri(session, config, "transform-input", args.input)
+    output = args.output or output_location(config, "transform", args.workdir)
+    if config.is_local and not output.startswith("file://"):
+        output = f"file://{Path(output).resolve()}"
+    return input_uri, output
+
+
+def cmd_cleanup(args, config, session) -> None:
+    cleanup_endpoint(config, session, args.endpoint_name)

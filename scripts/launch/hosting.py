@@ -134,11 +134,9 @@ def invoke_with_boto3(runtime_client, endpoint_name: str, path: Path, top_k: int
     return json.loads(response["Body"].read())
 
 
-def transform(
-    served_model, config: Config, input_uri: str, output_uri: str, instance_count: int = 1, max_payload_mb: int = 20
-):
-    """Batch transform: one image per request (SingleRecord, no splitting), JSON out per file."""
-    transformer = served_model.transformer(
+def transformer_arguments(config: Config, output_uri: str, instance_count: int, max_payload_mb: int) -> dict:
+    """A batch transform on either SDK: one image per request (SingleRecord, no splitting), JSON out per file."""
+    return dict(
         instance_count=instance_count,
         instance_type=config.instance("serve"),
         output_path=output_uri,
@@ -148,8 +146,19 @@ def transform(
         env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)},
         tags=[PROJECT_TAG],
     )
-    # logs=False: following logs needs CloudWatch, which local mode does not have
-    transformer.transform(input_uri, content_type="application/x-image", split_type=None, wait=True, logs=False)
+
+
+# Transformer.transform's arguments on either SDK; logs=False: following logs needs CloudWatch, which local
+# mode does not have
+TRANSFORM_REQUEST = {"content_type": "application/x-image", "split_type": None, "logs": False}
+
+
+def transform(
+    served_model, config: Config, input_uri: str, output_uri: str, instance_count: int = 1, max_payload_mb: int = 20
+):
+    """Batch transform (transformer_arguments) of every image under input_uri."""
+    transformer = served_model.transformer(**transformer_arguments(config, output_uri, instance_count, max_payload_mb))
+    transformer.transform(input_uri, wait=True, **TRANSFORM_REQUEST)
     return transformer
 
 

@@ -15,11 +15,22 @@ def ranges(space: SearchSpace) -> dict:
 
 
 def tuner_arguments(
-    space: SearchSpace, strategy: str, max_jobs: int, max_parallel_jobs: int, hyperparameter_ranges: dict
+    space: SearchSpace,
+    strategy: str,
+    hyperparameter_ranges: dict,
+    hyperband,
+    warm_start,
+    max_jobs: int = 20,
+    max_parallel_jobs: int = 2,
+    warm_start_parents: list[str] | None = None,
+    epochs: int | None = None,
 ) -> dict:
-    """The tuner's keyword arguments both SDKs share (the Hyperband and warm-start objects differ).
-    Early stopping is Auto except for Hyperband, which stops trials itself; Grid takes categorical
-    parameters only and runs the whole grid."""
+    """The tuner's keyword arguments on either SDK; hyperband(max_resource) and warm_start(parents) build the
+    SDK's own objects. Early stopping is Auto (SageMaker stops trials that trail the median), except for
+    Hyperband, which stops trials itself (up to `epochs`) and allows no other; Grid takes categorical
+    parameters only and runs every combination."""
+    if strategy not in STRATEGIES:
+        raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
     kwargs = dict(
         objective_metric_name=space.objective_metric,
         objective_type=space.objective_type,
@@ -37,24 +48,15 @@ def tuner_arguments(
         kwargs["max_jobs"] = None  # SageMaker runs the whole grid
     if strategy == "Hyperband":
         kwargs["early_stopping_type"] = "Off"
+        kwargs["strategy_config"] = hyperband(epochs or 5)
+    if warm_start_parents:
+        kwargs["warm_start_config"] = warm_start(warm_start_parents)
     return kwargs
 
 
-def tuner(
-    estimator,
-    space: SearchSpace,
-    strategy: str = "Bayesian",
-    max_jobs: int = 20,
-    max_parallel_jobs: int = 2,
-    warm_start_parents: list[str] | None = None,
-    epochs: int | None = None,
-):
-    """The tuner; the estimator should already carry the fixed hyperparameters.
-
-    Early stopping is Auto (SageMaker stops trials that trail the median), except
-    for Hyperband, which stops trials itself and allows no other early stopping.
-    Grid search takes categorical parameters only and runs every combination.
-    """
+def tuner(estimator, space: SearchSpace, strategy: str = "Bayesian", **options):
+    """The tuner (tuner_arguments: options are its max_jobs .. epochs); the estimator should already carry
+    the fixed hyperparameters."""
     from sagemaker.tuner import (
         HyperbandStrategyConfig,
         HyperparameterTuner,
@@ -63,16 +65,14 @@ def tuner(
         WarmStartTypes,
     )
 
-    if strategy not in STRATEGIES:
-        raise SearchSpaceError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    def hyperband(max_resource):
+        return StrategyConfig(HyperbandStrategyConfig(min_resource=1, max_resource=max_resource))
+
+    def warm_start(parents):
+        return WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(parents))
+
+    kwargs = tuner_arguments(space, strategy, ranges(space), hyperband, warm_start, **options)
     estimator.checkpoint_s3_uri = None  # trials start fresh; SageMaker names their jobs
-    kwargs = tuner_arguments(space, strategy, max_jobs, max_parallel_jobs, ranges(space))
-    if strategy == "Hyperband":
-        kwargs["strategy_config"] = StrategyConfig(HyperbandStrategyConfig(min_resource=1, max_resource=epochs or 5))
-    if warm_start_parents:
-        kwargs["warm_start_config"] = WarmStartConfig(
-            WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(warm_start_parents)
-        )
     return HyperparameterTuner(estimator, **kwargs)
 
 

@@ -1,6 +1,6 @@
 """The training augmentation: crop-scale 1 shifts the evaluation view and never zooms.
 
-bench_quality.py measured that zoomed crops (RandomResizedCrop) cost accuracy
+scripts/bench.py quality measured that zoomed crops (RandomResizedCrop) cost accuracy
 on real photographs at the default training budget, because objects at
 training time are not the size they are at test time; crop-scale 1 keeps them
 the same size. These tests pin that down pixel for pixel.

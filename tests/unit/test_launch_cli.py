@@ -1,4 +1,5 @@
-"""sm.py's job environment: experiment tracking settings become the variables the training image reads."""
+"""sm.py's job environment: experiment tracking settings become the variables the training image reads;
+the steps both SDKs' commands share (launch/cli.py) and the dispatch between them."""
 
 from __future__ import annotations
 
@@ -81,3 +82,58 @@ def test_a_local_endpoint_stops_on_ctrl_c_even_when_sigint_came_ignored(signum):
         assert out.strip() == "stopped" and child.returncode == 0
     finally:
         child.kill()
+
+
+def sm_args(*argv: str) -> argparse.Namespace:
+    import sm  # scripts/ is on pytest's pythonpath
+
+    return sm.build_parser().parse_args(list(argv))
+
+
+def test_tune_runs_the_same_steps_on_either_sdk(monkeypatch):
+    """launch/cli.tune is what v2's and v3's cmd_tune share: the SDK only starts the job (start) and reads it
+    (tuning); --train-best then trains with the best values, with the flags a tuning run has no use for reset."""
+    from launch import cli
+
+    args = sm_args(
+        "tune", "--data", "s3://b/dogs.zip", "--strategy", "Random", "--warm-start", "a,b", "--hp", "epochs=3",
+        "--train-best", "--region", "eu-west-1", "--role", "arn:aws:iam::1:role/r",
+    )  # fmt: skip
+    calls = []
+
+    class Tuner:
+        def wait(self):
+            calls.append("wait")
+
+    class Tuning:
+        def leaderboard(self, tuner):
+            return []
+
+        def best_hyperparameters(self, session, tuner):
+            return {"lr": "0.01"}
+
+    def start(space, fixed, sources):
+        calls.append(("start", sources["training"], cli.tuner_options(args, fixed)))
+        return Tuner()
+
+    def train(args, config, session):
+        calls.append(("train", args.hp, args.job_name, args.no_wait, args.subnet))
+
+    config = type("Config", (), {"is_local": False})()
+    cli.tune(args, config, None, start, Tuning(), train)
+    options = {"strategy": "Random", "max_jobs": 20, "max_parallel_jobs": 2, "warm_start_parents": ["a", "b"]}
+    assert calls == [
+        ("start", "s3://b/dogs.zip", {**options, "epochs": 3}),
+        "wait",
+        ("train", ["lr=0.01"], None, False, []),
+    ]
+    with pytest.raises(SystemExit, match="--data"):
+        cli.tune(sm_args("tune", "--region", "eu-west-1"), config, None, start, Tuning(), train)
+
+
+def test_sm_dispatches_to_the_sdk_it_names():
+    """sm.py only parses and dispatches: v3 refuses what only v2 has, v2 refuses v3's network flags."""
+    run = [sys.executable, "scripts/sm.py"]
+    mme = subprocess.run([*run, "deploy-mme", "--model-prefix", "s3://b/m/", "--region", "eu-west-1"],
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert mme.returncode != 0 and "runs on SDK v2 only" in mme.stderr

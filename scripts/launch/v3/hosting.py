@@ -15,10 +15,12 @@ from pathlib import Path
 from launch.config import Config
 from launch.hosting import (  # noqa: F401
     STARTUP_TIMEOUT_S,
+    TRANSFORM_REQUEST,
     autoscale,
     cleanup,
     content_type,
     invoke_with_boto3,
+    transformer_arguments,
 )
 from launch.training import PROJECT_TAG
 
@@ -123,30 +125,12 @@ def transform(
     wait: bool = True,
     job_name: str | None = None,
 ):
-    """Batch transform as in v2: one image per request (SingleRecord, no splitting), JSON out per file.
-    The job is named `job_name` (default: the model's name): without one, v3 asks the SageMaker API
-    (Model.get) for the model's image to name it after, a call to AWS even in local mode."""
+    """Batch transform as in v2 (transformer_arguments). The job is named `job_name` (default: the model's
+    name): without one, v3 asks the SageMaker API (Model.get) for the model's image to name it after, a call to
+    AWS even in local mode."""
     from sagemaker.core.transformer import Transformer
 
-    transformer = Transformer(
-        model_name=model_name,
-        instance_count=instance_count,
-        instance_type=config.instance("serve"),
-        output_path=output_uri,
-        strategy="SingleRecord",
-        max_payload=max_payload_mb,
-        accept="application/json",
-        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(max_payload_mb)},
-        tags=[PROJECT_TAG],
-        sagemaker_session=session,
-    )
-    # logs=False: following logs needs CloudWatch, which local mode does not have
-    transformer.transform(
-        input_uri,
-        content_type="application/x-image",
-        split_type=None,
-        wait=wait,
-        logs=False,
-        job_name=job_name or model_name,
-    )
+    arguments = transformer_arguments(config, output_uri, instance_count, max_payload_mb)
+    transformer = Transformer(model_name=model_name, sagemaker_session=session, **arguments)
+    transformer.transform(input_uri, wait=wait, job_name=job_name or model_name, **TRANSFORM_REQUEST)
     return transformer

@@ -13,11 +13,11 @@
                and file-backed (mapped libraries paged in from the page cache)
     bounds     what each JSON / NPY body gets back (status, reason, time)
 
-The model is the serving benchmark's (scripts/serving_bench/workload.py): ResNet50, 256-unit head, 133 classes.
+The model is the serving benchmark's (scripts/benchmarks/harness/workload.py): ResNet50, 256-unit head, 133 classes.
 
-    .venv/bin/python scripts/bench_serving_memory.py                  # all sections
-    .venv/bin/python scripts/bench_serving_memory.py --sections soak --env MALLOC_ARENA_MAX=0
-    .venv/bin/python scripts/bench_serving_memory.py --container /tmp/old/container --sections readiness,memory
+    .venv/bin/python scripts/bench.py serving-memory                  # all sections
+    .venv/bin/python scripts/bench.py serving-memory --sections soak --env MALLOC_ARENA_MAX=0
+    .venv/bin/python scripts/bench.py serving-memory --container /tmp/old/container --sections readiness,memory
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import numpy as np
 from PIL import Image
 
 import container_path  # noqa: F401  (first: container/ on the import path)
+from benchmarks.harness.loadgen import REQUEST_TIMEOUT, request
+from benchmarks.harness.servers import CONTAINER, Server, process_tree, server_env
+from benchmarks.harness.workload import make_images, make_model_dir
 from crafted_png import decompression_bomb_png
 from localnet import free_port
-from serving_bench.loadgen import REQUEST_TIMEOUT, request
-from serving_bench.servers import CONTAINER, Server, process_tree, server_env
-from serving_bench.workload import make_images, make_model_dir
 
 SECTIONS = ("readiness", "memory", "soak", "bounds")
 START_TIMEOUT = 300.0

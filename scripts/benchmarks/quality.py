@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model quality on real photographs: test accuracy of training recipes.
 
-    .venv/bin/python scripts/bench_quality.py [--per-class 60] [--epochs 10] [--image-size 32]
+    .venv/bin/python scripts/bench.py quality [--per-class 60] [--epochs 10] [--image-size 32]
                                               [--recipes defaults,no-augment,...] [--seeds 0] [--jobs 2]
 
 The data set is Fashion-MNIST as Debian's package dataset-fashion-mnist ships
@@ -41,7 +41,7 @@ from PIL import Image
 import container_path  # noqa: F401  (first: container/ on the import path)
 from contract.spec import metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PACKAGE = "dataset-fashion-mnist"
 INSTALLED = Path("/usr/share/datasets/fashion-mnist")

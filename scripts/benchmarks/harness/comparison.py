@@ -1,4 +1,4 @@
-"""The comparison benchmark's tables and its verdict against the targets (bench_serving.py)."""
+"""The comparison benchmark's tables and its verdict against the targets (benchmarks/serving.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import torch
 
-from serving_bench.servers import image_size_mb
-from serving_bench.workload import IMAGE_SIZES
+from benchmarks.harness.servers import image_size_mb
+from benchmarks.harness.workload import IMAGE_SIZES
 
 TOLERANCE = 1e-4
 TARGET_THROUGHPUT_RATIO = 1.3

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Serving at the machine's limit, per precision (SAGEMAKER_MODEL_PRECISION), in one run.
 
-    .venv/bin/python scripts/bench_precision.py [--precisions fp32,bf16,int8] [--images 32] [--cell-seconds 30]
+    .venv/bin/python scripts/bench.py precision [--precisions fp32,bf16,int8] [--images 32] [--cell-seconds 30]
 
 Prints the CPU's instruction sets, the decode cost of a 500x375 JPEG, and per
 precision: the in-process forward limit (best batch size, channels-last), the
 endpoint's req/s at concurrency 1, 4, 16 with p50/p99, and top-1 agreement with
-fp32; then a verdict against issue #16's goals. The parts live in serving_bench/.
+fp32; then a verdict against issue #16's goals. The parts live in benchmarks/harness/.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import container_path  # noqa: F401  (first: container/ on the import path)
+from benchmarks.harness import limits, precisions, tables, workload  # noqa: E402
 from contract import artifact  # noqa: E402
-from serving_bench import limits, precisions, tables, workload  # noqa: E402
 
 
 def main() -> int:

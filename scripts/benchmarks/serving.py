@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Serving benchmark: our server against a seed-style Flask app and AWS's own stack, on this machine.
 
-    .venv/bin/python scripts/bench_serving.py [--quick] [--skip-torchserve] [--cell-seconds 40]
+    .venv/bin/python scripts/bench.py serving [--quick] [--skip-torchserve] [--cell-seconds 40]
 
 Three servers, each a subprocess (its own process group, stopped as a whole
 at the end, on Ctrl-C or on any error) on a free port of 127.0.0.1. They start
@@ -10,10 +10,10 @@ every cell (image size x concurrency) runs against the three back to back, so
 load from a neighbour on a shared machine hits all three alike.
 
   ours  container/serve (gunicorn + Flask + dynamic batching), default settings
-  (a)   scripts/bench/seed_flask_app.py: one process, Flask's built-in server
+  (a)   scripts/benchmarks/baselines/seed_flask_app.py: one process, Flask's built-in server
         (threaded=False), PIL + torchvision transforms, fp32 (the seeds' style)
   (b)   TorchServe through AWS's sagemaker-pytorch-inference toolkit, with
-        scripts/bench/torchserve_inference.py as code/inference.py; needs
+        benchmarks/baselines/torchserve_inference.py as code/inference.py; needs
         build/bench-venv (see --bench-venv), which holds torch, torchvision,
         torchserve, torch-model-archiver, sagemaker-pytorch-inference,
         sagemaker-inference and pyyaml (torchserve's workers import yaml but
@@ -54,12 +54,10 @@ import numpy as np
 import torch
 
 import container_path  # noqa: F401  (first: container/ on the import path)
-from contract import artifact
-from contract.preprocess import decode_image, eval_transform
-from serving_bench.comparison import fmt, report
-from serving_bench.floor import InProcess, decode_ms, forward_floor_ms, run_paired_cell
-from serving_bench.loadgen import invoke, run_cell
-from serving_bench.servers import (
+from benchmarks.harness.comparison import fmt, report
+from benchmarks.harness.floor import InProcess, decode_ms, forward_floor_ms, run_paired_cell
+from benchmarks.harness.loadgen import invoke, run_cell
+from benchmarks.harness.servers import (
     Server,
     seed_probabilities,
     start_ours,
@@ -67,9 +65,11 @@ from serving_bench.servers import (
     start_torchserve,
     torchserve_problem,
 )
-from serving_bench.workload import make_images, make_model_dir
+from benchmarks.harness.workload import make_images, make_model_dir
+from contract import artifact
+from contract.preprocess import decode_image, eval_transform
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CONCURRENCY = (1, 4, 16)
 

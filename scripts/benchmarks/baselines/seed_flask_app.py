@@ -1,4 +1,4 @@
-"""Baseline (a) of scripts/bench_serving.py: a plain Flask app in the style of the seeds.
+"""Baseline (a) of scripts/bench.py serving: a plain Flask app in the style of the seeds.
 
 One process, Flask's built-in server with threaded=False (what a notebook
 or `flask run` gives), the model loaded at start-up from a torch.load'ed

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.harness.loadgen import cell_summary, invoke
 from contract import artifact
 from contract.preprocess import Preprocessing, decode_image, eval_transform
-from serving_bench.loadgen import cell_summary, invoke
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What the debugger hook and the profiler cost in training throughput.
 
-    bench_debugger.py [--images 480] [--batch-size 16] [--epochs 4] [--image-size 64] [--rounds 2]
+    .venv/bin/python scripts/bench.py debugger [--images 480] [--batch-size 16] [--epochs 4] [--image-size 64] [--rounds 2]
 
-Trains the same model on the same JPEGs (scripts/bench_training.py's) with:
+Trains the same model on the same JPEGs (the training benchmark's, benchmarks/training.py) with:
 the hook off; the hook saving losses at every step; losses plus weights and
 gradients every 100 steps; and the profiler at 500 ms, with and without its
 torch.profiler trace of 5 steps. Configurations run in turns, `--rounds`
@@ -32,7 +32,7 @@ import torch
 
 import container_path  # noqa: F401  (container/ on the import path: trainer.profiler)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sampler_cost_ms(samples: int = 200) -> float:
@@ -103,7 +103,7 @@ def train(data: Path, hps: dict, args, keep: dict | None = None) -> float:
 
 
 def main() -> None:
-    import bench_training
+    from benchmarks import training as bench_training
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=480)

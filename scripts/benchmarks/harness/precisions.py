@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import limits
+from benchmarks.harness.loadgen import invoke, request, run_cell
 from contract import artifact
 from contract.preprocess import decode_image, eval_transform
 from localnet import free_port
 from server.settings import Settings
-from serving_bench import limits
-from serving_bench.loadgen import invoke, request, run_cell
 
-CONTAINER = Path(__file__).resolve().parents[2] / "container"
+CONTAINER = Path(__file__).resolve().parents[3] / "container"
 CONCURRENCY = (1, 4, 16)
 START_TIMEOUT = 300.0
 WARMUP_ROUNDS = 2  # requests per client thread before a cell is measured

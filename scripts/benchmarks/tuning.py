@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Local tuning throughput: trials per hour with and without the trainer's feature cache.
 
-    bench_tuning.py [--trials 4] [--image-size 224] [--per-class 24] [--epochs 5] [--space seed2]
+    .venv/bin/python scripts/bench.py tuning [--trials 4] [--image-size 224] [--per-class 24] [--epochs 5] [--space seed2]
 
 Two local studies (scripts/launch/local_tuning.py, runner "process") of the
 same random search over the sample data: a frozen ResNet50 (trainable-layers 0,
@@ -30,7 +30,7 @@ import make_sample_data
 from contract.spec import hyperparameters
 from launch import local_tuning
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CACHE_HP = "feature-cache"
 

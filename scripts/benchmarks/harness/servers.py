@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 
 import proctree
+from benchmarks.harness.loadgen import REQUEST_TIMEOUT, invoke, request
+from benchmarks.harness.workload import HEAD, NUM_CLASSES
 from contract import artifact
 from localnet import free_port
-from serving_bench.loadgen import REQUEST_TIMEOUT, invoke, request
-from serving_bench.workload import HEAD, NUM_CLASSES
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONTAINER = ROOT / "container"
-BENCH = ROOT / "scripts" / "bench"
+BENCH = ROOT / "scripts" / "benchmarks" / "baselines"
 START_TIMEOUT = 240.0  # seconds for a server to answer its first /invocations
 
 

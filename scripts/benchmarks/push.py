@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """build_and_push.sh timings and pushed sizes, against a local registry and moto's ECR.
 
-    bench_push.py [--images train,serve-cpu] [--cold]
+    .venv/bin/python scripts/bench.py push [--images train,serve-cpu] [--cold]
 
 Starts Debian's docker-registry and moto's server on 127.0.0.1 (no AWS
 account, nothing leaves the machine), runs build_and_push.sh for each image
@@ -28,7 +28,7 @@ import container_path  # noqa: F401  (container/ on the import path, for contrac
 from contract.spec import images
 from localnet import free_port, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL_TAGS = {
     "train": images.train_image(),
     "serve-cpu": images.serve_image("cpu"),

@@ -10,11 +10,11 @@ import time
 import torch
 from PIL import Image
 
+from benchmarks.harness.floor import median_ms
 from contract import artifact
 from contract.preprocess import decode_image, eval_transform
 from server import precision
 from server.settings import PRECISION_FLAGS, Settings
-from serving_bench.floor import median_ms
 
 BATCH_SIZES = (1, 4, 8, 16)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: our trainer against a plain loop in the style of the seeds.
 
-    bench_training.py [--images 128] [--batch-size 32] [--epochs 2] [--image-size 224]
+    .venv/bin/python scripts/bench.py training [--images 128] [--batch-size 32] [--epochs 2] [--image-size 224]
 
 Both read the same folder of 500x375 JPEGs and train ResNet50 at 224 px on
 this machine's device, data loading included, for a frozen backbone
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_photos(root: Path, count: int, classes: int = 4) -> None:

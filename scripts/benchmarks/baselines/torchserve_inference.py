@@ -1,4 +1,4 @@
-"""code/inference.py for AWS's stack (baseline b of scripts/bench_serving.py).
+"""code/inference.py for AWS's stack (baseline b of scripts/bench.py serving).
 
 The four handler functions as the seeds wrote them for SageMaker's PyTorch
 framework image (sagemaker-pytorch-inference on TorchServe): a torchvision
@@ -15,7 +15,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-# set by bench_serving.py from the artifact's model_config.json
+# set by benchmarks/serving.py from the artifact's model_config.json
 NUM_CLASSES = int(os.environ.get("BENCH_NUM_CLASSES", "133"))
 HEAD = [int(size) for size in os.environ.get("BENCH_HEAD", "256").split(",") if size]
 
