@@ -41,8 +41,8 @@ def remove_local_containers(cli: str | None = None) -> None:
     cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
     names = container_engine.project_containers(cli, "status=exited")
     stale = [name for name in names if "-algo-" in name or "_algo-" in name]
-    if stale:
-        subprocess.run([cli, "rm", "-f", *stale], capture_output=True)
+    for name in stale:  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone meanwhile
+        subprocess.run([cli, "rm", "-f", name], capture_output=True)
 
 
 def make_session(config: Config):

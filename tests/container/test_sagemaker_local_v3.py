@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import container_engine
 from contract.spec import metrics
 from contract.spec.artifact import WEIGHTS_FILE
 from helpers.serving import labels_from_archive, transform_labels
@@ -141,7 +142,6 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
     # and the job learnt (chance is 2 of 8; the trainer's own tests hold how well)
     assert sum(label.split(".")[1] in name for name, label in answers.items()) >= 4, answers
 
-    leftovers = subprocess.run(
-        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
-    ).stdout
-    assert "algo-" not in leftovers, leftovers  # v3's training containers are <job>_algo-N_1
+    # this project's containers only (they carry its label): another user's may be named alike
+    leftovers = " ".join(container_engine.project_containers(engine.cli, env=engine.env))
+    assert "algo-" not in leftovers, leftovers  # v2: <random>-algo-N-<random>; v3: <job>_algo-N_1

@@ -131,7 +131,8 @@ def remove_job_containers(engine, jobs_root: Path) -> None:
         for host, service in yaml.safe_load(compose.read_text())["services"].items()
     ]
     if names:
-        subprocess.run([engine.cli, "rm", "-f", *names], env=engine.env, capture_output=True, timeout=120)
+        for name in names:  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone
+            subprocess.run([engine.cli, "rm", "-f", name], env=engine.env, capture_output=True, timeout=120)
     subprocess.run([engine.cli, "network", "rm", LOCAL_NETWORK], env=engine.env, capture_output=True, timeout=60)
 
 

@@ -113,7 +113,12 @@ def test_stale_local_mode_containers_are_found_by_the_label_not_by_their_name(en
         ).stdout.split()
         assert left == [theirs]
     finally:
-        subprocess.run([engine.cli, "rm", "-f", ours, theirs], env=engine.env, capture_output=True)
+        for name in (ours, theirs):  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone
+            subprocess.run([engine.cli, "rm", "-f", name], env=engine.env, capture_output=True)
+        left = subprocess.run(
+            [engine.cli, "ps", "-a", "--filter", f"name={token}", "-q"], env=engine.env, capture_output=True, text=True
+        )
+        assert not left.stdout.split(), "the test's containers were left behind"
 
 
 # a redirection (or `exec N>`) into a fixed name under /tmp: `> /tmp/x`, `2>"/tmp/x"`, `9>>/tmp/x`
