@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.spec.hyperparameters import Hyperparameters
 from trainer import data, debugger, distributed, profiler, runtime
 from trainer.checkpoint import TrainingState, rng_state, set_rng_state
 from trainer.loaders import loader
@@ -23,7 +24,7 @@ from trainer.loaders import loader
 
 @dataclass
 class Loop:
-    hp: Any  # hyperparameters.parse's namespace
+    hp: Hyperparameters
     dist: distributed.Distributed
     device: torch.device
     model: nn.Module  # the whole classifier: what checkpoints and the artifact keep

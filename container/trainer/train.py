@@ -126,7 +126,7 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
         sets.prep,
         loop.class_names,
         training=TrainingSummary(
-            dict(vars(loop.hp)),
+            loop.hp.as_dict(),
             state.best_epoch,
             state.history,
             split,
