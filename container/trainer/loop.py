@@ -18,8 +18,15 @@ from torch import nn
 
 from contract.spec.hyperparameters import Hyperparameters
 from trainer import data, debugger, distributed, profiler, runtime
-from trainer.checkpoint import TrainingState, rng_state, set_rng_state
+from trainer.checkpoint import RunningTotals, TrainingState, rng_state, set_rng_state
 from trainer.loaders import loader
+
+
+def autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in `amp` (None: full precision) on `device`'s kind."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)
 
 
 @dataclass
@@ -48,10 +55,8 @@ class Loop:
     frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
     arch: Any = None  # contract.model.Architecture
 
-    def autocast(self):
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp)
 
     def trainable_state(self) -> dict:
         """The model's state without the frozen stages: what checkpoints and best_state keep."""
@@ -73,7 +78,7 @@ class EpochResult:
     images: int
     # the sums behind it, as TrainingState.partial keeps them: what a stop during validation saves,
     # so that a restart redoes only the validation
-    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    partial: RunningTotals = field(default_factory=RunningTotals)
 
 
 def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
@@ -100,8 +105,9 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     if first:  # go on with the streams as the stopped job left them
         set_rng_state(state.rng[dist_info.rank], device)
     # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
-    loss_sum, correct, seen = state.partial[:3] if dist_info.is_main else (0.0, 0.0, 0.0)
-    start = time.perf_counter() - state.partial[3]
+    carried = state.partial if dist_info.is_main else RunningTotals()
+    loss_sum, correct, seen = carried.loss_sum, carried.correct, carried.seen
+    start = time.perf_counter() - state.partial.seconds
     unreadable = 0
     for step, (images, labels, bad) in enumerate(loop.profiler.timed(batches, epoch, first), start=first):
         if step >= loop.steps_per_epoch:
@@ -134,7 +140,9 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         loop.stop.step_done(state.global_step, dist_info.rank)
         if loop.stop.agreed(device):
             state.step = step + 1
-            state.partial = [*distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start]
+            state.partial = RunningTotals(
+                *distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start
+            )
             state.rng = distributed.all_gather(rng_state(device))
             return None
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
@@ -151,7 +159,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         correct / max(seen, 1),
         seen / max(elapsed, 1e-9),
         int(seen),
-        [loss_sum, correct, seen, elapsed],
+        RunningTotals(loss_sum, correct, seen, elapsed),
     )
 
 
