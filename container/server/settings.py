@@ -72,6 +72,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from contract.spec.artifact import WEIGHTS_FILE
 
@@ -231,6 +232,14 @@ def _bool(env, name: str) -> bool:
     raise ValueError(f"{name}={text!r}: expected true or false")
 
 
+@overload
+def _int(env, name: str, default: int, minimum: int) -> int: ...
+
+
+@overload
+def _int(env, name: str, default: None, minimum: int) -> int | None: ...
+
+
 def _int(env, name: str, default: int | None, minimum: int) -> int | None:
     text = env.get(name, "").strip()
     if not text:
@@ -287,8 +296,8 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
     """CPUs the container may use (quota / period): cgroup v2's cpu.max, else v1's
     cpu.cfs_quota_us (-1: none), as memory_bytes reads both; None without a quota."""
     try:
-        quota, period = Path(root, "cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
+        quota_text, period_text = Path(root, "cpu.max").read_text().split()
+        return None if quota_text == "max" else int(quota_text) / int(period_text)
     except (OSError, ValueError):
         pass
     try:

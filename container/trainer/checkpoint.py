@@ -30,6 +30,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -63,7 +64,8 @@ def state_digest(state: dict) -> str:
 def rng_state(device: torch.device) -> dict:
     """Python's, numpy's and torch's random streams (CPU and this process's GPU) as tensors and plain values."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default): the tuple form, which numpy's stub types together with the dict form
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],

@@ -101,15 +101,16 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         dataset.set_epoch(epoch)
     batches = loader(dataset, hp, dist_info, train=True, epoch=epoch, first_batch=first)
     torch.manual_seed(hp.seed + epoch)  # dropout's stream per epoch
-    batches = iter(batches)  # draws the loader's base seed from that stream
+    batch_iterator = iter(batches)  # draws the loader's base seed from that stream
     if first:  # go on with the streams as the stopped job left them
+        assert state.rng is not None, "a mid-epoch position is saved with its random streams"
         set_rng_state(state.rng[dist_info.rank], device)
     # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
     carried = state.partial if dist_info.is_main else RunningTotals()
     loss_sum, correct, seen = carried.loss_sum, carried.correct, carried.seen
     start = time.perf_counter() - state.partial.seconds
     unreadable = 0
-    for step, (images, labels, bad) in enumerate(loop.profiler.timed(batches, epoch, first), start=first):
+    for step, (images, labels, bad) in enumerate(loop.profiler.timed(batch_iterator, epoch, first), start=first):
         if step >= loop.steps_per_epoch:
             break
         loop.skips.add("train", dataset, bad)
@@ -140,9 +141,8 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         loop.stop.step_done(state.global_step, dist_info.rank)
         if loop.stop.agreed(device):
             state.step = step + 1
-            state.partial = RunningTotals(
-                *distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start
-            )
+            loss_all, correct_all, seen_all = distributed.all_sum([loss_sum, correct, seen], device)
+            state.partial = RunningTotals(loss_all, correct_all, seen_all, time.perf_counter() - start)
             state.rng = distributed.all_gather(rng_state(device))
             return None
     if dist_info.world_size > 1:  # every rank's share, in its own host's log

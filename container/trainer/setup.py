@@ -22,14 +22,17 @@ from trainer.optim import amp_dtype, make_optimizer, make_schedule
 from trainer.reporting import Reporter
 from trainer.reporting import log as log_line
 
+# the images, or (feature cache) their backbone features
+Dataset = data.ImageDataset | feature_cache.FeatureDataset
+
 
 @dataclass
 class Datasets:
     splits: data.Splits
     prep: Preprocessing
-    train: torch.utils.data.Dataset
-    validation: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: Dataset
+    validation: Dataset
+    test: Dataset
 
 
 def init_head(head: nn.Module, scheme: str) -> None:
@@ -111,10 +114,11 @@ def cached_features(
         writer=dist_info.is_main,
     )
     computed = 0
-    cached = {}
-    for name in ("train", "validation", "test"):
-        cached[name], new = feature_cache.build(
-            getattr(sets, name).samples,
+
+    def features(images: Dataset) -> feature_cache.FeatureDataset:
+        nonlocal computed
+        dataset, new = feature_cache.build(
+            images.samples,
             model,
             sets.prep,
             cache,
@@ -125,8 +129,11 @@ def cached_features(
             memory_format,
         )
         computed += new
+        return dataset
+
+    cached = replace(sets, train=features(sets.train), validation=features(sets.validation), test=features(sets.test))
     log(f"feature cache {cache.path}: {computed} images computed, {len(cache.entries) - computed} reused")
-    return replace(sets, **cached)
+    return cached
 
 
 def build(

@@ -331,7 +331,8 @@ def parse(argv: list[str]) -> Hyperparameters:
         # weights to keep, every stage is trained
         args.trainable_layers = len(STAGES) if args.pretrained == "none" else 0
     # a list default is the spec's own object: each result gets its copy
-    return Hyperparameters(**{k: list(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+    values: dict[str, Any] = {k: list(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return Hyperparameters(**values)
 
 
 def as_strings(values: dict) -> dict[str, str]:
