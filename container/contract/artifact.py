@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -83,7 +84,7 @@ def save(
     prep: Preprocessing,
     class_names: list,
     training: TrainingSummary | None = None,
-    calibration_images: list = (),
+    calibration_images: Sequence = (),
 ) -> None:
     """The whole artifact, replacing any earlier one (its calibration images included) all or nothing:
     see the module's docstring. `calibration_images`: what write_calibration picks from."""

@@ -233,7 +233,7 @@ def resize_and_crop(img: Image.Image, prep: Preprocessing) -> Image.Image:
         (left + prep.image_size) * scale_x,
         (top + prep.image_size) * scale_y,
     )
-    return img.resize((prep.image_size, prep.image_size), Image.BILINEAR, box=box)
+    return img.resize((prep.image_size, prep.image_size), Image.Resampling.BILINEAR, box=box)
 
 
 def normalize(img: Image.Image, prep: Preprocessing) -> np.ndarray:

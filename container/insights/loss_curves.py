@@ -15,6 +15,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 PNG, JSON, CSV = "losses.png", "losses.json", "losses.csv"
 # series name -> (axis, label); the axis is "loss", "lr" or "accuracy"
@@ -54,10 +55,10 @@ def series(records: list[dict]) -> dict[str, dict]:
     """Every series the figure plots: {name: {"x": [...], "y": [...], "x_unit": ...}}."""
     steps = [r for r in records if r.get("kind") == "step" and "loss" in r]
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    last_step = {}  # epoch -> the global step that ended it
+    last_step: dict[int, int] = {}  # epoch -> the global step that ended it
     for r in steps:
         last_step[r["epoch"]] = max(last_step.get(r["epoch"], 0), r["step"])
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     if steps:
         x = [r["step"] for r in steps]
         out["train_step_loss"] = {"x": x, "y": [r["loss"] for r in steps]}
@@ -88,7 +89,7 @@ def figure(plotted: dict[str, dict]):
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), height_ratios=[2, 1])
     steps = len(plotted.get("train_step_loss", {}).get("x", []))
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "train_step_loss": dict(color="tab:blue", alpha=0.3, linewidth=0.8),
         "train_step_loss_smoothed": dict(color="tab:blue", linewidth=2),
         "validation_loss": dict(color="tab:orange", marker="o", linewidth=2),
@@ -126,7 +127,7 @@ def figure(plotted: dict[str, dict]):
     bottom.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     bottom.grid(alpha=0.3)
     if bottom.lines:
-        epochs = plotted.get("validation_accuracy", plotted.get("train_accuracy"))["x"]
+        epochs = (plotted.get("validation_accuracy") or plotted["train_accuracy"])["x"]
         bottom.set_xticks(epochs if len(epochs) <= 30 else epochs[:: max(len(epochs) // 15, 1)])
         bottom.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -19,6 +19,9 @@ MIN_LOSSES_PER_WINDOW = 3
 # A loss this far below its first window's (or epoch's) has converged, not stalled: its plateau is no issue
 CONVERGED_DECREASE = 0.25
 
+# a window's or epoch's losses: (global step, what, median, upper quartile)
+Point = tuple[int, str, float, float]
+
 
 class LossNotDecreasing(LocalRule):
     """AWS's rule, on smoothed losses. The losses of `mode` saved in each window of `num_steps`
@@ -63,13 +66,14 @@ class LossNotDecreasing(LocalRule):
     def _global(self, mode, mode_step) -> int:
         return mode_step if mode == ModeKeys.GLOBAL else self.base_trial.global_step(mode, mode_step)
 
-    def windows(self, name, mode) -> list[tuple[int, str, float]]:
+    def windows(self, name, mode) -> list[Point | None]:
         """(global step ending it, its steps, median loss) of each window with enough saved losses."""
         groups: dict[int, list[int]] = {}
         saved = self.base_trial.tensor(name).steps(mode=mode)
         for step in saved:
             groups.setdefault(step // self.num_steps, []).append(step)
-        series, previous = [], None
+        series: list[Point | None] = []
+        previous = None
         for window, steps in sorted(groups.items()):
             # A window counts when the run covered all of it, with enough saved losses: the run's
             # last few steps alone (often one short epoch's tail) are too few to judge a trend by.
@@ -89,7 +93,7 @@ class LossNotDecreasing(LocalRule):
             previous = window
         return series
 
-    def epochs(self, mode) -> list[tuple[int, str, float]]:
+    def epochs(self, mode) -> list[Point]:
         name = EPOCH_LOSSES.get(mode)
         if name not in self.base_trial.tensor_names():
             return []
@@ -101,8 +105,11 @@ class LossNotDecreasing(LocalRule):
 
     def compare(self, label, series) -> dict[int, str]:
         """series: (global step, what, median loss, its upper quartile) per window or epoch; None = gap."""
-        findings, lowest = {}, np.inf
+        findings: dict[int, str] = {}
+        lowest = np.inf
         start = next((point[2] for point in series if point is not None), None)
+        if start is None:  # no window at all: nothing to compare
+            return findings
         for before, now in zip(series, series[1:], strict=False):
             if before is None or now is None:
                 continue
@@ -127,7 +134,7 @@ class LossNotDecreasing(LocalRule):
         return findings
 
     def _findings(self) -> dict[int, str]:
-        mode, findings = self._mode(), {}
+        mode, findings = self._mode(), dict[int, str]()
         if mode is None:
             return findings
         for name in self.tensors:

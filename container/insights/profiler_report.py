@@ -19,6 +19,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,7 @@ def analyse(run: dict) -> list[Verdict]:
     workers, batch = meta.get("num_workers"), meta.get("batch_size")
     cores = meta.get("cpu_count")
     verdicts = []
+    numbers: dict[str, Any]  # each rule's numbers, in its verdict
 
     def na(rule, why):
         verdicts.append(Verdict(rule, "NotApplicable", why))

@@ -112,7 +112,10 @@ def phase_means(trial, name) -> list[Phase]:
     """Every validation pass that follows saved training steps, in order."""
     tensor = trial.tensor(name)
     train, evals = set(tensor.steps(mode=ModeKeys.TRAIN)), set(tensor.steps(mode=ModeKeys.EVAL))
-    phases, train_values, eval_values, last_eval = [], [], [], None
+    phases: list[Phase] = []
+    train_values: list[float] = []
+    eval_values: list[float] = []
+    last_eval = None
 
     def close_phase():
         phases.append(

@@ -17,6 +17,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 REPORT = "tuning-report.html"
 STUDY_NAME = "local-tuning"  # scripts/launch/local_tuning.py's
@@ -61,7 +62,7 @@ def needs_log_scale(study) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > 100
 
 
-def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
+def figures(study, workdir: Path) -> list[tuple[str, Any, str]]:
     """(title, figure or None, why not) for each section."""
     import optuna
     from optuna import visualization as vis
@@ -94,7 +95,7 @@ def figures(study, workdir: Path) -> list[tuple[str, object, str]]:
         ),
     ]
     log_scale = needs_log_scale(study)
-    out = []
+    out: list[tuple[str, Any, str]] = []  # (title, a plotly figure or None, why not)
     for title, make, possible, why_not in sections:
         if not possible:
             out.append((title, None, why_not))

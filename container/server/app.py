@@ -106,7 +106,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return internal_error(exc) if exc.code >= 500 else error_response(exc.code, exc.description)
+        code = exc.code or 500  # werkzeug's own exceptions all have one
+        return internal_error(exc) if code >= 500 else error_response(code, exc.description or "")
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception):

@@ -154,9 +154,12 @@ class DefaultHandlers:
     def predict_fn(self, data, model) -> torch.Tensor:
         """Probabilities from the batcher bound to `model` by bind()."""
         inputs = self._as_tensor(data)
+        batcher = self.batcher
+        if batcher is None:
+            raise RuntimeError("predict_fn before bind(): no batcher")
         if inputs.dim() == 3:
-            return self.batcher.submit(inputs.unsqueeze(0))[0]
-        return self.batcher.submit(inputs)
+            return batcher.submit(inputs.unsqueeze(0))[0]
+        return batcher.submit(inputs)
 
     def _as_tensor(self, data) -> torch.Tensor:
         if isinstance(data, Image.Image):
@@ -285,7 +288,7 @@ def negotiate(accept: str | None) -> str:
             return JSON
         if kind in (JSON, NPY, CSV):
             return kind
-    raise UnsupportedAccept(f"cannot answer with {shown(accept, 80)}: accept one of {JSON}, {NPY}, {CSV}")
+    raise UnsupportedAccept(f"cannot answer with {shown(accept or '', 80)}: accept one of {JSON}, {NPY}, {CSV}")
 
 
 def probability_rows(prediction) -> tuple[np.ndarray, bool]:

@@ -40,12 +40,16 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contract.spec.artifact import CODE_DIR, CONFIG_FILE
 from server.errors import Overloaded, RequestError
 from server.metrics import MODEL_EVICTIONS, MODEL_LOAD_SECONDS, MODELS_IN_MEMORY
 from server.registry import Entry, ModelNotLoaded, ModelRegistry
 from server.settings import Settings
+
+if TYPE_CHECKING:  # imported when a model loads (torch with it)
+    from server.service import InferenceService
 from server.user_code import ENTRY_MODULE, entry_point
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ class InsufficientMemory(RequestError):
 class _Resident:
     entry: Entry
     cost: int
-    service: object = None
+    service: InferenceService | None = None
     users: int = 0
     retired: bool = False  # out of this worker's memory once its last request ends
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while loading

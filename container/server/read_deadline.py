@@ -97,5 +97,5 @@ def bound_header_reads(seconds: float) -> None:
         with READ_DEADLINES.watching(connection, seconds):
             return read_next(parser)
 
-    next_within.bounded = True
+    next_within.bounded = True  # type: ignore[attr-defined]  # a marker on the function: patched once
     Parser.__next__ = next_within

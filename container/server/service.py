@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from typing import Any
 
 from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
@@ -73,7 +74,8 @@ class InferenceService:
             getattr(user if name in self.overridden else self.defaults, name) for name in HANDLER_NAMES
         )
         self.model_fn_in_worker = bool(settings.gpus) and "model_fn" in self.overridden
-        self.model = None if self.model_fn_in_worker else self.model_fn(self.model_dir)
+        # whatever model_fn returns (a user's may return any object); None until a GPU worker loads it
+        self.model: Any = None if self.model_fn_in_worker else self.model_fn(self.model_dir)
 
     def start_in_worker(self) -> None:
         import torch

@@ -266,7 +266,7 @@ class Settings:
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
         """Raises ValueError naming the variable that is not a valid number."""
-        model_dir = _text(env, "model_dir")
+        model_dir = _string(env, "model_dir")
         multi_model = _bool(env, "multi_model")
         gpus = _int(env, "gpus", minimum=0)
         gpus = count_gpus() if gpus is None else gpus
@@ -275,40 +275,40 @@ class Settings:
         workers = _int(env, "workers", minimum=1)
         if workers is None:
             workers = gpus or cpu_workers(cores, memory_bytes(), weights)
-        batch_size = _int(env, "batch_size", minimum=1)
-        port = _int(env, "port", minimum=1)
-        run_dir = _text(env, "run_dir", blank=os.path.join(tempfile.gettempdir(), f"byoc-serve-{port}"))
+        batch_size = _count(env, "batch_size", minimum=1)
+        port = _count(env, "port", minimum=1)
+        run_dir = _string(env, "run_dir", blank=os.path.join(tempfile.gettempdir(), f"byoc-serve-{port}"))
         default_budget = max(1, (memory_bytes() // workers - WORKER_BASE_BYTES) // 2 >> 20)
         flags = _text(env, "cpu_flags")
         return cls(
             model_dir=model_dir,
-            host=_text(env, "host"),
+            host=_string(env, "host"),
             port=port,
             workers=workers,
-            timeout=_int(env, "timeout", minimum=1),
-            max_payload_mb=_int(env, "max_payload_mb", minimum=1),
+            timeout=_count(env, "timeout", minimum=1),
+            max_payload_mb=_count(env, "max_payload_mb", minimum=1),
             batch_size=batch_size,
-            batch_wait_ms=_int(env, "batch_wait_ms", minimum=0),
-            request_threads=_int(env, "request_threads", minimum=1, computed=max(16, 2 * batch_size)),
-            torch_threads=_int(env, "torch_threads", minimum=1, computed=max(1, cores // workers)),
+            batch_wait_ms=_count(env, "batch_wait_ms", minimum=0),
+            request_threads=_count(env, "request_threads", minimum=1, computed=max(16, 2 * batch_size)),
+            torch_threads=_count(env, "torch_threads", minimum=1, computed=max(1, cores // workers)),
             gpus=gpus,
-            max_images_per_request=_int(env, "max_images_per_request", minimum=1),
-            max_pixels_per_request=_int(env, "max_pixels_per_request", minimum=1),
-            decode_pixels_per_worker=_int(
+            max_images_per_request=_count(env, "max_images_per_request", minimum=1),
+            max_pixels_per_request=_count(env, "max_pixels_per_request", minimum=1),
+            decode_pixels_per_worker=_count(
                 env, "decode_pixels_per_worker", minimum=1, computed=decode_pixels_per_worker(workers, weights)
             ),
-            decode_wait_s=_int(env, "decode_wait_s", minimum=0),
-            body_read_timeout_s=_int(env, "body_read_timeout_s", minimum=1),
-            predict_timeout_s=_int(env, "predict_timeout_s", minimum=1),
+            decode_wait_s=_count(env, "decode_wait_s", minimum=0),
+            body_read_timeout_s=_count(env, "body_read_timeout_s", minimum=1),
+            predict_timeout_s=_count(env, "predict_timeout_s", minimum=1),
             precision=_choice(env, "precision", PRECISIONS),
             compile=_choice(env, "compile", COMPILE_MODES),
             cpu_flags=cpu_flags() if flags is None else " ".join(sorted(set(flags.split()) & set(PRECISION_FLAGS))),
             multi_model=multi_model,
-            multi_model_root=_text(env, "multi_model_root", blank=VARIABLE["multi_model_root"].default),
-            model_memory_budget_mb=_int(env, "model_memory_budget_mb", minimum=1, computed=default_budget),
+            multi_model_root=_string(env, "multi_model_root", blank=str(VARIABLE["multi_model_root"].default)),
+            model_memory_budget_mb=_count(env, "model_memory_budget_mb", minimum=1, computed=default_budget),
             run_dir=run_dir,
-            metrics_dir=_text(env, "metrics_dir", blank=os.path.join(run_dir, "metrics")),
-            cuda_visible_devices=_text(env, "cuda_visible_devices"),
+            metrics_dir=_string(env, "metrics_dir", blank=os.path.join(run_dir, "metrics")),
+            cuda_visible_devices=_string(env, "cuda_visible_devices"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -324,7 +324,24 @@ def _text(env, field: str, blank: str | None = None) -> str | None:
     variable = VARIABLE[field]
     if blank is not None:
         return env.get(variable.name) or blank
-    return env.get(variable.name, variable.default)
+    default = variable.default
+    return env.get(variable.name, default if isinstance(default, str) else None)
+
+
+def _count(env, field: str, minimum: int, computed: int | None = None) -> int:
+    """_int for a variable that always has a value (its default or `computed`)."""
+    value = _int(env, field, minimum, computed)
+    if value is None:
+        raise LookupError(f"{VARIABLE[field].name} has no default")  # a record without one: a bug here
+    return value
+
+
+def _string(env, field: str, blank: str | None = None) -> str:
+    """_text for a variable that always has a value."""
+    value = _text(env, field, blank)
+    if value is None:
+        raise LookupError(f"{VARIABLE[field].name} has no default")
+    return value
 
 
 def _bool(env, field: str) -> bool:
@@ -342,7 +359,7 @@ def _int(env, field: str, minimum: int, computed: int | None = None) -> int | No
     variable = VARIABLE[field]
     text = env.get(variable.name, "").strip()
     if not text:
-        return variable.default if variable.default is not None else computed
+        return variable.default if isinstance(variable.default, int) else computed
     try:
         value = int(text)
     except ValueError:
@@ -396,8 +413,8 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
     """CPUs the container may use (quota / period): cgroup v2's cpu.max, else v1's
     cpu.cfs_quota_us (-1: none), as memory_bytes reads both; None without a quota."""
     try:
-        quota, period = Path(root, "cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
+        quota_text, period_text = Path(root, "cpu.max").read_text().split()
+        return None if quota_text == "max" else int(quota_text) / int(period_text)
     except (OSError, ValueError):
         pass
     try:

@@ -27,7 +27,7 @@ def error_response(status: int, reason: str) -> tuple[Response, int]:
     return jsonify(error=reason), status
 
 
-def read_body(max_bytes: int, timeout_s: float = VARIABLE["body_read_timeout_s"].default) -> bytes:
+def read_body(max_bytes: int, timeout_s: float = float(str(VARIABLE["body_read_timeout_s"].default))) -> bytes:
     """The request body; 413 from its Content-Length before reading, or, for
     a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
     MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)

@@ -53,6 +53,8 @@ def load_shared(model_dir) -> ModuleType | None:
         return None
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(ENTRY_MODULE, path)
+    if spec is None or spec.loader is None:  # not for a .py file: no loader would say so
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[ENTRY_MODULE] = module
     spec.loader.exec_module(module)

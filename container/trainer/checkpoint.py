@@ -30,6 +30,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -63,7 +64,8 @@ def state_digest(state: dict) -> str:
 def rng_state(device: torch.device) -> dict:
     """Python's, numpy's and torch's random streams (CPU and this process's GPU) as tensors and plain values."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default): the tuple form, which numpy's stub types together with the dict form
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
@@ -85,6 +87,25 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 @dataclass
+class RunningTotals:
+    """An epoch's sums so far, over all ranks: what its metric line needs, and what a stop part-way keeps.
+    On disk a list [loss_sum, correct, seen, seconds], as checkpoints have always stored it."""
+
+    loss_sum: float = 0.0  # the loss times the images, summed
+    correct: float = 0.0
+    seen: float = 0.0  # images
+    seconds: float = 0.0  # training time (the slowest rank's, once the epoch is over)
+
+    def to_list(self) -> list[float]:
+        return [self.loss_sum, self.correct, self.seen, self.seconds]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> RunningTotals:
+        loss_sum, correct, seen, seconds = values
+        return cls(loss_sum, correct, seen, seconds)
+
+
+@dataclass
 class TrainingState:
     """Where the job is. At an epoch boundary the random streams need no saving: each epoch seeds its own."""
 
@@ -95,10 +116,9 @@ class TrainingState:
     history: list = field(default_factory=list)
     global_step: int = 0  # optimizer steps taken: TensorBoard's and the profiler's step axis
     # a stop part-way through epoch `epoch + 1`: the batches done (0: none), the
-    # sums its metric line needs ([loss sum, correct, images, seconds], all ranks)
-    # and the random streams to go on with
+    # sums its metric line needs (all ranks) and the random streams to go on with
     step: int = 0
-    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    partial: RunningTotals = field(default_factory=RunningTotals)
     rng: list | None = None  # rng_state() of every rank, by rank (their batches differ, so do their streams)
 
 
@@ -140,7 +160,7 @@ class Checkpointer:
                 "history": state.history,
                 "global_step": state.global_step,
                 "step": state.step,
-                "partial": state.partial,
+                "partial": state.partial.to_list(),  # a list: the form older checkpoints have
                 "rng": state.rng,
                 "skipped": loop.skips.summary(),
             },
@@ -176,7 +196,7 @@ class Checkpointer:
             saved["history"],
             saved["global_step"],
             saved["step"],
-            saved["partial"],
+            RunningTotals.from_list(saved["partial"]),
             saved["rng"],
         )
         loop.skips.paths = {split: set(paths) for split, paths in saved["skipped"].items()}

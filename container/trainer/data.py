@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,7 +239,7 @@ class ImageDataset(Dataset):
         self.samples = samples
         self.prep = prep
         self.seed, self.epoch = seed, 0
-        self.augment = None
+        self.augment: Callable | None = None  # the training transform; None: the evaluation's
         if train:
             from torchvision import transforms  # training only; serving needs no torchvision
 
@@ -265,6 +266,7 @@ class ImageDataset(Dataset):
         caller_state = generator.get_state()
         generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
         try:
+            assert self.augment is not None, "training datasets only"
             return self.augment(img)
         finally:
             generator.set_state(caller_state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from trainer import data, runtime
 
@@ -39,6 +39,7 @@ class SkipFirst(torch.utils.data.Sampler):
 def loader(dataset, hp, dist_info, train: bool, epoch: int = 0, first_batch: int = 0) -> DataLoader:
     """Evaluation: this rank's share in order. Training: epoch `epoch`'s order, a function of the seed
     and the epoch alone, from batch `first_batch` on."""
+    sampler: Sampler
     if train and dist_info.world_size > 1:
         sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=hp.seed)
         sampler.set_epoch(epoch)

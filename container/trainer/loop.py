@@ -16,14 +16,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.spec.hyperparameters import Hyperparameters
 from trainer import data, debugger, distributed, profiler, runtime
-from trainer.checkpoint import TrainingState, rng_state, set_rng_state
+from trainer.checkpoint import RunningTotals, TrainingState, rng_state, set_rng_state
 from trainer.loaders import loader
+
+
+def autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in `amp` (None: full precision) on `device`'s kind."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)
 
 
 @dataclass
 class Loop:
-    hp: Any  # hyperparameters.parse's namespace
+    hp: Hyperparameters
     dist: distributed.Distributed
     device: torch.device
     model: nn.Module  # the whole classifier: what checkpoints and the artifact keep
@@ -47,10 +55,8 @@ class Loop:
     frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
     arch: Any = None  # contract.model.Architecture
 
-    def autocast(self):
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp)
 
     def trainable_state(self) -> dict:
         """The model's state without the frozen stages: what checkpoints and best_state keep."""
@@ -72,7 +78,7 @@ class EpochResult:
     images: int
     # the sums behind it, as TrainingState.partial keeps them: what a stop during validation saves,
     # so that a restart redoes only the validation
-    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    partial: RunningTotals = field(default_factory=RunningTotals)
 
 
 def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
@@ -95,14 +101,16 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         dataset.set_epoch(epoch)
     batches = loader(dataset, hp, dist_info, train=True, epoch=epoch, first_batch=first)
     torch.manual_seed(hp.seed + epoch)  # dropout's stream per epoch
-    batches = iter(batches)  # draws the loader's base seed from that stream
+    batch_iterator = iter(batches)  # draws the loader's base seed from that stream
     if first:  # go on with the streams as the stopped job left them
+        assert state.rng is not None, "a mid-epoch position is saved with its random streams"
         set_rng_state(state.rng[dist_info.rank], device)
     # rank 0 carries the stopped part's sums (already over all ranks); the epoch's all_sum adds the rest
-    loss_sum, correct, seen = state.partial[:3] if dist_info.is_main else (0.0, 0.0, 0.0)
-    start = time.perf_counter() - state.partial[3]
+    carried = state.partial if dist_info.is_main else RunningTotals()
+    loss_sum, correct, seen = carried.loss_sum, carried.correct, carried.seen
+    start = time.perf_counter() - state.partial.seconds
     unreadable = 0
-    for step, (images, labels, bad) in enumerate(loop.profiler.timed(batches, epoch, first), start=first):
+    for step, (images, labels, bad) in enumerate(loop.profiler.timed(batch_iterator, epoch, first), start=first):
         if step >= loop.steps_per_epoch:
             break
         loop.skips.add("train", dataset, bad)
@@ -133,7 +141,8 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         loop.stop.step_done(state.global_step, dist_info.rank)
         if loop.stop.agreed(device):
             state.step = step + 1
-            state.partial = [*distributed.all_sum([loss_sum, correct, seen], device), time.perf_counter() - start]
+            loss_all, correct_all, seen_all = distributed.all_sum([loss_sum, correct, seen], device)
+            state.partial = RunningTotals(loss_all, correct_all, seen_all, time.perf_counter() - start)
             state.rng = distributed.all_gather(rng_state(device))
             return None
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
@@ -150,7 +159,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         correct / max(seen, 1),
         seen / max(elapsed, 1e-9),
         int(seen),
-        [loss_sum, correct, seen, elapsed],
+        RunningTotals(loss_sum, correct, seen, elapsed),
     )
 
 

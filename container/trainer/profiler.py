@@ -78,7 +78,8 @@ class GpuReader:
     """GPU utilisation and memory: NVML through pynvml, else a streaming nvidia-smi, else nothing."""
 
     def __init__(self, interval_ms: int):
-        self.source, self.latest, self.handles, self.proc = "none", [], [], None
+        self.source, self.handles, self.proc = "none", [], None
+        self.latest: list = []
         try:
             import pynvml
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,21 +14,25 @@ from torch import nn
 from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from contract.spec import hyperparameters
-from trainer import data, debugger, feature_cache, profiler, runtime, tracking, weights
+from contract.spec.hyperparameters import Hyperparameters
+from trainer import data, debugger, distributed, feature_cache, profiler, runtime, tracking, weights
 from trainer.checkpoint import frozen_keys, state_digest
-from trainer.loop import Loop
+from trainer.loop import Loop, autocast
 from trainer.optim import amp_dtype, make_optimizer, make_schedule
 from trainer.reporting import Reporter
 from trainer.reporting import log as log_line
+
+# the images, or (feature cache) their backbone features
+Dataset = data.ImageDataset | feature_cache.FeatureDataset
 
 
 @dataclass
 class Datasets:
     splits: data.Splits
     prep: Preprocessing
-    train: torch.utils.data.Dataset
-    validation: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: Dataset
+    validation: Dataset
+    test: Dataset
 
 
 def init_head(head: nn.Module, scheme: str) -> None:
@@ -51,7 +57,7 @@ def freeze(model, trainable_layers: int) -> list[nn.Module]:
     return frozen
 
 
-def load_datasets(hp, paths: runtime.Paths, log) -> Datasets:
+def load_datasets(hp: Hyperparameters, paths: runtime.Paths, log) -> Datasets:
     splits = data.discover(paths.scratch, hp.val_fraction, hp.seed)
     log(
         f"data: {len(splits.class_names)} classes, {len(splits.train)} training, "
@@ -69,7 +75,7 @@ def load_datasets(hp, paths: runtime.Paths, log) -> Datasets:
     )
 
 
-def build_model(hp, n_classes: int, log) -> tuple[Architecture, nn.Module, list[nn.Module]]:
+def build_model(hp: Hyperparameters, n_classes: int, log) -> tuple[Architecture, nn.Module, list[nn.Module]]:
     """The classifier with its starting weights, and its frozen modules."""
     arch = Architecture(hp.backbone, n_classes, list(hp.head), hp.dropout)
     model = build_classifier(arch)
@@ -85,40 +91,57 @@ def build_model(hp, n_classes: int, log) -> tuple[Architecture, nn.Module, list[
     return arch, model, freeze(model, hp.trainable_layers)
 
 
-def use_feature_cache(hp, loop: Loop, sets: Datasets, log) -> None:
-    """Swap the image datasets for cached backbone features (computing what is missing); the loop feeds the head."""
+def cached_features(
+    hp: Hyperparameters,
+    sets: Datasets,
+    model: nn.Module,
+    frozen_digest: str,
+    dist_info: distributed.Distributed,
+    device: torch.device,
+    amp: torch.dtype | None,
+    memory_format: torch.memory_format,
+    log: Callable[[str], None],
+) -> Datasets:
+    """The datasets as cached backbone features (computing what is missing), for the loop to feed the head."""
     if hp.trainable_layers != 0:
         raise hyperparameters.HyperparameterError(
             "feature-cache needs trainable-layers 0 (a frozen backbone): features of a trained backbone change"
         )
     cache = feature_cache.FeatureCache(
         Path(hp.feature_cache),
-        feature_cache.cache_key(hp.backbone, loop.frozen_digest, sets.prep),
+        feature_cache.cache_key(hp.backbone, frozen_digest, sets.prep),
         log=log,
-        writer=loop.dist.is_main,
+        writer=dist_info.is_main,
     )
     computed = 0
-    for name in ("train", "validation", "test"):
+
+    def features(images: Dataset) -> feature_cache.FeatureDataset:
+        nonlocal computed
         dataset, new = feature_cache.build(
-            getattr(sets, name).samples,
-            loop.model,
+            images.samples,
+            model,
             sets.prep,
             cache,
-            loop.device,
+            device,
             hp.batch_size,
             data.worker_count(hp.num_workers),
-            loop.autocast,
-            loop.input_format,
+            functools.partial(autocast, device, amp),
+            memory_format,
         )
-        setattr(sets, name, dataset)
         computed += new
+        return dataset
+
+    cached = replace(sets, train=features(sets.train), validation=features(sets.validation), test=features(sets.test))
     log(f"feature cache {cache.path}: {computed} images computed, {len(cache.entries) - computed} reused")
-    loop.forward_model = loop.train_model = loop.model.fc
-    loop.input_format = torch.contiguous_format
+    return cached
 
 
-def build(hp, paths: runtime.Paths, dist_info, device) -> tuple[Datasets, Loop]:
-    def log(message):
+def build(
+    hp: Hyperparameters, paths: runtime.Paths, dist_info: distributed.Distributed, device: torch.device
+) -> tuple[Datasets, Loop]:
+    """The parts first, then the Loop once, complete."""
+
+    def log(message: str) -> None:
         log_line(dist_info, message)
 
     torch.manual_seed(hp.seed)
@@ -127,49 +150,36 @@ def build(hp, paths: runtime.Paths, dist_info, device) -> tuple[Datasets, Loop]:
     arch, model, frozen = build_model(hp, len(class_names), log)
     keys = frozen_keys(model, frozen)
     state = model.state_dict()
+    # identifies the frozen weights (the checkpoint and the feature cache leave them out)
+    frozen_digest = state_digest({k: state[k] for k in keys})
     memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # torch's stub lacks the keyword form
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(hp, params)
     steps = math.ceil(len(sets.splits.train) / (hp.batch_size * dist_info.world_size))
     steps_per_epoch = min(steps, hp.max_steps_per_epoch) if hp.max_steps_per_epoch else steps
     amp = amp_dtype(hp, device)
-    loop = Loop(
-        hp=hp,
-        dist=dist_info,
-        device=device,
-        model=model,
-        frozen=frozen,
-        forward_model=model,
-        train_model=model,
-        criterion=nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing),
-        optimizer=optimizer,
-        schedule=make_schedule(hp, optimizer, steps_per_epoch),
-        scaler=torch.amp.GradScaler(enabled=amp == torch.float16),
-        steps_per_epoch=steps_per_epoch,
-        class_names=class_names,
-        reporter=None,
-        amp=amp,
-        input_format=memory_format,
-        frozen_keys=keys,
-        arch=arch,
-        # identifies the frozen weights (the checkpoint and the feature cache leave them out)
-        frozen_digest=state_digest({k: state[k] for k in keys}),
-    )
+    # what the passes feed: the whole model, or (feature cache) its head over the cached features
+    forward_model: nn.Module = model
+    input_format = memory_format
     if hp.feature_cache:
-        use_feature_cache(hp, loop, sets, log)
+        sets = cached_features(hp, sets, model, frozen_digest, dist_info, device, amp, memory_format, log)
+        forward_model, input_format = model.fc, torch.contiguous_format
+    train_model: nn.Module = forward_model
     if dist_info.world_size > 1:
-        loop.train_model = nn.parallel.DistributedDataParallel(
-            loop.forward_model, device_ids=[device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(
+            forward_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     log(
         f"model: {hp.backbone}, head {hp.head or '[]'} -> {len(class_names)}, "
         f"{sum(p.numel() for p in params):,} trainable parameters, amp={amp}, device={device}"
     )
-    # the debugger before TensorBoard (in the Reporter): smdebug needs protobuf's pure-Python implementation
-    loop.debugger = debugger.create(hp, paths)
-    loop.debugger.attach(model, loop.criterion)
-    loop.profiler = profiler.create(
+    criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    # the debugger before TensorBoard (in the Reporter): smdebug needs protobuf's pure-Python implementation;
+    # attached after the feature cache is computed, so that the hook records training passes only
+    hook = debugger.create(hp, paths)
+    hook.attach(model, criterion)
+    steps_profiler = profiler.create(
         hp,
         paths,
         dist_info.local_rank == 0,
@@ -181,7 +191,30 @@ def build(hp, paths: runtime.Paths, dist_info, device) -> tuple[Datasets, Loop]:
             "steps_per_epoch": steps_per_epoch,
         },
     )
-    loop.reporter = Reporter(
-        dist_info, paths.tensorboard, loop.profiler, loop.debugger, tracking.create(hp, paths, dist_info.is_main)
+    reporter = Reporter(
+        dist_info, paths.tensorboard, steps_profiler, hook, tracking.create(hp, paths, dist_info.is_main)
+    )
+    loop = Loop(
+        hp=hp,
+        dist=dist_info,
+        device=device,
+        model=model,
+        frozen=frozen,
+        forward_model=forward_model,
+        train_model=train_model,
+        criterion=criterion,
+        optimizer=optimizer,
+        schedule=make_schedule(hp, optimizer, steps_per_epoch),
+        scaler=torch.amp.GradScaler(enabled=amp == torch.float16),
+        steps_per_epoch=steps_per_epoch,
+        class_names=class_names,
+        reporter=reporter,
+        amp=amp,
+        input_format=input_format,
+        debugger=hook,
+        profiler=steps_profiler,
+        frozen_keys=keys,
+        frozen_digest=frozen_digest,
+        arch=arch,
     )
     return sets, loop

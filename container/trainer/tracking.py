@@ -324,7 +324,7 @@ def start_mlflow(hp, paths) -> tuple[MlflowSink, object] | None:
         run_id = run.info.run_id
         sink = MlflowSink(client, run_id)
         sink.start()
-        params = {k: str(v)[:6000] for k, v in vars(hp).items()}
+        params = {k: str(v)[:6000] for k, v in hp.as_dict().items()}
         from mlflow.entities import Param
 
         sink.submit(("call", lambda: client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])))

@@ -21,7 +21,7 @@ from contract import artifact
 from contract.spec import hyperparameters
 from contract.spec.artifact import TrainingSummary
 from trainer import data, distributed, runtime, setup, weights
-from trainer.checkpoint import Checkpointer, TrainingState, rng_state
+from trainer.checkpoint import Checkpointer, RunningTotals, TrainingState, rng_state
 from trainer.heldout import spread
 from trainer.loop import Loop, evaluate, train_one_epoch
 
@@ -61,7 +61,7 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
                     f"{loop.stop.seconds_since_signal():.2f} s after SIGTERM, a restart redoes the validation"
                 )
                 return False
-            state.step, state.partial, state.rng = 0, [0.0, 0.0, 0.0, 0.0], None
+            state.step, state.partial, state.rng = 0, RunningTotals(), None
             val_loss, val_acc, _ = scored
             loop.reporter.report_epoch(epoch, result, val_loss, val_acc)
             state.epoch = epoch
@@ -126,7 +126,7 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
         sets.prep,
         loop.class_names,
         training=TrainingSummary(
-            dict(vars(loop.hp)),
+            loop.hp.as_dict(),
             state.best_epoch,
             state.history,
             split,

@@ -196,7 +196,11 @@ def endpoint_name(args, base: str = "byoc") -> str:
 
 
 def serverless(args) -> tuple[int, int] | None:
-    return tuple(int(x) for x in args.serverless.split(":")) if args.serverless else None
+    """--serverless MEMORY_MB:CONCURRENCY."""
+    if not args.serverless:
+        return None
+    memory, concurrency = (int(x) for x in args.serverless.split(":"))
+    return memory, concurrency
 
 
 def autoscale(args, session, name: str, hosting) -> None:

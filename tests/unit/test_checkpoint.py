@@ -124,3 +124,15 @@ def test_frozen_keys_and_digest_identify_the_frozen_weights():
     with torch.no_grad():
         model[0].weight[0] += 1e-3
     assert state_digest({k: model.state_dict()[k] for k in keys}) != digest
+
+
+def test_running_totals_are_a_list_on_disk_as_older_checkpoints_have_them(tmp_path):
+    from trainer.checkpoint import FILE_NAME, RunningTotals
+
+    loop, state, checkpointer = trained(tmp_path)
+    state.step, state.partial = 3, RunningTotals(8.5, 21.0, 24.0, 0.25)
+    checkpointer.save(loop, state)
+    saved = torch.load(tmp_path / FILE_NAME, weights_only=True)
+    assert saved["partial"] == [8.5, 21.0, 24.0, 0.25]
+    restored = Checkpointer(tmp_path, writer=True).restore(fresh())
+    assert restored.step == 3 and restored.partial == RunningTotals(8.5, 21.0, 24.0, 0.25)

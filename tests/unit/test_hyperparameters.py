@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract.spec.hyperparameters import BY_NAME, DEFAULTS, HyperparameterError, parse, to_sagemaker
+from contract.spec.hyperparameters import BY_NAME, DEFAULTS, HyperparameterError, as_strings, parse, to_sagemaker
 
 
 def test_defaults_when_nothing_is_given():
@@ -113,3 +113,54 @@ def test_list_values_as_the_training_toolkit_passes_sdk_v3s_typed_lists():
     assert hp.debugger_collections == ["losses:1", "weights:10"] and hp.head == [512, 256] and hp.debugger is True
     with pytest.raises(hyperparameters.HyperparameterError):
         hyperparameters.parse(["--debugger-collections", "['losses:0']"])
+
+
+def _fits(value, annotation) -> bool:
+    """isinstance for the annotations Hyperparameters uses: plain classes, list[X], X | None."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, arm) for arm in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, float)
+    return isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+
+
+def test_the_typed_hyperparameters_are_the_spec_one_to_one():
+    # the fact is defined once (HYPERPARAMETERS): the dataclass must have its names, in its order, and
+    # types that its defaults and its parsers' values have
+    import typing
+
+    from contract.spec.hyperparameters import HYPERPARAMETERS, Hyperparameters
+
+    hints = typing.get_type_hints(Hyperparameters)
+    assert Hyperparameters.names() == list(hints) == [hp.dest for hp in HYPERPARAMETERS]
+    samples = {"head": "512,256", "trainable-layers": "2", "amp": "true", "profiler": "false"}
+    for hp in HYPERPARAMETERS:
+        annotation = hints[hp.dest]
+        if hp.name != "trainable-layers":  # its default, auto (None), parse resolves to a number
+            assert _fits(hp.default, annotation), (hp.name, hp.default, annotation)
+        text = samples.get(hp.name) or as_strings({hp.name: hp.default})[hp.name]
+        assert _fits(hp.parse(text), annotation), (hp.name, text, annotation)
+    values = parse([]).as_dict()
+    assert list(values) == Hyperparameters.names()
+    assert values == {**{hp.dest: hp.default for hp in HYPERPARAMETERS}, "trainable_layers": 0}
+
+
+def test_the_hyperparameters_are_frozen_and_a_wrong_name_is_an_error():
+    hp = parse(["--lr", "0.5"])
+    assert hp.lr == 0.5
+    with pytest.raises(AttributeError):
+        hp.learning_rate  # noqa: B018
+    with pytest.raises(AttributeError):
+        hp.lr = 0.1  # type: ignore[misc]  # the point: frozen
+    with pytest.raises(AttributeError):
+        object.__setattr__(hp, "learning_rate", 0.1)  # slots: no other attribute
+    assert parse([]).head is not parse([]).head  # each result its own list

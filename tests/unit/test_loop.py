@@ -55,7 +55,7 @@ def test_a_stop_mid_epoch_resumes_to_the_same_weights(tiny):
     loop.stop.requested = False
     loop.stop.agreed = lambda device: state.global_step == stop_after  # SIGTERM after that step
     assert train_one_epoch(loop, train, 2, state) is None
-    assert state.step == 2 and state.partial[2] == 16 and state.rng is not None
+    assert state.step == 2 and state.partial.seen == 16 and state.rng is not None
     loop.stop.agreed = lambda device: False
     result = train_one_epoch(loop, train, 2, state)
     assert result.loss == pytest.approx(expected[1].loss) and result.images == expected[1].images

@@ -17,7 +17,7 @@ import ast
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from contract.spec.architecture import BACKBONES, STAGES
@@ -31,10 +31,15 @@ def _kind(text: str) -> Callable:
     """Names what a parser takes, for the manual's type column (Hyperparameter.kind)."""
 
     def mark(parse: Callable) -> Callable:
-        parse.kind = text
+        set_kind(parse, text)
         return parse
 
     return mark
+
+
+def set_kind(parse: Callable, text: str) -> None:
+    """A parser's label for the manual, as a function attribute (typing cannot declare one)."""
+    parse.kind = text  # type: ignore[attr-defined]
 
 
 def kind_of(parse: Callable) -> str:
@@ -95,7 +100,7 @@ def _positive(kind: Callable) -> Callable:
         return value
 
     check.__name__ = kind.__name__
-    check.kind = f"{kind_of(kind)} > 0"
+    set_kind(check, f"{kind_of(kind)} > 0")
     return check
 
 
@@ -123,7 +128,7 @@ def _non_negative(kind: Callable) -> Callable:
         return value
 
     check.__name__ = kind.__name__
-    check.kind = f"{kind_of(kind)} >= 0"
+    set_kind(check, f"{kind_of(kind)} >= 0")
     return check
 
 
@@ -145,7 +150,7 @@ def _auto_or(kind: Callable) -> Callable:
         return None if str(text).strip().lower() == "auto" else kind(text)
 
     parse.__name__ = kind.__name__
-    parse.kind = f"{kind_of(kind)} or auto"
+    set_kind(parse, f"{kind_of(kind)} or auto")
     return parse
 
 
@@ -322,12 +327,64 @@ def parse_value(name: str, text: str):
     return _with_choices(BY_NAME[name])(text)
 
 
+@dataclass(frozen=True, slots=True)
+class Hyperparameters:
+    """What `parse` returns and the trainer reads (`hp.lr`): one field per HYPERPARAMETERS entry, in its order,
+    named by its `dest`, typed as its parser returns (tests/unit/test_hyperparameters.py checks it one to one).
+    Names, defaults and meanings stay in HYPERPARAMETERS; frozen, and with slots a misspelt name is an error."""
+
+    lr: float
+    batch_size: int
+    epochs: int
+    optimizer: str
+    eps: float
+    weight_decay: float
+    momentum: float
+    warmup: float
+    schedule: str
+    label_smoothing: float
+    patience: int
+    backbone: str
+    pretrained: str
+    trainable_layers: int  # "auto" (None) is resolved by parse
+    head: list[int]
+    dropout: float
+    init: str
+    image_size: int
+    augment: bool
+    crop_scale: float
+    feature_cache: str
+    val_fraction: float
+    num_workers: int
+    amp: bool | None
+    channels_last: bool
+    seed: int
+    processes_per_host: int
+    max_steps_per_epoch: int
+    debugger: bool
+    debugger_collections: list[str]
+    debugger_save_interval: int
+    debugger_dir: str
+    profiler: bool | None
+    profiler_interval_ms: int
+    profiler_trace_steps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """{dest: value} in HYPERPARAMETERS' order: what vars() of parse's former namespace gave (the model's
+        TrainingSummary, the tracker's parameters)."""
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit(2)
         raise HyperparameterError(message)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> Hyperparameters:
     """Parse `--name value` pairs; raise HyperparameterError for anything off."""
     parser = _Parser(prog="train", add_help=False, allow_abbrev=False)
     for hp in HYPERPARAMETERS:
@@ -350,7 +407,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         # a frozen random backbone hands the head random features: with no pretrained
         # weights to keep, every stage is trained
         args.trainable_layers = len(STAGES) if args.pretrained == "none" else 0
-    return args
+    # a list default is the spec's own object: each result gets its copy
+    values: dict[str, Any] = {k: list(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return Hyperparameters(**values)
 
 
 def as_strings(values: dict) -> dict[str, str]:

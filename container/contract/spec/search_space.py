@@ -61,6 +61,13 @@ class Parameter:
             if self.scaling == "log" and self.low <= 0:
                 raise SearchSpaceError(f"{self.name}: a log scale needs low > 0")
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a continuous or integer parameter (checked at construction)."""
+        if self.low is None or self.high is None:
+            raise SearchSpaceError(f"{self.name}: a {self.type} parameter has no low and high")
+        return self.low, self.high
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -146,7 +153,8 @@ def sdk_ranges(space: SearchSpace, continuous, integer, categorical) -> dict:
         if p.type == "continuous":
             result[p.name] = continuous(p.low, p.high, scaling_type=scaling)
         elif p.type == "integer":
-            result[p.name] = integer(int(p.low), int(p.high), scaling_type=scaling)
+            low, high = p.bounds
+            result[p.name] = integer(int(low), int(high), scaling_type=scaling)
         else:
             result[p.name] = categorical([str(v) for v in p.values])
     return result

@@ -7,8 +7,10 @@ import json
 import math
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -104,7 +106,7 @@ def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], 
         if t.value is not None and math.isfinite(t.value)
     ]
     varying = [p.name for p in space.parameters if len({repr(t.params.get(p.name)) for t in complete}) > 1]
-    plots = {
+    plots: dict[str, tuple[Callable[..., Any], Any, str]] = {
         "optimization_history": (ov.plot_optimization_history, complete, "no completed trial"),
         "param_importances": (
             ov.plot_param_importances,
@@ -195,7 +197,7 @@ def print_summary(result: StudyResult, out=print) -> None:
     out(f"{len(result.rows)} trials ({counts or 'none'}); results in {result.workdir}")
     for note in result.notes:
         out(f"  note: {note}")
-    if result.best is not None:
+    if result.best is not None and result.best_params is not None:
         out(f"best: trial {result.best.number}, objective {result.best.objective:.6g}")
         out(
             "train the final model with: "

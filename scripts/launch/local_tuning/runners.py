@@ -115,9 +115,11 @@ class ProcessRunner:
                 proc = self.spawn(slot)
             if self.to_start > 0:
                 self.spares[slot.index] = self.spawn(slot)
+        stdin = proc.stdin
+        assert stdin is not None, "spares are spawned with stdin=PIPE"
         try:
-            proc.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
-            proc.stdin.close()
+            stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
+            stdin.close()
         except OSError:
             pass  # it died while importing: its output says why, and its exit status fails the trial
         return proc
@@ -128,7 +130,8 @@ class ProcessRunner:
             spares, self.spares, self.to_start = list(self.spares.values()), {}, 0
         for proc in spares:
             try:
-                proc.stdin.close()
+                if proc.stdin is not None:
+                    proc.stdin.close()
                 proc.communicate(timeout=STOP_GRACE_S)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 proc.kill()
@@ -138,7 +141,12 @@ class ProcessRunner:
         """SIGTERM (the trainer checkpoints and exits), SIGKILL after a grace period; returns at once."""
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            timer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and proc.kill())
+
+            def kill_if_running() -> None:
+                if proc.poll() is None:
+                    proc.kill()
+
+            timer = threading.Timer(STOP_GRACE_S, kill_if_running)
             timer.daemon = True
             timer.start()
 

@@ -25,7 +25,7 @@ def grid_values(param: spaces.Parameter, points: int = GRID_POINTS) -> list:
         return list(param.values)
     if points < 2:
         raise TuningError("grid_points must be at least 2")
-    low, high = float(param.low), float(param.high)
+    low, high = map(float, param.bounds)
     if param.scaling == "log":
         values = [low * (high / low) ** (i / (points - 1)) for i in range(points)]
     else:
@@ -40,8 +40,10 @@ def suggest(trial: Trial, param: spaces.Parameter):
     if param.type == "categorical":
         return trial.suggest_categorical(param.name, list(param.values))
     if param.type == "integer":
-        return trial.suggest_int(param.name, int(param.low), int(param.high), log=log)
-    return trial.suggest_float(param.name, float(param.low), float(param.high), log=log)
+        low, high = param.bounds
+        return trial.suggest_int(param.name, int(low), int(high), log=log)
+    low, high = param.bounds
+    return trial.suggest_float(param.name, float(low), float(high), log=log)
 
 
 class _GridSampler(optuna.samplers.GridSampler):

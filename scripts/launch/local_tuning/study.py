@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -108,7 +109,9 @@ def run_study(
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage_url = f"sqlite:///{workdir / 'study.db'}"
         storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
-        direction = "minimize" if space.objective_type.lower().startswith("min") else "maximize"
+        direction: Literal["minimize", "maximize"] = (
+            "minimize" if space.objective_type.lower().startswith("min") else "maximize"
+        )
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True)
         definition = json.loads(
             json.dumps(

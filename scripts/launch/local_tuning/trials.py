@@ -93,7 +93,8 @@ class TrialWork:
             trial.set_user_attr("container", name)
         if self.stopping.is_set():
             return None
-        values, stop_note = [], None
+        values: list[float] = []
+        stop_note = None
         with open(trial_dir / "log.txt", "w") as log:
             log.write(f"# trial {trial.number}: {json.dumps(hyperparameters.to_sagemaker(hps))}\n")
             log.flush()

@@ -9,6 +9,7 @@ mode it ignores checkpoints and writes <local_container_root>/compressed_artifac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from contract.spec.hyperparameters import parse_value, to_sagemaker
 from contract.spec.metrics import METRIC_DEFINITIONS
@@ -60,7 +61,7 @@ def model_trainer(
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
     prefix = config.s3_prefix.rstrip("/")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         training_image=config.train_image,
         base_job_name=name,
         hyperparameters=typed_hyperparameters(hyperparameters),
