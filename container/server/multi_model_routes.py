@@ -37,7 +37,7 @@ def described(entry: Entry) -> dict:
 
 
 def load_request() -> tuple[str, str]:
-    document = json_document(read_body(MAX_LOAD_REQUEST_BYTES) or b"null")
+    document = json_document(read_body(MAX_LOAD_REQUEST_BYTES, limit="a /models request's limit") or b"null")
     if not isinstance(document, dict):
         raise RequestError('expected {"model_name": ..., "url": ...}')
     name, url = document.get("model_name"), document.get("url")

@@ -27,12 +27,17 @@ def error_response(status: int, reason: str) -> tuple[Response, int]:
     return jsonify(error=reason), status
 
 
-def read_body(max_bytes: int, timeout_s: float = float(str(VARIABLE["body_read_timeout_s"].default))) -> bytes:
+def read_body(
+    max_bytes: int,
+    timeout_s: float = float(str(VARIABLE["body_read_timeout_s"].default)),
+    limit: str = "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+) -> bytes:
     """The request body; 413 from its Content-Length before reading, or, for
     a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
     MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
     408 when the whole body has not arrived within `timeout_s` (read_deadline.py)."""
-    too_large = RequestEntityTooLarge(f"payload larger than {max_bytes >> 20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    size = f"{max_bytes >> 20} MB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KB"
+    too_large = RequestEntityTooLarge(f"payload larger than {size} ({limit})")
     if (request.content_length or 0) > max_bytes:
         raise too_large
     stream = request.environ["wsgi.input"]  # gunicorn ends it at Content-Length or the last chunk

@@ -311,8 +311,12 @@ def hostile_requests_in_the_image(url: str) -> None:
         assert answer.status_code == 400, (target, answer.text)
         refusals.add(answer.json()["error"])
     assert len(refusals) == 1 and "/opt/program" not in refusals.pop()
-    deep = requests.post(url + "/models", timeout=60, data=b"[" * 100_000, headers={"Content-Type": "application/json"})
-    assert deep.status_code == 400, deep.text
+    deep = requests.post(url + "/models", timeout=60, data=b"[" * 60_000, headers={"Content-Type": "application/json"})
+    assert deep.status_code == 400, deep.text  # nested past 32, inside /models' 64 KB
+    large = requests.post(
+        url + "/models", timeout=60, data=b" " * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert large.status_code == 413 and "64 KB" in large.json()["error"], large.text
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as slow:
         slow.sendall(
             b"POST /models/first/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
