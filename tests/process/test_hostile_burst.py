@@ -129,7 +129,7 @@ def test_a_burst_of_decompression_bombs_within_budget_kills_no_worker(start_serv
         SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
         SAGEMAKER_MODEL_SERVER_THREADS=str(THREADS),
         SAGEMAKER_DECODE_PIXELS_PER_WORKER=str(DECODE_PIXELS_PER_WORKER),
-        SAGEMAKER_DECODE_WAIT_S="5",
+        SAGEMAKER_DECODE_WAIT_S="20",  # under 60 s with the decode itself: a slow CI machine gets 200s, not 503s
     )
     workers = server.worker_pids()
     assert len(workers) == WORKERS
@@ -158,7 +158,7 @@ def test_a_burst_of_decompression_bombs_within_budget_kills_no_worker(start_serv
     assert took < 240
     assert all(status in (200, 413, 503) for _, status, _ in answers), answers
     assert all(status == 413 for status in statuses["progressive JPEG of 121 Mpx"]), statuses
-    assert all(200 in statuses[name] for name in names[:4]), statuses  # each kind is served, not only refused
+    assert any(status == 200 for _, status, _ in answers), statuses  # the burst is served, not only refused
     for _, status, document in answers:
         assert ("predictions" in document) if status == 200 else (set(document) == {"error"}), document
     assert server.worker_pids() == workers, server.log()
@@ -166,6 +166,10 @@ def test_a_burst_of_decompression_bombs_within_budget_kills_no_worker(start_serv
     assert "was sent" not in log and "exited with" not in log and log.count("Booting worker") == WORKERS, log[-3000:]
     assert grew < WORKERS * DECODE_PIXELS_PER_WORKER * DECODE_BYTES_PER_PIXEL, f"+{grew >> 20} MiB"
     assert server.invoke(encode(sample_image(0), "JPEG")).status_code == 200
+    for name in names[:4]:  # and each kind is served once the burst is over (in the burst, which of them
+        body, content_type = images[name]  # got the budget first depends on the machine's speed)
+        answer = server.invoke(body, content_type, timeout=60)
+        assert answer.status_code == 200 and "predictions" in answer.json(), (name, answer.text)
 
 
 BODY_FOLLOWS = (
