@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -212,6 +213,16 @@ class ServerProcess:
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> list[int]:
+        """The worker pids once `count` exist: gunicorn forks them one after another, and the first
+        may answer /ping before the next one is forked (on a loaded machine, seconds before)."""
+        deadline = time.monotonic() + timeout
+        while len(self.worker_pids()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = self.worker_pids()
+        assert len(workers) == count, f"{len(workers)} of {count} workers after {timeout} s:\n{self.log()}"
+        return workers
 
     def pss_bytes(self) -> int:
         """Proportional set size of the whole server (master and workers): shared pages counted once."""

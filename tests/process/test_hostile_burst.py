@@ -131,8 +131,7 @@ def test_a_burst_of_decompression_bombs_within_budget_kills_no_worker(start_serv
         SAGEMAKER_DECODE_PIXELS_PER_WORKER=str(DECODE_PIXELS_PER_WORKER),
         SAGEMAKER_DECODE_WAIT_S="20",  # under 60 s with the decode itself: a slow CI machine gets 200s, not 503s
     )
-    workers = server.worker_pids()
-    assert len(workers) == WORKERS
+    workers = server.wait_for_workers(WORKERS)
     names = list(images)
     start = threading.Barrier(BURST_SIZE)
 

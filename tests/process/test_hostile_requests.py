@@ -49,8 +49,7 @@ def server(root, tmp_path_factory):
     ) as process:
         for name in ("tiny", "failing"):
             assert send(process, "POST", "/models", json.dumps({"model_name": name, "url": str(root / name)}))[0] == 200
-        process.first_pids = sorted(process.worker_pids())
-        assert len(process.first_pids) == 2
+        process.first_pids = sorted(process.wait_for_workers(2))
         yield process
 
 

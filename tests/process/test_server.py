@@ -391,11 +391,7 @@ def test_the_master_loads_the_model_once_and_answers_503_meanwhile(start_server,
     assert calls.read_text().split() == [str(server.process.pid)], server.log()  # once, in the master
     # gunicorn forks the workers 0-100 ms apart, and the first may answer /ping before the second
     # exists: wait for both (bounded), then check none was killed for the master's slow load
-    deadline = time.monotonic() + 10
-    while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = server.worker_pids()
-    assert len(workers) == 2, server.log()
+    workers = server.wait_for_workers(2)
     assert "WORKER TIMEOUT" not in server.log()
     # a user model_fn with every other stage the default
     response = server.invoke(jpeg(), headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=6"})
