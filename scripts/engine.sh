@@ -67,9 +67,11 @@ _podman_service() {
     mkdir -p "$(dirname "$ENGINE_SOCKET")"
     local log
     log=$(mktemp --tmpdir podman-service.XXXXXX)  # kept: the service writes to it as long as it runs
-    # setsid: the service must outlive the shell that started it (CI steps).
-    setsid podman system service --time=0 "unix://$ENGINE_SOCKET" \
-        >"$log" 2>&1 </dev/null &
+    # setsid: the service must outlive the shell that started it (CI steps). Started in /: it may
+    # outlive the checkout it was started from too, and with its working folder deleted podman
+    # fails every later container attach ("preparing container for attach: write child: broken pipe").
+    (cd / && exec setsid podman system service --time=0 "unix://$ENGINE_SOCKET" \
+        >"$log" 2>&1 </dev/null) &
     _ENGINE_STARTED_SERVICE=$!
     local i
     for i in $(seq 1 50); do _docker_answers && return 0; sleep 0.2; done
