@@ -251,3 +251,16 @@ class ServerProcess:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=30)
+
+
+def multi_model_server(tmp_path_factory, name: str, root, **env: str) -> ServerProcess:
+    """A multi-model endpoint (no model directory) serving urls under `root`, logging to a
+    folder of its own; use it as a context manager."""
+    logs = tmp_path_factory.mktemp(f"{name}-logs")
+    return ServerProcess(
+        logs / "no-model-dir",
+        logs / "server.log",
+        SAGEMAKER_MULTI_MODEL="true",
+        SAGEMAKER_MULTI_MODEL_ROOT=str(root),
+        **env,
+    )

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.code_models import make_code_model
-from helpers.serving import ServerProcess, encode, sample_image
+from helpers.serving import ServerProcess, encode, multi_model_server, sample_image
 
 JPEG = encode(sample_image(), "JPEG")
 TARGET = "X-Amzn-SageMaker-Target-Model"
@@ -39,14 +39,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(root, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("hostile-logs")
-    with ServerProcess(
-        logs / "no-model-dir",
-        logs / "server.log",
-        SAGEMAKER_MULTI_MODEL="true",
-        SAGEMAKER_MODEL_SERVER_WORKERS="2",
-        SAGEMAKER_MULTI_MODEL_ROOT=str(root),
-    ) as process:
+    with multi_model_server(tmp_path_factory, "hostile", root, SAGEMAKER_MODEL_SERVER_WORKERS="2") as process:
         for name in ("tiny", "failing"):
             assert send(process, "POST", "/models", json.dumps({"model_name": name, "url": str(root / name)}))[0] == 200
         process.first_pids = sorted(process.wait_for_workers(2))

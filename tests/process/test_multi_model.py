@@ -14,7 +14,7 @@ import pytest
 import requests
 
 import make_sample_data
-from helpers.serving import Reference, ServerProcess, encode, make_model_dir, sample_image
+from helpers.serving import Reference, ServerProcess, encode, make_model_dir, multi_model_server, sample_image
 from helpers.training import FAST_HPS, run_trainer
 
 WORKERS = 2
@@ -53,16 +53,14 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("mme-logs")
-    with ServerProcess(
-        logs / "no-model-dir",
-        logs / "server.log",
-        SAGEMAKER_MULTI_MODEL="true",
+    # the models' root: every test's folders (trained_models', tmp_path's) are in pytest's base one
+    with multi_model_server(
+        tmp_path_factory,
+        "mme",
+        tmp_path_factory.getbasetemp(),
         SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
         SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB),
         SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
-        # the models' root: every test's folders (trained_models', tmp_path's) are in pytest's base one
-        SAGEMAKER_MULTI_MODEL_ROOT=str(tmp_path_factory.getbasetemp()),
     ) as process:
         yield process
 

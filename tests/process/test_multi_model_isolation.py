@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from helpers.code_models import make_code_model
-from helpers.serving import ServerProcess, encode, sample_image
+from helpers.serving import ServerProcess, encode, multi_model_server, sample_image
 
 BUDGET_MB = 100
 JPEG = encode(sample_image(), "JPEG")
@@ -25,13 +25,8 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(root, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("isolation-logs")
-    with ServerProcess(
-        logs / "no-model-dir",
-        logs / "server.log",
-        SAGEMAKER_MULTI_MODEL="true",
-        SAGEMAKER_MULTI_MODEL_ROOT=str(root),
-        SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB),
+    with multi_model_server(
+        tmp_path_factory, "isolation", root, SAGEMAKER_MODEL_MEMORY_BUDGET_MB=str(BUDGET_MB)
     ) as process:
         yield process
 
