@@ -9,6 +9,7 @@ Standard library only: scripts/run_local.py needs nothing else on the host.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import os
 import shutil
@@ -115,13 +116,34 @@ def label_flags() -> list[str]:
     return ["--label", PROJECT_LABEL]
 
 
-def project_containers(cli: str, *filters: str, env: dict | None = None) -> list[str]:
-    """Names of this project's containers (PROJECT_LABEL), with further `--filter`s (e.g. status=exited)."""
+def _project_ps(cli: str, filters: tuple[str, ...], template: str, env: dict | None) -> list[str]:
     args = [cli, "ps", "-a", "--filter", f"label={PROJECT_LABEL}"]
     for extra in filters:
         args += ["--filter", extra]
-    out = subprocess.run([*args, "--format", "{{.Names}}"], env=env, capture_output=True, text=True)
-    return out.stdout.split()
+    out = subprocess.run([*args, "--format", template], env=env, capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+def project_containers(cli: str, *filters: str, env: dict | None = None) -> list[str]:
+    """Names of this project's containers (PROJECT_LABEL), with further `--filter`s (e.g. status=exited)."""
+    return [line.strip() for line in _project_ps(cli, filters, "{{.Names}}", env) if line.strip()]
+
+
+def project_containers_created(cli: str, *filters: str, env: dict | None = None) -> list[tuple[str, float]]:
+    """(name, creation time as a Unix timestamp) of this project's containers, as `project_containers`.
+    Both engines print CreatedAt as `2026-12-06 10:25:59[.fraction] +0000 UTC`."""
+    found = []
+    for line in _project_ps(cli, filters, "{{.Names}}|{{.CreatedAt}}", env):
+        name, _, created = line.partition("|")
+        fields = created.split()
+        if not name or len(fields) < 3:
+            continue
+        stamp = f"{fields[0]} {fields[1].split('.')[0]} {fields[2]}"
+        try:
+            found.append((name, datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S %z").timestamp()))
+        except ValueError:
+            continue  # a format neither engine prints: leave the container alone
+    return found
 
 
 def space_shortfall(build: str, free_bytes: int, cached: bool, where: str) -> str | None:

@@ -41,3 +41,15 @@ def engine() -> container_engine.Engine:
     """The container engine as scripts/engine.sh sets it up; BASE_IMAGE in its env for build_image.sh."""
     found = container_engine.setup()
     return dataclasses.replace(found, env=dict(found.env, BASE_IMAGE=found.base_image))
+
+
+@pytest.fixture
+def containers_left_by_this_test(engine):
+    """A function naming this project's containers that appeared during the test and are still there.
+    Those of other runs (a crashed job, someone else's session on the same engine) are not this test's."""
+    before = set(container_engine.project_containers(engine.cli, env=engine.env))
+
+    def left() -> list[str]:
+        return sorted(set(container_engine.project_containers(engine.cli, env=engine.env)) - before)
+
+    return left

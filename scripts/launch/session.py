@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import container_engine
 from launch.config import Config, complete_from_session
+
+# a compose `up` starts what it creates within seconds; one still "created" after this never will
+NEVER_STARTED_S = 600.0
 
 LOCAL_SDK_CONFIG = {
     "SchemaVersion": "1.0",
@@ -34,14 +38,20 @@ def prepare_local_environment(config: Config) -> None:
             os.environ["DOCKER_HOST"] = found.env["DOCKER_HOST"]
 
 
-def remove_local_containers(cli: str | None = None) -> None:
+def remove_local_containers(cli: str | None = None, never_started_for_s: float = NEVER_STARTED_S) -> None:
     """Local mode runs `docker-compose up` and never `down`: its finished job and
     endpoint containers (v2: <random>-algo-N-<random>; v3's training: <job>_algo-N_1) stay behind. Remove them:
-    only exited ones from this project's images (they carry its label), never a name alike of someone else's."""
+    only this project's (they carry its label), never a name alike of someone else's. Exited ones, and ones
+    still "created" `never_started_for_s` after their creation (an `up` whose attach failed leaves them;
+    a younger one may be another job's, about to start)."""
     cli = cli or ("podman" if "podman" in os.environ.get("DOCKER_HOST", "") else "docker")
-    names = container_engine.project_containers(cli, "status=exited")
-    stale = [name for name in names if "-algo-" in name or "_algo-" in name]
-    for name in stale:  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone meanwhile
+    stale = container_engine.project_containers(cli, "status=exited")
+    now = time.time()
+    for name, created in container_engine.project_containers_created(cli, "status=created"):
+        if now - created >= never_started_for_s:
+            stale.append(name)
+    for name in [n for n in stale if "-algo-" in n or "_algo-" in n]:
+        # one at a time: podman 4.3's `rm -f A B` skips B when A is gone meanwhile
         subprocess.run([cli, "rm", "-f", name], capture_output=True)
 
 

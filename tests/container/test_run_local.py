@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import container_engine
 from helpers.mlflow_server import mlflow_server
 from helpers.training import ROOT
 from launch import local_tuning
@@ -36,8 +37,12 @@ def run_local(engine, *args, timeout=2400) -> tuple[subprocess.CompletedProcess,
 @pytest.fixture(scope="module")
 def first_run(engine, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
+    before = set(container_engine.project_containers(engine.cli, env=engine.env))
     result, seconds = run_local(engine, "--workdir", str(workdir), "--trials", "3")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    # the run's own containers only: another run's leftovers on the same engine are not its failure
+    left = sorted(set(container_engine.project_containers(engine.cli, env=engine.env)) - before)
+    assert not left, left
     return workdir, result.stdout, seconds
 
 
@@ -74,10 +79,6 @@ def test_summary_and_reports(first_run, engine):
         path = Path(path)
         assert path.exists(), label
         assert path.is_dir() and any(path.iterdir()) or path.stat().st_size > 0, label
-    leftovers = subprocess.run(
-        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
-    ).stdout
-    assert "byoc-serve-" not in leftovers
 
 
 def test_second_run_skips_every_stage(first_run, engine):
@@ -123,7 +124,7 @@ def test_a_failing_stage_stops_the_run(engine, tmp_path):
     assert "summary" not in result.stdout
 
 
-def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
+def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path, containers_left_by_this_test):
     """--mlflow: a real server for the run; afterwards its store is read back through MLflow's client."""
     from mlflow import MlflowClient
 
@@ -132,10 +133,7 @@ def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path):
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     url = re.search(r"^  MLflow\s+(http://127\.0\.0\.1:\d+) ", out, re.MULTILINE).group(1)
-    leftovers = subprocess.run(
-        [engine.cli, "ps", "-a", "--format", "{{.Names}}"], env=engine.env, capture_output=True, text=True
-    ).stdout
-    assert "byoc-mlflow-" not in leftovers  # stopped and removed with the workflow
+    assert not containers_left_by_this_test()  # the server stopped and removed with the workflow
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=5)
     data = workdir / "opt_ml" / "output" / "data"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import container_engine
 from helpers.serving import labels_from_archive, transform_labels
 from helpers.training import ROOT, SDK_V2_PYTHON, build_image
 
@@ -36,7 +35,7 @@ def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
     return result
 
 
-def test_train_deploy_predict_transform(engine, images, sample_data, tmp_path):
+def test_train_deploy_predict_transform(engine, images, sample_data, tmp_path, containers_left_by_this_test):
     hps = [
         "--hp",
         "backbone=resnet18",
@@ -93,6 +92,7 @@ def test_train_deploy_predict_transform(engine, images, sample_data, tmp_path):
     # and the job learnt (chance is 2 of 8; the trainer's own tests hold how well)
     assert sum(label.split(".")[1] in name for name, label in answers.items()) >= 4, answers
 
-    # this project's containers only (they carry its label): another user's may be named alike
-    leftovers = " ".join(container_engine.project_containers(engine.cli, env=engine.env))
+    # this project's containers only (they carry its label; another user's may be named alike), and only
+    # those this test made: another run's leftovers are not its failure
+    leftovers = " ".join(containers_left_by_this_test())
     assert "-algo-" not in leftovers, leftovers  # v2: <random>-algo-N-<random>; v3: <job>_algo-N_1

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import requests
 
-import container_engine
 from contract.spec import metrics
 from contract.spec.artifact import WEIGHTS_FILE
 from helpers.serving import labels_from_archive, transform_labels
@@ -58,7 +57,7 @@ def sm(engine, workdir, *args, timeout=900) -> subprocess.CompletedProcess:
     return result
 
 
-def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_path):
+def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_path, containers_left_by_this_test):
     trained = sm(
         engine,
         tmp_path,
@@ -142,6 +141,7 @@ def test_train_deploy_invoke_transform_on_v3(engine, images, sample_data, tmp_pa
     # and the job learnt (chance is 2 of 8; the trainer's own tests hold how well)
     assert sum(label.split(".")[1] in name for name, label in answers.items()) >= 4, answers
 
-    # this project's containers only (they carry its label): another user's may be named alike
-    leftovers = " ".join(container_engine.project_containers(engine.cli, env=engine.env))
+    # this project's containers only (they carry its label; another user's may be named alike), and only
+    # those this test made: another run's leftovers are not its failure
+    leftovers = " ".join(containers_left_by_this_test())
     assert "algo-" not in leftovers, leftovers  # v2: <random>-algo-N-<random>; v3: <job>_algo-N_1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -89,13 +90,20 @@ def test_a_path_with_colons_and_commas_mounts_in_a_real_container(engine, tmp_pa
 
 
 def test_stale_local_mode_containers_are_found_by_the_label_not_by_their_name(engine):
-    """Local mode's leftovers are removed; someone else's container with an alike name stays."""
+    """Local mode's leftovers are removed, exited or never started (an `up` whose attach failed); someone
+    else's container with an alike name stays, and so does one of ours created a moment ago."""
     token = uuid.uuid4().hex[:8]
     ours, theirs = f"{token}-algo-1-ours", f"{token}-algo-1-theirs"
+    never_started, just_created = f"{token}_algo-1_1", f"{token}_algo-2_1"
+    made = [ours, theirs, never_started, just_created]
     try:
-        for name, flags in ((ours, container_engine.label_flags()), (theirs, [])):
+        for name, verb, flags in (
+            (ours, "run", container_engine.label_flags()),
+            (theirs, "run", []),
+            (never_started, "create", container_engine.label_flags()),
+        ):
             started = subprocess.run(
-                [engine.cli, "run", "--name", name, *flags, "--network", "none", engine.base_image, "true"],
+                [engine.cli, verb, "--name", name, *flags, "--network", "none", engine.base_image, "true"],
                 env=engine.env,
                 capture_output=True,
                 text=True,
@@ -104,16 +112,26 @@ def test_stale_local_mode_containers_are_found_by_the_label_not_by_their_name(en
             assert started.returncode == 0, started.stderr
         assert ours in container_engine.project_containers(engine.cli, "status=exited", env=engine.env)
         assert theirs not in container_engine.project_containers(engine.cli, env=engine.env)
-        remove_local_containers(engine.cli)
+        created = dict(container_engine.project_containers_created(engine.cli, "status=created", env=engine.env))
+        assert abs(created[never_started] - time.time()) < 120, created
+
+        time.sleep(2)
+        subprocess.run(
+            [engine.cli, "create", "--name", just_created, *container_engine.label_flags(), engine.base_image, "true"],
+            env=engine.env,
+            capture_output=True,
+            timeout=120,
+        )
+        remove_local_containers(engine.cli, never_started_for_s=1.5)
         left = subprocess.run(
             [engine.cli, "ps", "-a", "--filter", f"name={token}", "--format", "{{.Names}}"],
             env=engine.env,
             capture_output=True,
             text=True,
         ).stdout.split()
-        assert left == [theirs]
+        assert sorted(left) == sorted([theirs, just_created])
     finally:
-        for name in (ours, theirs):  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone
+        for name in made:  # one at a time: podman 4.3's `rm -f A B` skips B when A is gone
             subprocess.run([engine.cli, "rm", "-f", name], env=engine.env, capture_output=True)
         left = subprocess.run(
             [engine.cli, "ps", "-a", "--filter", f"name={token}", "-q"], env=engine.env, capture_output=True, text=True
