@@ -1,7 +1,7 @@
-"""The training image's entry point: `docker run IMAGE train`, as SageMaker starts it.
+"""The training image's ENTRYPOINT: `docker run IMAGE train`, as SageMaker starts it.
 
-It runs the sagemaker-training toolkit's `train` (which runs train.py with the
-job's hyperparameters) and adds what the toolkit lacks:
+It runs the sagemaker-training toolkit's `train` (which runs toolkit_entry_point.py
+with the job's hyperparameters) and adds what the toolkit lacks:
   * SIGTERM (StopTrainingJob, spot interruption) reaches the trainer, which
     checkpoints and exits 0; the toolkit itself does not forward signals, and
     killing it would break the trainer's log pipe mid-checkpoint;
@@ -38,7 +38,7 @@ def ensure_code_dir() -> None:
     if user_code or (code.is_dir() and any(code.iterdir())):
         return
     code.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROGRAM_DIR / "train.py", code / "train.py")
+    shutil.copy(PROGRAM_DIR / paths.TOOLKIT_ENTRY_POINT, code / paths.TOOLKIT_ENTRY_POINT)
 
 
 def ensure_hosts_resolve() -> None:

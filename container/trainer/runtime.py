@@ -23,7 +23,7 @@ from trainer.distributed import under_torchrun
 
 # The sagemaker-training toolkit replaces /opt/ml/output/failure with its own
 # multi-line report when the script exits non-zero; the image's entry point
-# (trainer/entry.py) puts our one-line reason back from this copy.
+# (trainer/image_entrypoint.py) puts our one-line reason back from this copy.
 def reason_copy() -> Path:
     # read when needed, not at import: a pre-started trial process gets its environment late
     return Path(os.environ.get("TRAINER_REASON_FILE", "/tmp/trainer-failure-reason"))
