@@ -42,7 +42,6 @@ def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = No
         {
             paths.BASE_DIR_ENV: str(opt_ml),
             "TRAINER_SCRATCH": str(opt_ml / "scratch"),
-            "TRAINER_REASON_FILE": str(opt_ml / "reason"),
             "PYTHONUNBUFFERED": "1",
             "TORCH_HOME": str(opt_ml / "torch-home"),
             "MASTER_PORT": str(29500 + os.getpid() % 1000),

@@ -104,7 +104,6 @@ class ProcessRunner:
             **(env or {}),
             paths.BASE_DIR_ENV: str(opt_ml),
             "TRAINER_SCRATCH": str(trial_dir / "scratch"),
-            "TRAINER_REASON_FILE": str(trial_dir / "reason"),
             "SM_CHANNEL_TRAINING": str(self.channel),
             "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index),
         }
