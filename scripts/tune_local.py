@@ -5,7 +5,7 @@
                           [--trials 20] [--sampler tpe|random|grid] [--parallel N]
                           [--runner process|container] [--hp name=value ...]
 
-Each trial trains with the trainer (`python container/train.py`, or the
+Each trial trains with the trainer (`python container/toolkit_entry_point.py`, or the
 byoc-train image with --runner container) on a fresh /opt/ml tree under
 WORKDIR/trials/NNNN/; its validation loss per epoch, read with SageMaker's
 metric regex, drives the sampler and the median pruner. Diverging trials

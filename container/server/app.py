@@ -41,9 +41,9 @@ def unavailable() -> tuple[Response, int]:
     return error_response(500, "the model failed to load: the server's log says why")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings) -> Flask:
+    """The app of one worker, with the settings its master read (master.py): none read here."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    settings = settings or Settings.from_env()
     app = Flask(__name__)
     models = None
     if settings.multi_model:

@@ -5,9 +5,10 @@ meaning; `Settings.from_env` reads them, `Settings.to_env` exports them, and doc
 table is generated from them (scripts/docs_tables.py). Most SAGEMAKER_ names are this project's:
 SageMaker itself documents only the port, workers, timeout, payload and multi-model ones.
 
-This module is the only one that reads the environment (prometheus_client reads its
-directory variable itself, as exported here). `serve` resolves the defaults that probe the
-host once and exports the result, so gunicorn's config and every worker read the same numbers.
+This module is the only one that reads the server's variables, and gunicorn's master
+(master.py) is the only caller of `from_env`: it reads them once, before any worker forks,
+and hands the frozen Settings to gunicorn's config and every worker. It exports them
+(`to_env`) only for what reads the environment itself (prometheus_client its directory).
 """
 
 from __future__ import annotations

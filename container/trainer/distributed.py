@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from contract.spec.paths import TOOLKIT_ENTRY_POINT
+
 
 def hosts() -> tuple[list[str], str]:
     all_hosts = json.loads(os.environ.get("SM_HOSTS", '["algo-1"]'))
@@ -24,7 +26,7 @@ def hosts() -> tuple[list[str], str]:
 # What torchrun starts in each process. Not sys.argv[0]: a process that called
 # main() some other way (the local tuner's pre-started trial process) would
 # have torchrun start that program instead.
-ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
+ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / TOOLKIT_ENTRY_POINT
 
 
 def under_torchrun() -> bool:

@@ -21,14 +21,6 @@ from contract.spec import paths as spec_paths
 from trainer.distributed import under_torchrun
 
 
-# The sagemaker-training toolkit replaces /opt/ml/output/failure with its own
-# multi-line report when the script exits non-zero; the image's entry point
-# (trainer/entry.py) puts our one-line reason back from this copy.
-def reason_copy() -> Path:
-    # read when needed, not at import: a pre-started trial process gets its environment late
-    return Path(os.environ.get("TRAINER_REASON_FILE", "/tmp/trainer-failure-reason"))
-
-
 @dataclass
 class Paths:
     root: Path
@@ -67,14 +59,17 @@ class TrainingFailure(RuntimeError):
     """A failure with a one-line reason for /opt/ml/output/failure."""
 
 
-def failure_files(paths: Paths) -> tuple[Path, Path]:
-    return paths.root / spec_paths.FAILURE_FILE, reason_copy()
+def failure_file(paths: Paths) -> Path:
+    """Where SageMaker reads a failed job's FailureReason. The trainer writes it before it exits, and
+    the sagemaker-training toolkit, which then reports the script's non-zero exit, writes its own
+    multi-line report there only where no file exists (sagemaker_training.files.write_failure_file):
+    the trainer's one line stands, with no copy kept elsewhere."""
+    return paths.root / spec_paths.FAILURE_FILE
 
 
 def clear_failure(paths: Paths) -> None:
     """A new job's start (before torchrun's workers exist): an earlier run's reason is no reason of this one."""
-    for path in failure_files(paths):
-        path.unlink(missing_ok=True)
+    failure_file(paths).unlink(missing_ok=True)
 
 
 def write_failure(paths: Paths, reason: str) -> None:
@@ -82,14 +77,14 @@ def write_failure(paths: Paths, reason: str) -> None:
     makes the others fail after it, in collectives that lost their peer: later reasons go to the log."""
     label = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     line = (label + " ".join(str(reason).split()))[:1000]  # one line; SageMaker shows 1 KB
-    for path in failure_files(paths):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(line + "\n")
-        except OSError:  # FileExistsError: another rank failed first
-            pass
+    path = failure_file(paths)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(line + "\n")
+    except OSError:  # FileExistsError: another rank failed first
+        pass
     print(f"FAILED: {line}", file=sys.stderr, flush=True)
 
 

@@ -90,7 +90,7 @@ def train(data: Path, hps: dict, args, keep: dict | None = None) -> float:
             "image-size": args.image_size,
             "val-fraction": "0.05",
         }
-        cmd = [sys.executable, str(ROOT / "container" / "train.py")]
+        cmd = [sys.executable, str(ROOT / "container" / "toolkit_entry_point.py")]
         for name, value in {**base, **hps}.items():
             cmd += [f"--{name}", str(value)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout

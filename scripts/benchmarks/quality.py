@@ -9,7 +9,7 @@ it (Zalando's catalogue photographs of clothes, 28x28 greyscale, 10 classes):
 nothing is downloaded but the package, with apt's ordinary client, when it is
 not installed. A fixed subset of it (the first images of each class) becomes
 an ImageFolder tree under build/quality/ (train/ and valid/ from the package's
-training file, test/ from its test file), and container/train.py trains on it
+training file, test/ from its test file), and container/toolkit_entry_point.py trains on it
 once per recipe and seed, as SageMaker's toolkit would run it: at nice 10
 (start the script itself un-niced), with fp32 (amp false) so the numbers do
 not depend on whether a CPU has bf16. Prints one table row per
@@ -148,7 +148,7 @@ def run(data: Path, opt_ml: Path, hps: dict, threads: int, timeout: float) -> tu
     args = [item for name, value in hps.items() for item in (f"--{name}", str(value))]
     start = time.perf_counter()
     out = subprocess.run(
-        ["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "train.py"), *args],
+        ["nice", "-n", "10", trainer_python(), str(ROOT / "container" / "toolkit_entry_point.py"), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -89,7 +89,7 @@ def our_trainer(data: Path, trainable_layers: int, args, amp: str = "auto") -> f
         )
         cmd = [
             sys.executable,
-            str(ROOT / "container" / "train.py"),
+            str(ROOT / "container" / "toolkit_entry_point.py"),
             "--backbone",
             "resnet50",
             "--pretrained",

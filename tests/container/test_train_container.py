@@ -39,7 +39,7 @@ def test_train_in_the_container(engine, train_image, sample_data, tmp_path):
     result = run(engine, "run", "--rm", "-v", f"{opt_ml}:/opt/ml", train_image, "train")
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert "Reporting training SUCCESS" in log  # the sagemaker-training toolkit ran train.py
+    assert "Reporting training SUCCESS" in log  # the sagemaker-training toolkit ran toolkit_entry_point.py
     assert len(metrics.parse_log(log)["validation:loss"]) == 3
     model, config = artifact.load(opt_ml / "model")
     assert len(config["class_names"]) == 4

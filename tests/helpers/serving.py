@@ -152,9 +152,10 @@ def transform_labels(outputs: list[Path]) -> dict[str, str]:
 
 
 class ServerProcess:
-    """container/serve (gunicorn and its workers) on a free port of 127.0.0.1."""
+    """container/serve (gunicorn and its workers) on a free port of 127.0.0.1; `command` another
+    program in its place (run with container/ on PYTHONPATH, as serve runs gunicorn's master)."""
 
-    def __init__(self, model_dir: Path, log_path: Path, **env: str):
+    def __init__(self, model_dir: Path, log_path: Path, command: list[str] | None = None, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         server_env = {key: value for key, value in os.environ.items() if not key.startswith(("SM_", "SAGEMAKER_"))}
@@ -170,12 +171,14 @@ class ServerProcess:
                 **env,
             }
         )
+        if command:  # serve puts container/ on the path itself
+            server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONTAINER), os.environ.get("PYTHONPATH")]))
         self.log_path = log_path
         self.run_dir = Path(server_env["SAGEMAKER_SERVER_RUN_DIR"])
         with open(log_path, "wb") as log:
             # Its own session: teardown can kill gunicorn and its workers as one group.
             self.process = subprocess.Popen(
-                [sys.executable, str(CONTAINER / "serve")],
+                command or [sys.executable, str(CONTAINER / "serve")],
                 env=server_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -13,6 +13,8 @@ from contract.spec import hyperparameters, paths, presets
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINER = ROOT / "container"
+# what the toolkit runs: `python TRAINER_SCRIPT --name value ...`
+TRAINER_SCRIPT = CONTAINER / paths.TOOLKIT_ENTRY_POINT
 SDK_V2_PYTHON = ROOT / ".venv-sdk-v2" / "bin" / "python"  # scripts/test.sh's SageMaker SDK v2 environment
 
 # Small and fast, yet learns the sample data to well above chance in seconds (as SageMaker passes them: strings).
@@ -40,7 +42,6 @@ def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = No
         {
             paths.BASE_DIR_ENV: str(opt_ml),
             "TRAINER_SCRATCH": str(opt_ml / "scratch"),
-            "TRAINER_REASON_FILE": str(opt_ml / "reason"),
             "PYTHONUNBUFFERED": "1",
             "TORCH_HOME": str(opt_ml / "torch-home"),
             "MASTER_PORT": str(29500 + os.getpid() % 1000),
@@ -54,9 +55,9 @@ def trainer_env(opt_ml: Path, channels: dict[str, Path], extra: dict | None = No
 def run_trainer(
     opt_ml: Path, channels: dict[str, Path], hps: dict, extra_env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """Run container/train.py as SageMaker's toolkit would, on a local /opt/ml tree."""
+    """Run container/toolkit_entry_point.py as SageMaker's toolkit would, on a local /opt/ml tree."""
     return subprocess.run(
-        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        [sys.executable, str(TRAINER_SCRIPT), *hp_args(hps)],
         env=trainer_env(opt_ml, channels, extra_env),
         capture_output=True,
         text=True,

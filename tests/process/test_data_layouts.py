@@ -1,6 +1,6 @@
 """Every data layout the README names, packed as the public data sets ship them, through every entry point.
 
-(a) the trainer itself (container/train.py), (b) scripts/run_local.py --data ARCHIVE end to end,
+(a) the trainer itself (container/toolkit_entry_point.py), (b) scripts/run_local.py --data ARCHIVE end to end,
 (c) the training image's `train` with the archive in its channel folder; and the archives refused.
 """
 
@@ -215,7 +215,7 @@ def refused(tmp_path: Path, channel: Path, env: dict | None = None) -> str:
 
 
 def refused_by_the_trainer(tmp_path: Path, channel: Path) -> str:
-    """The same through container/train.py: the reason in /opt/ml/output/failure, a non-zero exit."""
+    """The same through container/toolkit_entry_point.py: the reason in /opt/ml/output/failure, a non-zero exit."""
     opt_ml = tmp_path / "opt_ml"
     result = run_trainer(opt_ml, {"training": channel}, ONE_STEP)
     assert result.returncode != 0, result.stdout[-2000:]

@@ -32,7 +32,7 @@ def jpeg(seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory) -> dict[str, Path]:
-    """Three models, as many classes as their names say, trained by container/train.py (at once)."""
+    """Three models, as many classes as their names say, trained by container/toolkit_entry_point.py (at once)."""
     root = tmp_path_factory.mktemp("mme")
 
     def train(classes: int) -> Path:

@@ -24,7 +24,7 @@ from helpers.training import FAST_HPS, ROOT, SDK_V2_PYTHON, build_image, run_tra
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 # few images and only the head trained: the shares, not the learning, are under test
 HPS = dict(FAST_HPS, epochs=2, amp="false", **{"trainable-layers": 0, "num-workers": 0})
-# what every rank prints of its own share (trainer/train.py)
+# what every rank prints of its own share (trainer/job.py)
 RANK_EPOCH = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] epoch (\d+): trained on (\d+) images, skipped (\d+) unreadable")
 RANK_EVAL = re.compile(r"\[rank (\d+)/(\d+) on (\S+)\] (\w+): scored (\d+) images, skipped (\d+) unreadable")
 

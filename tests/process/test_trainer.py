@@ -20,7 +20,7 @@ import torch
 
 from contract import artifact
 from contract.spec import metrics
-from helpers.training import CONTAINER, FAST_HPS, failure_reason, hp_args, run_trainer, trainer_env
+from helpers.training import CONTAINER, FAST_HPS, TRAINER_SCRIPT, failure_reason, hp_args, run_trainer, trainer_env
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_sigterm_mid_epoch_checkpoints_and_a_restart_finishes(sample_data, tmp_p
     opt_ml = tmp_path / "opt_ml"
     hps = dict(FAST_HPS, epochs=3, **{"batch-size": 4, "num-workers": 0})
     proc = subprocess.Popen(
-        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        [sys.executable, str(TRAINER_SCRIPT), *hp_args(hps)],
         env=trainer_env(opt_ml, {"training": sample_data}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

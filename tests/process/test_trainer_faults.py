@@ -13,7 +13,7 @@ import pytest
 
 import make_sample_data  # noqa: E402  (scripts/, on the path through conftest)
 from contract import artifact
-from helpers.training import CONTAINER, FAST_HPS, failure_reason, hp_args, run_trainer, trainer_env
+from helpers.training import FAST_HPS, TRAINER_SCRIPT, failure_reason, hp_args, run_trainer, trainer_env
 from trainer import runtime
 
 ONE_STEP = dict(FAST_HPS, epochs=1, **{"max-steps-per-epoch": 1, "num-workers": 0})
@@ -65,7 +65,7 @@ def test_sigkill_between_weights_and_config_leaves_no_mix(sample_data, three_cla
 
 def start_trainer(opt_ml: Path, channels: dict, hps: dict, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        [sys.executable, str(TRAINER_SCRIPT), *hp_args(hps)],
         env=trainer_env(opt_ml, channels, dict(ENV, **(env or {}))),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

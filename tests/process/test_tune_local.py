@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 import proctree
 from contract.spec import hyperparameters, metrics, search_space
 from helpers.mlflow_server import mlflow_server
-from helpers.training import FAST_HPS, ROOT, build_image
+from helpers.training import FAST_HPS, ROOT, TRAINER_SCRIPT, build_image
 from launch import local_tuning
 from localnet import free_port
 from trainer import tracking
@@ -253,7 +253,7 @@ def test_a_pre_started_trial_relaunches_the_trainer_under_torchrun(sample_data, 
     (row,) = result.rows
     assert row.state == "COMPLETE", (row.note, row.log.read_text()[-3000:])
     log = row.log.read_text()
-    assert "launching 2 process(es) per host" in log and "container/train.py" in log
+    assert "launching 2 process(es) per host" in log and str(TRAINER_SCRIPT.relative_to(ROOT)) in log
 
 
 def test_cli_resumes_after_sigkill(sample_data, space_file, tmp_path):

@@ -19,7 +19,7 @@ FIRST_PARTY = {"contract", "trainer", "insights", "server"}
 # package -> the first-party packages it may import
 ALLOWED = {
     "contract": {"contract"},
-    "trainer": {"contract", "trainer", "insights"},  # insights only deferred, at the end of a job (train.py)
+    "trainer": {"contract", "trainer", "insights"},  # insights only deferred, at the end of a job (job.py)
     "insights": {"contract", "insights"},
     "server": {"contract", "server"},
 }

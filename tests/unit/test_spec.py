@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"  # what `python3 scripts/run_local.py` runs on a fresh machine: no torch
 SPEC_MODULES = ("architecture", "artifact", "hyperparameters", "images", "metrics", "paths", "presets", "search_space")
 
-# real lines from a trainer's log (container/train.py on the sample data)
+# real lines from a trainer's log (container/toolkit_entry_point.py on the sample data)
 LOG = """\
 data: 3 classes, 43 training, 5 validation, 7 test images
 #metric epoch=1 split=train loss=1.104512 accuracy=0.3488 images_per_sec=112.4

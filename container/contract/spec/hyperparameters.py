@@ -430,7 +430,7 @@ def to_sagemaker(values: dict) -> dict:
 
 
 def to_argv(values: dict) -> list[str]:
-    """`--name value` arguments, as the sagemaker-training toolkit passes them to train.py."""
+    """`--name value` arguments, as the sagemaker-training toolkit passes them to toolkit_entry_point.py."""
     return [item for name, value in as_strings(values).items() for item in (f"--{name}", value)]
 
 

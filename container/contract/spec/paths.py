@@ -33,6 +33,9 @@ FAILURE_FILE = Path(OUTPUT_DIR) / "failure"
 OUTPUT_DATA_DIR = Path(OUTPUT_DIR) / "data"
 CHECKPOINTS_DIR = "checkpoints"
 CODE_DIR = "code"
+# The script the sagemaker-training toolkit runs (SAGEMAKER_PROGRAM): in the image /opt/program/ and
+# /opt/ml/code/ hold it, in a checkout container/; torchrun starts it again for each process of a job.
+TOOLKIT_ENTRY_POINT = "toolkit_entry_point.py"
 TRAINING_CHANNEL = "training"
 LOCAL_HOST = "algo-1"  # SageMaker's name for the first host of a job
 

@@ -27,7 +27,7 @@ rounded and de-duplicated. The study then runs at most the grid's size.
 
 A trial is the trainer run with the trial's parameters, the space's fixed
 hyperparameters and the caller's overrides, on a fresh /opt/ml tree: either as
-`python container/train.py` would run it, in a process started ahead with its
+`python container/toolkit_entry_point.py` would run it, in a process started ahead with its
 imports done (runner "process", warm_trial.py), or as `ENGINE run ...
 byoc-train:latest train` (runner "container"). A trial whose validation loss becomes NaN/inf, or
 that the trainer stops with 'loss became nan/inf', is pruned (diverged); any

@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
         "--runner",
         choices=RUNNERS,
         default="process",
-        help="process: python container/train.py; container: the byoc-train image",
+        help="process: python container/toolkit_entry_point.py; container: the byoc-train image",
     )
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="early stopping of trials (default median)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")

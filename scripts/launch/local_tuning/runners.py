@@ -23,7 +23,8 @@ from .tracking import on_loopback
 
 RUNNERS = ("process", "container")
 STOP_GRACE_S = 15  # SIGTERM, then this long for the trainer's checkpoint, then SIGKILL
-WARM_TRIAL = Path(__file__).resolve().parent / "warm_trial.py"  # container/train.py's main, imported ahead
+# trainer/job.py's main, imported ahead (what container/toolkit_entry_point.py runs)
+WARM_TRIAL = Path(__file__).resolve().parent / "warm_trial.py"
 CACHE_HP, CONTAINER_CACHE = "feature-cache", "/opt/feature-cache"  # the trainer's feature cache folder
 
 
@@ -44,7 +45,7 @@ def _die_with_parent(cmd: list[str]) -> list[str]:
 
 
 class ProcessRunner:
-    """`python container/train.py --name value ...` with SAGEMAKER_BASE_DIR=<trial>/opt_ml."""
+    """`python container/toolkit_entry_point.py --name value ...` with SAGEMAKER_BASE_DIR=<trial>/opt_ml."""
 
     kind = "process"
 
@@ -103,7 +104,6 @@ class ProcessRunner:
             **(env or {}),
             paths.BASE_DIR_ENV: str(opt_ml),
             "TRAINER_SCRATCH": str(trial_dir / "scratch"),
-            "TRAINER_REASON_FILE": str(trial_dir / "reason"),
             "SM_CHANNEL_TRAINING": str(self.channel),
             "MASTER_PORT": str(29500 + (os.getpid() % 200) * 10 + slot.index),
         }

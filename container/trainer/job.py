@@ -1,6 +1,6 @@
 """Transfer-learning trainer: the program the sagemaker-training toolkit runs.
 
-    train.py --lr 0.001 --batch-size 64 --epochs 5 ...   (see hyperparameters.py)
+    toolkit_entry_point.py --lr 0.001 --batch-size 64 --epochs 5 ...   (see hyperparameters.py)
 
 One loop in the style of torchvision's reference script: build data, model
 and optimiser (setup.py); per epoch train, validate, report, checkpoint

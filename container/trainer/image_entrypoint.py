@@ -1,15 +1,17 @@
-"""The training image's entry point: `docker run IMAGE train`, as SageMaker starts it.
+"""The training image's ENTRYPOINT: `docker run IMAGE train`, as SageMaker starts it.
 
-It runs the sagemaker-training toolkit's `train` (which runs train.py with the
-job's hyperparameters) and adds what the toolkit lacks:
+It runs the sagemaker-training toolkit's `train` (which runs toolkit_entry_point.py
+with the job's hyperparameters) and adds what the toolkit lacks:
   * SIGTERM (StopTrainingJob, spot interruption) reaches the trainer, which
     checkpoints and exits 0; the toolkit itself does not forward signals, and
     killing it would break the trainer's log pipe mid-checkpoint;
-  * /opt/ml/output/failure keeps the trainer's one-line reason, which the
-    toolkit would replace with a multi-line traceback of the subprocess;
   * `docker run -v DIR:/opt/ml` works: the program is put back into the
     mounted /opt/ml/code, and a single host name resolves without --hostname.
 Any other command (`bash`, `python ...`) is run as given.
+
+A failed job's reason needs nothing here: the trainer writes its one line to
+/opt/ml/output/failure itself, and the toolkit writes its own report only where
+that file does not exist (trainer/runtime.failure_file).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import sys
 from pathlib import Path
 
 from contract.spec import paths
-from trainer.runtime import reason_copy
 
 PROGRAM_DIR = Path(__file__).resolve().parent.parent
 OPT_ML = paths.base_dir()  # SAGEMAKER_BASE_DIR, as the toolkit reads it
@@ -38,7 +39,7 @@ def ensure_code_dir() -> None:
     if user_code or (code.is_dir() and any(code.iterdir())):
         return
     code.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROGRAM_DIR / "train.py", code / "train.py")
+    shutil.copy(PROGRAM_DIR / paths.TOOLKIT_ENTRY_POINT, code / paths.TOOLKIT_ENTRY_POINT)
 
 
 def ensure_hosts_resolve() -> None:
@@ -66,7 +67,7 @@ def children(pid: int) -> list[int]:
 def run_training() -> int:
     ensure_code_dir()
     ensure_hosts_resolve()
-    reason_copy().unlink(missing_ok=True)
+    (OPT_ML / paths.FAILURE_FILE).unlink(missing_ok=True)  # a new job: an earlier run's reason is none of it
     toolkit = subprocess.Popen(["train"])
 
     def forward(signum, frame):
@@ -80,12 +81,7 @@ def run_training() -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = toolkit.wait()
-    if code != 0 and reason_copy().is_file():
-        failure = OPT_ML / paths.FAILURE_FILE
-        failure.parent.mkdir(parents=True, exist_ok=True)
-        failure.write_text(reason_copy().read_text())
-    return code
+    return toolkit.wait()
 
 
 def main(argv: list[str]) -> int:
