@@ -10,7 +10,6 @@ import contextlib
 import logging
 from typing import Any
 
-from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
 from server.parsing import custom_attributes, whole_number
 from server.settings import Settings

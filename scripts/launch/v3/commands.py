@@ -88,5 +88,16 @@ def cmd_transform(args, config, session):
     print(f"predictions: {output}")
 
 
+def cmd_deploy_component(args, config, session):
+    from launch import inference_component
+    from launch.v3 import inference_component as component
+
+    def invoke(plan, path, top_k):
+        return component.invoke(session, plan.endpoint_name, plan.component_name, path, top_k)
+
+    inference_component.run(args, config, session, component.deploy, invoke)
+
+
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "invoke": cmd_invoke}
 COMMANDS.update(transform=cmd_transform, cleanup=cli.cmd_cleanup)
+COMMANDS["deploy-component"] = cmd_deploy_component

@@ -1,0 +1,336 @@
+"""An inference component of the serving image, on either SDK: what both send (plain boto3 calls through
+the session) and SDK v2's deploy; SDK v3's deploy is launch/v3/inference_component.py.
+
+    sm.py deploy-component --model-data s3://.../model.tar.gz --endpoint-name dogs --cores 2 --max-copies 4
+
+One endpoint whose variant has managed instance scaling (instances follow the copies, down to
+MinInstanceCount 0) and routes to the least busy copy, one model, and one component serving it: its
+reservation (cores, memory) is the server's own sizing for the model's weights
+(server/reservation.py), and its environment holds each copy to it. Autoscaling of the copy count, as
+AWS documents scale to zero (endpoint-auto-scaling-zero-instances): a scalable target of 0..max copies,
+target tracking on invocations per copy (scales in, to 0 when idle), and a step scaling policy that a
+CloudWatch alarm on NoCapacityInvocationFailures sets off (target tracking cannot leave zero copies:
+with none there is no per-copy metric). `sm.py cleanup` removes all of it (remove_components).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.spec.artifact import WEIGHTS_FILE
+from launch.hosting import STARTUP_TIMEOUT_S, content_type
+from launch.training import PROJECT_TAG
+from server.reservation import Reservation, reservation
+
+VARIANT = "AllTraffic"
+NAMESPACE = "sagemaker"
+DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
+ROUTING = {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+# a component being deleted holds its endpoint: delete_endpoint fails until it is gone
+DELETE_WAIT_S = 900
+DELETE_POLL_S = 10
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """What deploy-component creates, named once for both SDKs."""
+
+    endpoint_name: str
+    component_name: str
+    model_name: str
+    instance_type: str
+    max_instances: int
+    copies: int
+    reservation: Reservation
+
+    @classmethod
+    def from_args(cls, args, config, weights: int) -> ComponentPlan:
+        return cls(
+            endpoint_name=args.endpoint_name,
+            component_name=args.component_name or f"{args.endpoint_name}-ic",
+            model_name=f"{args.endpoint_name}-model",
+            instance_type=config.instance("serve"),
+            max_instances=args.max_instances,
+            copies=args.copies,
+            reservation=reservation(args.cores, weights),
+        )
+
+    def compute_requirements(self) -> dict:
+        return {"NumberOfCpuCoresRequired": float(self.reservation.cores), "MinMemoryRequiredInMb": self.memory_mb}
+
+    @property
+    def memory_mb(self) -> int:
+        return self.reservation.memory_mb
+
+    def managed_instance_scaling(self) -> dict:
+        """Instances follow the copies: none when no copy runs (scale to zero needs MinInstanceCount 0)."""
+        return {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": self.max_instances}
+
+
+def add_arguments(parser) -> None:
+    """deploy-component's flags (sm.py)."""
+    parser.add_argument("--model-data", required=True, help="model.tar.gz: S3 URI or a local file")
+    parser.add_argument("--endpoint-name", required=True)
+    parser.add_argument("--component-name", help="default: ENDPOINT-ic")
+    parser.add_argument("--cores", type=int, default=2, help="CPU cores one copy reserves (workers: cores / 2)")
+    parser.add_argument("--copies", type=int, default=1, help="copies to start with")
+    parser.add_argument("--max-copies", type=int, default=4, help="autoscaling: most copies; 0 = no autoscaling")
+    parser.add_argument("--max-instances", type=int, default=2, help="managed instance scaling: most instances")
+    parser.add_argument("--invocations-per-copy", type=float, default=100.0, help="target tracking, per minute")
+    parser.add_argument("--invoke", nargs="*", type=Path, default=[], metavar="IMAGE", help="then classify these")
+    parser.add_argument("--top-k", type=int, default=3)
+
+
+# -- what the model needs --------------------------------------------------------------------
+
+
+def weights_in_archive(fileobj) -> int:
+    """The size of model.pt in a model.tar.gz read as a stream (only headers are parsed; the data of
+    other members is skipped). ValueError when the archive holds none."""
+    with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
+        for member in tar:
+            if (
+                member.isfile()
+                and Path(member.name).name == WEIGHTS_FILE
+                and Path(member.name).parent
+                in (
+                    Path("."),
+                    Path(""),
+                )
+            ):
+                return member.size
+    raise ValueError(f"the model archive holds no {WEIGHTS_FILE} at its top")
+
+
+def model_weights_bytes(session, model_data: str) -> int:
+    """model.pt's size in the artifact, what the server sizes its workers by (settings.model_bytes):
+    read from S3 as a stream (no copy on disk), or from a local file."""
+    if model_data.startswith("s3://"):
+        bucket, _, key = model_data[len("s3://") :].partition("/")
+        body = session.boto_session.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            return weights_in_archive(body)
+        finally:
+            body.close()
+    with open(model_data.removeprefix("file://"), "rb") as f:
+        return weights_in_archive(f)
+
+
+def environment(plan: ComponentPlan) -> dict[str, str]:
+    return plan.reservation.environment()
+
+
+# -- autoscaling ------------------------------------------------------------------------------
+
+
+def resource_id(component_name: str) -> str:
+    return f"inference-component/{component_name}"
+
+
+def alarm_name(component_name: str) -> str:
+    return f"{component_name}-no-capacity"
+
+
+def autoscale(session, component_name: str, max_copies: int, invocations_per_copy: float) -> None:
+    """Copy count 0..max_copies: target tracking (in and out, down to zero copies), and the step policy +
+    alarm that bring the first copy back when a request finds none."""
+    scaling = session.boto_session.client("application-autoscaling")
+    target = dict(ServiceNamespace=NAMESPACE, ResourceId=resource_id(component_name), ScalableDimension=DIMENSION)
+    scaling.register_scalable_target(**target, MinCapacity=0, MaxCapacity=max_copies)
+    scaling.put_scaling_policy(
+        **target,
+        PolicyName=f"{component_name}-invocations",
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(invocations_per_copy),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"},
+            "ScaleInCooldown": 300,
+            "ScaleOutCooldown": 60,
+        },
+    )
+    step = scaling.put_scaling_policy(
+        **target,
+        PolicyName=f"{component_name}-from-zero",
+        PolicyType="StepScaling",
+        StepScalingPolicyConfiguration={
+            "AdjustmentType": "ChangeInCapacity",
+            "MetricAggregationType": "Maximum",
+            "Cooldown": 60,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
+        },
+    )
+    # AWS's example alarms on Sum > 1, which one refused request (one per minute) never sets off: >= 1 does
+    session.boto_session.client("cloudwatch").put_metric_alarm(
+        AlarmName=alarm_name(component_name),
+        AlarmDescription=f"a request found no copy of {component_name}: start one",
+        AlarmActions=[step["PolicyARN"]],
+        Namespace="AWS/SageMaker",
+        MetricName="NoCapacityInvocationFailures",
+        Dimensions=[{"Name": "InferenceComponentName", "Value": component_name}],
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        DatapointsToAlarm=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching",
+    )
+
+
+# -- invoking and cleaning up -----------------------------------------------------------------
+
+
+def invoke_with_boto3(runtime_client, endpoint_name: str, component_name: str, path: Path, top_k: int) -> dict:
+    response = runtime_client.invoke_endpoint(
+        EndpointName=endpoint_name,
+        InferenceComponentName=component_name,
+        ContentType=content_type(path),
+        Accept="application/json",
+        CustomAttributes=f"top_k={top_k}",
+        Body=path.read_bytes(),
+    )
+    return json.loads(response["Body"].read())
+
+
+def _missing(exc: Exception) -> bool:
+    """SageMaker's and Application Auto Scaling's 'no such thing' (a ValidationException or ObjectNotFound)."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    text = f"{error.get('Code', '')} {error.get('Message', '')}".lower()
+    return "not found" in text or "could not find" in text or "does not exist" in text or "objectnotfound" in text
+
+
+def remove_scaling(session, component_name: str) -> list[str]:
+    """The component's scaling policies, the alarms of its step policies (target tracking's own alarms go
+    with their policy), and its scalable target."""
+    scaling = session.boto_session.client("application-autoscaling")
+    target = dict(ServiceNamespace=NAMESPACE, ResourceId=resource_id(component_name), ScalableDimension=DIMENSION)
+    removed = []
+    policies = scaling.describe_scaling_policies(ServiceNamespace=NAMESPACE, ResourceId=resource_id(component_name))
+    alarms = sorted(
+        {
+            alarm["AlarmName"]
+            for p in policies["ScalingPolicies"]
+            if p["PolicyType"] == "StepScaling"
+            for alarm in p.get("Alarms", [])
+        }
+    )
+    if alarms:
+        session.boto_session.client("cloudwatch").delete_alarms(AlarmNames=alarms)
+        removed += [f"alarm {name}" for name in alarms]
+    for policy in policies["ScalingPolicies"]:
+        scaling.delete_scaling_policy(PolicyName=policy["PolicyName"], **target)
+        removed.append(f"scaling policy {policy['PolicyName']}")
+    try:
+        scaling.deregister_scalable_target(**target)
+        removed.append(f"scalable target {resource_id(component_name)}")
+    except Exception as exc:
+        if not _missing(exc):
+            raise
+    return removed
+
+
+def remove_components(session, endpoint_name: str) -> list[str]:
+    """Every inference component on the endpoint, with its scaling and its model; waits (bounded) until
+    each is gone, since the endpoint cannot be deleted before. -> what was removed."""
+    client = session.sagemaker_client
+    names = [
+        c["InferenceComponentName"]
+        for c in client.list_inference_components(EndpointNameEquals=endpoint_name)["InferenceComponents"]
+    ]
+    removed, models = [], []
+    for name in names:
+        removed += remove_scaling(session, name)
+        specification = client.describe_inference_component(InferenceComponentName=name).get("Specification", {})
+        models += [specification["ModelName"]] if specification.get("ModelName") else []
+        client.delete_inference_component(InferenceComponentName=name)
+        removed.append(f"inference component {name}")
+    wait_s = DELETE_WAIT_S
+    deadline = time.monotonic() + wait_s
+    for name in names:
+        while True:
+            try:
+                client.describe_inference_component(InferenceComponentName=name)
+            except Exception as exc:
+                if _missing(exc):
+                    break
+                raise
+            if time.monotonic() > deadline:
+                raise SystemExit(f"inference component {name} still exists after {wait_s:.0f} s; run cleanup again")
+            time.sleep(DELETE_POLL_S)
+    for model in models:
+        client.delete_model(ModelName=model)
+        removed.append(f"model {model}")
+    return removed
+
+
+# -- SDK v2's deploy --------------------------------------------------------------------------
+
+
+def deploy_v2(session, config, plan: ComponentPlan, model_data: str, wait: bool = True):
+    """Model.deploy with EndpointType.INFERENCE_COMPONENT_BASED: the endpoint (if it does not exist),
+    the model and the component; -> a predictor that invokes the component."""
+    from sagemaker.compute_resource_requirements.resource_requirements import ResourceRequirements
+    from sagemaker.enums import EndpointType
+
+    from launch.hosting import model
+
+    served = model(session, config, model_data, name=plan.model_name, env=environment(plan))
+    resources = ResourceRequirements(
+        requests={"num_cpus": plan.reservation.cores, "memory": plan.memory_mb, "copies": plan.copies}
+    )
+    return served.deploy(
+        initial_instance_count=1,
+        instance_type=plan.instance_type,
+        endpoint_name=plan.endpoint_name,
+        inference_component_name=plan.component_name,
+        endpoint_type=EndpointType.INFERENCE_COMPONENT_BASED,
+        resources=resources,
+        managed_instance_scaling={"MinInstanceCount": 0, "MaxInstanceCount": plan.max_instances},
+        routing_config=ROUTING,
+        container_startup_health_check_timeout=STARTUP_TIMEOUT_S,
+        model_data_download_timeout=STARTUP_TIMEOUT_S,
+        tags=[PROJECT_TAG],
+        wait=wait,
+    )
+
+
+def invoke_with_predictor(predictor, path: Path, top_k: int) -> dict:
+    """v2's predictor for the component (deploy_v2's, or ImagePredictor(component_name=...))."""
+    from launch.hosting import invoke_with_predictor as invoke
+
+    return invoke(predictor, path, top_k)
+
+
+# -- the command, on either SDK -----------------------------------------------------------------
+
+
+def run(args, config, session, deploy, invoke) -> None:
+    """sm.py deploy-component: deploy(session, config, plan, model_data) with the SDK's calls, autoscaling,
+    then --invoke images through invoke(path, top_k) (the SDK's) and boto3."""
+    from launch.cli import print_top
+
+    if config.is_local:
+        raise SystemExit("inference components need SageMaker itself: local mode has none (use deploy --local)")
+    if args.cores < 1 or args.copies < 1 or args.max_instances < 1 or args.max_copies < 0:
+        raise SystemExit("--cores, --copies and --max-instances must be 1 or more, --max-copies 0 or more")
+    plan = ComponentPlan.from_args(args, config, model_weights_bytes(session, args.model_data))
+    held = plan.reservation
+    print(
+        f"component {plan.component_name}: {held.cores} cores, {plan.memory_mb} MB per copy "
+        f"({held.workers} workers, {held.torch_threads} torch threads each), {plan.copies} copies"
+    )
+    deploy(session, config, plan, args.model_data)
+    print(f"endpoint {plan.endpoint_name} is in service with inference component {plan.component_name}")
+    if args.max_copies:
+        autoscale(session, plan.component_name, args.max_copies, args.invocations_per_copy)
+        print(f"autoscaling 0..{args.max_copies} copies at {args.invocations_per_copy} invocations per copy")
+    for path in args.invoke:
+        print_top(f"{path} ({plan.component_name})", invoke(plan, path, args.top_k))
+        result = invoke_with_boto3(
+            session.sagemaker_runtime_client, plan.endpoint_name, plan.component_name, path, args.top_k
+        )
+        print_top(f"{path} (boto3)", result)
