@@ -85,7 +85,8 @@ def local_channels(sources: dict, workdir: Path) -> dict:
 
 def cleanup_endpoint(config, session, endpoint_name: str) -> None:
     """sm.py cleanup on either SDK: its inference components (if any) with their scaling, the autoscaling
-    target (if any), then the endpoint, its configuration and its models (plain boto3 calls through the session: the same for v2 and v3)."""
+    target (if any), then the endpoint, its configuration and its models (plain boto3 calls through the
+    session: the same for v2 and v3)."""
     from launch import hosting, inference_component
 
     if config.is_local:
