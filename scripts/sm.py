@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
     deploy.add_argument("--top-k", type=int, default=3)
 
-    mme = command("deploy-mme", "deploy a multi-model endpoint (SDK v2 MultiDataModel)")
+    mme = command("deploy-mme", "deploy a multi-model endpoint")
     mme.add_argument("--model-prefix", required=True, help="S3 prefix holding the models' tar.gz files")
     mme.add_argument("--endpoint-name")
     mme.add_argument("--instance-count", type=int, default=1)
