@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     invoke = command("invoke", "classify images with an endpoint")
     invoke.add_argument("--endpoint-name", required=True)
+    invoke.add_argument("--component-name", help="an inference component on the endpoint (deploy-component)")
     invoke.add_argument("images", nargs="+", type=Path)
     invoke.add_argument("--top-k", type=int, default=3)
     invoke.add_argument("--via", choices=("predictor", "boto3", "both"), default="both")

@@ -236,7 +236,13 @@ def invoke_images(args, session, label: str, invoke) -> None:
         if args.via in ("predictor", "both"):
             print_top(f"{path} ({label})", invoke(path, args.top_k))
         if args.via in ("boto3", "both"):
-            result = invoke_with_boto3(session.sagemaker_runtime_client, args.endpoint_name, path, args.top_k)
+            runtime, endpoint, component = session.sagemaker_runtime_client, args.endpoint_name, args.component_name
+            if component:  # an inference component's copies answer only when named
+                from launch import inference_component
+
+                result = inference_component.invoke_with_boto3(runtime, endpoint, component, path, args.top_k)
+            else:
+                result = invoke_with_boto3(runtime, endpoint, path, args.top_k)
             print_top(f"{path} (boto3)", result)
 
 

@@ -103,3 +103,24 @@ def test_cleanup_removes_every_resource(aws, capsys):
     expected.expect_cleanup(recorder)
     assert expected.run_cleanup(config, session, capsys) == expected.CLEANED_UP
     expected.check_cleanup(recorder)
+
+
+def test_sm_invoke_names_the_component(aws, tmp_path, capsys):
+    import sm
+    from launch.v3 import commands
+
+    session, config, recorder = aws
+    image = tmp_path / "dog.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
+    for _ in range(2):
+        recorder.expect(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        )
+    argv = ["invoke", "--endpoint-name", "dogs", "--component-name", "dogs-ic", str(image), "--top-k", "2"]
+    commands.cmd_invoke(sm.build_parser().parse_args(argv), config, session)
+    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    assert [call["InferenceComponentName"] for call in calls] == ["dogs-ic", "dogs-ic"]
+    assert capsys.readouterr().out.count("040.Bulldog 0.900") == 2

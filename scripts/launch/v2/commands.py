@@ -106,7 +106,8 @@ def cmd_deploy_component(args, config, session):
 
 
 def cmd_invoke(args, config, session):
-    predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session)
+    component = {"component_name": args.component_name} if args.component_name else {}
+    predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session, **component)
     cli.invoke_images(args, session, "Predictor", lambda p, k: hosting.invoke_with_predictor(predictor, p, k))
 
 

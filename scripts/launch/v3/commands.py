@@ -74,6 +74,12 @@ def cmd_deploy(args, config, session):
 
 def cmd_invoke(args, config, session):
     invoke = lambda path, top_k: hosting.invoke_with_endpoint(session, args.endpoint_name, path, top_k)  # noqa: E731
+    if args.component_name:
+        from launch.v3 import inference_component as component
+
+        def invoke(path, top_k):
+            return component.invoke(session, args.endpoint_name, args.component_name, path, top_k)
+
     cli.invoke_images(args, session, "Endpoint.invoke", invoke)
 
 
