@@ -317,7 +317,11 @@ def run(args, config, session, deploy, invoke) -> None:
         raise SystemExit("inference components need SageMaker itself: local mode has none (use deploy --local)")
     if args.cores < 1 or args.copies < 1 or args.max_instances < 1 or args.max_copies < 0:
         raise SystemExit("--cores, --copies and --max-instances must be 1 or more, --max-copies 0 or more")
-    plan = ComponentPlan.from_args(args, config, model_weights_bytes(session, args.model_data))
+    try:
+        weights = model_weights_bytes(session, args.model_data)
+    except (ValueError, OSError, tarfile.TarError, EOFError) as exc:
+        raise SystemExit(f"{args.model_data}: not a model archive this deploys ({exc})") from None
+    plan = ComponentPlan.from_args(args, config, weights)
     held = plan.reservation
     print(
         f"component {plan.component_name}: {held.cores} cores, {plan.memory_mb} MB per copy "
