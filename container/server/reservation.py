@@ -39,6 +39,7 @@ class Reservation:
     workers: int
     memory_bytes: int
     decode_pixels_per_worker: int
+    gpus: int = 0
 
     @property
     def memory_mb(self) -> int:
@@ -65,12 +66,13 @@ def worker_bytes(weights: int) -> int:
     return WORKER_BASE_BYTES + WEIGHTS_FACTOR * weights + decode_room
 
 
-def reservation(cores: int, weights: int) -> Reservation:
-    """A copy on `cores` CPU cores serving a model of `weights` bytes (its model.pt, settings.model_bytes).
-    The master process is not counted apart: it shares the weights' pages with the workers, and a
-    worker's base (512 MiB) is about what the measured master and one worker hold together."""
-    if cores < 1 or weights < 0:
-        raise ValueError(f"cores must be 1 or more and weights 0 or more, got {cores} and {weights}")
-    workers = cpu_workers(cores, memory=1 << 62, weights=weights)  # as many as the cores take
+def reservation(cores: int, weights: int, gpus: int = 0) -> Reservation:
+    """A copy on `cores` CPU cores (and `gpus` GPUs) serving a model of `weights` bytes (its model.pt,
+    settings.model_bytes). The master process is not counted apart: it shares the weights' pages with
+    the workers, and a worker's base (512 MiB) is about what the measured master and one worker hold
+    together. With GPUs, one worker per GPU, as the server runs on its own."""
+    if cores < 1 or weights < 0 or gpus < 0:
+        raise ValueError(f"cores must be 1 or more, weights and GPUs 0 or more, got {cores}, {weights}, {gpus}")
+    workers = gpus or cpu_workers(cores, memory=1 << 62, weights=weights)  # as many as the cores take
     memory = workers * worker_bytes(weights)
-    return Reservation(cores, workers, memory, decode_pixels_per_worker(workers, weights, memory))
+    return Reservation(cores, workers, memory, decode_pixels_per_worker(workers, weights, memory), gpus)

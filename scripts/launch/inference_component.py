@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.spec.artifact import WEIGHTS_FILE
+from launch.config import is_gpu_instance
 from launch.hosting import STARTUP_TIMEOUT_S, content_type
 from launch.training import PROJECT_TAG
 from server.reservation import Reservation, reservation
@@ -56,11 +57,14 @@ class ComponentPlan:
             instance_type=config.instance("serve"),
             max_instances=args.max_instances,
             copies=args.copies,
-            reservation=reservation(args.cores, weights),
+            reservation=reservation(args.cores, weights, gpus=1 if is_gpu_instance(config.instance("serve")) else 0),
         )
 
     def compute_requirements(self) -> dict:
-        return {"NumberOfCpuCoresRequired": float(self.reservation.cores), "MinMemoryRequiredInMb": self.memory_mb}
+        """ComputeResourceRequirements (on a GPU instance, one GPU a copy: the server's one worker uses it)."""
+        held = self.reservation
+        gpus = {"NumberOfAcceleratorDevicesRequired": float(held.gpus)} if held.gpus else {}
+        return {"NumberOfCpuCoresRequired": float(held.cores), **gpus, "MinMemoryRequiredInMb": self.memory_mb}
 
     @property
     def memory_mb(self) -> int:
@@ -279,9 +283,10 @@ def deploy_v2(session, config, plan: ComponentPlan, model_data: str, wait: bool 
     from launch.hosting import model
 
     served = model(session, config, model_data, name=plan.model_name, env=environment(plan))
-    resources = ResourceRequirements(
-        requests={"num_cpus": plan.reservation.cores, "memory": plan.memory_mb, "copies": plan.copies}
-    )
+    requests = {"num_cpus": plan.reservation.cores, "memory": plan.memory_mb, "copies": plan.copies}
+    if plan.reservation.gpus:
+        requests["num_accelerators"] = plan.reservation.gpus
+    resources = ResourceRequirements(requests=requests)
     return served.deploy(
         initial_instance_count=1,
         instance_type=plan.instance_type,

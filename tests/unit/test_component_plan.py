@@ -57,3 +57,16 @@ def test_local_mode_has_no_components():
     config.local = "local"
     with pytest.raises(SystemExit, match="local mode"):
         inference_component.run(arguments(), config, None, None, None)
+
+
+def test_a_gpu_instance_gives_each_copy_one_gpu_and_one_worker():
+    config = aws_config()
+    config.serve_instance = "ml.g5.xlarge"
+    plan = inference_component.ComponentPlan.from_args(arguments(cores=4), config, 94_000_000)
+    assert (plan.reservation.gpus, plan.reservation.workers, plan.reservation.torch_threads) == (1, 1, 4)
+    assert plan.compute_requirements() == {
+        "NumberOfCpuCoresRequired": 4.0,
+        "NumberOfAcceleratorDevicesRequired": 1.0,
+        "MinMemoryRequiredInMb": plan.memory_mb,
+    }
+    assert plan.reservation.environment()["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"

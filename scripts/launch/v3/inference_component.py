@@ -65,6 +65,7 @@ def deploy(session, config: Config, plan: ComponentPlan, model_data: str, wait: 
             ),
             compute_resource_requirements=InferenceComponentComputeResourceRequirements(
                 number_of_cpu_cores_required=requirements["NumberOfCpuCoresRequired"],
+                number_of_accelerator_devices_required=requirements.get("NumberOfAcceleratorDevicesRequired"),
                 min_memory_required_in_mb=requirements["MinMemoryRequiredInMb"],
             ),
         ),
