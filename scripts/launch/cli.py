@@ -87,12 +87,12 @@ def cleanup_endpoint(config, session, endpoint_name: str) -> None:
     """sm.py cleanup on either SDK: its inference components (if any) with their scaling, the autoscaling
     target (if any), then the endpoint, its configuration and its models (plain boto3 calls through the
     session: the same for v2 and v3)."""
-    from launch import hosting, inference_component
+    from launch import component_scaling, hosting
 
     if config.is_local:
         print("local endpoints stop when their deploy command stops; nothing to delete")
         return
-    for item in inference_component.remove_components(session, endpoint_name):  # and their scaling
+    for item in component_scaling.remove_components(session, endpoint_name):  # and their scaling
         print(f"deleted {item}")
     try:
         session.boto_session.client("application-autoscaling").deregister_scalable_target(

@@ -12,7 +12,7 @@ from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
 from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
-from launch import inference_component
+from launch import component_scaling, inference_component
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (s
 def aws(monkeypatch):
     import sagemaker
 
-    monkeypatch.setattr(inference_component, "DELETE_POLL_S", 0)
+    monkeypatch.setattr(component_scaling, "DELETE_POLL_S", 0)
     boto_session, recorder = stubbed_boto_session(monkeypatch)
     session = sagemaker.Session(
         boto_session=boto_session,

@@ -12,7 +12,7 @@ from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
 from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
-from launch import inference_component
+from launch import component_scaling, inference_component
 from launch.v3 import inference_component as component
 from launch.v3 import session as v3_session
 
@@ -23,7 +23,7 @@ CREATED = expected.CREATED
 def aws(monkeypatch):
     monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    monkeypatch.setattr(inference_component, "DELETE_POLL_S", 0)
+    monkeypatch.setattr(component_scaling, "DELETE_POLL_S", 0)
     v3_session.opt_out_of_telemetry()
     from sagemaker.core.helper.session_helper import Session
 
