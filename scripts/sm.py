@@ -3,6 +3,7 @@
 
     sm.py train     --data s3://bucket/dogImages.zip --hp lr=0.001 --hp epochs=5
     sm.py deploy    --model-data s3://.../model.tar.gz --endpoint-name dogs [--autoscale 1:4:100]
+    sm.py deploy-component --model-data s3://.../model.tar.gz --endpoint-name dogs --cores 2 --max-copies 4
     sm.py invoke    --endpoint-name dogs photo.jpg other.png [--top-k 3]
     sm.py tune      --data s3://bucket/dogImages.zip --space seed2 --max-jobs 20 --wait --train-best
     sm.py transform --model-data s3://.../model.tar.gz --input s3://bucket/images/ --output s3://bucket/preds/
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
     deploy.add_argument("--top-k", type=int, default=3)
 
-    mme = command("deploy-mme", "deploy a multi-model endpoint (SDK v2 MultiDataModel)")
+    mme = command("deploy-mme", "deploy a multi-model endpoint")
     mme.add_argument("--model-prefix", required=True, help="S3 prefix holding the models' tar.gz files")
     mme.add_argument("--endpoint-name")
     mme.add_argument("--instance-count", type=int, default=1)
@@ -93,8 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     mme.add_argument("--invoke", nargs="*", type=Path, default=[], metavar="IMAGE")
     mme.add_argument("--top-k", type=int, default=3)
 
+    from launch import inference_component
+
+    inference_component.add_arguments(command("deploy-component", "deploy an inference component (scale to zero)"))
+
     invoke = command("invoke", "classify images with an endpoint")
     invoke.add_argument("--endpoint-name", required=True)
+    invoke.add_argument("--component-name", help="an inference component on the endpoint (deploy-component)")
     invoke.add_argument("images", nargs="+", type=Path)
     invoke.add_argument("--top-k", type=int, default=3)
     invoke.add_argument("--via", choices=("predictor", "boto3", "both"), default="both")

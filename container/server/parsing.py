@@ -5,6 +5,8 @@ never with another exception (a 500):
                                                 (str.isdigit() takes '²'; int() takes
                                                 '1_000', ' 7' and 5,000-digit numbers)
     model_name(text, what)                      a multi-model endpoint's model name
+    custom_attributes(text)                     X-Amzn-SageMaker-Custom-Attributes as
+                                                (key, value) pairs
     json_document(body)                         UTF-8 JSON nested at most MAX_JSON_DEPTH deep
     shown(text)                                 a client's text, cut short, for an error message
 
@@ -26,6 +28,7 @@ from server.errors import RequestError
 
 MAX_DIGITS = 6
 MAX_NAME_CHARS = 1024
+MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # InvokeEndpoint's limit for CustomAttributes
 MAX_JSON_DEPTH = 32  # our documents nest 3 deep; Python's json recurses once per level
 MODEL_NAME = re.compile(rf"[!-~][ -~]{{0,{MAX_NAME_CHARS - 1}}}")
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
@@ -49,6 +52,24 @@ def model_name(text, what: str = "model name") -> str:
     if not isinstance(text, str) or not MODEL_NAME.fullmatch(text):
         raise RequestError(f"{what}: expected 1 to {MAX_NAME_CHARS} printable ASCII characters, the first not a space")
     return text
+
+
+def custom_attributes(text: str | None) -> list[tuple[str, str]]:
+    """X-Amzn-SageMaker-Custom-Attributes as (key, value) pairs, stripped, in order: pairs are
+    separated by ',' or ';', a pair without '=' has the value ''. SageMaker passes the header
+    through as an opaque value (clients put a trace id in it, say): what a pair means is the
+    caller's business. At most MAX_CUSTOM_ATTRIBUTES_CHARS ASCII characters, as SageMaker sends."""
+    text = text or ""
+    if len(text) > MAX_CUSTOM_ATTRIBUTES_CHARS or not text.isascii():
+        raise RequestError(
+            f"custom attributes: expected at most {MAX_CUSTOM_ATTRIBUTES_CHARS} ASCII characters, as SageMaker sends"
+        )
+    pairs = []
+    for pair in re.split(r"[,;]", text):
+        if pair.strip():
+            key, _, value = pair.partition("=")
+            pairs.append((key.strip(), value.strip()))
+    return pairs
 
 
 def json_depth(body: bytes) -> int:

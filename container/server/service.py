@@ -8,37 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from typing import Any
 
-from server.errors import RequestError
 from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
-from server.parsing import shown, whole_number
+from server.parsing import custom_attributes, whole_number
 from server.settings import Settings
 from server.user_code import ModelCode, load_shared
 
 HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
-MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # InvokeEndpoint's limit
 MAX_TOP_K = 999_999  # more than any model's classes: all of them
 log = logging.getLogger(__name__)
 
 
-def requested_top_k(custom_attributes: str | None) -> int:
-    """X-Amzn-SageMaker-Custom-Attributes: 'top_k=3' (pairs separated by ',' or ';'),
-    at most 1024 ASCII characters, as InvokeEndpoint's CustomAttributes."""
-    text = custom_attributes or ""
-    if len(text) > MAX_CUSTOM_ATTRIBUTES_CHARS or not text.isascii():
-        raise RequestError(
-            f"custom attributes: expected at most {MAX_CUSTOM_ATTRIBUTES_CHARS} ASCII characters, as SageMaker sends"
-        )
+def requested_top_k(attributes: str | None) -> int:
+    """X-Amzn-SageMaker-Custom-Attributes' top_k (parsing.custom_attributes): every top_k pair must be
+    a whole number, the last one counts; other pairs (a client's trace id, say) are not ours: ignored."""
     top_k = DEFAULT_TOP_K
-    for pair in re.split(r"[,;]", text):
-        if not pair.strip():
-            continue
-        key, _, value = (part.strip() for part in pair.partition("="))
-        if key != "top_k":
-            raise RequestError(f"unknown custom attribute {shown(key)}: the only one is top_k")
-        top_k = whole_number(value, "custom attribute top_k", 1, MAX_TOP_K)
+    for key, value in custom_attributes(attributes):
+        if key == "top_k":
+            top_k = whole_number(value, "custom attribute top_k", 1, MAX_TOP_K)
     return top_k
 
 

@@ -455,8 +455,8 @@ def cpu_workers(cores: int, memory: int, weights: int) -> int:
     return max(1, min(max(cores // 2, 1), by_memory))
 
 
-def decode_pixels_per_worker(workers: int, weights: int) -> int:
-    """Three quarters of what memory leaves each worker beyond its base and its
-    model, in decoded pixels; at least one image of 1000x1000."""
-    spare = memory_bytes() // workers - WORKER_BASE_BYTES - WEIGHTS_FACTOR * weights
+def decode_pixels_per_worker(workers: int, weights: int, memory: int | None = None) -> int:
+    """Three quarters of what memory (default: memory_bytes()) leaves each worker beyond its
+    base and its model, in decoded pixels; at least one image of 1000x1000."""
+    spare = (memory_bytes() if memory is None else memory) // workers - WORKER_BASE_BYTES - WEIGHTS_FACTOR * weights
     return max(1_000_000, spare * 3 // 4 // DECODE_BYTES_PER_PIXEL)

@@ -84,13 +84,16 @@ def local_channels(sources: dict, workdir: Path) -> dict:
 
 
 def cleanup_endpoint(config, session, endpoint_name: str) -> None:
-    """sm.py cleanup on either SDK: the autoscaling target (if any), then the endpoint, its
-    configuration and its models (plain boto3 calls through the session: the same for v2 and v3)."""
-    from launch import hosting
+    """sm.py cleanup on either SDK: its inference components (if any) with their scaling, the autoscaling
+    target (if any), then the endpoint, its configuration and its models (plain boto3 calls through the
+    session: the same for v2 and v3)."""
+    from launch import component_scaling, hosting
 
     if config.is_local:
         print("local endpoints stop when their deploy command stops; nothing to delete")
         return
+    for item in component_scaling.remove_components(session, endpoint_name):  # and their scaling
+        print(f"deleted {item}")
     try:
         session.boto_session.client("application-autoscaling").deregister_scalable_target(
             ServiceNamespace="sagemaker",
@@ -233,7 +236,13 @@ def invoke_images(args, session, label: str, invoke) -> None:
         if args.via in ("predictor", "both"):
             print_top(f"{path} ({label})", invoke(path, args.top_k))
         if args.via in ("boto3", "both"):
-            result = invoke_with_boto3(session.sagemaker_runtime_client, args.endpoint_name, path, args.top_k)
+            runtime, endpoint, component = session.sagemaker_runtime_client, args.endpoint_name, args.component_name
+            if component:  # an inference component's copies answer only when named
+                from launch import inference_component
+
+                result = inference_component.invoke_with_boto3(runtime, endpoint, component, path, args.top_k)
+            else:
+                result = invoke_with_boto3(runtime, endpoint, path, args.top_k)
             print_top(f"{path} (boto3)", result)
 
 

@@ -102,11 +102,16 @@ def load(args: argparse.Namespace | None = None, environ=os.environ) -> Config:
     return config
 
 
+def is_gpu_instance(instance_type: str) -> bool:
+    """ml.g5.xlarge, ml.p4d.24xlarge: NVIDIA GPUs (the serve-gpu image)."""
+    return instance_type.split(".")[1][:1] in ("g", "p") if instance_type.count(".") >= 2 else False
+
+
 def default_image_uris(config: Config, account: str) -> None:
     """The URIs build_and_push.sh pushes to, when the config names none."""
     version = (ROOT / "VERSION").read_text().strip()
     registry = f"{account}.dkr.ecr.{config.region}.amazonaws.com"
-    variant = "gpu" if config.serve_instance.split(".")[1][:1] in ("g", "p") else "cpu"
+    variant = "gpu" if is_gpu_instance(config.serve_instance) else "cpu"
     config.train_image = config.train_image or f"{registry}/{images.TRAIN_REPOSITORY}:{version}"
     config.serve_image = config.serve_image or f"{registry}/{images.SERVE_REPOSITORY}-{variant}:{version}"
 

@@ -173,6 +173,7 @@ def cleanup(session, endpoint_name: str) -> list[str]:
     client.delete_endpoint_config(EndpointConfigName=config_name)
     deleted.append(f"endpoint config {config_name}")
     for variant in variants:
-        client.delete_model(ModelName=variant["ModelName"])
-        deleted.append(f"model {variant['ModelName']}")
+        if "ModelName" in variant:  # an inference component endpoint's variant names none
+            client.delete_model(ModelName=variant["ModelName"])
+            deleted.append(f"model {variant['ModelName']}")
     return deleted

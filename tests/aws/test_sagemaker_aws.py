@@ -8,6 +8,7 @@ import json
 import pytest
 from botocore.response import StreamingBody
 
+from helpers.multi_model_requests import check_invocation, check_multi_model_deployment
 from helpers.sagemaker_requests import (
     MODEL_DATA,
     TRAINING_CHANNELS,
@@ -97,19 +98,8 @@ def test_multi_model_endpoint_deploys_and_invokes_by_target_model(aws, tmp_path)
     image.write_bytes(b"\xff\xd8 fake jpeg")
     assert multi_model.invoke(predictor, "customer-a.tar.gz", image, 2)["predictions"][0]["label"] == "cats"
 
-    container = recorder.request("CreateModel")["PrimaryContainer"]
-    assert container["Mode"] == "MultiModel"
-    assert container["ModelDataUrl"] == "s3://b/models/"
-    assert container["Image"] == config.serve_image
-    assert container["Environment"]["SAGEMAKER_MULTI_MODEL"] == "true"
-    assert container["Environment"]["SAGEMAKER_MODEL_MEMORY_BUDGET_MB"] == "2048"
-    variant = recorder.request("CreateEndpointConfig")["ProductionVariants"][0]
-    assert variant["ModelName"] == recorder.request("CreateModel")["ModelName"]
-    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 1
-    assert recorder.request("CreateEndpoint")["EndpointName"] == "pets"
-    call = recorder.request("InvokeEndpoint")
-    assert call["EndpointName"] == "pets" and call["TargetModel"] == "customer-a.tar.gz"
-    assert call["ContentType"] == "image/jpeg" and call["CustomAttributes"] == "top_k=2"
+    check_multi_model_deployment(recorder, "pets")
+    check_invocation(recorder, "pets")
 
 
 def test_serverless_endpoint(aws):

@@ -30,7 +30,7 @@ class Recorder:
         self.requests: list[tuple[str, dict]] = []
         self.stubbers: dict[str, Stubber] = {}
         self.clients = {}
-        for service in ("sagemaker", "sagemaker-runtime", "application-autoscaling"):
+        for service in ("sagemaker", "sagemaker-runtime", "application-autoscaling", "cloudwatch", "s3"):
             client = boto_session.client(service, region_name=REGION)
             client.meta.events.register("before-parameter-build.*.*", self._keep)
             self.clients[service] = client
@@ -50,7 +50,8 @@ class Recorder:
 
 
 def stubbed_boto_session(monkeypatch) -> tuple[boto3.Session, Recorder]:
-    """A boto session whose clients for SageMaker, its runtime and Application Auto Scaling are stubbed."""
+    """A boto session whose clients for SageMaker, its runtime, Application Auto Scaling, CloudWatch and S3
+    are stubbed."""
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
     recorder = Recorder(boto_session)

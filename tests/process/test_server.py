@@ -194,7 +194,17 @@ def test_csv_answer_has_a_row_per_image(server, reference):
 
 @pytest.mark.parametrize(
     "attribute, expected_count",
-    [("top_k=1", 1), ("top_k=3", 3), ("top_k=100", 6), ("top_k = 2", 2), ("top_k=4; top_k=2", 2), ("", 5)],
+    [
+        ("top_k=1", 1),
+        ("top_k=3", 3),
+        ("top_k=100", 6),
+        ("top_k = 2", 2),
+        ("top_k=4; top_k=2", 2),
+        ("", 5),
+        # SageMaker passes the header through opaque: clients' own pairs are accepted and ignored
+        ("temperature=2", 5),
+        ("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1, top_k=2, tenant", 2),
+    ],
 )
 def test_top_k_from_custom_attributes(server, attribute, expected_count):
     response = server.invoke(jpeg(), headers={"X-Amzn-SageMaker-Custom-Attributes": attribute})
@@ -276,12 +286,12 @@ BAD_REQUESTS = {
     "npy truncated": (npy(GOOD_ARRAY)[:-100], "application/x-npy", {}, 400, "does not match"),
     "npy not finite": (npy(np.full_like(GOOD_ARRAY, np.nan)), "application/x-npy", {}, 400, "NaN"),
     "npy garbage": (b"\x93NUMPY garbage", "application/x-npy", {}, 400, "not a .npy"),
-    "unknown custom attribute": (
+    "top_k malformed beside a trace id": (
         jpeg(),
         "image/jpeg",
-        {"X-Amzn-SageMaker-Custom-Attributes": "temperature=2"},
+        {"X-Amzn-SageMaker-Custom-Attributes": "trace-id=abc123; top_k=3x"},
         400,
-        "temperature",
+        "top_k",
     ),
     "top_k not a number": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=two"}, 400, "top_k"),
     "top_k zero": (jpeg(), "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=0"}, 400, "top_k"),

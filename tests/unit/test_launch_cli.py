@@ -132,8 +132,15 @@ def test_tune_runs_the_same_steps_on_either_sdk(monkeypatch):
 
 
 def test_sm_dispatches_to_the_sdk_it_names():
-    """sm.py only parses and dispatches: v3 refuses what only v2 has, v2 refuses v3's network flags."""
+    """sm.py only parses and dispatches: every command runs on v3 (deploy-mme and deploy-component too),
+    v2 refuses v3's network flags."""
+    import sm
+    from launch.v2 import commands as v2
+    from launch.v3 import commands as v3
+
+    subcommands = next(a for a in sm.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(v3.COMMANDS) == set(subcommands) == set(v2.COMMANDS)
     run = [sys.executable, "scripts/sm.py"]
-    mme = subprocess.run([*run, "deploy-mme", "--model-prefix", "s3://b/m/", "--region", "eu-west-1"],
-                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert mme.returncode != 0 and "runs on SDK v2 only" in mme.stderr
+    network = subprocess.run([*run, "train", "--sdk", "v2", "--data", "s3://b/d", "--subnet", "s-1"],
+                             cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert network.returncode != 0 and "v3 options" in network.stderr

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from server.errors import RequestError
 from server.handlers import CSV, JSON, NPY, images_from_json, negotiate
 from server.multi_model_routes import MAX_PAGE_SIZE, page_size, page_start
-from server.parsing import MAX_JSON_DEPTH, MAX_NAME_CHARS, json_depth, json_document, model_name
+from server.parsing import (
+    MAX_CUSTOM_ATTRIBUTES_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_NAME_CHARS,
+    custom_attributes,
+    json_depth,
+    json_document,
+    model_name,
+)
 from server.service import MAX_TOP_K, requested_top_k
 
 EXAMPLES = settings(max_examples=300, deadline=None)
@@ -46,6 +54,43 @@ def refused_or(call, *args):
 def test_top_k_is_a_bounded_whole_number_or_a_400(attributes):
     top_k = refused_or(requested_top_k, attributes)
     assert top_k is None or 1 <= top_k <= MAX_TOP_K
+
+
+# a pair a client may add beside top_k (a trace id, a tenant): printable ASCII without the separators
+ATTRIBUTE_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=",;="), max_size=30)
+OTHER_PAIRS = st.lists(
+    st.tuples(ATTRIBUTE_TEXT.filter(lambda key: key.strip() not in ("", "top_k")), ATTRIBUTE_TEXT), max_size=8
+)
+SEPARATORS = st.sampled_from([",", ";", ", ", " ; "])
+
+
+def joined(pairs, separator: str) -> str:
+    return separator.join(f"{key}={value}" for key, value in pairs)
+
+
+@EXAMPLES
+@given(OTHER_PAIRS, st.integers(1, MAX_TOP_K), st.integers(0, 8), SEPARATORS)
+def test_other_custom_attributes_are_ignored_beside_top_k(others, top_k, position, separator):
+    pairs = list(others)
+    pairs.insert(min(position, len(pairs)), ("top_k", str(top_k)))
+    text = joined(pairs, separator)
+    assert len(text) <= MAX_CUSTOM_ATTRIBUTES_CHARS
+    assert custom_attributes(text) == [(key.strip(), value.strip()) for key, value in pairs]
+    assert requested_top_k(text) == top_k
+    assert requested_top_k(joined(others, separator)) == requested_top_k(None)  # no top_k: the default
+
+
+@EXAMPLES
+@given(OTHER_PAIRS, DIGITISH | CLIENT_TEXT, st.integers(0, 8), SEPARATORS)
+def test_a_malformed_top_k_among_other_attributes_is_a_400(others, value, position, separator):
+    well_formed = value.isascii() and value.strip().isdigit() and len(value.strip()) <= 6 and int(value) >= 1
+    pairs = list(others)
+    pairs.insert(min(position, len(pairs)), ("top_k", value))
+    text = joined(pairs, separator)
+    if well_formed or "," in value or ";" in value:
+        return  # a good number, or one the separators cut into other pairs: the test above, or neither
+    with pytest.raises(RequestError):
+        requested_top_k(text)
 
 
 @pytest.mark.parametrize(

@@ -49,12 +49,15 @@ def test_user_output_fn_replaces_the_default(tmp_path):
         service.close()
 
 
-@pytest.mark.parametrize("attributes, top_k", [(None, 5), ("top_k=2", 2), (" top_k = 3 ;", 3)])
+@pytest.mark.parametrize(
+    "attributes, top_k",
+    [(None, 5), ("top_k=2", 2), (" top_k = 3 ;", 3), ("colour=red", 5), ("trace=abc;top_k=4,tenant", 4)],
+)
 def test_requested_top_k(attributes, top_k):
     assert requested_top_k(attributes) == top_k
 
 
-@pytest.mark.parametrize("attributes", ["top_k=0", "top_k=x", "colour=red"])
+@pytest.mark.parametrize("attributes", ["top_k=0", "top_k=x", "trace=abc, top_k=", "top_k=1, top_k=-1", "é=1"])
 def test_bad_custom_attributes(attributes):
     with pytest.raises(RequestError):
         requested_top_k(attributes)

@@ -91,8 +91,23 @@ def cmd_deploy_mme(args, config, session):
             print_top(f"{path} ({target})", multi_model.invoke(predictor, target, path, args.top_k))
 
 
+def cmd_deploy_component(args, config, session):
+    from launch import inference_component
+
+    predictors = {}
+
+    def deploy(session, config, plan, model_data):
+        predictors[plan.component_name] = inference_component.deploy_v2(session, config, plan, model_data)
+
+    def invoke(plan, path, top_k):
+        return inference_component.invoke_with_predictor(predictors[plan.component_name], path, top_k)
+
+    inference_component.run(args, config, session, deploy, invoke)
+
+
 def cmd_invoke(args, config, session):
-    predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session)
+    component = {"component_name": args.component_name} if args.component_name else {}
+    predictor = hosting.image_predictor_class()(args.endpoint_name, sagemaker_session=session, **component)
     cli.invoke_images(args, session, "Predictor", lambda p, k: hosting.invoke_with_predictor(predictor, p, k))
 
 
@@ -105,3 +120,4 @@ def cmd_transform(args, config, session):
 
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "deploy-mme": cmd_deploy_mme}
 COMMANDS.update(invoke=cmd_invoke, transform=cmd_transform, cleanup=cli.cmd_cleanup)
+COMMANDS["deploy-component"] = cmd_deploy_component

@@ -74,6 +74,12 @@ def cmd_deploy(args, config, session):
 
 def cmd_invoke(args, config, session):
     invoke = lambda path, top_k: hosting.invoke_with_endpoint(session, args.endpoint_name, path, top_k)  # noqa: E731
+    if args.component_name:
+        from launch.v3 import inference_component as component
+
+        def invoke(path, top_k):
+            return component.invoke(session, args.endpoint_name, args.component_name, path, top_k)
+
     cli.invoke_images(args, session, "Endpoint.invoke", invoke)
 
 
@@ -88,5 +94,32 @@ def cmd_transform(args, config, session):
     print(f"predictions: {output}")
 
 
+def cmd_deploy_mme(args, config, session):
+    from launch.v3 import multi_model
+
+    if config.is_local:
+        raise SystemExit("deploy-mme needs SageMaker itself (S3 and the endpoint): local mode has none")
+    name = cli.endpoint_name(args, "byoc-mme")
+    multi_model.deploy(session, config, name, args.model_prefix, args.instance_count, args.memory_budget_mb)
+    print(f"multi-model endpoint {name} is in service, models from {args.model_prefix}")
+    for target in multi_model.add_models(session, args.model_prefix, args.add_model):
+        print(f"added {target}")
+    for target in args.target_model:
+        for path in args.invoke:
+            cli.print_top(f"{path} ({target})", multi_model.invoke(session, name, target, path, args.top_k))
+
+
+def cmd_deploy_component(args, config, session):
+    from launch import inference_component
+    from launch.v3 import inference_component as component
+
+    def invoke(plan, path, top_k):
+        return component.invoke(session, plan.endpoint_name, plan.component_name, path, top_k)
+
+    inference_component.run(args, config, session, component.deploy, invoke)
+
+
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "invoke": cmd_invoke}
 COMMANDS.update(transform=cmd_transform, cleanup=cli.cmd_cleanup)
+COMMANDS["deploy-component"] = cmd_deploy_component
+COMMANDS["deploy-mme"] = cmd_deploy_mme

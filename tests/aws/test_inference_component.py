@@ -1,0 +1,106 @@
+"""deploy-component on SDK v2 (`--sdk v2`, Model.deploy with EndpointType.INFERENCE_COMPONENT_BASED):
+every request validated against botocore's service models with Stubber (no AWS reached) and checked
+with the expectations the v3 test shares (tests/helpers/component_requests.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from botocore.response import StreamingBody
+
+from helpers import component_requests as expected
+from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
+from launch import component_scaling, inference_component
+
+pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    import sagemaker
+
+    monkeypatch.setattr(component_scaling, "DELETE_POLL_S", 0)
+    boto_session, recorder = stubbed_boto_session(monkeypatch)
+    session = sagemaker.Session(
+        boto_session=boto_session,
+        sagemaker_client=recorder.clients["sagemaker"],
+        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
+        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
+    )
+    yield session, aws_config(), recorder
+    for stubber in recorder.stubbers.values():
+        stubber.assert_no_pending_responses()
+
+
+def test_deploy_component_with_scale_to_zero(aws):
+    session, config, recorder = aws
+    expected.expect_weights(recorder)
+    # Model.deploy first asks whether the endpoint exists
+    expected.not_found(recorder, "sagemaker", "describe_endpoint", "Could not find endpoint dogs.")
+    recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": ARN})
+    recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": ARN})
+    recorder.expect("sagemaker", "create_model", {"ModelArn": ARN})
+    recorder.expect("sagemaker", "create_inference_component", {"InferenceComponentArn": ARN})
+    expected.expect_autoscaling(recorder)
+    deploy = lambda *a: inference_component.deploy_v2(*a, wait=False)  # noqa: E731  (nothing comes InService here)
+    inference_component.run(expected.arguments(), config, session, deploy, None)
+
+    expected.check_endpoint_config(recorder.request("CreateEndpointConfig"))
+    assert recorder.request("CreateEndpoint")["EndpointConfigName"] == "dogs"
+    expected.check_model(recorder.request("CreateModel"))
+    expected.check_component(recorder.request("CreateInferenceComponent"))
+    expected.check_autoscaling(recorder)
+
+
+def test_invoke_by_component_name(aws, tmp_path):
+    from launch.hosting import image_predictor_class
+
+    session, _, recorder = aws
+    image = tmp_path / "dog.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
+    for _ in range(2):
+        recorder.expect(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        )
+    predictor = image_predictor_class()("dogs", sagemaker_session=session, component_name="dogs-ic")
+    assert inference_component.invoke_with_predictor(predictor, image, 2)["predictions"][0]["index"] == 39
+    runtime = session.sagemaker_runtime_client
+    assert inference_component.invoke_with_boto3(runtime, "dogs", "dogs-ic", image, 2)["predictions"][0]["index"] == 39
+    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    assert len(calls) == 2
+    for params in calls:
+        assert params["EndpointName"] == "dogs" and params["InferenceComponentName"] == "dogs-ic"
+        assert params["CustomAttributes"] == "top_k=2" and params["ContentType"] == "image/png"
+
+
+def test_cleanup_removes_every_resource(aws, capsys):
+    session, config, recorder = aws
+    expected.expect_cleanup(recorder)
+    assert expected.run_cleanup(config, session, capsys) == expected.CLEANED_UP
+    expected.check_cleanup(recorder)
+
+
+def test_sm_invoke_names_the_component(aws, tmp_path, capsys):
+    import sm
+    from launch.v2 import commands
+
+    session, config, recorder = aws
+    image = tmp_path / "dog.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
+    for _ in range(2):
+        recorder.expect(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        )
+    argv = ["invoke", "--endpoint-name", "dogs", "--component-name", "dogs-ic", str(image), "--top-k", "2"]
+    commands.cmd_invoke(sm.build_parser().parse_args(argv), config, session)
+    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    assert [call["InferenceComponentName"] for call in calls] == ["dogs-ic", "dogs-ic"]
+    assert capsys.readouterr().out.count("040.Bulldog 0.900") == 2
