@@ -29,7 +29,7 @@ EXPECTED = {
     ("serving", "bf16, 1 workers: top-1 agreement with fp32 (bar 99%)"): "PASS",
     ("serving", "bf16, 1 workers: c=4 requests all answered"): "PASS",
     ("serving", "bf16, 1 workers: CUDA never initialised in gunicorn's master"): "n/a (no GPU)",
-    ("serving", "inference.py touching CUDA at import: serves, fp32 labels"): "PASS",
+    ("serving", "inference.py touching CUDA at import: serves, top-1 agreement with fp32"): "PASS",
     ("serving", "inference.py touching CUDA at import: CUDA never initialised in gunicorn's master"): "n/a (no GPU)",
 }
 # figures that must be measured (> 0) even on a CPU

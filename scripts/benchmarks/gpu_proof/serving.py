@@ -34,6 +34,7 @@ CONTAINER = Path(__file__).resolve().parents[3] / "container"
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
 PROBE_ENV = "GPU_PROOF_MASTER_PROBE"  # probe/sitecustomize.py's
 START_TIMEOUT_S = 240.0
+LOAD_FAILED = "loading the model from"  # server/preload.py's line when the master could not load it
 MIN_START_S = 30.0  # a server started near the end of the budget still gets this long
 AGREEMENT_BAR = 0.99
 # A flip where fp32 itself barely chose (top-1 minus top-2 probability at most this) is rounding, not an error.
@@ -83,6 +84,8 @@ class Server:
         def running() -> None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log()[-600:]}")
+            if LOAD_FAILED in self.log():  # /ping would never be 200: no need to wait for the timeout
+                raise RuntimeError(f"the model did not load: {self.log()[-600:]}")
 
         timeout = min(START_TIMEOUT_S, max(MIN_START_S, deadline - time.monotonic()))
         return wait_healthy(f"http://127.0.0.1:{self.port}", timeout, interval_s=0.2, check=running)
@@ -376,9 +379,8 @@ def prove_user_code(
     try:
         server.wait_ready(deadline)
         few = min(len(images), 16)
-        served = served_probabilities(server.port, images[:few], 4)
-        same = bool((served.argmax(1) == reference[:few].argmax(1)).all())
-        report.check(PART, f"{label}: serves, fp32 labels", same, f"{few} images answered")
+        ok, text = agreement(served_probabilities(server.port, images[:few], 4), reference[:few])
+        report.check(PART, f"{label}: serves, top-1 agreement with fp32", ok, text)
         clean, seen = server.master_cuda()
         report.check(PART, f"{label}: CUDA never initialised in gunicorn's master", clean, seen, True)
     except Exception as exc:

@@ -44,5 +44,21 @@ def _watch(path: str) -> None:
         time.sleep(INTERVAL_S)
 
 
+def _chain() -> None:
+    """Run the sitecustomize this one shadows, if the interpreter has one (a venv's may set paths up)."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.abspath(entry or ".")
+        candidate = os.path.join(folder, "sitecustomize.py")
+        if folder != here and os.path.isfile(candidate):
+            spec = importlib.util.spec_from_file_location("_shadowed_sitecustomize", candidate)
+            if spec is not None and spec.loader is not None:
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
 if os.environ.get(PROBE_ENV):
     threading.Thread(target=_watch, args=(os.environ[PROBE_ENV],), name="gpu-proof-probe", daemon=True).start()
+_chain()
