@@ -1,5 +1,5 @@
 """The GPU proof (scripts/gpu_proof.py) with --tiny on this CPU, as CI runs it so that it never rots:
-every code path of the GPU run (the trainer three times with a mid-epoch SIGTERM and restart, the
+every code path of the GPU run (the trainer stopped by SIGTERM mid-epoch and restarted, the
 in-process limits, the data loader alone, the profiler's output, container/serve per precision under
 load, the master's CUDA probe, a user inference.py touching CUDA at import) runs for real; the checks
 that only mean something on a GPU read "n/a (no GPU)"."""
@@ -18,9 +18,10 @@ from helpers.training import ROOT
 
 # Everything a GPU run proves, each a row of the table: its check here ("" for a figure).
 EXPECTED = {
-    ("training", "trainer exits 0"): "PASS",
+    ("training", "trainer runs until its SIGTERM, exit 0"): "PASS",
     ("training", "training device in effect"): "n/a (no GPU)",
-    ("training", "resumed run's optimizer steps and learning rates = the unstopped run's"): "PASS",
+    ("training", "SIGTERM after step 9 (mid-epoch 2): checkpoint at that step"): "PASS",
+    ("training", "both runs' optimizer steps and learning rates = the schedule's, none repeated or missed"): "PASS",
     ("training", "restart resumes mid-epoch and writes the model"): "PASS",
     ("profiler", "system samples with GPU readings"): "n/a (no GPU)",
     ("profiler", "torch.profiler trace written"): "PASS",
@@ -73,7 +74,7 @@ def test_tiny_proof_runs_every_path_and_writes_the_table(tmp_path):
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(document["rows"]) + 1
     with tarfile.open(out / "gpu_proof_logs.tar.gz") as logs:  # the evidence of a one-shot run
         names = logs.getnames()
-    assert "reference/trainer.log" in names and "resumed/trainer.log" in names
+    assert "training/trainer-stopped.log" in names and "training/trainer-resumed.log" in names
     assert any(name.startswith("serve-bf16") for name in names)
 
 
