@@ -26,7 +26,7 @@ EXPECTED = {
     ("profiler", "system samples with GPU readings"): "n/a (no GPU)",
     ("profiler", "torch.profiler trace written"): "PASS",
     ("profiler", "CUDA kernels in the trace"): "n/a (no GPU)",
-    ("serving", "fp16, 1 workers: ready, precision in effect"): "n/a (no GPU)",
+    ("serving", "bf16, 1 workers: ready, precision in effect"): "n/a (no GPU)",
     ("serving", "bf16, 1 workers: top-1 agreement with fp32 (bar 99%)"): "PASS",
     ("serving", "bf16, 1 workers: c=4 requests all answered"): "PASS",
     ("serving", "bf16, 1 workers: CUDA never initialised in gunicorn's master"): "n/a (no GPU)",
@@ -38,7 +38,7 @@ MEASURED = (
     "trainer images/s",
     "in-process forward+backward limit",
     "data loader alone",
-    "fp16, 1 workers: c=4 req/s",
+    "bf16, 1 workers: c=4 req/s",
     "bf16, 1 workers: in-process forward limit",
 )
 

@@ -37,3 +37,12 @@ def test_a_step_that_could_not_run_is_a_failure_on_one_line():
     assert not report.passed
     assert "\n" not in report.rows[-1].value
     assert "| RuntimeError: serve exited with 1: Traceback ... / more | FAIL |" in report.markdown()
+
+
+def test_each_row_is_written_at_once_so_a_killed_run_leaves_its_findings(tmp_path):
+    report = Report(gpu=True, folder=tmp_path)
+    report.check("training", "device", True, "cuda")
+    assert json.loads((tmp_path / "gpu_proof.json").read_text())["rows"][0]["value"] == "cuda"
+    report.failed("serving", "fp16: server", "timed out")
+    document = json.loads((tmp_path / "gpu_proof.json").read_text())
+    assert document["passed"] is False and len(document["rows"]) == 2

@@ -43,8 +43,9 @@ def keep_logs(work: Path, out: Path) -> None:
             tar.add(path, arcname=str(path.relative_to(work)))
 
 
-def step(report: Report, part: str, what, *args):
-    """One half of the proof; an exception becomes a failed row, and the other half still runs."""
+def step(report: Report, work: Path, out: Path, part: str, what, *args):
+    """One half of the proof; an exception becomes a failed row, and the other half still runs.
+    The logs so far go to `out` after each half (the table goes there after each row)."""
     began = time.perf_counter()
     print(f"gpu_proof: {part} ...", flush=True)
     try:
@@ -53,6 +54,7 @@ def step(report: Report, part: str, what, *args):
         report.failed(part, "unexpected error", f"{type(exc).__name__}: {exc} | {traceback.format_exc()[-400:]}")
         return None
     finally:
+        keep_logs(work, out)
         print(f"gpu_proof: {part} took {time.perf_counter() - began:.0f} s", flush=True)
 
 
@@ -67,19 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_proof: no CUDA device here; on a CPU run it with --tiny", file=sys.stderr)
         return 2
     profile = TINY if args.tiny else GPU
-    report = Report(gpu, about(profile, gpu))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = Report(gpu, about(profile, gpu), folder=args.out)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu-proof-") as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         data = training.make_data(work, profile)
-        model_dir = step(report, "training", training.prove, work, data, profile)
+        model_dir = step(report, work, args.out, "training", training.prove, work, data, profile)
         if model_dir is None:  # serving is proven on seeded random weights instead
             model_dir = serving.fallback_model_dir(work / "fallback-model", profile)
-        step(report, "serving", serving.prove, work, model_dir, data, profile, began + profile.budget_s)
+        deadline = began + profile.budget_s
+        step(report, work, args.out, "serving", serving.prove, work, model_dir, data, profile, deadline)
         report.figure("proof", "wall time, s", time.monotonic() - began)
-        args.out.mkdir(parents=True, exist_ok=True)
-        keep_logs(work, args.out)
     print(f"\nGPU proof on {report.about['device']}, torch {torch.__version__}, profile {profile.name}\n")
     print(report.markdown(), flush=True)
     written = report.write(args.out)

@@ -24,19 +24,26 @@ class Report:
     gpu: bool
     about: dict = field(default_factory=dict)  # the machine, versions, the settings
     rows: list[Row] = field(default_factory=list)
+    # written again after every row: a run killed at its time limit still leaves what it found
+    folder: Path | None = None
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        if self.folder is not None:
+            self.write(self.folder)
 
     def figure(self, part: str, what: str, value) -> None:
-        self.rows.append(Row(part, what, _text(value)))
+        self.add(Row(part, what, _text(value)))
 
     def check(self, part: str, what: str, ok: bool, value="", gpu_only: bool = False) -> bool:
         """A check; one that only means something on a GPU reads n/a without one (its code still ran)."""
         status = NO_GPU if gpu_only and not self.gpu else (PASS if ok else FAIL)
-        self.rows.append(Row(part, what, _text(value), status))
+        self.add(Row(part, what, _text(value), status))
         return ok
 
     def failed(self, part: str, what: str, reason: str) -> None:
         """A step that could not run at all: a failed check, with why."""
-        self.rows.append(Row(part, what, " ".join(reason.split())[:300], FAIL))
+        self.add(Row(part, what, " ".join(reason.split())[:300], FAIL))
 
     @property
     def passed(self) -> bool:

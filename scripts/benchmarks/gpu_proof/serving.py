@@ -37,6 +37,7 @@ START_TIMEOUT_S = 240.0
 LOAD_FAILED = "loading the model from"  # server/preload.py's line when the master could not load it
 MIN_START_S = 30.0  # a server started near the end of the budget still gets this long
 AGREEMENT_BAR = 0.99
+AGREEMENT_TIMEOUT_S = 30.0  # one request of the agreement pass
 # A flip where fp32 itself barely chose (top-1 minus top-2 probability at most this) is rounding, not an error.
 NEAR_TIE = 0.05
 PART = "serving"
@@ -157,14 +158,17 @@ def served_probabilities(port: int, images: list[bytes], clients: int) -> np.nda
             raise RuntimeError(f"/invocations answered {status}: {body[:200]!r}")
         return np.load(io.BytesIO(body)).reshape(-1)
 
-    with ThreadPoolExecutor(clients) as pool:
+    pool = ThreadPoolExecutor(clients)
+    try:
         return np.stack(list(pool.map(one, images)))
+    finally:  # after a failure, the images not yet sent are not sent: bounded by one request's timeout
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def post_npy(port: int, data: bytes) -> tuple[int, bytes]:
     import http.client
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=loadgen.REQUEST_TIMEOUT_S)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=AGREEMENT_TIMEOUT_S)
     try:
         conn.request(
             "POST", "/invocations", data, {"Content-Type": "application/x-image", "Accept": "application/x-npy"}

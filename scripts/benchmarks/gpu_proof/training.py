@@ -27,7 +27,6 @@ from contract.spec import hyperparameters, metrics, paths
 from localnet import free_port
 
 CONTAINER = Path(__file__).resolve().parents[3] / "container"
-TRAINER_TIMEOUT_S = 300.0
 DATA_TIMEOUT_S = 300.0
 SHARD_IMAGES = 200  # training images per class and shard, at least
 MODEL_LINE = re.compile(r"amp=(\S+), device=(\S+)")
@@ -120,7 +119,9 @@ def trainer_env(opt_ml: Path, data: Path, extra: dict | None = None) -> dict:
     return env
 
 
-def run_trainer(opt_ml: Path, data: Path, hps: dict, name: str, extra_env: dict | None = None) -> TrainerRun:
+def run_trainer(
+    opt_ml: Path, data: Path, hps: dict, name: str, timeout_s: float, extra_env: dict | None = None
+) -> TrainerRun:
     """container/train.py on `opt_ml`, bounded in time; its output in opt_ml/trainer-NAME.log too."""
     opt_ml.mkdir(parents=True, exist_ok=True)
     try:
@@ -130,12 +131,12 @@ def run_trainer(opt_ml: Path, data: Path, hps: dict, name: str, extra_env: dict 
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            timeout=TRAINER_TIMEOUT_S,
+            timeout=timeout_s,
         )
         run = TrainerRun(opt_ml, done.returncode, done.stdout)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        run = TrainerRun(opt_ml, -1, out + f"\n(no exit within {TRAINER_TIMEOUT_S:.0f} s)")
+        run = TrainerRun(opt_ml, -1, out + f"\n(no exit within {timeout_s:.0f} s)")
     (opt_ml / f"trainer-{name}.log").write_text(run.log)
     return run
 
@@ -174,7 +175,9 @@ def prove(report: Report, work: Path, data: Path, profile: Profile) -> Path | No
     per_epoch = steps_per_epoch(data, profile)
     stop_at = (profile.epochs - 1) * per_epoch + per_epoch // 2
     opt_ml = work / "training"
-    stopped = run_trainer(opt_ml, data, hps, "stopped", {runtime.SIGTERM_AT_STEP_ENV: str(stop_at)})
+    stopped = run_trainer(
+        opt_ml, data, hps, "stopped", profile.trainer_timeout_s, {runtime.SIGTERM_AT_STEP_ENV: str(stop_at)}
+    )
     if not report.check(PART, "trainer runs until its SIGTERM, exit 0", stopped.ok, f"exit {stopped.returncode}"):
         report.failed(PART, "trainer log", stopped.tail())
     found = MODEL_LINE.search(stopped.log)
@@ -223,7 +226,7 @@ def prove_resume(
         "SIGTERM received" in stopped.log and mid_epoch,
         f"step {saved.get('global_step')}, saved {seconds.group(1) if seconds else '?'} s after SIGTERM",
     )
-    resumed = run_trainer(opt_ml, data, hps, "resumed")
+    resumed = run_trainer(opt_ml, data, hps, "resumed", profile.trainer_timeout_s)
     message = f"resuming from checkpoint in epoch {saved.get('epoch', -1) + 1} after step {saved.get('step')}"
     finished = resumed.ok and (opt_ml / paths.MODEL_DIR / artifact.WEIGHTS_FILE).is_file()
     report.check(PART, "restart resumes mid-epoch and writes the model", finished and message in resumed.log, message)
