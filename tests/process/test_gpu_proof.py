@@ -14,6 +14,8 @@ import tarfile
 import textwrap
 import time
 
+import pytest
+
 from helpers.training import ROOT
 
 # Everything a GPU run proves, each a row of the table: its check here ("" for a figure).
@@ -117,3 +119,23 @@ def test_without_a_gpu_the_full_proof_refuses_to_start(tmp_path):
     )
     assert result.returncode == 2 and "--tiny" in result.stderr
     assert not (tmp_path / "gpu_proof.json").exists()
+
+
+def test_a_server_whose_model_cannot_load_is_given_up_at_once(tmp_path):
+    """/ping never answers 200 then: the proof reads the server's own failure line instead of waiting out
+    its start timeout, which would spend a one-shot GPU run's budget."""
+    from benchmarks.gpu_proof import serving
+    from benchmarks.gpu_proof.profile import TINY
+
+    model_dir = serving.fallback_model_dir(tmp_path / "model", TINY)
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "inference.py").write_text("def model_fn(model_dir):\n    raise RuntimeError('no weights')\n")
+    server = serving.Server(model_dir, tmp_path, "broken", {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+    try:
+        began = time.monotonic()
+        with pytest.raises(RuntimeError, match="loading the model from .* failed"):
+            server.wait_ready(deadline=time.monotonic() + 600)
+        assert time.monotonic() - began < serving.START_TIMEOUT_S / 2
+    finally:
+        server.stop()
+    assert server.process.poll() is not None

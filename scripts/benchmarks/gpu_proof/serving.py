@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,9 @@ CONTAINER = Path(__file__).resolve().parents[3] / "container"
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
 PROBE_ENV = "GPU_PROOF_MASTER_PROBE"  # probe/sitecustomize.py's
 START_TIMEOUT_S = 240.0
-LOAD_FAILED = "loading the model from"  # server/preload.py's line when the master could not load it
+# server/preload.py's lines when the master could not load the model or a worker could not start it:
+# /ping then never answers 200, and waiting for it would spend the run's budget
+LOAD_FAILED = re.compile(r"(loading the model from \S+|starting the model in worker \d+) failed")
 MIN_START_S = 30.0  # a server started near the end of the budget still gets this long
 AGREEMENT_BAR = 0.99
 AGREEMENT_TIMEOUT_S = 30.0  # one request of the agreement pass
@@ -85,8 +88,9 @@ class Server:
         def running() -> None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log()[-600:]}")
-            if LOAD_FAILED in self.log():  # /ping would never be 200: no need to wait for the timeout
-                raise RuntimeError(f"the model did not load: {self.log()[-600:]}")
+            failed = LOAD_FAILED.search(self.log())
+            if failed:
+                raise RuntimeError(f"{failed.group(0)}: {self.log()[failed.start() :][:600]}")
 
         timeout = min(START_TIMEOUT_S, max(MIN_START_S, deadline - time.monotonic()))
         return wait_healthy(f"http://127.0.0.1:{self.port}", timeout, interval_s=0.2, check=running)
@@ -177,6 +181,31 @@ def post_npy(port: int, data: bytes) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def batching(port: int) -> str:
+    """The forward passes' mean batch and the bucket of the largest, from the server's /metrics
+    (byoc_forward_batch_size, all passes since start: warm-up, agreement and the load cell)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=AGREEMENT_TIMEOUT_S)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode(errors="replace")
+    finally:
+        conn.close()
+    values: dict[str, float] = {}
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        name, _, number = line.rpartition(" ")
+        if name.startswith("byoc_forward_batch_size_bucket"):
+            bound = name.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(number)))
+        elif name.startswith(("byoc_forward_batch_size_sum", "byoc_forward_batch_size_count")):
+            values[name.split("{")[0]] = float(number)
+    count, total = values.get("byoc_forward_batch_size_count", 0.0), values.get("byoc_forward_batch_size_sum", 0.0)
+    largest = min((bound for bound, seen in buckets if seen >= count), default=float("nan"))
+    return f"{count:.0f} passes, mean {total / count if count else 0:.1f}, largest <= {largest:g}"
 
 
 def agreement(served: np.ndarray, reference: np.ndarray) -> tuple[bool, str]:
@@ -346,6 +375,9 @@ def prove_mode(
             f"{label}: c={profile.concurrency} requests all answered",
             cell["errors"] == 0 and cell["ok"] > 0,
             f"{cell['ok']} ok, {cell['errors']} errors {cell['first_error'][:120]}".strip(),
+        )
+        report.figure(
+            PART, f"{label}: forward passes (dynamic batching up to {profile.serve_batch})", batching(server.port)
         )
         clean, seen = server.master_cuda()
         report.check(PART, f"{label}: CUDA never initialised in gunicorn's master", clean, seen, True)

@@ -188,7 +188,7 @@ def prove(report: Report, work: Path, data: Path, profile: Profile) -> Path | No
     report.figure(PART, "channels-last", hps["channels-last"])
     speeds = metrics.parse_log(stopped.log).get("train:images_per_sec", [])
     trainer_rate = max(speeds, default=0.0)
-    report.figure(PART, f"trainer images/s (best of {len(speeds)} whole epochs, data loading included)", trainer_rate)
+    report.figure(PART, f"trainer images/s (best whole epoch of {len(speeds)}, data loading included)", trainer_rate)
     limit = forward_backward_limit(hps, profile)
     if report.gpu:
         torch.cuda.empty_cache()  # the limit's model and batch, gone with its frame
@@ -197,9 +197,9 @@ def prove(report: Report, work: Path, data: Path, profile: Profile) -> Path | No
     rate, workers = loader_rate(data, hps, work / "loader-scratch", profile.limit_seconds * 4)
     report.figure(PART, f"data loader alone ({workers} worker processes), img/s", rate)
     resumed = prove_resume(report, opt_ml, data, hps, profile, stopped, stop_at, per_epoch)
-    prove_profiler(report, opt_ml)
     accuracy = metrics.parse_log(resumed.log).get("test:accuracy", [float("nan")])[-1]
     report.figure(PART, "test accuracy of the resumed run's model", accuracy)
+    prove_profiler(report, opt_ml)
     model_dir = opt_ml / paths.MODEL_DIR
     return model_dir if (model_dir / artifact.WEIGHTS_FILE).is_file() else None
 
