@@ -1,4 +1,4 @@
-"""The training half of the proof: the project's trainer (container/train.py, as the sagemaker-training
+"""The training half of the proof: the project's trainer (container/toolkit_entry_point.py, as the sagemaker-training
 toolkit starts it) on generated data in a temporary /opt/ml tree, stopped by SIGTERM in the middle of
 its last epoch and restarted (the exact resume), as SageMaker's spot training would: the throughput,
 the device and AMP mode in effect and the profiler's output come from the first run. Beside the
@@ -101,7 +101,7 @@ def trainer_hyperparameters(profile: Profile) -> dict[str, str]:
 
 
 def trainer_env(opt_ml: Path, data: Path, extra: dict | None = None) -> dict:
-    """What SageMaker's toolkit gives train.py, on a local /opt/ml tree."""
+    """What SageMaker's toolkit gives the entry point, on a local /opt/ml tree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(
         {
@@ -109,7 +109,6 @@ def trainer_env(opt_ml: Path, data: Path, extra: dict | None = None) -> dict:
             "SM_CHANNEL_TRAINING": str(data),
             "SM_NUM_GPUS": str(torch.cuda.device_count()),
             "TRAINER_SCRATCH": str(opt_ml / "scratch"),
-            "TRAINER_REASON_FILE": str(opt_ml / "reason"),
             "TORCH_HOME": str(opt_ml / "torch-home"),
             "MASTER_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
@@ -122,11 +121,11 @@ def trainer_env(opt_ml: Path, data: Path, extra: dict | None = None) -> dict:
 def run_trainer(
     opt_ml: Path, data: Path, hps: dict, name: str, timeout_s: float, extra_env: dict | None = None
 ) -> TrainerRun:
-    """container/train.py on `opt_ml`, bounded in time; its output in opt_ml/trainer-NAME.log too."""
+    """container/toolkit_entry_point.py on `opt_ml`, bounded in time; its output in opt_ml/trainer-NAME.log too."""
     opt_ml.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(
-            [sys.executable, str(CONTAINER / "train.py"), *hyperparameters.to_argv(hps)],
+            [sys.executable, str(CONTAINER / paths.TOOLKIT_ENTRY_POINT), *hyperparameters.to_argv(hps)],
             env=trainer_env(opt_ml, data, extra_env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
