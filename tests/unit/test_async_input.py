@@ -169,11 +169,11 @@ def test_a_corrupt_or_encrypted_zip_member_is_an_error_entry():
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("a.jpg", b"a" * 500)
-        encrypted = zipfile.ZipInfo("c.jpg")
-        encrypted.flag_bits |= 0x1  # "encrypted": zipfile wants a password to read it
-        archive.writestr(encrypted, b"c" * 500)
+        archive.writestr("c.jpg", b"c" * 500)
         archive.writestr("b.jpg", b"b" * 500)
     body = bytearray(buffer.getvalue())
+    record = body.rindex(b"PK\x01\x02", 0, body.rindex(b"c.jpg"))
+    body[record + 8] |= 0x1  # "encrypted" in the central directory: zipfile wants a password
     body[body.index(b"a" * 500) + 10] ^= 1  # its CRC no longer matches
     bad, locked, good = read(ZIP, bytes(body))
     assert bad.data is None and "unreadable" in bad.error
