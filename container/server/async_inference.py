@@ -57,9 +57,10 @@ def until_deadline(deadline: float, step: Callable[..., T], *args) -> T:
 
 @dataclass
 class Chunk:
-    """Some images of the request: each one's line, or its tensor waiting for the forward pass."""
+    """Some images of the request, by name: each one's line, or None while its tensor waits for
+    the forward pass. No image's bytes: an entry is dropped once decoded."""
 
-    entries: list[Entry]
+    names: list[str] = field(default_factory=list)
     lines: list[bytes | None] = field(default_factory=list)
     tensors: list[torch.Tensor] = field(default_factory=list)
     forward: Future | None = None
@@ -84,8 +85,7 @@ def _batched(service, entries: Iterator[Entry], top_k: int, deadline: float) -> 
     batcher = defaults.batcher
     with ThreadPoolExecutor(1, thread_name_prefix="async-forward") as forwarding:
         previous: Chunk | None = None
-        while batch := list(islice(entries, batcher.max_batch_size)):
-            chunk = _decoded(defaults, batch, deadline)
+        while (chunk := _decoded(defaults, entries, batcher.max_batch_size, deadline)).names:
             if chunk.tensors:
                 stacked = torch.stack(chunk.tensors)
                 chunk.tensors = []
@@ -97,9 +97,11 @@ def _batched(service, entries: Iterator[Entry], top_k: int, deadline: float) -> 
             yield from _finished(defaults, previous, top_k)
 
 
-def _decoded(defaults, batch: list[Entry], deadline: float) -> Chunk:
-    chunk = Chunk(batch)
-    for entry in batch:
+def _decoded(defaults, entries: Iterator[Entry], size: int, deadline: float) -> Chunk:
+    """The next `size` entries decoded, one image's bytes in memory at a time."""
+    chunk = Chunk()
+    for entry in islice(entries, size):
+        chunk.names.append(entry.name)
         if entry.data is None:
             chunk.lines.append(line(name=entry.name, error=entry.error))
             continue
@@ -115,8 +117,8 @@ def _decoded(defaults, batch: list[Entry], deadline: float) -> Chunk:
 
 def _finished(defaults, chunk: Chunk, top_k: int) -> Iterator[bytes]:
     rows = iter(chunk.forward.result().numpy() if chunk.forward is not None else ())
-    for entry, done in zip(chunk.entries, chunk.lines, strict=True):
-        yield done or line(name=entry.name, predictions=defaults.top_classes(next(rows), top_k))
+    for name, done in zip(chunk.names, chunk.lines, strict=True):
+        yield done or line(name=name, predictions=defaults.top_classes(next(rows), top_k))
 
 
 def _through_stages(service, entries: Iterator[Entry], top_k: int, deadline: float) -> Iterator[bytes]:
