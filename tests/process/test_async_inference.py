@@ -234,3 +234,21 @@ def test_a_server_not_asynchronous_refuses_archives(model_dir, tmp_path):
     with ServerProcess(model_dir, tmp_path / "server.log") as server:
         response = server.invoke(zip_of(images(2)), "application/zip")
     assert response.status_code == 415
+
+
+def test_a_model_with_its_own_output_fn_answers_each_image_through_its_stages(tmp_path, reference):
+    code = """
+        import json
+
+        def output_fn(prediction, accept):
+            return json.dumps({"best": int(prediction.argmax()), "name": "overwritten"}), accept
+    """
+    model_dir = make_model_dir(tmp_path / "model", image_size=IMAGE_SIZE, inference_code=code)
+    files = images(6)
+    files[2] = ("broken.jpg", b"\xff\xd8 not really")
+    with ServerProcess(model_dir, tmp_path / "server.log", SAGEMAKER_ASYNC_INFERENCE="true") as server:
+        lines = answer(server.invoke(json_lines_of(files), LINES))
+    assert [line["name"] for line in lines] == [name for name, _ in files]
+    assert "error" in lines[2]
+    expected = reference.for_images(*[data for i, (_, data) in enumerate(files) if i != 2]).argmax(1)
+    assert [line["best"] for i, line in enumerate(lines) if i != 2] == expected.tolist()
