@@ -24,7 +24,7 @@ from flask import Request, Response
 
 from server import async_input
 from server.async_inference import answer_lines, line
-from server.errors import UnsupportedAccept
+from server.errors import RequestError, UnsupportedAccept
 from server.handlers import media_type
 from server.parsing import shown
 from server.service import requested_top_k
@@ -43,7 +43,7 @@ def is_async_request(request: Request) -> bool:
 def invoke_async(service, settings: Settings, request: Request) -> Response:
     deadline = time.monotonic() + settings.async_timeout_s
     accept = request.headers.get("Accept")
-    if not all(media_type(item) in ACCEPTED for item in (accept or "").split(",")):
+    if not any(media_type(item) in ACCEPTED for item in (accept or "").split(",")):
         raise UnsupportedAccept(
             f"cannot answer with {shown(accept or '', 80)}: an asynchronous answer is {ANSWER_TYPE}"
         )
@@ -55,13 +55,15 @@ def invoke_async(service, settings: Settings, request: Request) -> Response:
     )
     spool = tempfile.TemporaryFile(dir=settings.run_dir)  # unnamed: gone with its last descriptor
     try:
-        copy_body(
+        size = copy_body(
             spool.write,
             settings.async_max_payload_bytes,
             settings.async_timeout_s,
             VARIABLE["async_max_payload_mb"].name,
             VARIABLE["async_timeout_s"].name,
         )
+        if not size:
+            raise RequestError("empty request body")
         entries = async_input.entries(media_type(request.headers.get("Content-Type")), spool, limits)
     except BaseException:
         spool.close()
