@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import requests
 
+from crafted_png import decompression_bomb_png
 from helpers.serving import Reference, ServerProcess, encode, make_model_dir, sample_image
 
 IMAGE_SIZE = 32  # a small network input: thousands of images in seconds on two cores
@@ -99,10 +100,12 @@ def test_a_zip_of_images_is_answered_line_by_line_as_the_model_answers_each(serv
     files = images(100)
     files[7] = ("notes/readme.txt", b"this is no image")
     files[8] = ("photos/cut.jpg", files[9][1][:40])
+    files[10] = ("photos/bomb.png", decompression_bomb_png())  # 900 MB of pixels in ~100 KB
     lines = answer(server.invoke(zip_of(files), "application/zip", {"X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}))
     assert [line["name"] for line in lines] == [name for name, _ in files]
     assert "error" in lines[7] and "error" in lines[8]
-    good = [i for i in range(len(files)) if i not in (7, 8)]
+    assert "too large" in lines[10]["error"]
+    good = [i for i in range(len(files)) if i not in (7, 8, 10)]
     expected = reference.for_images(*[files[i][1] for i in good])
     for row, i in zip(expected, good, strict=True):
         predictions = lines[i]["predictions"]

@@ -20,7 +20,7 @@ from server.async_input import JSON_LINES, MAX_NAME_CHARS, TAR, ZIP, Entry, Limi
 from server.errors import RequestError, TooLarge
 
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name")  # Hypothesis repeats names: archives may too
-EXAMPLES = settings(max_examples=200, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
 LIMITS = Limits(max_entries=50, max_image_bytes=1000, max_total_bytes=20_000)
 NAMES = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40)
 FILES = st.lists(st.tuples(NAMES, st.binary(max_size=300)), max_size=8)
