@@ -171,6 +171,13 @@ def test_real_time_requests_are_answered_as_before(server, reference):
     assert response.json()["predictions"][0]["index"] == int(np.argmax(expected))
 
 
+def oversized_pax_header() -> bytes:
+    """A pax header claiming 8 MB of fields (tarfile would read them all into memory)."""
+    header = tarfile.TarInfo("pax")
+    header.type, header.size = tarfile.XHDTYPE, 8 << 20
+    return header.tobuf(tarfile.USTAR_FORMAT) + bytes(8 << 20)
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "status", "says"),
     [
@@ -179,6 +186,7 @@ def test_real_time_requests_are_answered_as_before(server, reference):
         ("application/zip", zip_of([(f"{i}/", b"") for i in range(MAX_IMAGES + 1)]), 413, "MAX_IMAGES"),
         (LINES, b"{}\n" * (MAX_IMAGES + 1), 413, "MAX_IMAGES"),
         ("application/x-tar", b"", 400, "empty"),
+        ("application/x-tar", oversized_pax_header() + _tar_bytes(images(1)), 400, "extended header"),
     ],
 )
 def test_requests_malformed_or_too_large_as_a_whole_are_refused_before_any_line(server, kind, body, status, says):
