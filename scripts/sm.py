@@ -5,6 +5,8 @@
     sm.py deploy    --model-data s3://.../model.tar.gz --endpoint-name dogs [--autoscale 1:4:100]
     sm.py deploy-component --model-data s3://.../model.tar.gz --endpoint-name dogs --cores 2 --max-copies 4
     sm.py invoke    --endpoint-name dogs photo.jpg other.png [--top-k 3]
+    sm.py deploy    --model-data s3://.../model.tar.gz --endpoint-name album --async-output s3://bucket/answers/
+    sm.py invoke-async --endpoint-name album photos.zip       (uploaded to S3; the answer: JSON lines in S3)
     sm.py tune      --data s3://bucket/dogImages.zip --space seed2 --max-jobs 20 --wait --train-best
     sm.py transform --model-data s3://.../model.tar.gz --input s3://bucket/images/ --output s3://bucket/preds/
     sm.py cleanup   --endpoint-name dogs
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 import container_path  # noqa: E402,F401  (first: container/ on the import path)
+from launch import async_inference  # noqa: E402
 from launch import config as configuration  # noqa: E402
 from launch.cli import add_environment_arguments  # noqa: E402
 from launch.session import remove_local_containers  # noqa: E402
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY")
     deploy.add_argument("--invoke", nargs="+", type=Path, metavar="IMAGE", help="local mode: classify and stop")
     deploy.add_argument("--top-k", type=int, default=3)
+    async_inference.add_deploy_arguments(deploy)
 
     mme = command("deploy-mme", "deploy a multi-model endpoint")
     mme.add_argument("--model-prefix", required=True, help="S3 prefix holding the models' tar.gz files")
@@ -104,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("images", nargs="+", type=Path)
     invoke.add_argument("--top-k", type=int, default=3)
     invoke.add_argument("--via", choices=("predictor", "boto3", "both"), default="both")
+
+    async_inference.add_invoke_command(command)
 
     tune = command("tune", "hyperparameter tuning job (with --local: an Optuna study)")
     tune.add_argument("--data", help="training channel: S3 URI, folder or archive")

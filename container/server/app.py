@@ -4,6 +4,8 @@
                                 failed (while the master loads, it answers 503 itself);
                                 a multi-model endpoint: 200 (it starts with no model)
     POST /invocations           request -> handler stages (service.py) -> response;
+                                asynchronous (SAGEMAKER_ASYNC_INFERENCE): a zip, tar or
+                                JSON lines of images -> JSON lines (async_transport.py)
                                 X-Forward-Batch-Size: images in the forward pass
                                 that served it (dynamic batching, batching.py).
                                 Multi-model: the model named by X-Amzn-SageMaker-Target-Model
@@ -27,6 +29,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server import metrics
+from server.async_transport import invoke_async, is_async_request
 from server.errors import Overloaded, RequestError
 from server.preload import MODEL
 from server.settings import Settings
@@ -80,6 +83,8 @@ def create_app(settings: Settings) -> Flask:
                 return invoke(service, settings)
         if MODEL.service is None:
             return unavailable()
+        if settings.async_inference and is_async_request(request):
+            return invoke_async(MODEL.service, settings, request)
         return invoke(MODEL.service, settings)
 
     @app.get("/execution-parameters")

@@ -133,6 +133,11 @@ class DefaultHandlers:
             f"{JSON} with base64 images, or {NPY} with preprocessed float32 arrays"
         )
 
+    def preprocess_image(self, encoded_image: bytes) -> torch.Tensor:
+        """One image of an asynchronous request (async_inference.py): bounded alone by the
+        request's pixel limit, as one real-time request holding only it."""
+        return self._preprocess(encoded_image, PixelBudget(self.settings.max_pixels_per_request))
+
     def _preprocess(self, encoded_image: bytes, budget: PixelBudget) -> torch.Tensor:
         """One image to its input tensor. Its decode holds pixels of the worker's
         decode budget (decode_budget.py) until the image is cropped: the
@@ -180,11 +185,12 @@ class DefaultHandlers:
         elif kind == CSV:
             np.savetxt(buffer, rows, delimiter=",", fmt="%.9g")  # 9 digits round-trip float32
         else:
-            ranked = [{"predictions": self._top(row, top_k)} for row in rows]
+            ranked = [{"predictions": self.top_classes(row, top_k)} for row in rows]
             buffer.write(json.dumps(ranked[0] if single else ranked).encode())
         return buffer.getvalue(), kind
 
-    def _top(self, row: np.ndarray, top_k: int) -> list[dict]:
+    def top_classes(self, row: np.ndarray, top_k: int) -> list[dict]:
+        """One image's `top_k` classes, most probable first, as the JSON answer lists them."""
         names = self.class_names if self.class_names and len(self.class_names) == len(row) else None
         order = np.argsort(-row, kind="stable")[:top_k]
         return [{"label": names[i] if names else str(i), "index": int(i), "probability": float(row[i])} for i in order]

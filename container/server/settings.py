@@ -199,6 +199,34 @@ VARIABLES = (
         shown="half of memory / workers",
     ),
     Variable(
+        "async_inference",
+        "SAGEMAKER_ASYNC_INFERENCE",
+        False,
+        "true: an asynchronous endpoint ([Asynchronous inference](async-inference.md)): `/invocations` also "
+        "takes a zip, a tar or JSON lines of images and answers one JSON line per image",
+    ),
+    Variable(
+        "async_max_payload_mb",
+        "SAGEMAKER_ASYNC_MAX_PAYLOAD_IN_MB",
+        1024,
+        "asynchronous: request size limit (413 above it; SageMaker's own is 1 GB), and the most an archive's "
+        "images may unpack to, together",
+    ),
+    Variable(
+        "async_max_images",
+        "SAGEMAKER_ASYNC_MAX_IMAGES_PER_REQUEST",
+        100_000,
+        "asynchronous: archive members (folders and links included) or lines in one request (413 above it, "
+        "before any image is read)",
+    ),
+    Variable(
+        "async_timeout_s",
+        "SAGEMAKER_ASYNC_REQUEST_TIMEOUT_S",
+        3600,
+        "asynchronous: the whole request, body and answer, seconds (SageMaker's longest is 3600); images "
+        "still unread then get one closing error line",
+    ),
+    Variable(
         "run_dir",
         "SAGEMAKER_SERVER_RUN_DIR",
         None,
@@ -248,6 +276,10 @@ class Settings:
     multi_model: bool
     multi_model_root: str
     model_memory_budget_mb: int
+    async_inference: bool
+    async_max_payload_mb: int
+    async_max_images: int
+    async_timeout_s: int
     run_dir: str
     metrics_dir: str
     cuda_visible_devices: str
@@ -255,6 +287,10 @@ class Settings:
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
+
+    @property
+    def async_max_payload_bytes(self) -> int:
+        return self.async_max_payload_mb << 20
 
     @property
     def model_memory_budget_bytes(self) -> int:
@@ -307,6 +343,10 @@ class Settings:
             multi_model=multi_model,
             multi_model_root=_string(env, "multi_model_root", blank=str(VARIABLE["multi_model_root"].default)),
             model_memory_budget_mb=_count(env, "model_memory_budget_mb", minimum=1, computed=default_budget),
+            async_inference=_bool(env, "async_inference"),
+            async_max_payload_mb=_count(env, "async_max_payload_mb", minimum=1),
+            async_max_images=_count(env, "async_max_images", minimum=1),
+            async_timeout_s=_count(env, "async_timeout_s", minimum=1),
             run_dir=run_dir,
             metrics_dir=_string(env, "metrics_dir", blank=os.path.join(run_dir, "metrics")),
             cuda_visible_devices=_string(env, "cuda_visible_devices"),

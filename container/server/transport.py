@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 
 from flask import Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
@@ -32,9 +33,22 @@ def read_body(
     timeout_s: float = float(str(VARIABLE["body_read_timeout_s"].default)),
     limit: str = "SAGEMAKER_MAX_PAYLOAD_IN_MB",
 ) -> bytes:
-    """The request body; 413 from its Content-Length before reading, or, for
-    a chunked body, as soon as more than `max_bytes` arrived. (Werkzeug's
-    MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
+    """The request body, in memory (copy_body's bounds)."""
+    body = bytearray()
+    copy_body(body.extend, max_bytes, timeout_s, limit)
+    return bytes(body)
+
+
+def copy_body(
+    write: Callable[[bytes], object],
+    max_bytes: int,
+    timeout_s: float,
+    limit: str,
+    deadline: str = "SAGEMAKER_BODY_READ_TIMEOUT_S",
+) -> int:
+    """The request body handed to `write` 64 KB at a time; -> its size. 413 from its
+    Content-Length before reading, or, for a chunked body, as soon as more than `max_bytes`
+    arrived. (Werkzeug's MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
     408 when the whole body has not arrived within `timeout_s` (read_deadline.py)."""
     size = f"{max_bytes >> 20} MB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KB"
     too_large = RequestEntityTooLarge(f"payload larger than {size} ({limit})")
@@ -42,17 +56,16 @@ def read_body(
         raise too_large
     stream = request.environ["wsgi.input"]  # gunicorn ends it at Content-Length or the last chunk
     connection = request.environ.get("gunicorn.socket")
-    body = bytearray()
+    copied = 0
     with READ_DEADLINES.watching(connection, timeout_s) if connection else contextlib.nullcontext() as watch:
-        while len(body) <= max_bytes:
-            chunk = stream.read(min(1 << 16, max_bytes + 1 - len(body)))
+        while copied <= max_bytes:
+            chunk = stream.read(min(1 << 16, max_bytes + 1 - copied))
             if watch is not None and watch.expired:  # what came is cut short: no body
-                raise RequestTimeout(
-                    f"the request body did not arrive within {timeout_s:g} s (SAGEMAKER_BODY_READ_TIMEOUT_S)"
-                )
+                raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({deadline})")
             if not chunk:
-                return bytes(body)
-            body += chunk
+                return copied
+            write(chunk)
+            copied += len(chunk)
     raise too_large
 
 

@@ -13,5 +13,6 @@ BENCHMARKS = {
     "precision": ("precision", "serving at the machine's limit per precision (fp32, bf16, int8)"),
     "serving-memory": ("serving_memory", "serving image's readiness, memory per worker count, soak, request bounds"),
     "gpu-proof": ("gpu_proof", "the CUDA paths proven on one GPU (--tiny: on a CPU, as CI runs it)"),
+    "async-request": ("async_request", "asynchronous inference: one large zip per size, images/s and peak RSS"),
     "push": ("push", "build_and_push.sh timings and pushed sizes against a local registry and moto's ECR"),
 }

@@ -61,9 +61,13 @@ def deploy(
     instance_count: int = 1,
     serverless: tuple[int, int] | None = None,
     wait: bool = True,
+    async_config=None,
 ):
-    """-> a predictor for the new endpoint. `serverless` is (memory MB, max concurrency)."""
+    """-> a predictor for the new endpoint. `serverless` is (memory MB, max concurrency);
+    `async_config` v2's AsyncInferenceConfig (launch/async_inference.py)."""
     kwargs = dict(endpoint_name=endpoint_name, wait=wait, tags=[PROJECT_TAG])
+    if async_config is not None:
+        kwargs["async_inference_config"] = async_config
     if serverless:
         from sagemaker.serverless import ServerlessInferenceConfig
 

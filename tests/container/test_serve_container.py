@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import subprocess
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -412,3 +414,29 @@ def test_a_burst_of_decompression_heavy_images_in_3_gb_kills_no_worker(engine, s
         assert all(any(s == 200 for n, s in answers if n == name) for name, _ in bodies[:4]), answers
         assert took < 300
         classify_and_check(running)
+
+
+def test_asynchronous_requests_in_the_image(engine, serve_image, tmp_path):
+    """SAGEMAKER_ASYNC_INFERENCE=true in the image: a zip of 300 images answered line by line, the body
+    spooled to the image's scratch folder (docs/async-inference.md)."""
+    model_dir = make_model_dir(tmp_path / "model")
+    files = [(f"photos/{i}.jpg", encode(sample_image(i % 17), "JPEG")) for i in range(300)]
+    files[5] = ("notes.txt", b"no image")
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as archive:
+        for name, data in files:
+            archive.writestr(name, data)
+    with serving(engine, serve_image, model_dir, SAGEMAKER_ASYNC_INFERENCE="true") as running:
+        wait_for_ping(engine, running)
+        response = requests.post(
+            running["url"] + "/invocations",
+            data=body.getvalue(),
+            headers={"Content-Type": "application/zip"},
+            timeout=600,
+        )
+    assert response.status_code == 200, response.text[:500]
+    lines = [json.loads(text) for text in response.text.splitlines()]
+    assert [line["name"] for line in lines] == [name for name, _ in files]
+    assert "error" in lines[5]
+    expected = Reference(model_dir).for_images(files[0][1])[0]
+    assert lines[0]["predictions"][0]["label"] == CLASS_NAMES[int(expected.argmax())]

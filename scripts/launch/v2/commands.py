@@ -3,7 +3,7 @@ outputs (`model: <uri>`, the top-k lines); the steps both share are launch/cli.p
 
 from __future__ import annotations
 
-from launch import cli, hosting, training, tuning
+from launch import async_inference, cli, hosting, training, tuning
 from launch.cli import job_environment, parse_hps, parse_tags, print_top
 
 
@@ -63,9 +63,19 @@ def debugger_settings(args, config) -> dict | None:
 
 
 def cmd_deploy(args, config, session):
-    served = hosting.model(session, config, args.model_data)
+    asynchronous = async_inference.options(args, config)
+    served = hosting.model(
+        session, config, args.model_data, env=async_inference.environment() if asynchronous else None
+    )
     name = cli.endpoint_name(args)
-    predictor = hosting.deploy(served, config, name, args.instance_count, cli.serverless(args))
+    predictor = hosting.deploy(
+        served,
+        config,
+        name,
+        args.instance_count,
+        cli.serverless(args),
+        async_config=async_inference.v2_config(asynchronous) if asynchronous else None,
+    )
     print(f"endpoint {name} is in service")
     if not config.is_local:
         cli.autoscale(args, session, name, hosting)
@@ -121,3 +131,6 @@ def cmd_transform(args, config, session):
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "deploy-mme": cmd_deploy_mme}
 COMMANDS.update(invoke=cmd_invoke, transform=cmd_transform, cleanup=cli.cmd_cleanup)
 COMMANDS["deploy-component"] = cmd_deploy_component
+COMMANDS["invoke-async"] = lambda args, config, session: async_inference.cmd_invoke_async(
+    args, config, session, async_inference.invoke_with_boto3
+)

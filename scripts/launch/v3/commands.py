@@ -3,7 +3,7 @@ same outputs (`model: <uri>`, the top-k lines); the steps both share are launch/
 
 from __future__ import annotations
 
-from launch import cli
+from launch import async_inference, cli
 from launch.cli import job_environment, parse_hps, parse_tags
 from launch.v3 import hosting, local, training, tuning
 
@@ -60,14 +60,20 @@ def cmd_tune(args, config, session):
 def cmd_deploy(args, config, session):
     name = cli.endpoint_name(args)
     if config.is_local:
+        async_inference.options(args, config)  # refuses --async-output: no local asynchronous endpoints
         model_name = local.create_model(session, config, args.model_data, f"{name}-model")
         with local.LocalEndpoint(session, config, model_name, name, args.instance_count) as endpoint:
             print(f"endpoint {name} is in service")
             cli.serve_locally(args, endpoint.invoke)
         print(f"local endpoint {name} stopped")
         return
-    model = hosting.create_model(session, config, args.model_data, f"{name}-model")
-    hosting.deploy(session, config, model.model_name, name, args.instance_count, cli.serverless(args))
+    asynchronous = async_inference.options(args, config)
+    env = async_inference.environment() if asynchronous else None
+    model = hosting.create_model(session, config, args.model_data, f"{name}-model", env=env)
+    async_config = async_inference.v3_config(asynchronous) if asynchronous else None
+    hosting.deploy(
+        session, config, model.model_name, name, args.instance_count, cli.serverless(args), async_config=async_config
+    )
     print(f"endpoint {name} is in service")
     cli.autoscale(args, session, name, hosting)
 
@@ -123,3 +129,6 @@ COMMANDS = {"train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "invoke"
 COMMANDS.update(transform=cmd_transform, cleanup=cli.cmd_cleanup)
 COMMANDS["deploy-component"] = cmd_deploy_component
 COMMANDS["deploy-mme"] = cmd_deploy_mme
+COMMANDS["invoke-async"] = lambda args, config, session: async_inference.cmd_invoke_async(
+    args, config, session, async_inference.invoke_with_endpoint
+)

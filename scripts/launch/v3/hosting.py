@@ -55,8 +55,10 @@ def deploy(
     instance_count: int = 1,
     serverless: tuple[int, int] | None = None,
     wait: bool = True,
+    async_config=None,
 ):
-    """-> the v3 Endpoint. `serverless` is (memory MB, max concurrency)."""
+    """-> the v3 Endpoint. `serverless` is (memory MB, max concurrency); `async_config`
+    sagemaker.core's AsyncInferenceConfig (launch/async_inference.py)."""
     from sagemaker.core.resources import Endpoint, EndpointConfig
     from sagemaker.core.shapes import ProductionVariant
 
@@ -81,6 +83,7 @@ def deploy(
             endpoint_config_name=endpoint_name,
             tags=_tags(),
             **where,
+            **({"async_inference_config": async_config} if async_config is not None else {}),
             production_variants=[
                 ProductionVariant(
                     variant_name="AllTraffic",
