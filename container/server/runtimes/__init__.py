@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from torch import nn
 
@@ -41,6 +42,7 @@ from server.settings import Settings
 # Converting ResNet50 and calibrating int8 takes about a minute on two cores; the master
 # answers /ping 503 meanwhile.
 CONVERT_TIMEOUT_S = 900
+PROGRAM_DIR = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,9 @@ def prepare(model: nn.Module, settings: Settings, model_dir, prep: Preprocessing
         log.warning("SAGEMAKER_MODEL_RUNTIME=%s falls back to torch: %s", settings.runtime, reason)
         return precision.prepare(model, settings, model_dir, prep)
     if settings.compile != "none":
-        log.info("SAGEMAKER_MODEL_COMPILE=%s is a torch mode: %s compiles by itself", settings.compile, settings.runtime)
+        log.info(
+            "SAGEMAKER_MODEL_COMPILE=%s is a torch mode: %s compiles by itself", settings.compile, settings.runtime
+        )
     calibration = len(precision.calibration_inputs(model_dir, prep))
     mode = settings.precision
     reason = precision_fallback(settings.runtime, mode, flags, calibration)
@@ -92,8 +96,12 @@ def convert_in_child(model_dir, runtime: str, mode: str, out_dir: str, settings:
         "cpu_flags": settings.cpu_flags,
     }
     command = [sys.executable, "-m", "server.runtimes.convert", json.dumps(request)]
+    # the folder that holds server/ and contract/, whoever started this process (serve, a benchmark)
+    path = os.pathsep.join(filter(None, [str(PROGRAM_DIR), os.environ.get("PYTHONPATH")]))
     try:
-        finished = subprocess.run(command, env=os.environ, timeout=CONVERT_TIMEOUT_S, stdout=subprocess.PIPE)
+        finished = subprocess.run(
+            command, env={**os.environ, "PYTHONPATH": path}, timeout=CONVERT_TIMEOUT_S, stdout=subprocess.PIPE
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"converting took longer than {CONVERT_TIMEOUT_S} s"}
     lines = finished.stdout.decode(errors="replace").strip().splitlines()

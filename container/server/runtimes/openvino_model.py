@@ -43,7 +43,7 @@ def quantize(model, calibration: torch.Tensor) -> None:
 
     targets = [node for node in model.get_ordered_ops() if node.get_type_name() in QUANTIZED]
     lows, highs = input_ranges(model, targets, calibration)
-    for node, low, high in zip(targets, lows, highs):
+    for node, low, high in zip(targets, lows, highs, strict=True):
         if low < 0:
             low, high = -max(-low, high), max(-low, high)  # signed inputs: symmetric
         else:
