@@ -46,3 +46,10 @@ def test_glibc_gets_two_arenas_where_jemalloc_is_missing(serve, monkeypatch, tmp
     module, _ = serve
     monkeypatch.setattr(module, "JEMALLOC_GLOB", str(tmp_path / "absent" / "*.so"))
     assert module.allocator_env({}) == {"MALLOC_ARENA_MAX": "2"}
+
+
+def test_openvino_servers_keep_glibcs_malloc(serve):
+    # OpenVINO's CPU plugin aborts at compile_model under a preloaded jemalloc (container/serve)
+    module, library = serve
+    assert module.allocator_env({"SAGEMAKER_MODEL_RUNTIME": "openvino"}) == {"MALLOC_ARENA_MAX": "2"}
+    assert module.allocator_env({"SAGEMAKER_MODEL_RUNTIME": "torch"})["LD_PRELOAD"] == library
