@@ -8,6 +8,7 @@ SM_NUM_GPUS. No speed is asserted here: scripts/bench.py runtimes measures it.
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -81,7 +82,11 @@ def test_runtime_in_effect_agrees_with_fp32_torch(
         SAGEMAKER_CPU_FLAGS=flags,
         SAGEMAKER_MODEL_SERVER_WORKERS=workers,
     )
-    server.wait_for_workers(int(workers))
+    pids = server.wait_for_workers(int(workers))
+    deadline = time.monotonic() + 120  # each compiles its own copy in its warm-up, before it accepts
+    while not all(f"worker {pid} ready" in server.log() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(f"worker {pid} ready" in server.log() for pid in pids), server.log()
     assert f"runtime {runtime} precision {precision} in effect: top-1 agreement with fp32" in server.log()
     expected = Reference(trained_model).for_images(*sample_images)
     assert_like_fp32(served_probabilities(server, sample_images), expected, precision, atol)
