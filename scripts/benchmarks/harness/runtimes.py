@@ -52,11 +52,12 @@ def inputs_of(model_dir: Path, images: list[bytes]) -> torch.Tensor:
     return torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
 
 
-def agreement(model_dir: Path, settings: Settings, images: list[bytes]) -> float:
-    """Top-1 agreement of the mode, in-process, with fp32 torch on `images` preprocessed as served."""
+def agreement(model_dir: Path, settings: Settings, images: list[bytes], model=None) -> float:
+    """Top-1 agreement of the mode (`model`, else prepared here), in-process, with fp32 torch on
+    `images` preprocessed as served."""
     inputs = inputs_of(model_dir, images)
     reference = limits.served_model(model_dir, replace(settings, runtime="torch", precision="fp32"))
-    model = limits.served_model(model_dir, settings)
+    model = limits.served_model(model_dir, settings) if model is None else model
     with torch.inference_mode():
         return float((reference(inputs).argmax(1) == model(inputs).argmax(1)).float().mean())
 
@@ -81,8 +82,8 @@ def run(
         torch.set_num_threads(base.torch_threads)
         model = limits.served_model(model_dir, settings)
         rates = limits.forward_rates(model, image_size, limit_seconds)
+        photos_agree = agreement(model_dir, settings, images, model)
         del model
-        photos_agree = agreement(model_dir, settings, images)
         trained_agree = None
         if trained_dir is not None:
             calibration = [path.read_bytes() for path in artifact.calibration_files(trained_dir)]
