@@ -26,6 +26,8 @@ import functools
 import glob
 from collections.abc import Mapping
 
+from server.settings import VARIABLE
+
 # Debian's libjemalloc2, installed in the serving image.
 JEMALLOC_GLOB = "/usr/lib/*-linux-gnu/libjemalloc.so.2"
 # jemalloc serves allocations of 8 MiB and more (every activation of a ResNet50
@@ -38,16 +40,21 @@ JEMALLOC_CONF = "oversize_threshold:0"
 # The variables that choose an allocator: a caller who set one chose it.
 CHOICE_VARIABLES = ("LD_PRELOAD", "MALLOC_CONF", "MALLOC_ARENA_MAX")
 MALLCTL_ARENAS_ALL = 4096  # jemalloc's index for "every arena"
+# Runtimes that abort under a preloaded jemalloc: OpenVINO 2026.4's CPU plugin frees memory
+# that jemalloc gave out with glibc's free ("munmap_chunk(): invalid pointer", SIGABRT, at
+# compile_model), so its servers (and converter children) keep glibc's malloc.
+NO_JEMALLOC_RUNTIMES = ("openvino",)
 
 
 def preload_env(env: Mapping[str, str]) -> dict[str, str]:
     """jemalloc preloaded where installed (with JEMALLOC_CONF unless MALLOC_CONF
     is set), else glibc's malloc with 2 arenas; nothing where the caller chose
-    an allocator (LD_PRELOAD, MALLOC_ARENA_MAX)."""
+    an allocator (LD_PRELOAD, MALLOC_ARENA_MAX); glibc's for NO_JEMALLOC_RUNTIMES."""
     if env.get("LD_PRELOAD") or env.get("MALLOC_ARENA_MAX"):
         return {}
     jemalloc = sorted(glob.glob(JEMALLOC_GLOB))
-    if not jemalloc:
+    runtime = env.get(VARIABLE["runtime"].name, "").strip().lower()
+    if not jemalloc or runtime in NO_JEMALLOC_RUNTIMES:
         return {"MALLOC_ARENA_MAX": "2"}
     return {"LD_PRELOAD": jemalloc[0], "MALLOC_CONF": env.get("MALLOC_CONF") or JEMALLOC_CONF}
 

@@ -43,7 +43,7 @@ from contract.preprocess import (
     open_image,
     resize_and_crop,
 )
-from server import precision
+from server import runtimes
 from server.batching import DynamicBatcher
 from server.decode_budget import worker_budget
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
@@ -90,7 +90,7 @@ class DefaultHandlers:
         to its GPU (InferenceService.start_in_worker)."""
         model, _ = artifact.load(model_dir, "cpu")
         model = model.eval().to(memory_format=torch.channels_last)
-        return precision.prepare(model, self.settings, model_dir, self.prep)  # SAGEMAKER_MODEL_PRECISION
+        return runtimes.prepare(model, self.settings, model_dir, self.prep)  # SAGEMAKER_MODEL_RUNTIME, _PRECISION
 
     def warm(self, model: torch.nn.Module) -> None:
         """The first pass allocates buffers and picks kernels: pay for it before

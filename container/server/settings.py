@@ -40,6 +40,7 @@ DECODE_BYTES_PER_PIXEL = 12
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 COMPILE_MODES = ("none", "jit")
+RUNTIMES = ("torch", "openvino", "onnxruntime")
 # The /proc/cpuinfo flags that decide which precision runs well here.
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -170,6 +171,15 @@ VARIABLES = (
         "needs no C++ compiler, unlike torch.compile)",
     ),
     Variable(
+        "runtime",
+        "SAGEMAKER_MODEL_RUNTIME",
+        RUNTIMES[0],
+        "`torch`, `openvino` (fp32, bf16 by its precision hint, int8 by FakeQuantize calibrated on the "
+        "artifact's `calibration/*.jpg`), `onnxruntime` (fp32; its packages are not in the CPU image): "
+        "converted once at start-up and checked against fp32 torch, else torch with a warning "
+        "([Runtimes](#runtimes))",
+    ),
+    Variable(
         "cpu_flags",
         "SAGEMAKER_CPU_FLAGS",
         None,
@@ -272,6 +282,7 @@ class Settings:
     predict_timeout_s: int
     precision: str
     compile: str
+    runtime: str
     cpu_flags: str  # space-separated, only PRECISION_FLAGS
     multi_model: bool
     multi_model_root: str
@@ -339,6 +350,7 @@ class Settings:
             predict_timeout_s=_count(env, "predict_timeout_s", minimum=1),
             precision=_choice(env, "precision", PRECISIONS),
             compile=_choice(env, "compile", COMPILE_MODES),
+            runtime=_choice(env, "runtime", RUNTIMES),
             cpu_flags=cpu_flags() if flags is None else " ".join(sorted(set(flags.split()) & set(PRECISION_FLAGS))),
             multi_model=multi_model,
             multi_model_root=_string(env, "multi_model_root", blank=str(VARIABLE["multi_model_root"].default)),

@@ -11,6 +11,7 @@ BENCHMARKS = {
     "tuning": ("tuning", "local tuning: trials per hour with and without the feature cache"),
     "serving": ("serving", "our server against a seed-style Flask app and TorchServe (--quick: short cells)"),
     "precision": ("precision", "serving at the machine's limit per precision (fp32, bf16, int8)"),
+    "runtimes": ("runtimes", "serving at the machine's limit per runtime x precision (torch, OpenVINO, ONNX Runtime)"),
     "serving-memory": ("serving_memory", "serving image's readiness, memory per worker count, soak, request bounds"),
     "gpu-proof": ("gpu_proof", "the CUDA paths proven on one GPU (--tiny: on a CPU, as CI runs it)"),
     "async-request": ("async_request", "asynchronous inference: one large zip per size, images/s and peak RSS"),

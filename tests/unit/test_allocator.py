@@ -37,3 +37,9 @@ def test_the_start_up_line_names_the_allocator_chosen(jemalloc):
     assert allocator.described(chosen) == f"LD_PRELOAD={jemalloc} MALLOC_CONF=oversize_threshold:0"
     assert allocator.described({"MALLOC_ARENA_MAX": "2", "PATH": "/bin"}) == "MALLOC_ARENA_MAX=2"
     assert allocator.described({}) == "glibc's malloc, its defaults"
+
+
+def test_openvino_servers_keep_glibcs_malloc(jemalloc):
+    # OpenVINO's CPU plugin aborts at compile_model under a preloaded jemalloc
+    assert allocator.preload_env({"SAGEMAKER_MODEL_RUNTIME": "OpenVINO "}) == {"MALLOC_ARENA_MAX": "2"}
+    assert allocator.preload_env({"SAGEMAKER_MODEL_RUNTIME": "torch"})["LD_PRELOAD"] == jemalloc

@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks.harness.floor import median_ms
 from contract import artifact
 from contract.preprocess import decode_image, eval_transform
-from server import precision
+from server import runtimes
 from server.settings import PRECISION_FLAGS, Settings
 
 BATCH_SIZES = (1, 4, 8, 16)
@@ -27,12 +27,18 @@ def served_model(model_dir, settings: Settings) -> torch.nn.Module:
     """The model exactly as the server's model_fn prepares it for `settings`."""
     model, config = artifact.load(model_dir)
     model = model.eval().to(memory_format=torch.channels_last)
-    return precision.prepare(model, settings, model_dir, artifact.preprocessing(config))
+    return runtimes.prepare(model, settings, model_dir, artifact.preprocessing(config))
 
 
 def forward_limit(model: torch.nn.Module, image_size: int, seconds: float) -> tuple[float, int]:
     """(images/s at the best batch size, that batch size), each size run for about `seconds`."""
-    best = (0.0, 1)
+    rates = forward_rates(model, image_size, seconds)
+    return max((rate, batch) for batch, rate in rates.items())
+
+
+def forward_rates(model: torch.nn.Module, image_size: int, seconds: float) -> dict[int, float]:
+    """{batch size: images/s}, each size run for about `seconds`."""
+    rates = {}
     with torch.inference_mode():
         for batch in BATCH_SIZES:
             x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
@@ -41,8 +47,8 @@ def forward_limit(model: torch.nn.Module, image_size: int, seconds: float) -> tu
             while time.perf_counter() - began < seconds or done < 2 * batch:
                 model(x)
                 done += batch
-            best = max(best, (done / (time.perf_counter() - began), batch))
-    return best
+            rates[batch] = done / (time.perf_counter() - began)
+    return rates
 
 
 def decode_ms(data: bytes, prep, repeats: int = 10) -> dict[str, float]:
@@ -53,4 +59,4 @@ def decode_ms(data: bytes, prep, repeats: int = 10) -> dict[str, float]:
     }
 
 
-__all__ = ["BATCH_SIZES", "PRECISION_FLAGS", "cpu_flags", "decode_ms", "forward_limit", "served_model"]
+__all__ = ["BATCH_SIZES", "PRECISION_FLAGS", "cpu_flags", "decode_ms", "forward_limit", "forward_rates", "served_model"]

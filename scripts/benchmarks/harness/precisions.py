@@ -32,7 +32,8 @@ START_TIMEOUT = 300.0
 WARMUP_ROUNDS = 2  # requests per client thread before a cell is measured
 
 
-def start_server(model_dir: Path, precision: str, log_path: Path) -> tuple[subprocess.Popen, int]:
+def start_server(model_dir: Path, precision: str, log_path: Path, **extra: str) -> tuple[subprocess.Popen, int]:
+    """container/serve with SAGEMAKER_MODEL_PRECISION=precision and `extra` variables, ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     env.update(
@@ -40,6 +41,7 @@ def start_server(model_dir: Path, precision: str, log_path: Path) -> tuple[subpr
         SAGEMAKER_BIND_HOST="127.0.0.1",
         SAGEMAKER_BIND_TO_PORT=str(port),
         SAGEMAKER_MODEL_PRECISION=precision,
+        **extra,
     )
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

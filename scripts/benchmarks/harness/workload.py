@@ -60,13 +60,13 @@ def make_images(seed: int = 0) -> dict[str, list[bytes]]:
     return images
 
 
-def make_model_dir(path: Path, calibration: list[bytes]) -> Path:
-    """ResNet50 + [256] head + 133 classes, seeded random weights. The last
+def make_model_dir(path: Path, calibration: list[bytes], backbone: str = "resnet50", image_size: int = 224) -> Path:
+    """ResNet50 (or `backbone`) + [256] head + 133 classes, seeded random weights. The last
     layer is rescaled so the logits' spread is ~2: probabilities neither
     saturate at 1.0 nor flatten at 1/133, so the 1e-4 check means something."""
     torch.manual_seed(0)
-    arch = Architecture(backbone="resnet50", num_classes=NUM_CLASSES, head=list(HEAD))
-    prep = Preprocessing.for_image_size(224)
+    arch = Architecture(backbone=backbone, num_classes=NUM_CLASSES, head=list(HEAD))
+    prep = Preprocessing.for_image_size(image_size)
     model = build_classifier(arch).eval()
     batch = torch.from_numpy(np.stack([eval_transform(decode_image(data, prep), prep) for data in calibration]))
     with torch.inference_mode():
