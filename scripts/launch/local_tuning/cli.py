@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contract.spec import hyperparameters, images
 from contract.spec import search_space as spaces
+from storage_url import STUDY_NAME
 
 from .errors import TuningError
-from .reports import STUDY_NAME
 from .runners import RUNNERS
 from .space import GRID_POINTS, PRUNERS, SAMPLERS
 from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_ENV

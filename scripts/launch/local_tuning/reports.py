@@ -18,8 +18,6 @@ from optuna.trial import TrialState
 from contract.spec import hyperparameters
 from insights import tuning_report
 
-STUDY_NAME = "local-tuning"
-
 
 @dataclass
 class TrialRow:
@@ -152,7 +150,7 @@ def write_reports(
     keep_models: bool = False,
     storage: str | None = None,
 ) -> StudyResult:
-    """storage: the study's storage URL as it may be shown (storage.redact); default the workdir's study.db."""
+    """storage: the study's storage URL as it may be shown (storage_url.redact); default the workdir's study.db."""
     rows = _rows(study, workdir)
     order = [p.name for p in space.parameters]
     names = sorted(

@@ -14,7 +14,8 @@ URLs are SQLAlchemy's, as Optuna takes them:
     sqlite:////abs/path/study.db
     postgresql+psycopg://tuner@db.example.org:5432/tuning     (the password from PGPASSWORD or ~/.pgpass)
 
-A password written in the URL is never printed (redact); error messages are scrubbed of it too.
+A password written in the URL is never printed (scripts/storage_url.py's redact); error messages are
+scrubbed of it too.
 """
 
 from __future__ import annotations
@@ -31,37 +32,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from storage_url import STORAGE_ENV, redact, scrub
+
 from .errors import TuningError
 
-STORAGE_ENV = "TUNING_STORAGE_URL"  # the storage URL, when --storage is not given (keeps it out of `ps`)
 SCHEMES = ("sqlite", "postgresql")  # the dialects a ClaimLock exists for
 HEARTBEAT_INTERVAL_S = 10  # each tuner records its running trials' heartbeats this often
 GRACE_PERIOD_S = 60  # a RUNNING trial whose heartbeat is older than this is taken as dead
 LOCK_TIMEOUT_S = 60  # the longest a tuner waits for another one's claim (held for milliseconds)
 CONNECT_TIMEOUT_S = 20  # a database that does not answer fails the run within OPEN_ATTEMPTS times this
 OPEN_ATTEMPTS = 3
-
-
-def redact(url: str) -> str:
-    """The URL with its password (if any) as ***; what logs and errors show."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparsable storage URL>"
-
-
-def scrub(text: str, url: str) -> str:
-    """`text` (an error message) with the URL's password, if any, replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
 
 
 def dialect(url: str) -> str:
@@ -102,7 +82,7 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna
                 )
         except ImportError as exc:
             raise TuningError(
-                f"storage {redact(url)}: its driver is not installed ({exc.name}); see tests/requirements.txt"
+                f"storage {redact(url)}: its driver is not installed ({exc.name}); see container/requirements-train.txt"
             ) from None
         except Exception as exc:
             # two tuners making a fresh database's tables at once: one of them fails, and the next try finds

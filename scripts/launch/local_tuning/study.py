@@ -17,11 +17,12 @@ import optuna
 import container_engine
 from contract.spec import hyperparameters, images
 from contract.spec import search_space as spaces
+from storage_url import STUDY_NAME
 
 from . import slots as hardware
 from .claims import Claims, counts, tuner_id
 from .errors import TuningError
-from .reports import STUDY_NAME, StudyResult, write_reports
+from .reports import StudyResult, write_reports
 from .runners import RUNNERS, ContainerRunner, ProcessRunner
 from .space import GRID_POINTS, SAMPLERS, grid_size, make_pruner, make_sampler, space_with_overrides
 from .storage import (

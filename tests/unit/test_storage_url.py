@@ -1,0 +1,41 @@
+"""The tuning storage URL is never shown with its password (scripts/storage_url.py), whatever the password."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import storage_url
+
+passwords = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+users = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True)
+
+
+@given(users, passwords, st.sampled_from(["127.0.0.1:5432", "db.example.org", "[::1]:6543"]))
+def test_the_password_never_shows(user, password, host):
+    written = quote(password, safe="")  # as a URL carries it
+    url = f"postgresql+psycopg://{user}:{written}@{host}/tuning?sslmode=require"
+    shown = storage_url.redact(url)
+    assert shown == f"postgresql+psycopg://{user}:***@{host}/tuning?sslmode=require"
+    assert storage_url.password(url) == written
+    # an error message quoting it, decoded or as written
+    assert storage_url.scrub(f"refused: {password}", url) == "refused: ***" or password in "refused: "
+    assert storage_url.scrub(f"refused: {written}", url) == "refused: ***" or written in "refused: "
+
+
+@given(st.text(max_size=200))
+def test_any_text_is_redacted_or_shown_as_it_is(text):
+    shown = storage_url.redact(text)  # never raises
+    secret = storage_url.password(text)
+    if secret:
+        assert f":{secret}@" not in shown
+
+
+def test_urls_without_a_password_are_shown_as_they_are():
+    for url in ("sqlite:////work/build/tuning/study.db", "postgresql+psycopg://tuner@db:5432/tuning"):
+        assert storage_url.redact(url) == url and storage_url.password(url) is None
+    assert storage_url.on_loopback("postgresql+psycopg://t@127.0.0.1:5432/d")
+    assert storage_url.on_loopback("postgresql+psycopg://t@localhost/d")
+    assert not storage_url.on_loopback("postgresql+psycopg://t@db.example.org/d")
