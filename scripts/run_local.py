@@ -32,12 +32,12 @@ The stages are in scripts/workflow/.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
 import container_path  # noqa: F401  (first: container/ on the import path, for contract.spec)
+import storage_url
 from storage_url import STORAGE_ENV, STUDY_NAME
 from workflow.run import STAGES, Workflow
 
@@ -81,7 +81,7 @@ def main() -> None:
         "--study-name", default=STUDY_NAME, help=f"the tuning study's name in the storage (default {STUDY_NAME})"
     )
     args = parser.parse_args()
-    args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or None
+    args.storage = args.storage or storage_url.from_environment()
     if args.data and not args.data.exists():
         parser.error(f"--data {args.data} does not exist")
     # a kill (not only Ctrl-C) unwinds too: the serving container and the MLflow server are removed

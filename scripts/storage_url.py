@@ -7,6 +7,7 @@ tuner alike: the environment variable that carries it, and how it may be shown. 
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 STORAGE_ENV = "TUNING_STORAGE_URL"  # the URL when --storage is not given: out of the command line and `ps`
@@ -53,3 +54,8 @@ def on_loopback(url: str) -> bool:
         return urlsplit(url).hostname in LOOPBACK
     except ValueError:
         return False
+
+
+def from_environment() -> str | None:
+    """$TUNING_STORAGE_URL, or None when unset or empty."""
+    return os.environ.get(STORAGE_ENV, "").strip() or None

@@ -62,6 +62,8 @@ lines' arguments).
 
 from __future__ import annotations
 
+from storage_url import STORAGE_ENV, redact
+
 from .cli import add_arguments, add_storage_arguments, parse_overrides, storage_url
 from .errors import TuningError
 from .reports import StudyResult, TrialRow, print_summary, write_reports
@@ -69,7 +71,6 @@ from .runners import RUNNERS, ContainerRunner, ProcessRunner
 from .slots import Slot, cpu_count, default_parallel, detect_gpus, make_slots
 from .space import GRID_POINTS, PRUNERS, SAMPLERS, grid_size, grid_values, make_pruner, make_sampler, suggest
 from .space import space_with_overrides as _space_with_overrides
-from .storage import STORAGE_ENV, redact
 from .study import STUDY_NAME, run_study
 
 __all__ = [

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from contract.spec import hyperparameters, images
 from contract.spec import search_space as spaces
-from storage_url import STUDY_NAME
+from storage_url import STORAGE_ENV, STUDY_NAME
+from storage_url import from_environment as storage_env
 
 from .errors import TuningError
 from .runners import RUNNERS
 from .space import GRID_POINTS, PRUNERS, SAMPLERS
-from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_ENV
-from .storage import from_environment as storage_env
+from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from storage_url import STORAGE_ENV, redact, scrub
+from storage_url import redact, scrub
 
 from .errors import TuningError
 
@@ -246,7 +245,3 @@ def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> dict[i
 
 def default_url(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'study.db'}"
-
-
-def from_environment() -> str | None:
-    return os.environ.get(STORAGE_ENV, "").strip() or None
