@@ -28,7 +28,7 @@ from launch.local_tuning import claims as sharing
 from launch.local_tuning import storage as storages
 
 HEARTBEAT, GRACE = 1, 3  # seconds: short, so that a dead tuner's trial is taken over within the test
-TUNER_LIMIT_S = 420  # one tuner's run, on a busy 2-core machine
+TUNER_LIMIT_S = 900  # one tuner's run, on a busy 2-core machine (a few trials: seconds each when idle)
 
 
 @pytest.fixture(scope="module")
