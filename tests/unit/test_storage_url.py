@@ -39,3 +39,19 @@ def test_urls_without_a_password_are_shown_as_they_are():
     assert storage_url.on_loopback("postgresql+psycopg://t@127.0.0.1:5432/d")
     assert storage_url.on_loopback("postgresql+psycopg://t@localhost/d")
     assert not storage_url.on_loopback("postgresql+psycopg://t@db.example.org/d")
+
+
+def test_run_local_gives_the_tuner_container_the_url_by_environment_only(monkeypatch):
+    from workflow.containers import Containers
+
+    box = object.__new__(Containers)  # no engine needed to make the flags
+    box.env, box.tracking_env = {}, None
+    monkeypatch.setenv("PGPASSWORD", "pg-secret")
+    url = "postgresql+psycopg://tuner:url-secret@127.0.0.1:5432/tuning"
+    flags = box.storage_flags(url)
+    assert flags == ["-e", storage_url.STORAGE_ENV, "-e", "PGPASSWORD", "--network", "host"]
+    assert box.env == {storage_url.STORAGE_ENV: url, "PGPASSWORD": "pg-secret"}  # the engine's own environment
+    box.env, box.tracking_env = {}, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}  # --mlflow set the network
+    monkeypatch.delenv("PGPASSWORD")
+    assert box.storage_flags("postgresql+psycopg://tuner@db.example.org/tuning") == ["-e", storage_url.STORAGE_ENV]
+    assert box.storage_flags(None) == []
