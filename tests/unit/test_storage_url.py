@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,3 +56,23 @@ def test_run_local_gives_the_tuner_container_the_url_by_environment_only(monkeyp
     monkeypatch.delenv("PGPASSWORD")
     assert box.storage_flags("postgresql+psycopg://tuner@db.example.org/tuning") == ["-e", storage_url.STORAGE_ENV]
     assert box.storage_flags(None) == []
+
+
+def test_sm_tune_takes_a_storage_for_local_studies_only(monkeypatch):
+    import types
+
+    import sm
+    from launch import cli, local_tuning
+
+    url = "postgresql+psycopg://tuner@db.example.org:5432/tuning"
+    args = sm.build_parser().parse_args(["tune", "--local", "--data", "d", "--storage", url, "--study-name", "dogs"])
+    assert (args.storage, args.study_name) == (url, "dogs")
+    monkeypatch.setenv(storage_url.STORAGE_ENV, "postgresql+psycopg://other@db/tuning")
+    assert local_tuning.storage_url(args) == url  # --storage wins over the environment
+    args.storage = None
+    assert local_tuning.storage_url(args) == "postgresql+psycopg://other@db/tuning"
+    defaults = sm.build_parser().parse_args(["tune", "--data", "s3://b/d.zip", "--storage", url])
+    assert defaults.study_name == storage_url.STUDY_NAME
+    remote = types.SimpleNamespace(is_local=False)
+    with pytest.raises(SystemExit, match="--storage is for --local"):
+        cli.tune(defaults, remote, None, None, None, None)  # refused before any call to AWS
