@@ -3,7 +3,7 @@
 
     scripts/run_local.py [--data DIR_OR_ARCHIVE] [--workdir build/local] [--hp name=value ...]
                          [--trials 4] [--stage NAME ...] [--force] [--sagemaker-local] [--gpu]
-                         [--weights-cache DIR] [--mlflow]
+                         [--weights-cache DIR] [--mlflow] [--storage URL] [--study-name NAME]
 
 Stages, one line each with its time (a progress bar for trials and epochs on a terminal):
   images    build the training and serving images (layer cache reused)
@@ -17,7 +17,9 @@ Stages, one line each with its time (a progress bar for trials and epochs on a t
 then a summary. --mlflow starts a local MLflow server (the training image's, on
 127.0.0.1, its store in workdir/mlflow) for the run: the tuning study is a parent run
 with a child run per trial, the final training one run, all read back in MLflow's UI;
-the summary prints its URL, and the server is stopped at the end. --data is given to every stage as SageMaker gives a channel: a
+the summary prints its URL, and the server is stopped at the end. --storage (or $TUNING_STORAGE_URL)
+puts the tuning study in a shared database (PostgreSQL): other tuners on this or other machines,
+started with the same URL and study name, share its trials. --data is given to every stage as SageMaker gives a channel: a
 folder as the channel, an archive inside the channel folder (the trainer
 unpacks it). ImageNet weights are cached on the host (--weights-cache), so they
 are downloaded once. A stage whose inputs have not changed since the last run is
@@ -35,6 +37,8 @@ import sys
 from pathlib import Path
 
 import container_path  # noqa: F401  (first: container/ on the import path, for contract.spec)
+import storage_url
+from storage_url import STORAGE_ENV, STUDY_NAME
 from workflow.run import STAGES, Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +70,18 @@ def main() -> None:
         action="store_true",
         help="track the tuning trials and the training in a local MLflow server (workdir/mlflow)",
     )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the tuning study in a database that other tuners share, e.g. "
+        f"postgresql+psycopg://tuner@db-host:5432/tuning (default ${STORAGE_ENV}, else the workdir's study.db; "
+        "the password from PGPASSWORD)",
+    )
+    parser.add_argument(
+        "--study-name", default=STUDY_NAME, help=f"the tuning study's name in the storage (default {STUDY_NAME})"
+    )
     args = parser.parse_args()
+    args.storage = args.storage or storage_url.from_environment()
     if args.data and not args.data.exists():
         parser.error(f"--data {args.data} does not exist")
     # a kill (not only Ctrl-C) unwinds too: the serving container and the MLflow server are removed

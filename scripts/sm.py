@@ -36,6 +36,7 @@ from launch import config as configuration  # noqa: E402
 from launch.cli import add_environment_arguments  # noqa: E402
 from launch.session import remove_local_containers  # noqa: E402
 from launch.tuning import STRATEGIES  # noqa: E402
+from storage_url import STORAGE_ENV, STUDY_NAME  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--train-best", action="store_true", help="then train the final model with the best values")
     tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="fixed for every trial")
     tune.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="with --local: the study in a database other tuners share, e.g. postgresql+psycopg://tuner@db/tuning "
+        f"(default ${STORAGE_ENV}, else WORKDIR/tuning/study.db; docs/tracking-and-tuning.md)",
+    )
+    tune.add_argument("--study-name", default=STUDY_NAME, help=f"with --local: the study's name (default {STUDY_NAME})")
 
     transform = command("transform", "batch transform over a prefix of images")
     transform.add_argument("--model-data", required=True)

@@ -53,11 +53,15 @@ done
 flock -u 9
 
 # Debian's packages the tests need: a local registry for build_and_push.sh's test (on 127.0.0.1 only),
-# and jemalloc, which the server preloads as the serving image does (tests/process/test_server.py's soak)
-if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1; then
+# jemalloc, which the server preloads as the serving image does (tests/process/test_server.py's soak),
+# and PostgreSQL's server programs for the shared tuning study (tests/process/test_shared_tuning.py
+# starts its own server on 127.0.0.1)
+if ! command -v docker-registry >/dev/null || ! dpkg -s libjemalloc2 >/dev/null 2>&1 \
+    || ! dpkg -s postgresql-15 >/dev/null 2>&1; then
     apt_log=$(mktemp --tmpdir test-apt.XXXXXX)
-    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2) >"$apt_log" 2>&1 \
-        || { echo "[test] installing docker-registry and libjemalloc2 failed, see $apt_log" >&2; exit 1; }
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry libjemalloc2 \
+        postgresql-15) >"$apt_log" 2>&1 \
+        || { echo "[test] installing docker-registry, libjemalloc2 and postgresql-15 failed, see $apt_log" >&2; exit 1; }
     rm -f "$apt_log"
 fi
 

@@ -4,13 +4,16 @@
     scripts/tune_local.py [--space seed1|seed2|SPACE.json] [--data DIR] [--workdir build/tuning]
                           [--trials 20] [--sampler tpe|random|grid] [--parallel N]
                           [--runner process|container] [--hp name=value ...]
+                          [--storage postgresql+psycopg://user@host:5432/db] [--study-name NAME]
 
 Each trial trains with the trainer (`python container/toolkit_entry_point.py`, or the
 byoc-train image with --runner container) on a fresh /opt/ml tree under
 WORKDIR/trials/NNNN/; its validation loss per epoch, read with SageMaker's
 metric regex, drives the sampler and the median pruner. Diverging trials
 (NaN/inf loss) are pruned. Rerunning the same command resumes the study from
-WORKDIR/study.db (also after a kill); a larger --trials extends it.
+WORKDIR/study.db (also after a kill); a larger --trials extends it. With
+--storage (a PostgreSQL URL), several tuners on one or more machines share one
+study, each with its own --workdir: the trials are divided between them.
 
 Without --data the synthetic sample set is made and small, fast settings apply
 (resnet18, no pretrained weights, 64 px, 3 epochs); --hp overrides any
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             enqueue=enqueue,
             image=args.image,
             keep_models=args.keep_models,
+            storage=local_tuning.storage_url(args),
+            study_name=args.study_name,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
         )
     except (local_tuning.TuningError, SearchSpaceError) as exc:
         print(f"tune_local: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ BENCHMARKS = {
     "debugger": ("debugger", "what the debugger hook and the profiler cost in training throughput"),
     "quality": ("quality", "test accuracy of training recipes on real photographs (Fashion-MNIST)"),
     "tuning": ("tuning", "local tuning: trials per hour with and without the feature cache"),
+    "shared-tuning": ("shared_tuning", "trials per hour of one and of several tuners sharing a study (PostgreSQL)"),
     "serving": ("serving", "our server against a seed-style Flask app and TorchServe (--quick: short cells)"),
     "precision": ("precision", "serving at the machine's limit per precision (fp32, bf16, int8)"),
     "runtimes": ("runtimes", "serving at the machine's limit per runtime x precision (torch, OpenVINO, ONNX Runtime)"),

@@ -125,6 +125,8 @@ def tune_locally(args, config, space) -> None:
         runner="container",
         fixed_overrides=parse_hps(args.hp),
         image=config.train_image,
+        storage=local_tuning.storage_url(args),
+        study_name=args.study_name,
     )
     print(result.markdown())
 
@@ -178,6 +180,8 @@ def tune(args, config, session, start, tuning, train) -> None:
     if config.is_local:  # no local tuning jobs in either SDK: the same space runs with Optuna
         tune_locally(args, config, space)
         return
+    if args.storage:
+        raise SystemExit("--storage is for --local (a SageMaker tuning job keeps its own trials)")
     if not (args.attach or args.data):
         raise SystemExit("--data (the training channel) is required to start a tuning job")
     tuner = start(space, fixed, {"training": args.data, "validation": args.validation, "test": args.test})

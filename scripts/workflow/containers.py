@@ -11,6 +11,7 @@ import container_engine
 from container_engine import bind, label_flags
 from contract.spec import images
 from contract.spec.tracking import RUN_NAME_ENV
+from storage_url import STORAGE_ENV, on_loopback
 
 from .stages import ROOT
 
@@ -77,6 +78,21 @@ class Containers:
             return []
         env = {**self.tracking_env, **({RUN_NAME_ENV: run_name} if run_name else {})}
         return ["--network", "host", *[item for name, value in env.items() for item in ("-e", f"{name}={value}")]]
+
+    def storage_flags(self, url: str | None) -> list[str]:
+        """With --storage: the URL for the tuner in the container, by name only (docker and podman take the
+        value from their own environment, so the password is in no command line), PGPASSWORD likewise;
+        the host's network when the database listens on the host's loopback and --mlflow has not set it."""
+        if not url:
+            return []
+        self.env[STORAGE_ENV] = url
+        flags = ["-e", STORAGE_ENV]
+        if os.environ.get("PGPASSWORD"):
+            self.env["PGPASSWORD"] = os.environ["PGPASSWORD"]
+            flags += ["-e", "PGPASSWORD"]
+        if on_loopback(url) and self.tracking_env is None:
+            flags += ["--network", "host"]
+        return flags
 
     def trainer_flags(self) -> list[str]:
         """What every trainer run gets: the host's weights cache as the image's hub cache, forwarded settings."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract.spec import hyperparameters, presets
+from storage_url import redact
 
 from .containers import Containers
 from .serving import ServingStages
@@ -61,9 +62,13 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
         space_fp = tree_digest(Path(args.space)) if args.space and Path(args.space).is_file() else args.space
         # a run with --mlflow trains again when the last one was not tracked: its runs are then in the store
         tracked = ("mlflow",) if args.mlflow else ()
+        # a shared study (--storage) is another study: the stage runs again (the password is no part of it)
+        shared = (redact(args.storage), args.study_name) if args.storage else ()
         tuned = self.stage(
             "tune",
-            digest(data_fp, images["train"], self.hps, args.trials, space_fp, tree_digest(DEMO_SPACE), *tracked),
+            digest(
+                data_fp, images["train"], self.hps, args.trials, space_fp, tree_digest(DEMO_SPACE), *tracked, *shared
+            ),
             lambda log, p: self.tune(log, p, data),
         )
         hps = {**self.hps, **tuned["best"], **presets.DEBUG}
@@ -92,6 +97,8 @@ class Workflow(TrainingStages, ServingStages, StageRunner):
         print(f"  rule verdicts         {', '.join(f'{k}: {v}' for k, v in rules['rules'].items())}")
         print(f"  profiler verdicts     {', '.join(f'{k}: {v}' for k, v in profile['verdicts'].items())}")
         print(f"  skipped stages        {', '.join(skipped) if skipped else 'none'}")
+        if self.args.storage:
+            print(f"  tuning study          {self.args.study_name} in {redact(self.args.storage)}")
         if self.tracking is not None:
             print(
                 f"  MLflow                {self.tracking.url} (stopped with the workflow; the runs stay in "

@@ -91,9 +91,11 @@ class TrainingStages:
                 str(self.args.trials),
                 "--runner",
                 "process",
+                "--study-name",
+                self.args.study_name,
                 *(["--hp", *hps] if hps else []),
                 mounts=mounts,
-                flags=self.containers.tracking_flags(),
+                flags=[*self.containers.tracking_flags(), *self.containers.storage_flags(self.args.storage)],
             ),
             on_line,
         )

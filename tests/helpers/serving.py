@@ -61,7 +61,7 @@ def make_model_dir(
 
 def make_calibrated_model_dir(path: Path, sample_data: Path, unreadable: tuple[Path, ...] = ()) -> Path:
     """make_model_dir plus the calibration sample (int8 calibrates on it), chosen as the trainer
-    chooses it (trainer.train): the data set's training images, classes in turn. `unreadable`
+    chooses it (trainer.job.finish): the data set's training images, classes in turn. `unreadable`
     files go first, for the writer to skip."""
     model_dir = make_model_dir(path)
     prep = artifact.preprocessing(artifact.read_config(model_dir))

@@ -24,24 +24,12 @@ from optuna.trial import TrialState
 import proctree
 from contract.spec import hyperparameters, metrics, search_space
 from helpers.mlflow_server import mlflow_server
-from helpers.training import FAST_HPS, ROOT, TRAINER_SCRIPT, build_image
+from helpers.training import ROOT, TRAINER_SCRIPT, build_image
+from helpers.tuning import HOPELESS_LR, SPACE, TINY
 from launch import local_tuning
 from localnet import free_port
 from trainer import tracking
 
-TINY = {
-    **{k: v for k, v in FAST_HPS.items() if k != "lr"},
-    "trainable-layers": 0,
-    "epochs": 2,
-    "max-steps-per-epoch": 4,
-}
-SPACE = {
-    "parameters": [
-        {"name": "lr", "type": "continuous", "low": 1e-4, "high": 1e-2, "scaling": "log"},
-        {"name": "dropout", "type": "continuous", "low": 0.0, "high": 0.5},
-    ]
-}
-HOPELESS_LR = 5.0  # validation loss in the hundreds at epoch 1: the median pruner stops it
 DIVERGING_LR = 1e30  # the trainer stops with 'loss became nan' (or inf: which comes first depends on the CPU)
 
 

@@ -47,15 +47,24 @@ killed or interrupted run left RUNNING are marked failed and their parameters
 re-queued, and the study runs only the trials still missing to reach
 n_trials; a larger n_trials extends a finished study.
 
+Sharing: with storage="postgresql+psycopg://user@host/db" several tuners (each with its own work
+directory, on one machine or many) work on one study: each claims trials while the study needs
+more, the median pruner reads every tuner's reports, and a trial whose tuner died (no heartbeat for
+the grace period) is failed and re-queued by another (claims.py, storage.py).
+
 The package, one job a module: errors, space (search space -> Optuna sampler and pruner), slots (the
 machine's share per trial), runners (process and container), trials (one trial: run, read, report),
-study (run_study: storage, resume, the pool of trials), reports (leaderboard, best_params.json,
-plots, the printed summary), cli (the command lines' arguments).
+storage (the storage URL, the study's lock across tuners, heartbeats), claims (the trials divided
+between tuners, dead tuners' trials re-queued), study (run_study: storage, resume, the pool of
+trials), reports (leaderboard, best_params.json, plots, the printed summary), cli (the command
+lines' arguments).
 """
 
 from __future__ import annotations
 
-from .cli import add_arguments, parse_overrides
+from storage_url import STORAGE_ENV, redact
+
+from .cli import add_arguments, add_storage_arguments, parse_overrides, storage_url
 from .errors import TuningError
 from .reports import StudyResult, TrialRow, print_summary, write_reports
 from .runners import RUNNERS, ContainerRunner, ProcessRunner
@@ -69,6 +78,7 @@ __all__ = [
     "PRUNERS",
     "RUNNERS",
     "SAMPLERS",
+    "STORAGE_ENV",
     "STUDY_NAME",
     "ContainerRunner",
     "ProcessRunner",
@@ -78,6 +88,7 @@ __all__ = [
     "TuningError",
     "_space_with_overrides",
     "add_arguments",
+    "add_storage_arguments",
     "cpu_count",
     "default_parallel",
     "detect_gpus",
@@ -88,7 +99,9 @@ __all__ = [
     "make_slots",
     "parse_overrides",
     "print_summary",
+    "redact",
     "run_study",
+    "storage_url",
     "suggest",
     "write_reports",
 ]

@@ -18,8 +18,6 @@ from optuna.trial import TrialState
 from contract.spec import hyperparameters
 from insights import tuning_report
 
-STUDY_NAME = "local-tuning"
-
 
 @dataclass
 class TrialRow:
@@ -30,8 +28,9 @@ class TrialRow:
     duration_s: float | None
     epochs: int
     note: str
-    log: Path
+    log: Path  # where its tuner wrote it: on another machine for a trial of another tuner
     finished: float | None = None  # when it ended (time.time())
+    tuner: str = ""  # host:workdir of the tuner that ran it (claims.py)
 
 
 @dataclass
@@ -87,6 +86,7 @@ def _rows(study: optuna.Study, workdir: Path) -> list[TrialRow]:
             t.user_attrs.get("note", ""),
             workdir / t.user_attrs.get("log", f"trials/{t.number:04d}/log.txt"),
             t.datetime_complete.timestamp() if t.datetime_complete else None,
+            t.user_attrs.get("tuner", ""),
         )
         for t in trials
     ]
@@ -142,8 +142,15 @@ def _plots(study: optuna.Study, space, workdir: Path) -> tuple[dict[str, Path], 
 
 
 def write_reports(
-    study: optuna.Study, space, fixed: dict, workdir: Path, n_trials: int, keep_models: bool = False
+    study: optuna.Study,
+    space,
+    fixed: dict,
+    workdir: Path,
+    n_trials: int,
+    keep_models: bool = False,
+    storage: str | None = None,
 ) -> StudyResult:
+    """storage: the study's storage URL as it may be shown (storage_url.redact); default the workdir's study.db."""
     rows = _rows(study, workdir)
     order = [p.name for p in space.parameters]
     names = sorted(
@@ -151,7 +158,7 @@ def write_reports(
     )
     with open(workdir / "leaderboard.csv", "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["rank", "trial", "state", "objective", "epochs", "duration_s", *names, "note", "log"])
+        out.writerow(["rank", "trial", "state", "objective", "epochs", "duration_s", *names, "note", "log", "tuner"])
         for rank, row in enumerate(rows, start=1):
             out.writerow(
                 [
@@ -164,6 +171,7 @@ def write_reports(
                     *[row.params.get(n, "") for n in names],
                     row.note,
                     row.log.relative_to(workdir),
+                    row.tuner,
                 ]
             )
     files = {"leaderboard": workdir / "leaderboard.csv"}
@@ -184,9 +192,8 @@ def write_reports(
     files["report"] = tuning_report.write(study, workdir)  # one HTML page of the above, with plotly figures
     if best is None:
         notes.insert(0, "no trial completed: no best_params.json")
-    return StudyResult(
-        workdir, f"sqlite:///{workdir / 'study.db'}", STUDY_NAME, n_trials, rows, best, best_params, files, notes
-    )
+    storage = storage or f"sqlite:///{workdir / 'study.db'}"
+    return StudyResult(workdir, storage, study.study_name, n_trials, rows, best, best_params, files, notes)
 
 
 def print_summary(result: StudyResult, out=print) -> None:

@@ -1,10 +1,10 @@
-"""run_study: the Optuna study in a work directory, resumed where a run left it, its trials in a pool."""
+"""run_study: the Optuna study (in a work directory, or shared by several tuners), resumed where a run left
+it, its trials in a pool."""
 
 from __future__ import annotations
 
 import fcntl
 import json
-import queue
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -13,17 +13,28 @@ from pathlib import Path
 from typing import Literal
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 import container_engine
 from contract.spec import hyperparameters, images
 from contract.spec import search_space as spaces
+from storage_url import STUDY_NAME
 
 from . import slots as hardware
+from .claims import Claims, counts, tuner_id
 from .errors import TuningError
-from .reports import STUDY_NAME, StudyResult, params_text, write_reports
+from .reports import StudyResult, write_reports
 from .runners import RUNNERS, ContainerRunner, ProcessRunner
 from .space import GRID_POINTS, SAMPLERS, grid_size, make_pruner, make_sampler, space_with_overrides
+from .storage import (
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    ClaimLock,
+    Heartbeats,
+    default_url,
+    open_storage,
+    optuna_quiet,
+    redact,
+)
 from .tracking import track_study
 from .trials import TrialWork
 
@@ -36,29 +47,6 @@ def _lock(workdir: Path):
         handle.close()
         raise TuningError(f"another tuning run is using {workdir}") from None
     return handle
-
-
-def _interrupted(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("interrupted"))
-
-
-def _finished(study: optuna.Study) -> int:
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(t.state in done and not _interrupted(t) for t in study.get_trials(deepcopy=False))
-
-
-def _requeue_stale(study: optuna.Study, storage, runner, log) -> None:
-    """RUNNING trials belong to a run that was killed (we hold the lock): fail them, re-queue their parameters."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        runner.cleanup(trial)
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        storage.set_trial_user_attr(trial._trial_id, "note", "interrupted; parameters re-queued")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
-            log(f"trial {trial.number} was interrupted: re-queued ({params_text(trial.params)})")
-        else:
-            log(f"trial {trial.number} was interrupted before it started")
 
 
 def run_study(
@@ -78,6 +66,10 @@ def run_study(
     image: str | None = None,
     engine: container_engine.Engine | None = None,
     keep_models: bool = False,
+    storage: str | None = None,
+    study_name: str = STUDY_NAME,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
     log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> StudyResult:
     """Run (or resume) a local study of `n_trials` trials in `workdir`; see the module's docstring.
@@ -87,6 +79,11 @@ def run_study(
     first (Optuna's enqueue_trial; not enqueued again on a rerun). engine: the
     container engine to run trials with (default: scripts/engine.sh's). KeyboardInterrupt stops the running
     trials, writes the results so far and is re-raised; a rerun resumes.
+
+    storage: a database URL (storage.py) for a study shared by several tuners, each with its own
+    workdir (its trials' files); default the workdir's study.db. heartbeat_interval, grace_period
+    (seconds): how often a tuner proves its running trials alive, and how long after the last proof
+    another tuner takes them for dead and re-queues them (claims.py).
     """
     space = spaces.load(space) if isinstance(space, str) else space
     data, workdir = Path(data).resolve(), Path(workdir).resolve()
@@ -105,14 +102,17 @@ def run_study(
 
     workdir.mkdir(parents=True, exist_ok=True)
     lock = _lock(workdir)
+    private = storage is None  # the workdir's own SQLite file: no other tuner can be using it
+    url = storage or default_url(workdir)
+    shown_url = redact(url)
+    rdb = claim_lock = heartbeats = None
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage_url = f"sqlite:///{workdir / 'study.db'}"
-        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
+        rdb = open_storage(url, heartbeat_interval, grace_period)
+        claim_lock = ClaimLock(rdb, url, study_name)
         direction: Literal["minimize", "maximize"] = (
             "minimize" if space.objective_type.lower().startswith("min") else "maximize"
         )
-        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True)
         definition = json.loads(
             json.dumps(
                 {
@@ -122,19 +122,6 @@ def run_study(
                 }
             )
         )
-        if "definition" not in study.user_attrs:
-            study.set_user_attr("definition", definition)
-            study.set_user_attr("space", space.name)
-            study.set_user_attr("token", uuid.uuid4().hex[:8])
-        elif study.user_attrs["definition"] != definition:
-            raise TuningError(
-                f"{workdir} holds a study of another search (space {study.user_attrs.get('space')}, "
-                f"fixed {study.user_attrs['definition']['fixed']}): use another workdir"
-            )
-        # a fresh random stream per run: a resumed run must not replay the first run's samples
-        study.sampler = make_sampler(sampler, space, seed + len(study.trials), target, grid_points)
-        study.pruner = make_pruner(pruner)
-
         gpus, cores = hardware.detect_gpus(), hardware.cpu_count()
         width = hardware.default_parallel(parallel, len(gpus), cores)
         if parallel and width < parallel:
@@ -145,17 +132,54 @@ def run_study(
             if runner == "process"
             else ContainerRunner(data, image or images.train_image(), engine)
         )
-        _requeue_stale(study, storage, the_runner, log)
-        for params in enqueue:
-            study.enqueue_trial(dict(params), skip_if_exists=True)
+        heartbeats = Heartbeats(rdb, heartbeat_interval, log, url)
+        with claim_lock.held():  # one tuner at a time makes the study, its settings, its queue
+            with optuna_quiet():
+                study = optuna.create_study(
+                    storage=rdb, study_name=study_name, direction=direction, load_if_exists=True
+                )
+            if "definition" not in study.user_attrs:
+                study.set_user_attr("definition", definition)
+                study.set_user_attr("space", space.name)
+                study.set_user_attr("token", uuid.uuid4().hex[:8])
+            elif study.user_attrs["definition"] != definition:
+                where = workdir if private else f"study {study_name} in {shown_url}"
+                raise TuningError(
+                    f"{where} holds a study of another search (space {study.user_attrs.get('space')}, "
+                    f"fixed {study.user_attrs['definition']['fixed']}): use another "
+                    + ("workdir" if private else "study name")
+                )
+            # a fresh random stream per tuner run: a resumed run must not replay the first run's samples,
+            # and two tuners sharing a study must not draw the same ones
+            runs = int(study.user_attrs.get("tuner_runs", 0))
+            study.set_user_attr("tuner_runs", runs + 1)
+            study.sampler = make_sampler(sampler, space, seed + len(study.trials) + 7919 * runs, target, grid_points)
+            study.pruner = make_pruner(pruner)  # it reads every tuner's reports from the storage
+            claims = Claims(
+                study,
+                rdb,
+                claim_lock,
+                heartbeats,
+                tuner_id(workdir),
+                private,
+                grace_period,
+                target,
+                the_runner.cleanup,
+                log,
+            )
+            claims.requeue_dead()
+            for params in enqueue:
+                study.enqueue_trial(dict(params), skip_if_exists=True)
+            tracking = track_study(study, log)  # MLflow, when MLFLOW_TRACKING_URI names a server
+            done, running = counts(study)
 
         runtime = {}  # trial-only settings, not part of best_params.json
         if "profiler" in hyperparameters.BY_NAME and "profiler" not in fixed:
             runtime["profiler"] = "false"  # no profile per trial
-        tracking = track_study(study, log)  # MLflow, when MLFLOW_TRACKING_URI names a server
         work = TrialWork(
             study,
-            storage,
+            rdb,
+            claims,
             space,
             fixed,
             runtime,
@@ -164,11 +188,13 @@ def run_study(
             study.user_attrs["token"],
             log,
             trial_env=tracking.trial_env,
+            poll_s=heartbeat_interval,
         )
-        done = _finished(study)
-        remaining = max(0, target - done)
+        remaining = max(0, target - done - running)
         log(
-            f"study {STUDY_NAME} in {workdir}: {done} of {target} trials done, {remaining} to run "
+            f"study {study_name} in {workdir if private else shown_url}: {done} of {target} trials done, "
+            + (f"{running} running in other tuners, " if running else "")
+            + f"{remaining} to run "
             f"(sampler {sampler}, pruner {pruner}, runner {runner}, {width} in parallel, "
             f"{slots[0].threads} thread(s) and {slots[0].workers} loader worker(s) each"
             + (f", GPUs {','.join(gpus)}" if gpus else "")
@@ -177,25 +203,20 @@ def run_study(
 
         interrupted = False
         the_runner.expect(remaining)
-        slot_queue: queue.Queue = queue.Queue()
-        for slot in slots:
-            slot_queue.put(slot)
         try:
             try:
                 with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
-                    futures = [pool.submit(work.worker, slot_queue) for _ in range(remaining)]
+                    futures = [pool.submit(work.worker, slot) for slot in slots]
                     try:
                         for future in as_completed(futures):
                             future.result()
                     except KeyboardInterrupt:
                         interrupted = True
                         log("interrupted: stopping the running trials (a rerun resumes the study)")
-                        for future in futures:
-                            future.cancel()
                         work.interrupt()
             finally:
                 the_runner.close()
-            result = write_reports(study, space, fixed, workdir, target, keep_models)
+            result = write_reports(study, space, fixed, workdir, target, keep_models, shown_url)
         except BaseException as exc:  # the study's MLflow run ends too
             tracking.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
@@ -205,4 +226,10 @@ def run_study(
             raise KeyboardInterrupt
         return result
     finally:
+        if heartbeats is not None:
+            heartbeats.stop()
+        if claim_lock is not None:
+            claim_lock.close()
+        if rdb is not None:
+            rdb.engine.dispose()  # a shared database's connections go now, not at exit
         lock.close()

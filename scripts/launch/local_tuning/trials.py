@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import re
 import shutil
 import subprocess
@@ -14,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
 from contract.spec import hyperparameters, metrics
 
+from .claims import DONE, WAIT, Claims
 from .reports import params_text
 from .slots import Slot
 from .space import suggest
@@ -26,12 +27,13 @@ DIVERGED = re.compile(r"loss became (nan|[-+]?inf)", re.IGNORECASE)
 
 
 class TrialWork:
-    """The study's trials: each worker thread takes a slot, asks Optuna, runs one trial, tells the outcome."""
+    """The study's trials: a worker thread per slot claims a trial, runs it, tells the outcome, and again."""
 
     def __init__(
         self,
         study: optuna.Study,
         storage,
+        claims: Claims,
         space,
         fixed: dict,
         runtime: dict,
@@ -40,45 +42,51 @@ class TrialWork:
         token: str,
         log: Callable[[str], None],
         trial_env: Callable[[int], dict] = lambda number: {},
+        poll_s: float = 5.0,
     ):
+        self.claims, self.poll_s = claims, poll_s  # poll_s: how often a waiting slot looks at the study again
         self.study, self.storage, self.space, self.fixed, self.runtime = study, storage, space, fixed, runtime
         self.trial_env = trial_env  # a trial's extra environment, by its number (tracking.py's MLflow settings)
         self.runner, self.workdir, self.token, self.log = runner, workdir, token, log
         self.stopping = threading.Event()
-        self.ask_lock = threading.Lock()
         self.active: dict[int, tuple[subprocess.Popen, str]] = {}
 
-    def worker(self, slots: queue.Queue) -> None:
-        slot = slots.get()
+    def worker(self, slot: Slot) -> None:
+        """Trials on this slot, one after another, while the study needs more (claims.py divides them)."""
+        while not self.stopping.is_set():
+            trial = self.claims.claim()
+            if trial == DONE:
+                return
+            if trial == WAIT:  # the running trials would reach n_trials: wait, they may yet die
+                self.claims.wait(self.poll_s)
+                continue
+            assert isinstance(trial, Trial)
+            self.run_and_tell(trial, slot)
+
+    def run_and_tell(self, trial: Trial, slot: Slot) -> None:
         try:
-            if self.stopping.is_set():
-                return
-            with self.ask_lock:
-                trial = self.study.ask()
-            try:
-                outcome = self.run_trial(trial, slot)
-            except Exception as exc:  # a bug of ours: fail this trial, go on with the study
-                traceback.print_exc()
-                outcome = (TrialState.FAIL, None, f"tuner error: {type(exc).__name__}: {exc}")
-            if outcome is None:  # interrupted: left RUNNING, re-queued by the next run
-                return
-            state, value, note = outcome
-            if note:
-                trial.set_user_attr("note", note)
-            if state == TrialState.COMPLETE:
-                self.study.tell(trial, value)
-            else:
-                self.study.tell(trial, state=state)
-            frozen = self.storage.get_trial(trial._trial_id)
-            duration = f"{frozen.duration.total_seconds():.0f} s" if frozen.duration else ""
-            shown = f"{value:.6g} " if value is not None else ""
-            self.log(
-                f"trial {trial.number} {state.name} {shown}in {duration}"
-                + (f": {note}" if note else "")
-                + f"  ({params_text(trial.params)})"
-            )
-        finally:
-            slots.put(slot)
+            outcome = self.run_trial(trial, slot)
+        except UpdateFinishedTrialError:  # another tuner took it for dead meanwhile: it runs again there
+            outcome = "taken"
+        except Exception as exc:  # a bug of ours: fail this trial, go on with the study
+            traceback.print_exc()
+            outcome = (TrialState.FAIL, None, f"tuner error: {type(exc).__name__}: {exc}")
+        if outcome is None:  # interrupted: left RUNNING, re-queued by the next run (or by another tuner)
+            self.claims.release(trial)
+            return
+        if outcome == "taken" or not self.claims.tell(trial, *outcome):
+            self.claims.release(trial)
+            self.log(f"trial {trial.number} was taken over by another tuner (its heartbeat was late): result dropped")
+            return
+        state, value, note = outcome
+        frozen = self.storage.get_trial(trial._trial_id)
+        duration = f"{frozen.duration.total_seconds():.0f} s" if frozen.duration else ""
+        shown = f"{value:.6g} " if value is not None else ""
+        self.log(
+            f"trial {trial.number} {state.name} {shown}in {duration}"
+            + (f": {note}" if note else "")
+            + f"  ({params_text(trial.params)})"
+        )
 
     def run_trial(self, trial: Trial, slot: Slot):
         params = {p.name: suggest(trial, p) for p in self.space.parameters}
@@ -150,6 +158,7 @@ class TrialWork:
 
     def interrupt(self) -> None:
         self.stopping.set()
+        self.claims.release_waiters()
         for proc, name in list(self.active.values()):
             self.runner.request_stop(proc, name)
 
