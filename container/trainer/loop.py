@@ -109,13 +109,14 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     carried = state.partial if dist_info.is_main else RunningTotals()
     loss_sum, correct, seen = carried.loss_sum, carried.correct, carried.seen
     start = time.perf_counter() - state.partial.seconds
-    unreadable = 0
+    unreadable = alone = stand_ins = 0
     for step, (images, labels, bad) in enumerate(loop.profiler.timed(batch_iterator, epoch, first), start=first):
         if step >= loop.steps_per_epoch:
             break
         loop.skips.add("train", dataset, bad)
         unreadable += len(bad)
         usable = lockstep.trainable(images, hp.batch_size)
+        alone += 0 if usable or images is None else len(images)
         ready = lockstep.ranks_ready(usable, device)  # every rank, every step: the same collectives follow
         if usable:
             images = images.to(device, non_blocking=True, memory_format=loop.input_format)
@@ -123,6 +124,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             loss, logits = backward(loop, images, labels, dist_info.world_size / ready, epoch, step)
         elif ready:
             stand_in_backward(loop, dataset)
+            stand_ins += 1
         if ready:
             lr = optimizer_step(loop)
             state.global_step += 1
@@ -142,7 +144,8 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
         print(
             f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
-            f"skipped {unreadable} unreadable",
+            f"skipped {unreadable} unreadable, {alone} alone in a batch (BatchNorm needs two); "
+            f"{stand_ins} step(s) with a stand-in pass (no batch of its own)",
             flush=True,
         )
     # global: every rank's sums; the speed over the slowest rank's time
