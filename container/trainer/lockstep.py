@@ -2,7 +2,7 @@
 
 Under DDP the forward pass broadcasts rank 0's buffers and the backward pass all-reduces the
 gradients: a rank that skipped them (its batch was all unreadable images, or one image, which
-BatchNorm cannot train on) would meet the others in a different collective and the job would hang.
+BatchNorm cannot train on at some image sizes) would meet the others in another collective: a hang.
 So the ranks first agree how many of them have a batch to train on: none, and every rank skips the
 step; some, and a rank without one runs a stand-in pass of zeros whose loss is multiplied by 0 (its
 gradient is zero, its BatchNorm statistics are put back), while the others' losses are scaled by
@@ -23,9 +23,23 @@ from torch import nn
 MIN_IMAGES = 2
 
 
-def trainable(images: torch.Tensor | None, batch_size: int) -> bool:
-    """A batch to train on: readable images, at least two unless the job asked for batches of one."""
-    return images is not None and len(images) >= min(MIN_IMAGES, batch_size)
+def trainable(images: torch.Tensor | None, min_images: int) -> bool:
+    """A batch to train on: readable images, at least `min_images` of them (see fewest_images)."""
+    return images is not None and len(images) >= min_images
+
+
+def fewest_images(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
+    """1 if `model` (in its training modes) trains on a batch of one image of `shape`, else MIN_IMAGES:
+    a trial pass, its buffers and random streams put back, no collectives (not the DDP wrapper)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), buffers_kept(model), torch.no_grad():
+        try:
+            model(torch.zeros((1, *shape), device=device))
+        except ValueError as exc:  # BatchNorm's "Expected more than 1 value per channel when training"
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            return MIN_IMAGES
+    return 1
 
 
 def ranks_ready(ready: bool, device: torch.device) -> int:

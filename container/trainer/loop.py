@@ -54,6 +54,8 @@ class Loop:
     frozen_keys: set = field(default_factory=set)  # state-dict keys of the frozen modules
     frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
     arch: Any = None  # contract.model.Architecture
+    # smaller training batches are not trained on: 2 where BatchNorm cannot train on one image (lockstep.py)
+    min_batch_images: int = 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp)
@@ -115,7 +117,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             break
         loop.skips.add("train", dataset, bad)
         unreadable += len(bad)
-        usable = lockstep.trainable(images, hp.batch_size)
+        usable = lockstep.trainable(images, loop.min_batch_images)
         alone += 0 if usable or images is None else len(images)
         ready = lockstep.ranks_ready(usable, device)  # every rank, every step: the same collectives follow
         if usable:
@@ -144,7 +146,7 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
         print(
             f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
-            f"skipped {unreadable} unreadable, {alone} alone in a batch (BatchNorm needs two); "
+            f"skipped {unreadable} unreadable, {alone} alone in a batch (BatchNorm needed two); "
             f"{stand_ins} step(s) with a stand-in pass (no batch of its own)",
             flush=True,
         )

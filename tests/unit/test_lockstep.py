@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from contract.model import Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from helpers.tiny_loop import blobs
 from helpers.training import ROOT
@@ -36,11 +37,21 @@ def test_more_processes_than_gpus_are_refused():
     distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=4)  # CPU ranks: gloo
 
 
-def test_a_batch_of_one_is_not_trained_on_unless_asked_for():
+def test_a_batch_smaller_than_the_fewest_images_is_not_trained_on():
     two, one = torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 8, 8)
-    assert lockstep.trainable(two, batch_size=2)
-    assert not lockstep.trainable(one, batch_size=2) and not lockstep.trainable(None, batch_size=2)
-    assert lockstep.trainable(one, batch_size=1)  # the job asked for batches of one
+    assert lockstep.trainable(two, 2) and lockstep.trainable(one, 1)
+    assert not lockstep.trainable(one, 2) and not lockstep.trainable(None, 1)
+
+
+def test_one_image_is_too_few_only_where_batch_norm_would_see_one_value_per_channel():
+    """ResNet's last stage is 1x1 at 32 px: one image cannot train there, but can at 64 px, and a frozen
+    (eval-mode) last stage takes one at any size. The trial pass leaves the buffers as they were."""
+    model = build_classifier(Architecture("resnet18", 4)).train()
+    before = [b.clone() for b in model.buffers()]
+    assert lockstep.fewest_images(model, (3, 32, 32), torch.device("cpu")) == 2
+    assert lockstep.fewest_images(model, (3, 64, 64), torch.device("cpu")) == 1
+    assert all(torch.equal(b, saved) for b, saved in zip(model.buffers(), before, strict=True))
+    assert lockstep.fewest_images(model.eval(), (3, 32, 32), torch.device("cpu")) == 1
 
 
 def test_the_stand_in_batch_has_the_shape_of_real_input():
