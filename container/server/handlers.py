@@ -85,10 +85,11 @@ class DefaultHandlers:
         self.batcher: DynamicBatcher | None = None
 
     def model_fn(self, model_dir) -> torch.nn.Module:
-        """The trainer's artifact on the CPU. It runs in gunicorn's master before
-        the fork (preload.py), where CUDA must not start; the worker moves it
-        to its GPU (InferenceService.start_in_worker)."""
-        model, _ = artifact.load(model_dir, "cpu")
+        """The trainer's artifact: on a GPU host on the worker's GPU (it runs after the fork there,
+        preload.py), so that the precision check runs where the model serves; elsewhere on the CPU,
+        in gunicorn's master before the fork."""
+        device = "cuda" if self.settings.gpus and torch.cuda.is_available() else "cpu"
+        model, _ = artifact.load(model_dir, device)
         model = model.eval().to(memory_format=torch.channels_last)
         return runtimes.prepare(model, self.settings, model_dir, self.prep)  # SAGEMAKER_MODEL_RUNTIME, _PRECISION
 

@@ -17,8 +17,9 @@
           fuses oneDNN ops; needs no C++ compiler, unlike torch.compile's
           inductor, which the slim image could not run. CPU only.
 
-All of it happens in gunicorn's master at load time, before the fork, so the
-workers share the converted weights. Each mode is then checked against fp32
+On a CPU host all of it happens in gunicorn's master at load time, before the
+fork, so the workers share the converted weights; on a GPU host each worker
+converts and checks on its own GPU (preload.py). Each mode is then checked against fp32
 on up to CHECK_IMAGES images (the calibration sample, else synthetic ones):
 top-1 agreement and the largest probability difference are logged with the
 mode's name, and a mode whose outputs are not finite or mostly disagree falls
@@ -125,6 +126,7 @@ def prepare(model: nn.Module, settings: Settings, model_dir, prep: Preprocessing
     if settings.precision == "int8" and not flags & set(VNNI):
         log.info("int8 without VNNI on this CPU: AVX2 kernels, usually still faster than fp32")
     inputs = calibration[:CHECK_IMAGES] if len(calibration) else synthetic_inputs(prep)
+    inputs = inputs.to(next(model.parameters()).device)  # checked where it serves: a GPU worker's GPU
     source = "calibration" if len(calibration) else "synthetic"
     with torch.inference_mode():
         reference = torch.softmax(model(inputs), 1)

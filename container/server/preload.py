@@ -8,7 +8,9 @@ any worker means every worker is ready (gunicorn_config.py calls these):
                           model in a thread and meanwhile answers every
                           connection itself, 503 "the model is loading"
     start_in_worker       each worker, before its first accept: the model on
-                          its device, the batcher's thread, warm-up passes
+                          its device, the batcher's thread, warm-up passes;
+                          on a GPU host the whole load (user code included),
+                          so CUDA starts in the workers only
 
 Fork safety: libgomp (torch's OpenMP) does not survive a fork once its thread
 pool has run, and a child's next parallel region then hangs for ever. So the
@@ -55,10 +57,22 @@ MODEL = LoadedModel()
 
 
 def load(settings: Settings) -> None:
-    """Fills MODEL.service, or MODEL.failure with the reason; never raises."""
+    """In the master: fills MODEL.service, or MODEL.failure with the reason; never raises.
+
+    Not on a GPU host: a user's inference.py often asks torch.cuda at import (is_available(), a
+    device), and CUDA started in the master does not survive the fork; the fp16/bf16 check must run
+    on the GPU the model will serve on too. There each worker loads after the fork (start_in_worker)."""
+    if settings.gpus:
+        log.info("a GPU host: each worker loads the model and its code on its own GPU")
+        return
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the master: see the module's docstring
+    build(settings)
+
+
+def build(settings: Settings) -> None:
+    """MODEL.service, or MODEL.failure with the reason; never raises."""
     from server.metrics import MODEL_LOAD_SECONDS
     from server.service import InferenceService
 
@@ -144,7 +158,7 @@ def answer_loading(connection: socket.socket, max_body_bytes: int) -> None:
 def start_in_worker(settings: Settings, heartbeat: Callable[[], None]) -> None:
     """In each worker, before its first accept (gunicorn's post_worker_init).
     `heartbeat` tells gunicorn's master the worker lives while this runs."""
-    if MODEL.service is None:
+    if MODEL.service is None and not settings.gpus:
         return  # loading failed: the worker answers with the reason
     set_torch_threads(settings)
     done = threading.Event()
@@ -155,6 +169,10 @@ def start_in_worker(settings: Settings, heartbeat: Callable[[], None]) -> None:
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     try:
+        if MODEL.service is None:  # a GPU host: loaded here, after the fork (see load)
+            build(settings)
+        if MODEL.service is None:
+            return  # loading failed: the worker answers with the reason
         MODEL.service.start_in_worker()
     except Exception as exc:
         log.exception("starting the model in worker %d failed", os.getpid())

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from contract.artifact import atomic_torch_save
+from trainer import distributed
 
 FILE_NAME = "checkpoint.pt"
 
@@ -168,20 +169,10 @@ class Checkpointer:
         )
 
     def restore(self, loop) -> TrainingState:
-        if not self.path.is_file():
-            return TrainingState()
-        try:
-            saved = torch.load(self.path, map_location=loop.device, weights_only=True)
-        except FileNotFoundError:  # rank 0 moved it aside meanwhile: every rank starts afresh
-            return TrainingState()
-        except Exception as exc:
-            self.set_aside("unreadable", f"it is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
-            return TrainingState()
-        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint(loop):
-            self.set_aside("mismatch", "it was written by a job with other data or settings")
-            return TrainingState()
-        if set(saved["model"]) != set(loop.trainable_state()):
-            self.set_aside("mismatch", "it holds other parameters than this job trains")
+        """Where to go on from: rank 0 decides and sends every rank what it read, so that hosts whose
+        checkpoint folders differ (each host syncs its own) still start at the same step."""
+        saved = distributed.broadcast_from_main(self.read(loop) if self.writer else None)
+        if saved is None:
             return TrainingState()
         loop.model.load_state_dict(saved["model"], strict=False)
         loop.optimizer.load_state_dict(saved["optimizer"])
@@ -206,6 +197,23 @@ class Checkpointer:
             )
             print(f"resuming from checkpoint {where} (optimizer step {state.global_step})", flush=True)
         return state
+
+    def read(self, loop) -> dict | None:
+        """This host's checkpoint, if it is this job's (on the CPU); None if there is none or (set aside) none usable."""
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            self.set_aside("unreadable", f"it is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
+            return None
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint(loop):
+            self.set_aside("mismatch", "it was written by a job with other data or settings")
+            return None
+        if set(saved["model"]) != set(loop.trainable_state()):
+            self.set_aside("mismatch", "it holds other parameters than this job trains")
+            return None
+        return saved
 
     def set_aside(self, kind: str, why: str) -> None:
         """Rename the checkpoint out of the way (rank 0; the others only read), with a one-line warning."""

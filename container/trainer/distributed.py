@@ -6,6 +6,7 @@ and sums, gathers and merges values over the ranks (each a no-op without DDP).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -34,6 +35,24 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+class LaunchError(RuntimeError):
+    """This host cannot run the job as asked: a one-line reason for /opt/ml/output/failure."""
+
+
+def check_devices(gpus: int, cuda_available: bool, processes_per_host: int) -> None:
+    """Refuse to train on the CPU of a GPU host, and more NCCL processes than GPUs (they would share one)."""
+    if gpus > 0 and not cuda_available:
+        raise LaunchError(
+            f"SM_NUM_GPUS={gpus} but CUDA is unavailable in the container (no NVIDIA driver or device visible): "
+            "refusing to train on the CPU; run the image with the NVIDIA container runtime"
+        )
+    if gpus > 0 and processes_per_host > gpus:
+        raise LaunchError(
+            f"hyperparameter processes-per-host: {processes_per_host} processes on a host with {gpus} GPU(s); "
+            "NCCL needs a GPU per process: at most the GPU count (0 = one per GPU)"
+        )
+
+
 def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
     """Re-exec the trainer under torchrun when more than one process is wanted.
 
@@ -44,6 +63,7 @@ def relaunch_under_torchrun(processes_per_host: int, argv: list[str]) -> None:
         return
     all_hosts, current = hosts()
     gpus = int(os.environ.get("SM_NUM_GPUS", torch.cuda.device_count()))
+    check_devices(gpus, torch.cuda.is_available(), processes_per_host)
     nproc = processes_per_host or max(gpus, 1)
     if nproc == 1 and len(all_hosts) == 1:
         return
@@ -85,20 +105,50 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed() -> tuple[Distributed, torch.device]:
+def init_distributed(timeout_s: int) -> tuple[Distributed, torch.device]:
+    """Join the process group (under torchrun); every collective then fails after `timeout_s` instead of
+    waiting for ever on a rank that stalled, died or took another path."""
     if not under_torchrun():
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return Distributed(), device
     local_rank = int(os.environ["LOCAL_RANK"])
+    timeout = datetime.timedelta(seconds=timeout_s)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        backend = "nccl"
+        # a timed-out NCCL collective raises in the waiting call (a reason in the failure file) instead of
+        # the watchdog aborting the process; our agreements read their result on the host at once anyway
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
+        dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
     else:
         device = torch.device("cpu")
-        backend = "gloo"
-    dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="gloo", timeout=timeout)
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def timeout_reason(exc: BaseException, timeout_s: int) -> str | None:
+    """A one-line reason when `exc` is a collective that timed out (gloo's and NCCL's wording); else None."""
+    text = " ".join(str(exc).split())
+    if not dist.is_initialized() or "timed out" not in text.lower() and "timeout" not in text.lower():
+        return None
+    return (
+        f"a collective waited more than collective-timeout ({timeout_s} s) for the other ranks: one of them "
+        f"stalled, failed or took another path ({type(exc).__name__}: {text[:300]})"
+    )
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """`exc` is gloo's answer to another rank's exit: a consequence, whose reason that rank writes."""
+    return dist.is_initialized() and any(words in str(exc) for words in ("closed by peer", "reset by peer"))
+
+
+def broadcast_from_main(value):
+    """Rank 0's `value` (picklable: CPU tensors, plain values) on every rank; `value` itself without DDP."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_sum(values: list[float], device) -> list[float]:

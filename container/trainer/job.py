@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import signal
 import sys
+import time
 
 import torch.distributed as dist
 
@@ -24,6 +25,10 @@ from trainer import data, distributed, runtime, setup, weights
 from trainer.checkpoint import Checkpointer, RunningTotals, TrainingState, rng_state
 from trainer.heldout import spread
 from trainer.loop import Loop, evaluate, train_one_epoch
+
+# a rank whose peer's exit broke its collective waits this long before writing a reason: the first
+# failure's rank writes its own (O_EXCL keeps the first), not this consequence
+PEER_REASON_WAIT_S = 3.0
 
 
 def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) -> bool:
@@ -156,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     paths = runtime.Paths.from_env()
     dist_info = distributed.Distributed()
+    hp = None
     if not distributed.under_torchrun():  # torchrun's workers are this process's children
         runtime.clear_failure(paths)
     try:
         hp = hyperparameters.parse(argv)
         distributed.relaunch_under_torchrun(hp.processes_per_host, argv)
-        dist_info, device = distributed.init_distributed()
+        dist_info, device = distributed.init_distributed(hp.collective_timeout)
         run(hp, paths, dist_info, device)
         distributed.wait_for_all_ranks()
         return 0
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         weights.WeightsError,
         runtime.TrainingFailure,
         artifact.ArtifactError,
+        distributed.LaunchError,
     ) as exc:  # every rank writes: the first to fail is kept (a rank >= 1's reason too)
         runtime.write_failure(paths, str(exc))
         return 1
@@ -181,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        runtime.write_failure(paths, f"{type(exc).__name__}: {exc}")
+        reason = distributed.timeout_reason(exc, hp.collective_timeout) if hp else None
+        if distributed.peer_lost(exc):  # let the rank that failed first write its reason first
+            time.sleep(PEER_REASON_WAIT_S)
+        runtime.write_failure(paths, reason or f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         if dist.is_initialized():

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from contract.spec.hyperparameters import Hyperparameters
-from trainer import data, debugger, distributed, profiler, runtime
+from trainer import data, debugger, distributed, lockstep, profiler, runtime
 from trainer.checkpoint import RunningTotals, TrainingState, rng_state, set_rng_state
 from trainer.loaders import loader
 
@@ -54,6 +54,8 @@ class Loop:
     frozen_keys: set = field(default_factory=set)  # state-dict keys of the frozen modules
     frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
     arch: Any = None  # contract.model.Architecture
+    # smaller training batches are not trained on: 2 where BatchNorm cannot train on one image (lockstep.py)
+    min_batch_images: int = 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp)
@@ -109,30 +111,26 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     carried = state.partial if dist_info.is_main else RunningTotals()
     loss_sum, correct, seen = carried.loss_sum, carried.correct, carried.seen
     start = time.perf_counter() - state.partial.seconds
-    unreadable = 0
+    unreadable = alone = stand_ins = 0
     for step, (images, labels, bad) in enumerate(loop.profiler.timed(batch_iterator, epoch, first), start=first):
         if step >= loop.steps_per_epoch:
             break
         loop.skips.add("train", dataset, bad)
         unreadable += len(bad)
-        if images is not None:
+        usable = lockstep.trainable(images, loop.min_batch_images)
+        alone += 0 if usable or images is None else len(images)
+        ready = lockstep.ranks_ready(usable, device)  # every rank, every step: the same collectives follow
+        if usable:
             images = images.to(device, non_blocking=True, memory_format=loop.input_format)
             labels = labels.to(device, non_blocking=True)
-            with loop.autocast():
-                logits = loop.train_model(images)
-            loss = loop.criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise runtime.TrainingFailure(
-                    f"loss became {loss.item()} at epoch {epoch} step {step}: lower the learning rate "
-                    f"(lr={hp.lr}) or add warm-up"
-                )
-            loop.optimizer.zero_grad(set_to_none=True)
-            loop.scaler.scale(loss).backward()
-            lr = loop.optimizer.param_groups[0]["lr"]
-            loop.scaler.step(loop.optimizer)
-            loop.scaler.update()
-            loop.schedule.step()
+            loss, logits = backward(loop, images, labels, dist_info.world_size / ready, epoch, step)
+        elif ready:
+            stand_in_backward(loop, dataset)
+            stand_ins += 1
+        if ready:
+            lr = optimizer_step(loop)
             state.global_step += 1
+        if usable:
             loss_value, n = loss.item(), labels.numel()
             loop.reporter.report_step(state.global_step, lr=lr, loss=loss_value, epoch=epoch)
             loss_sum += loss_value * n
@@ -148,7 +146,8 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
         print(
             f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
-            f"skipped {unreadable} unreadable",
+            f"skipped {unreadable} unreadable, {alone} alone in a batch (BatchNorm needed two); "
+            f"{stand_ins} step(s) with a stand-in pass (no batch of its own)",
             flush=True,
         )
     # global: every rank's sums; the speed over the slowest rank's time
@@ -161,6 +160,40 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
         int(seen),
         RunningTotals(loss_sum, correct, seen, elapsed),
     )
+
+
+def backward(loop: Loop, images, labels, weight: float, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's forward and backward pass; `weight` scales the gradient (world / ranks with a batch)."""
+    with loop.autocast():
+        logits = loop.train_model(images)
+    loss = loop.criterion(logits.float(), labels)
+    if not torch.isfinite(loss):
+        raise runtime.TrainingFailure(
+            f"loss became {loss.item()} at epoch {epoch} step {step}: lower the learning rate "
+            f"(lr={loop.hp.lr}) or add warm-up"
+        )
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss * weight if weight != 1 else loss).backward()
+    return loss, logits
+
+
+def stand_in_backward(loop: Loop, dataset) -> None:
+    """The collectives of a pass, without its effects: a rank with no batch while others have one."""
+    images = lockstep.stand_in(dataset, loop.device, loop.input_format)
+    with lockstep.buffers_kept(loop.model):  # after the backward pass, which BatchNorm's buffers take part in
+        with loop.autocast():
+            logits = loop.train_model(images)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(logits.float().sum() * 0.0).backward()
+
+
+def optimizer_step(loop: Loop) -> float:
+    """Step the optimiser (every rank, on the averaged gradient) and the schedule; the lr it used."""
+    lr = loop.optimizer.param_groups[0]["lr"]
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.schedule.step()
+    return lr
 
 
 def batches_on_every_rank(dataset, hp, dist_info: distributed.Distributed) -> int:

@@ -36,8 +36,18 @@ def amp_dtype(hp, device) -> torch.dtype | None:
     if hp.amp is False:
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cuda_amp_dtype(torch.cuda.get_device_capability(device))
     native_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if hp.amp is True or native_bf16:
         return torch.bfloat16
     return None
+
+
+# Ampere (8.0) and later do bf16 in their tensor cores; torch.cuda.is_bf16_supported() also says yes
+# for Turing and Volta (T4, V100), which only emulate it: slowly, and without fp16's GradScaler
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def cuda_amp_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 on GPUs that compute it natively, else fp16 (which the loop's GradScaler then scales)."""
+    return torch.bfloat16 if tuple(capability) >= NATIVE_BF16_CAPABILITY else torch.float16

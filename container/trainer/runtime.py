@@ -96,6 +96,8 @@ SIGTERM_AT_STEP_ENV = "TRAINER_SIGTERM_AT_STEP"
 SIGTERM_IN_SPLIT_ENV = "TRAINER_SIGTERM_IN_SPLIT"
 # Fault injection for the failure tests: this rank fails after its first optimizer step.
 FAIL_ON_RANK_ENV = "TRAINER_FAIL_ON_RANK"
+# ... and this rank stops answering (sleeps this many seconds) after its first optimizer step.
+STALL_ENV = "TRAINER_STALL_ON_RANK"  # "RANK:SECONDS"
 
 
 class StopFlag:
@@ -107,6 +109,8 @@ class StopFlag:
         self.sigterm_at_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, "0")) or None
         self.fail_on_rank = int(os.environ.get(FAIL_ON_RANK_ENV, "-1"))
         self.sigterm_in_split = os.environ.get(SIGTERM_IN_SPLIT_ENV) or None
+        stall = os.environ.get(STALL_ENV, "-1:0").split(":")
+        self.stall_rank, self.stall_seconds = int(stall[0]), float(stall[1])
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -119,6 +123,9 @@ class StopFlag:
             os.kill(os.getpid(), signal.SIGTERM)
         if rank == self.fail_on_rank:
             raise TrainingFailure(f"injected failure on rank {rank} ({FAIL_ON_RANK_ENV})")
+        if rank == self.stall_rank:
+            self.stall_rank = -1  # once
+            time.sleep(self.stall_seconds)
 
     def eval_batch_done(self, split: str, rank: int) -> None:
         if rank == 0 and split == self.sigterm_in_split:

@@ -15,9 +15,9 @@ from contract.model import STAGES, Architecture, build_classifier
 from contract.preprocess import Preprocessing
 from contract.spec import hyperparameters
 from contract.spec.hyperparameters import Hyperparameters
-from trainer import data, debugger, distributed, feature_cache, profiler, runtime, tracking, weights
+from trainer import data, debugger, distributed, feature_cache, lockstep, profiler, runtime, tracking, weights
 from trainer.checkpoint import frozen_keys, state_digest
-from trainer.loop import Loop, autocast
+from trainer.loop import Loop, autocast, set_train_mode
 from trainer.optim import amp_dtype, make_optimizer, make_schedule
 from trainer.reporting import Reporter
 from trainer.reporting import log as log_line
@@ -165,6 +165,7 @@ def build(
     if hp.feature_cache:
         sets = cached_features(hp, sets, model, frozen_digest, dist_info, device, amp, memory_format, log)
         forward_model, input_format = model.fc, torch.contiguous_format
+    min_images = fewest_images(hp, forward_model, frozen, sets.train, device)
     train_model: nn.Module = forward_model
     if dist_info.world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -216,5 +217,18 @@ def build(
         frozen_keys=keys,
         frozen_digest=frozen_digest,
         arch=arch,
+        min_batch_images=min_images,
     )
     return sets, loop
+
+
+def fewest_images(hp: Hyperparameters, model: nn.Module, frozen: list[nn.Module], train: Dataset, device) -> int:
+    """The smallest training batch the model trains on (lockstep.fewest_images); refuses batch-size 1 then."""
+    set_train_mode(model, frozen)  # as training runs it: frozen BatchNorm in eval mode takes one image
+    fewest = lockstep.fewest_images(model, lockstep.sample_shape(train), device)
+    if fewest > hp.batch_size:
+        raise hyperparameters.HyperparameterError(
+            f"hyperparameter batch-size: {hp.batch_size} image(s) a batch, and BatchNorm cannot train on one at "
+            f"image-size {hp.image_size} (its last stage sees one value per channel): use 2 or more"
+        )
+    return fewest

@@ -267,6 +267,12 @@ HYPERPARAMETERS = [
         "processes-per-host", _non_negative(int), 0, "DDP processes per host (0 = one per GPU, or 1 on CPU)"
     ),
     Hyperparameter(
+        "collective-timeout",
+        _positive(int),
+        600,
+        "seconds a DDP rank waits for the others in one collective before the job fails with a reason",
+    ),
+    Hyperparameter(
         "max-steps-per-epoch", _non_negative(int), 0, "cap on training steps per epoch (0 = no cap; for smoke tests)"
     ),
     # debugging and profiling (SageMaker's DebuggerHookConfig / ProfilerConfig switch them on too)
@@ -360,6 +366,7 @@ class Hyperparameters:
     channels_last: bool
     seed: int
     processes_per_host: int
+    collective_timeout: int
     max_steps_per_epoch: int
     debugger: bool
     debugger_collections: list[str]
