@@ -19,7 +19,7 @@ import torch
 import make_sample_data  # scripts/, on the path through conftest
 import proctree
 from helpers import lockstep_ranks
-from helpers.training import CONTAINER, failure_reason, hp_args, trainer_env
+from helpers.training import TRAINER_SCRIPT, failure_reason, hp_args, trainer_env
 from localnet import free_port
 from trainer import runtime
 
@@ -61,7 +61,7 @@ def run_bounded(opt_ml: Path, data: Path, hps: dict, env: dict | None = None, se
     """The trainer's exit status and log; a run past `seconds` is killed with every process below it and
     fails the test (torchrun's workers live in their own sessions: a process group would miss them)."""
     proc = subprocess.Popen(
-        [sys.executable, str(CONTAINER / "train.py"), *hp_args(hps)],
+        [sys.executable, str(TRAINER_SCRIPT), *hp_args(hps)],
         env=trainer_env(opt_ml, {"training": data}, dict({"OMP_NUM_THREADS": "1"}, **(env or {}))),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
