@@ -13,28 +13,11 @@ from helpers.async_requests import (
     check_invoke_async,
     stub_s3,
 )
-from helpers.sagemaker_requests import aws_config, stubbed_boto_session
 from launch.v2 import commands
 from sm import build_parser
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
 ARN = "arn:aws:sagemaker:eu-west-1:1:endpoint/album"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    import sagemaker
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = sagemaker.Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def test_deploy_async_output_makes_an_asynchronous_endpoint(aws):

@@ -13,31 +13,12 @@ from helpers.async_requests import (
     check_invoke_async,
     stub_s3,
 )
-from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
+from helpers.sagemaker_requests import ARN, aws_config
 from launch import async_inference
 from launch.v3 import commands
-from launch.v3 import session as v3_session
 from sm import build_parser
 
 CREATED = "2026-01-01T00:00:00Z"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    v3_session.opt_out_of_telemetry()
-    from sagemaker.core.helper.session_helper import Session
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def endpoint(status: str) -> dict:

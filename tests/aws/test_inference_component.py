@@ -11,27 +11,10 @@ import pytest
 from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
-from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
-from launch import component_scaling, inference_component
+from helpers.sagemaker_requests import ARN
+from launch import inference_component
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    import sagemaker
-
-    monkeypatch.setattr(component_scaling, "DELETE_POLL_S", 0)
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = sagemaker.Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def test_deploy_component_with_scale_to_zero(aws):

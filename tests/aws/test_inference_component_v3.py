@@ -7,35 +7,14 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
-from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
-from launch import component_scaling, inference_component
+from helpers.sagemaker_requests import ARN
+from launch import inference_component
 from launch.v3 import inference_component as component
-from launch.v3 import session as v3_session
 
 CREATED = expected.CREATED
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    monkeypatch.setattr(component_scaling, "DELETE_POLL_S", 0)
-    v3_session.opt_out_of_telemetry()
-    from sagemaker.core.helper.session_helper import Session
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def expect_deployment(recorder) -> None:

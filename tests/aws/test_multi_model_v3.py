@@ -6,33 +6,13 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 from botocore.response import StreamingBody
 
 from helpers.multi_model_requests import check_invocation, check_multi_model_deployment
-from helpers.sagemaker_requests import ARN, aws_config, stubbed_boto_session
+from helpers.sagemaker_requests import ARN
 from launch.v3 import multi_model
-from launch.v3 import session as v3_session
 
 CREATED = "2026-01-01T00:00:00Z"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    v3_session.opt_out_of_telemetry()
-    from sagemaker.core.helper.session_helper import Session
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def test_multi_model_endpoint_deploys_and_invokes_by_target_model(aws, tmp_path):

@@ -13,35 +13,17 @@ from helpers.sagemaker_requests import (
     MODEL_DATA,
     TRAINING_CHANNELS,
     TRAINING_HPS,
-    aws_config,
     check_autoscaling,
     check_deployment,
     check_training_job,
     check_transform_job,
     check_tuning_job,
-    stubbed_boto_session,
 )
 from helpers.training import ROOT
 from launch import config as configuration
 from launch import hosting, multi_model, training
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    import sagemaker
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = sagemaker.Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def test_create_training_job(aws):

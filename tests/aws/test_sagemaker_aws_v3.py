@@ -14,36 +14,15 @@ from helpers.sagemaker_requests import (
     MODEL_DATA,
     TRAINING_CHANNELS,
     TRAINING_HPS,
-    aws_config,
     check_autoscaling,
     check_deployment,
     check_training_job,
     check_transform_job,
     check_tuning_job,
-    stubbed_boto_session,
 )
 from launch.v3 import hosting, training, tuning
-from launch.v3 import session as v3_session
 
 CREATED = "2026-01-01T00:00:00Z"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # v3 would check the role through IAM (AWS)
-    v3_session.opt_out_of_telemetry()
-    from sagemaker.core.helper.session_helper import Session
-
-    boto_session, recorder = stubbed_boto_session(monkeypatch)
-    session = Session(
-        boto_session=boto_session,
-        sagemaker_client=recorder.clients["sagemaker"],
-        sagemaker_runtime_client=recorder.clients["sagemaker-runtime"],
-    )
-    yield session, aws_config(), recorder
-    for stubber in recorder.stubbers.values():
-        stubber.assert_no_pending_responses()
 
 
 def training_job_description(name: str) -> dict:
