@@ -10,9 +10,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 
 import container_engine
+from helpers import postgres
 from helpers.mlflow_server import mlflow_server
 from helpers.training import ROOT
 from launch import local_tuning
@@ -175,3 +177,21 @@ def test_mlflow_tracks_the_tuning_and_the_training(engine, tmp_path, containers_
             "model/model.pt",
             "profiler/profiler-report.html",
         } <= artifacts
+
+
+def test_tune_stage_in_the_image_shares_a_postgresql_study(first_run, engine):
+    """--storage: the tuner in the training image reaches a real PostgreSQL on the host's 127.0.0.1 (psycopg
+    in the image, the URL handed over by name only) and its trials land in the shared study."""
+    problem = postgres.available()
+    assert problem is None, problem
+    workdir, _, _ = first_run
+    with postgres.postgres_server() as pg:
+        args = ("--workdir", str(workdir), "--trials", "2", "--stage", "tune", "--storage", pg.url())
+        result, _ = run_local(engine, *args, "--study-name", "from-the-image")
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-4000:]
+        assert re.search(r"^  tune\s+done in \d+ s$", result.stdout, re.MULTILINE), out[-3000:]
+        assert postgres.PASSWORD not in out  # printed redacted, handed to the container by name
+        study = optuna.load_study(study_name="from-the-image", storage=pg.url())
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == 2, [t.state for t in study.trials]

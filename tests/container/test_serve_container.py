@@ -211,6 +211,56 @@ def test_precision_modes_in_the_image(
     assert_like_fp32(np.concatenate(rows), Reference(model_dir).for_images(*images), precision, atol)
 
 
+@pytest.mark.parametrize(
+    "precision, flags, atol",
+    [
+        ("fp32", "avx2", 1e-4),
+        ("bf16", "avx2 avx512_bf16", 0.03),  # the flags claim native bf16: OpenVINO's hint is set either way
+        ("int8", "avx2 avx512_vnni", 0.3),  # FakeQuantize calibrated on the artifact's sample
+    ],
+)
+def test_openvino_runtime_in_the_image(precision, flags, atol, engine, serve_image, converged_model, sample_data):
+    """SAGEMAKER_MODEL_RUNTIME=openvino in the image: converted in a child of the master, compiled by each
+    worker after the fork, under glibc's malloc (its CPU plugin aborts under jemalloc), answers like fp32."""
+    test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
+    images = [path.read_bytes() for path in test_files]
+    with serving(
+        engine,
+        serve_image,
+        converged_model,
+        SAGEMAKER_MODEL_RUNTIME="openvino",
+        SAGEMAKER_MODEL_PRECISION=precision,
+        SAGEMAKER_CPU_FLAGS=flags,
+    ) as running:
+        wait_for_ping(engine, running)
+        rows = []
+        for data in images:
+            response = requests.post(
+                running["url"] + "/invocations",
+                data=data,
+                timeout=60,
+                headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
+            )
+            assert response.status_code == 200, response.text
+            rows.append(np.load(io.BytesIO(response.content)))
+        log = engine_run(engine, "logs", running["id"])
+    text = log.stdout + log.stderr
+    assert f"runtime openvino precision {precision} in effect: top-1 agreement with fp32" in text, text[-3000:]
+    assert "falls back" not in text and "MALLOC_ARENA_MAX=2" in text, text[-3000:]
+    assert_like_fp32(np.concatenate(rows), Reference(converged_model).for_images(*images), precision, atol)
+
+
+def test_onnxruntime_is_not_in_the_cpu_image_and_torch_serves_instead(engine, serve_image, tmp_path):
+    """ONNX Runtime stays out of the CPU image (its 1,000 MB bound): asked for, the server says so and serves."""
+    with serving(
+        engine, serve_image, make_model_dir(tmp_path / "model"), SAGEMAKER_MODEL_RUNTIME="onnxruntime"
+    ) as running:
+        wait_for_ping(engine, running)
+        classify_and_check(running)
+        log = engine_run(engine, "logs", running["id"])
+    assert "SAGEMAKER_MODEL_RUNTIME=onnxruntime falls back to torch" in log.stdout + log.stderr
+
+
 def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):
     """The CUDA build of torch, without triton or training packages; with no GPU it serves on the CPU."""
     cuda = engine_run(

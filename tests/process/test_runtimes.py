@@ -20,7 +20,6 @@ from server.settings import cpu_flags
 
 NPY = "application/x-npy"
 TEST_IMAGES = 16
-pytest.importorskip("openvino", reason="the serving requirements install openvino")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,6 @@ def served_probabilities(server, images: list[bytes]) -> np.ndarray:
 def test_runtime_in_effect_agrees_with_fp32_torch(
     runtime, precision, flags, workers, atol, trained_model, sample_images, serve
 ):
-    if runtime == "onnxruntime":
-        pytest.importorskip("onnx", reason="onnxruntime needs requirements-serve-onnx.txt")
     if precision == "bf16" and not set(cpu_flags().split()) & set(NATIVE_BF16):
         pytest.skip("OpenVINO runs its bf16 hint as fp32 on a CPU without native bf16: nothing to tell apart")
     server = serve(
@@ -130,8 +127,6 @@ def test_runtime_in_effect_agrees_with_fp32_torch(
 def test_what_cannot_run_well_falls_back_with_a_reason(
     runtime, precision, env, reason, in_effect, trained_model, sample_images, serve
 ):
-    if runtime == "onnxruntime":
-        pytest.importorskip("onnx", reason="onnxruntime needs requirements-serve-onnx.txt")
     server = serve(trained_model, SAGEMAKER_MODEL_RUNTIME=runtime, SAGEMAKER_MODEL_PRECISION=precision, **env)
     assert reason in server.log()
     assert in_effect in server.log()
