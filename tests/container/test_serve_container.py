@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 import container_engine
 from contract.spec import images
+from contract.spec.artifact import WEIGHTS_FILE
 from helpers.serving import (
     CLASS_NAMES,
     Reference,
@@ -30,6 +31,7 @@ from helpers.serving import (
 )
 from helpers.training import build_image, train_converged_model
 from localnet import wait_healthy
+from server.reservation import reservation
 
 IMAGE = images.serve_image("cpu")
 GPU_IMAGE = images.serve_image("gpu")
@@ -259,6 +261,21 @@ def test_onnxruntime_is_not_in_the_cpu_image_and_torch_serves_instead(engine, se
         classify_and_check(running)
         log = engine_run(engine, "logs", running["id"])
     assert "SAGEMAKER_MODEL_RUNTIME=onnxruntime falls back to torch" in log.stdout + log.stderr
+
+
+def test_the_image_as_an_inference_component_copy(engine, serve_image, tmp_path):
+    """A copy reserved as deploy-component reserves it (server/reservation.py for 2 cores and this model's
+    weights), in a container limited to that memory: it serves, with the reserved workers and threads."""
+    model_dir = make_model_dir(tmp_path / "model")
+    copy = reservation(2, (model_dir / WEIGHTS_FILE).stat().st_size)
+    with serving(engine, serve_image, model_dir, memory=f"{copy.memory_mb}m", **copy.environment()) as running:
+        wait_for_ping(engine, running)
+        classify_and_check(running)
+        metrics = requests.get(running["url"] + "/metrics", timeout=10)
+        log = engine_run(engine, "logs", running["id"])
+    assert metrics.status_code == 200 and "byoc_" in metrics.text
+    text = log.stdout + log.stderr
+    assert f"workers={copy.workers}" in text and f"torch_threads={copy.torch_threads}" in text, text[-2000:]
 
 
 def test_gpu_variant_builds_and_serves_on_a_host_without_gpus(engine, gpu_serve_image, tmp_path):
