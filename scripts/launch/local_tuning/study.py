@@ -110,18 +110,6 @@ def run_study(
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         rdb = open_storage(url, heartbeat_interval, grace_period)
         claim_lock = ClaimLock(rdb, url, study_name)
-        direction: Literal["minimize", "maximize"] = (
-            "minimize" if space.objective_type.lower().startswith("min") else "maximize"
-        )
-        definition = json.loads(
-            json.dumps(
-                {
-                    "parameters": [asdict(p) for p in space.parameters],
-                    "fixed": hyperparameters.to_sagemaker(fixed),
-                    "objective": space.objective_metric,
-                }
-            )
-        )
         gpus, cores = hardware.detect_gpus(), hardware.cpu_count()
         width = hardware.default_parallel(parallel, len(gpus), cores)
         if parallel and width < parallel:
@@ -134,21 +122,8 @@ def run_study(
         )
         heartbeats = Heartbeats(rdb, heartbeat_interval, log, url)
         with claim_lock.held():  # one tuner at a time makes the study, its settings, its queue
-            with optuna_quiet():
-                study = optuna.create_study(
-                    storage=rdb, study_name=study_name, direction=direction, load_if_exists=True
-                )
-            if "definition" not in study.user_attrs:
-                study.set_user_attr("definition", definition)
-                study.set_user_attr("space", space.name)
-                study.set_user_attr("token", uuid.uuid4().hex[:8])
-            elif study.user_attrs["definition"] != definition:
-                where = workdir if private else f"study {study_name} in {shown_url}"
-                raise TuningError(
-                    f"{where} holds a study of another search (space {study.user_attrs.get('space')}, "
-                    f"fixed {study.user_attrs['definition']['fixed']}): use another "
-                    + ("workdir" if private else "study name")
-                )
+            where = workdir if private else f"study {study_name} in {shown_url}"
+            study = _open_study(rdb, study_name, space, fixed, where, "workdir" if private else "study name")
             # a fresh random stream per tuner run: a resumed run must not replay the first run's samples,
             # and two tuners sharing a study must not draw the same ones
             runs = int(study.user_attrs.get("tuner_runs", 0))
@@ -201,19 +176,10 @@ def run_study(
             + ")"
         )
 
-        interrupted = False
         the_runner.expect(remaining)
         try:
             try:
-                with ThreadPoolExecutor(width, thread_name_prefix="trial") as pool:
-                    futures = [pool.submit(work.worker, slot) for slot in slots]
-                    try:
-                        for future in as_completed(futures):
-                            future.result()
-                    except KeyboardInterrupt:
-                        interrupted = True
-                        log("interrupted: stopping the running trials (a rerun resumes the study)")
-                        work.interrupt()
+                interrupted = _run_trials(work, slots, log)
             finally:
                 the_runner.close()
             result = write_reports(study, space, fixed, workdir, target, keep_models, shown_url)
@@ -233,3 +199,51 @@ def run_study(
         if rdb is not None:
             rdb.engine.dispose()  # a shared database's connections go now, not at exit
         lock.close()
+
+
+def _definition(space: spaces.SearchSpace, fixed: dict) -> dict:
+    """What makes a study this search: a study holding another one is refused, not mixed."""
+    return json.loads(
+        json.dumps(
+            {
+                "parameters": [asdict(p) for p in space.parameters],
+                "fixed": hyperparameters.to_sagemaker(fixed),
+                "objective": space.objective_metric,
+            }
+        )
+    )
+
+
+def _open_study(rdb, study_name: str, space: spaces.SearchSpace, fixed: dict, where, other: str) -> optuna.Study:
+    """The study `study_name` in `rdb`, made with this search's definition or found holding it (under the
+    claim lock: one tuner at a time makes it). `where` and `other` name it and its way out in the refusal."""
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if space.objective_type.lower().startswith("min") else "maximize"
+    )
+    definition = _definition(space, fixed)
+    with optuna_quiet():
+        study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction, load_if_exists=True)
+    if "definition" not in study.user_attrs:
+        study.set_user_attr("definition", definition)
+        study.set_user_attr("space", space.name)
+        study.set_user_attr("token", uuid.uuid4().hex[:8])
+    elif study.user_attrs["definition"] != definition:
+        raise TuningError(
+            f"{where} holds a study of another search (space {study.user_attrs.get('space')}, "
+            f"fixed {study.user_attrs['definition']['fixed']}): use another {other}"
+        )
+    return study
+
+
+def _run_trials(work: TrialWork, slots: list, log: Callable[[str], None]) -> bool:
+    """Every slot's worker until the study has its trials; True when Ctrl-C stopped them."""
+    with ThreadPoolExecutor(len(slots), thread_name_prefix="trial") as pool:
+        futures = [pool.submit(work.worker, slot) for slot in slots]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            log("interrupted: stopping the running trials (a rerun resumes the study)")
+            work.interrupt()
+            return True
+    return False
