@@ -45,6 +45,9 @@ def line(**fields) -> bytes:
     return json.dumps(fields).encode() + b"\n"
 
 
+RETRY_PAUSE_S = 0.05
+
+
 def until_deadline(deadline: float, step: Callable[..., T], *args) -> T:
     """step(*args), again while the server is busy (Overloaded), until `deadline`."""
     while True:
@@ -53,6 +56,9 @@ def until_deadline(deadline: float, step: Callable[..., T], *args) -> T:
         except Overloaded:
             if time.monotonic() >= deadline:
                 raise DeadlinePassed from None
+            # the busy server's decodes and forward passes need this thread's CPU more than a retry does
+            # (with SAGEMAKER_DECODE_WAIT_S=0 the budget refuses at once: no sleep, and this spun)
+            time.sleep(RETRY_PAUSE_S)
 
 
 @dataclass

@@ -45,6 +45,7 @@ MAX_NAME_CHARS = 1024
 # A zip's central directory holds 46 bytes and the name (and extras) per member: more than this on
 # average is no archive of images, and zipfile would parse all of it into memory at once.
 MAX_CENTRAL_RECORD_BYTES = 1024
+CENTRAL_HEADER_BYTES = 46  # a central directory record's fixed part; its name, extra and comment follow
 # A tar's long-name and pax headers: a name and a few fields, never megabytes.
 MAX_EXTENDED_HEADER_BYTES = 64 << 10
 MAX_EXTENDED_HEADERS_IN_A_ROW = 4
@@ -66,6 +67,13 @@ ZIP_MEMBER_ERRORS = (
     struct.error,
 )
 _CONTROL = dict.fromkeys([*range(32), 127], "?")
+# zipfile unpacks a deflated member at most as far as asked; a bzip2 or xz member a whole chunk of its
+# compressed bytes at once, with no bound on the output (a few KB of bzip2: gigabytes), before it cuts
+# the result to the declared size. Images are compressed already: stored and deflate are what tools write.
+BOUNDED_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+UNBOUNDED_COMPRESSION = "unsupported archive member compression (only stored and deflate)"
+# pax records in one extended header: a path and a few fields, never thousands
+MAX_PAX_RECORDS = 64
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,8 @@ def zip_entries(file: BinaryIO, limits: Limits) -> Iterator[Entry]:
         raise _too_many(limits, "archive members")
     if directory_bytes > limits.max_entries * MAX_CENTRAL_RECORD_BYTES:
         raise TooLarge(f"zip central directory larger than {MAX_CENTRAL_RECORD_BYTES} bytes per member")
+    if _central_records(file, limits.max_entries + 1) > limits.max_entries:  # the end record understated them
+        raise _too_many(limits, "archive members")
     try:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError):
@@ -139,6 +149,25 @@ def zip_entries(file: BinaryIO, limits: Limits) -> Iterator[Entry]:
             "(SAGEMAKER_ASYNC_MAX_PAYLOAD_IN_MB)"
         )
     return _zip_images(archive, images, limits)
+
+
+def _central_records(file: BinaryIO, at_most: int) -> int:
+    """The central directory's records, counted up to `at_most` with their headers alone: zipfile would
+    make an object of every one, however many the end record left unsaid."""
+    file.seek(0)
+    end = zipfile._EndRecData(file)  # type: ignore[attr-defined]
+    start = end[zipfile._ECD_LOCATION] - end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    count, offset = 0, max(0, start)
+    while count < at_most:
+        file.seek(offset)
+        header = file.read(CENTRAL_HEADER_BYTES)
+        if len(header) < CENTRAL_HEADER_BYTES or not header.startswith(zipfile.stringCentralDir):  # type: ignore[attr-defined]
+            break
+        name, extra, comment = struct.unpack_from("<3H", header, 28)
+        count, offset = count + 1, offset + CENTRAL_HEADER_BYTES + name + extra + comment
+    return count
 
 
 def _end_record(file: BinaryIO) -> tuple[int, int]:
@@ -165,6 +194,9 @@ def _zip_images(archive: zipfile.ZipFile, images: list[zipfile.ZipInfo], limits:
             name = entry_name(info.filename)
             if info.file_size > limits.max_image_bytes:
                 yield Entry(name, error=_too_large_for_one(limits))
+                continue
+            if info.compress_type not in BOUNDED_COMPRESSIONS:
+                yield Entry(name, error=UNBOUNDED_COMPRESSION)
                 continue
             try:
                 with archive.open(info) as member:
@@ -250,12 +282,15 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
         return data.split(b"\0", 1)[0].decode("utf-8", "replace")
     if kind != tarfile.XHDTYPE:
         return None
-    name = None
-    while data:  # records: b"<length> <key>=<value>\n"
-        size_text, _, _ = data[:20].partition(b" ")
-        if not size_text.isdigit() or not 0 < int(size_text) <= len(data):
-            return name
-        record, data = data[: int(size_text)], data[int(size_text) :]
+    name, offset = None, 0
+    for _ in range(MAX_PAX_RECORDS):  # records: b"<length> <key>=<value>\n", walked in place (no copies)
+        if offset >= len(data):
+            break
+        size_text, _, _ = data[offset : offset + 20].partition(b" ")
+        if not size_text.isdigit() or not 0 < int(size_text) <= len(data) - offset:
+            break
+        record = data[offset : offset + int(size_text)]
+        offset += int(size_text)
         key, _, value = record.partition(b" ")[2].partition(b"=")
         if key == b"path":
             name = value.removesuffix(b"\n").decode("utf-8", "replace")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -223,12 +224,41 @@ def test_a_zip_member_that_lies_about_its_size_is_never_unpacked_past_it():
     assert entry.data is None and "unreadable" in entry.error
 
 
-def test_an_end_record_that_understates_its_members_is_still_counted():
+def test_an_end_record_that_understates_its_members_is_counted_before_zipfile_parses_them(monkeypatch):
+    """Counted from the records' headers: zipfile would first make an object of every one (a 22 MB
+    directory claiming 1 member: 440,000 of them, 190 MB)."""
     body = bytearray(make_zip([(f"{i}.jpg", b"") for i in range(60)]))
     end = body.rindex(b"PK\x05\x06")
     body[end + 8 : end + 12] = (1).to_bytes(2, "little") * 2  # "1 member"
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("zipfile parsed the central directory")
+
+    monkeypatch.setattr(async_input.zipfile, "ZipFile", parsed)
     with pytest.raises(TooLarge):
         read(ZIP, bytes(body))
+
+
+def test_members_zipfile_cannot_unpack_in_bounded_memory_are_error_entries():
+    """bzip2 and xz members are unpacked a whole chunk at a time with no bound on the output (a few KB
+    of bzip2: gigabytes) before zipfile cuts them to their declared size: not read at all."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.jpg", b"a" * 100, compress_type=zipfile.ZIP_BZIP2)
+        archive.writestr("b.jpg", b"b" * 100, compress_type=zipfile.ZIP_LZMA)
+        archive.writestr("c.jpg", b"c" * 100, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("d.jpg", b"d" * 100, compress_type=zipfile.ZIP_STORED)
+    a, b, c, d = read(ZIP, buffer.getvalue())
+    assert a.data is None and b.data is None and "compression" in a.error and "compression" in b.error
+    assert (c.data, d.data) == (b"c" * 100, b"d" * 100)
+
+
+def test_a_pax_header_is_read_for_a_bounded_number_of_records():
+    """A 64 KB header of 2-byte records took quadratic time to walk (each record copied the rest off):
+    walked in place, and no more than MAX_PAX_RECORDS of them."""
+    filler = b"2 " * (async_input.MAX_PAX_RECORDS + 1)
+    assert async_input._long_name(tarfile.XHDTYPE, filler + b"13 path=a.jpg\n") is None
+    assert async_input._long_name(tarfile.XHDTYPE, b"2 " * 10 + b"13 path=a.jpg\n") == "a.jpg"
 
 
 def test_a_huge_central_directory_is_refused_before_zipfile_parses_it():
@@ -290,3 +320,39 @@ def test_any_lines_are_entries_or_a_4xx(lines):
     entries = refused_or(JSON_LINES, b"\n".join(lines))
     for entry in entries or []:
         assert entry.name.startswith("line ") or entry.data is not None
+
+
+# -- the disk the spooled bodies take, and waiting out a busy server --
+
+
+def test_a_body_the_disk_cannot_hold_beside_the_others_is_refused_before_spooling(tmp_path):
+    from server.async_transport import DISK_HEADROOM_BYTES, SpoolRoom
+    from server.errors import Overloaded
+
+    room = SpoolRoom()
+    free = shutil.disk_usage(tmp_path).free
+    half = (free - DISK_HEADROOM_BYTES) // 2
+    room.take(str(tmp_path), half)
+    room.take(str(tmp_path), half // 2)
+    with pytest.raises(Overloaded):
+        room.take(str(tmp_path), half)  # fits the disk alone, not beside the other two
+    room.give_back(half)
+    room.take(str(tmp_path), half)  # room again once a request is done
+
+
+def test_waiting_out_a_busy_server_does_not_spin():
+    """With SAGEMAKER_DECODE_WAIT_S=0 the decode budget refuses at once; the retries pause between them."""
+    import time
+
+    from server.async_inference import DeadlinePassed, until_deadline
+    from server.errors import Overloaded
+
+    calls = []
+
+    def busy():
+        calls.append(1)
+        raise Overloaded("busy")
+
+    with pytest.raises(DeadlinePassed):
+        until_deadline(time.monotonic() + 0.3, busy)
+    assert len(calls) < 30, len(calls)
