@@ -65,6 +65,7 @@ def test_only_dead_tuners_trials_are_requeued(pg, tmp_path):
     lines: list[str] = []
     try:
         study = optuna.create_study(storage=rdb, study_name="claims")
+        (tmp_path / "me").mkdir(), (tmp_path / "other").mkdir()
         me, other = sharing.tuner_id(tmp_path / "me"), sharing.tuner_id(tmp_path / "other")
 
         def started(owner: str, heartbeat: bool) -> optuna.trial.Trial:

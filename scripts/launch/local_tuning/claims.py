@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,12 +29,29 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from .reports import params_text
 from .storage import ClaimLock, Heartbeats, heartbeat_ages, optuna_quiet
 
-TUNER_ATTR = "tuner"  # a trial's user attribute: host:workdir of the tuner that ran it
+TUNER_ATTR = "tuner"  # a trial's user attribute: tuner_id() of the tuner that ran it
 DONE, WAIT = "done", "wait"
 
 
+TUNER_ID_FILE = ".tuner-id"
+
+
 def tuner_id(workdir: Path) -> str:
-    return f"{socket.gethostname()}:{workdir}"
+    """host:workdir:token. The token lives in the workdir, so a tuner restarted on it is the same tuner (it
+    re-queues its own trials at once), while two tuners whose host and path look alike are not: run_local
+    runs every tuner as /work in a container, on the host's network (and hostname) for a database on
+    127.0.0.1, and each took the other's running trials for its own dead ones."""
+    marker = Path(workdir) / TUNER_ID_FILE
+    try:
+        token = marker.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = uuid.uuid4().hex[:12]
+        staged = marker.with_name(f"{TUNER_ID_FILE}.{token}")
+        staged.write_text(token)
+        staged.replace(marker)
+    return f"{socket.gethostname()}:{workdir}:{token}"
 
 
 def interrupted(trial: FrozenTrial) -> bool:

@@ -30,7 +30,7 @@ class TrialRow:
     note: str
     log: Path  # where its tuner wrote it: on another machine for a trial of another tuner
     finished: float | None = None  # when it ended (time.time())
-    tuner: str = ""  # host:workdir of the tuner that ran it (claims.py)
+    tuner: str = ""  # host:workdir:token of the tuner that ran it (claims.tuner_id)
 
 
 @dataclass
