@@ -3,6 +3,8 @@ compiles OpenVINO (served.openvino_config): from simulated CPU flags, GPU counts
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.runtimes.choice import precision_fallback, runtime_fallback
@@ -53,3 +55,39 @@ def test_openvino_pins_threads_only_in_a_lone_worker():
     assert openvino_config("fp32", 2, set(), workers=1)["ENABLE_CPU_PINNING"] is True
     config = openvino_config("fp32", 1, set(), workers=2)
     assert config["ENABLE_CPU_PINNING"] is False and config["INFERENCE_NUM_THREADS"] == 1 and config["NUM_STREAMS"] == 1
+
+
+def test_a_multi_model_endpoint_serves_with_torch():
+    """Its workers load each model inside a request: converting there would hold that request for minutes,
+    again at every reload, and leave a converted copy behind each time."""
+    reason = runtime_fallback("openvino", gpus=0, is_installed=lambda _: True, multi_model=True)
+    assert reason and "multi-model" in reason
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [
+        {"error": "the converter exited with 1 and no verdict"},
+        {"images": 8, "agreeing": 1, "max_prob_diff": 0.9, "source": "photos", "finite": True, "path": "x"},
+    ],
+)
+def test_a_conversion_torch_replaces_leaves_nothing_behind(verdict, tmp_path, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from contract.preprocess import Preprocessing
+    from server import runtimes
+    from server.settings import Settings
+
+    def convert(model_dir, runtime, mode, out_dir, settings):
+        (Path(out_dir) / "model.xml").write_text("converted")  # what a converter leaves
+        return verdict
+
+    monkeypatch.setattr(runtimes, "convert_in_child", convert)
+    settings = dataclasses.replace(
+        Settings.from_env({"SAGEMAKER_MODEL_RUNTIME": "openvino"}), run_dir=str(tmp_path), gpus=0, multi_model=False
+    )
+    model = torch.nn.Linear(2, 2)
+    assert runtimes.prepare(model, settings, tmp_path, Preprocessing()) is model  # torch fp32 serves
+    assert not list(tmp_path.glob("openvino-*"))

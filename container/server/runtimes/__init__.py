@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def prepare(model: nn.Module, settings: Settings, model_dir, prep: Preprocessing
     if settings.runtime == "torch":
         return precision.prepare(model, settings, model_dir, prep)
     flags = set(settings.cpu_flags.split())
-    reason = runtime_fallback(settings.runtime, settings.gpus)
+    reason = runtime_fallback(settings.runtime, settings.gpus, multi_model=settings.multi_model)
     if reason:
         log.warning("SAGEMAKER_MODEL_RUNTIME=%s falls back to torch: %s", settings.runtime, reason)
         return precision.prepare(model, settings, model_dir, prep)
@@ -75,11 +76,13 @@ def prepare(model: nn.Module, settings: Settings, model_dir, prep: Preprocessing
     verdict = convert_in_child(model_dir, settings.runtime, mode, out_dir, settings)
     if "error" in verdict:
         log.warning("runtime %s precision %s falls back to torch fp32: %s", settings.runtime, mode, verdict["error"])
+        shutil.rmtree(out_dir, ignore_errors=True)  # what the converter left: torch serves
         return model
     check = precision.Check(verdict["images"], verdict["agreeing"], verdict["max_prob_diff"], verdict["source"])
     name = f"runtime {settings.runtime} precision {mode}"
     if not verdict["finite"] or check.agreement < precision.MIN_AGREEMENT:
         log.warning("%s falls back to torch fp32: its outputs are wrong, %s", name, check.describe())
+        shutil.rmtree(out_dir, ignore_errors=True)
         return model
     log.info("%s in effect: %s (CPU flags: %s)", name, check.describe(), settings.cpu_flags or "none known")
     return RuntimeModel(settings.runtime, mode, verdict["path"], settings.torch_threads, flags, settings.workers)

@@ -21,10 +21,15 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def runtime_fallback(runtime: str, gpus: int, is_installed=installed) -> str | None:
+def runtime_fallback(runtime: str, gpus: int, is_installed=installed, multi_model: bool = False) -> str | None:
     """Why `runtime` cannot serve on this host: then torch serves."""
     if gpus:
         return f"{runtime} runs on the CPU here and this host serves on its GPU"
+    if multi_model:  # each worker loads each model in a request: a conversion there would take minutes
+        return (
+            f"a multi-model endpoint loads its models in its workers, where converting each for {runtime} "
+            "would hold its first request for minutes"
+        )
     missing = [module for module in MODULES[runtime] if not is_installed(module)]
     if missing:
         return (
