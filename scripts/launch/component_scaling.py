@@ -74,7 +74,7 @@ def _missing(exc: Exception) -> bool:
     """SageMaker's and Application Auto Scaling's 'no such thing' (a ValidationException or ObjectNotFound)."""
     error = getattr(exc, "response", {}).get("Error", {})
     text = f"{error.get('Code', '')} {error.get('Message', '')}".lower()
-    return "not found" in text or "could not find" in text or "does not exist" in text or "objectnotfound" in text
+    return any(sign in text for sign in ("not found", "notfound", "could not find", "does not exist"))
 
 
 def remove_scaling(session, component_name: str) -> list[str]:
@@ -84,17 +84,22 @@ def remove_scaling(session, component_name: str) -> list[str]:
     target = dict(ServiceNamespace=NAMESPACE, ResourceId=resource_id(component_name), ScalableDimension=DIMENSION)
     removed = []
     policies = scaling.describe_scaling_policies(ServiceNamespace=NAMESPACE, ResourceId=resource_id(component_name))
+    # ours by its name too: once its policy is gone (a cleanup cut short), no policy names it any more
     alarms = sorted(
-        {
+        {alarm_name(component_name)}
+        | {
             alarm["AlarmName"]
             for p in policies["ScalingPolicies"]
             if p["PolicyType"] == "StepScaling"
             for alarm in p.get("Alarms", [])
         }
     )
-    if alarms:
+    try:
         session.boto_session.client("cloudwatch").delete_alarms(AlarmNames=alarms)
         removed += [f"alarm {name}" for name in alarms]
+    except Exception as exc:
+        if not _missing(exc):
+            raise
     for policy in policies["ScalingPolicies"]:
         scaling.delete_scaling_policy(PolicyName=policy["PolicyName"], **target)
         removed.append(f"scaling policy {policy['PolicyName']}")
@@ -111,10 +116,13 @@ def remove_components(session, endpoint_name: str) -> list[str]:
     """Every inference component on the endpoint, with its scaling and its model; waits (bounded) until
     each is gone, since the endpoint cannot be deleted before. -> what was removed."""
     client = session.sagemaker_client
-    names = [
-        c["InferenceComponentName"]
-        for c in client.list_inference_components(EndpointNameEquals=endpoint_name)["InferenceComponents"]
-    ]
+    names, page = [], {}
+    while True:  # a page holds 10 by default
+        listed = client.list_inference_components(EndpointNameEquals=endpoint_name, **page)
+        names += [c["InferenceComponentName"] for c in listed["InferenceComponents"]]
+        if not listed.get("NextToken"):
+            break
+        page = {"NextToken": listed["NextToken"]}
     removed, models = [], []
     for name in names:
         removed += remove_scaling(session, name)

@@ -103,3 +103,26 @@ def test_sm_invoke_names_the_component(aws, tmp_path, capsys):
     calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
     assert [call["InferenceComponentName"] for call in calls] == ["dogs-ic", "dogs-ic"]
     assert capsys.readouterr().out.count("040.Bulldog 0.900") == 2
+
+
+def test_cleanup_cut_short_before_finds_what_is_left(aws):
+    """A cleanup that stopped after the policies went: the step policy's alarm is found by its name (no
+    policy names it any more), and the endpoint's components are listed page by page."""
+    from launch import component_scaling
+
+    session, _, recorder = aws
+    recorder.expect("sagemaker", "list_inference_components", {"InferenceComponents": [], "NextToken": "page-2"})
+    recorder.expect("sagemaker", "list_inference_components", {"InferenceComponents": [expected.component_summary()]})
+    recorder.expect("application-autoscaling", "describe_scaling_policies", {"ScalingPolicies": []})
+    recorder.expect("cloudwatch", "delete_alarms")
+    recorder.stubbers["application-autoscaling"].add_client_error(
+        "deregister_scalable_target", service_error_code="ObjectNotFoundException", service_message="No scalable target"
+    )
+    recorder.expect("sagemaker", "describe_inference_component", expected.component_description())
+    recorder.expect("sagemaker", "delete_inference_component")
+    expected.not_found(recorder, "sagemaker", "describe_inference_component", "Could not find inference component.")
+    recorder.expect("sagemaker", "delete_model")
+    removed = component_scaling.remove_components(session, "dogs")
+    assert removed == ["alarm dogs-ic-no-capacity", "inference component dogs-ic", "model dogs-model"]
+    assert recorder.request("DeleteAlarms") == {"AlarmNames": ["dogs-ic-no-capacity"]}
+    assert recorder.request("ListInferenceComponents") == {"EndpointNameEquals": "dogs", "NextToken": "page-2"}
