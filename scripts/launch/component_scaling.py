@@ -116,7 +116,8 @@ def remove_components(session, endpoint_name: str) -> list[str]:
     """Every inference component on the endpoint, with its scaling and its model; waits (bounded) until
     each is gone, since the endpoint cannot be deleted before. -> what was removed."""
     client = session.sagemaker_client
-    names, page = [], {}
+    names: list[str] = []
+    page: dict[str, str] = {}
     while True:  # a page holds 10 by default
         listed = client.list_inference_components(EndpointNameEquals=endpoint_name, **page)
         names += [c["InferenceComponentName"] for c in listed["InferenceComponents"]]
