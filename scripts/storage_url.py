@@ -8,6 +8,7 @@ tuner alike: the environment variable that carries it, and how it may be shown. 
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 STORAGE_ENV = "TUNING_STORAGE_URL"  # the URL when --storage is not given: out of the command line and `ps`
@@ -22,10 +23,17 @@ def redact(url: str) -> str:
     except ValueError:
         return "<unparsable storage URL>"
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}")
+    # libpq also takes secrets as query parameters (?password=..., ?sslpassword=...)
+    query = "&".join(
+        f"{key}=***" if key.lower().endswith("password") else item
+        for item in parts.query.split("&")
+        for key in [item.partition("=")[0]]
+    )
+    redacted = parts._replace(query=query)
+    # unchanged URLs as written: urlunsplit would drop the empty host of sqlite:///study.db
+    return url if redacted == urlsplit(url) else urlunsplit(redacted)
 
 
 def password(url: str) -> str | None:
@@ -42,10 +50,11 @@ def scrub(text: str, url: str) -> str:
     from urllib.parse import unquote
 
     secret = password(url)
-    for form in {secret, unquote(secret)} if secret else ():
-        if form:
-            text = text.replace(form, "***")
-    return text
+    forms = sorted({form for form in (secret, unquote(secret or "")) if form}, key=len, reverse=True)
+    if not forms:
+        return text
+    # both forms in one pass: replacing one after the other would find the password "*" in the first's ***
+    return re.sub("|".join(map(re.escape, forms)), "***", text)
 
 
 def on_loopback(url: str) -> bool:

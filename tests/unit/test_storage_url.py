@@ -76,3 +76,11 @@ def test_sm_tune_takes_a_storage_for_local_studies_only(monkeypatch):
     remote = types.SimpleNamespace(is_local=False)
     with pytest.raises(SystemExit, match="--storage is for --local"):
         cli.tune(defaults, remote, None, None, None, None)  # refused before any call to AWS
+
+
+@given(passwords, st.sampled_from(["password", "sslpassword", "PASSWORD"]))
+def test_a_password_given_as_a_query_parameter_never_shows(password, key):
+    """libpq also takes secrets as query parameters."""
+    written = quote(password, safe="")
+    shown = storage_url.redact(f"postgresql+psycopg://tuner@db:5432/tuning?sslmode=require&{key}={written}")
+    assert shown == f"postgresql+psycopg://tuner@db:5432/tuning?sslmode=require&{key}=***"
