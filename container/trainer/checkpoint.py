@@ -40,6 +40,11 @@ from contract.artifact import atomic_torch_save
 from trainer import distributed
 
 FILE_NAME = "checkpoint.pt"
+# what `save` writes and `restore` reads: a file without one of them is set aside, not half-read
+SAVED_KEYS = frozenset(
+    {"fingerprint", "model", "optimizer", "schedule", "scaler", "epoch", "best_loss", "best_epoch", "best_state"}
+    | {"history", "global_step", "step", "partial", "rng", "skipped"}
+)
 
 
 def frozen_keys(model: nn.Module, frozen: list[nn.Module]) -> set[str]:
@@ -210,7 +215,11 @@ class Checkpointer:
         if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint(loop):
             self.set_aside("mismatch", "it was written by a job with other data or settings")
             return None
-        if set(saved["model"]) != set(loop.trainable_state()):
+        missing = sorted(SAVED_KEYS - set(saved))
+        if missing:  # a file cut short by hand or by another tool: rank 0 would fail before telling the others
+            self.set_aside("mismatch", f"it lacks {', '.join(missing)}")
+            return None
+        if not isinstance(saved["model"], dict) or set(saved["model"]) != set(loop.trainable_state()):
             self.set_aside("mismatch", "it holds other parameters than this job trains")
             return None
         return saved

@@ -94,6 +94,19 @@ def test_another_jobs_checkpoint_is_moved_aside_and_kept(tmp_path, capsys):
     assert len(aside(tmp_path, "mismatch")) == 2
 
 
+def test_a_checkpoint_of_this_job_missing_a_part_is_moved_aside(tmp_path, capsys):
+    """Its fingerprint matches but a part is gone: read on rank 0 alone before the broadcast, a KeyError
+    there left the other ranks waiting out the collective timeout."""
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    saved = torch.load(checkpointer.path, weights_only=True)
+    del saved["scaler"]
+    torch.save(saved, checkpointer.path)
+    assert checkpointer.restore(fresh()).epoch == 0
+    assert "it lacks scaler; moved it to" in capsys.readouterr().out
+    assert len(aside(tmp_path, "mismatch")) == 1
+
+
 def test_only_rank_0_moves_a_checkpoint_aside(tmp_path):
     loop, state, checkpointer = trained(tmp_path)
     checkpointer.save(loop, state)
