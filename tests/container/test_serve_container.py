@@ -171,6 +171,28 @@ def test_cpu_image_is_at_most_1000_mb(engine, serve_image):
     assert size <= MAX_IMAGE_BYTES["cpu"], f"{serve_image} is {size / 1e6:,.0f} MB"
 
 
+def sample_jpegs(sample_data, count: int = 8) -> list[bytes]:
+    """The first `count` JPEGs of the sample data's test split: the precision and runtime modes' inputs."""
+    files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:count]
+    assert len(files) == count
+    return [path.read_bytes() for path in files]
+
+
+def served_probabilities(container, images: list[bytes]) -> np.ndarray:
+    """Each image's class probabilities as the container answers them (application/x-npy), one row each."""
+    rows = []
+    for data in images:
+        response = requests.post(
+            container["url"] + "/invocations",
+            data=data,
+            timeout=60,
+            headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
+        )
+        assert response.status_code == 200, response.text
+        rows.append(np.load(io.BytesIO(response.content)))
+    return np.concatenate(rows)
+
+
 @pytest.mark.parametrize(
     "precision, compile_mode, flags, atol",
     [
@@ -186,9 +208,7 @@ def test_precision_modes_in_the_image(
     """Each mode runs in the image, not only against the test environment's torch (test_precision.py):
     what Dockerfile.serve removes must include nothing these modes load (sympy for torch.fx, ...)."""
     model_dir = converged_model
-    test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
-    images = [path.read_bytes() for path in test_files]
-    assert len(images) == 8
+    images = sample_jpegs(sample_data)
     with serving(
         engine,
         serve_image,
@@ -198,19 +218,10 @@ def test_precision_modes_in_the_image(
         SAGEMAKER_CPU_FLAGS=flags,
     ) as running:
         wait_for_ping(engine, running)
-        rows = []
-        for data in images:
-            response = requests.post(
-                running["url"] + "/invocations",
-                data=data,
-                timeout=60,
-                headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
-            )
-            assert response.status_code == 200, response.text
-            rows.append(np.load(io.BytesIO(response.content)))
+        probabilities = served_probabilities(running, images)
         log = engine_run(engine, "logs", running["id"])
     assert f"precision {precision} (compile {compile_mode}) in effect" in log.stdout + log.stderr, log.stderr
-    assert_like_fp32(np.concatenate(rows), Reference(model_dir).for_images(*images), precision, atol)
+    assert_like_fp32(probabilities, Reference(model_dir).for_images(*images), precision, atol)
 
 
 @pytest.mark.parametrize(
@@ -224,8 +235,7 @@ def test_precision_modes_in_the_image(
 def test_openvino_runtime_in_the_image(precision, flags, atol, engine, serve_image, converged_model, sample_data):
     """SAGEMAKER_MODEL_RUNTIME=openvino in the image: converted in a child of the master, compiled by each
     worker after the fork, under glibc's malloc (its CPU plugin aborts under jemalloc), answers like fp32."""
-    test_files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:8]
-    images = [path.read_bytes() for path in test_files]
+    images = sample_jpegs(sample_data)
     with serving(
         engine,
         serve_image,
@@ -235,21 +245,12 @@ def test_openvino_runtime_in_the_image(precision, flags, atol, engine, serve_ima
         SAGEMAKER_CPU_FLAGS=flags,
     ) as running:
         wait_for_ping(engine, running)
-        rows = []
-        for data in images:
-            response = requests.post(
-                running["url"] + "/invocations",
-                data=data,
-                timeout=60,
-                headers={"Content-Type": "image/jpeg", "Accept": "application/x-npy"},
-            )
-            assert response.status_code == 200, response.text
-            rows.append(np.load(io.BytesIO(response.content)))
+        probabilities = served_probabilities(running, images)
         log = engine_run(engine, "logs", running["id"])
     text = log.stdout + log.stderr
     assert f"runtime openvino precision {precision} in effect: top-1 agreement with fp32" in text, text[-3000:]
     assert "falls back" not in text and "MALLOC_ARENA_MAX=2" in text, text[-3000:]
-    assert_like_fp32(np.concatenate(rows), Reference(converged_model).for_images(*images), precision, atol)
+    assert_like_fp32(probabilities, Reference(converged_model).for_images(*images), precision, atol)
 
 
 def test_onnxruntime_is_not_in_the_cpu_image_and_torch_serves_instead(engine, serve_image, tmp_path):
