@@ -267,3 +267,14 @@ def multi_model_server(tmp_path_factory, name: str, root, **env: str) -> ServerP
         SAGEMAKER_MULTI_MODEL_ROOT=str(root),
         **env,
     )
+
+
+def served_probabilities(server, images: list[bytes]) -> np.ndarray:
+    """Each image's class probabilities as `server` (a ServerProcess) answers them (application/x-npy)."""
+    rows = []
+    for data in images:
+        kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+        response = server.invoke(data, kind, headers={"Accept": "application/x-npy"})
+        assert response.status_code == 200, response.text
+        rows.append(np.load(io.BytesIO(response.content)))
+    return np.concatenate(rows)

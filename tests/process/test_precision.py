@@ -13,7 +13,6 @@ No speed is asserted here, only which mode is in effect and that its answers are
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
@@ -21,11 +20,8 @@ import pytest
 from PIL import Image
 
 from contract import artifact
-from helpers.serving import Reference, ServerProcess, assert_like_fp32, make_calibrated_model_dir
+from helpers.serving import Reference, ServerProcess, assert_like_fp32, make_calibrated_model_dir, served_probabilities
 from helpers.training import train_converged_model
-
-NPY = "application/x-npy"
-TEST_IMAGES = 16
 
 
 @pytest.fixture(scope="module")
@@ -40,38 +36,6 @@ def calibrated_model(sample_data, tmp_path_factory):
     corrupt = root / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not a JPEG")
     return make_calibrated_model_dir(root / "model", sample_data, unreadable=(corrupt,))
-
-
-@pytest.fixture(scope="module")
-def sample_images(sample_data) -> list[bytes]:
-    """The data set's held-out JPEGs and PNGs, as a client would send them."""
-    files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return [p.read_bytes() for p in files[:TEST_IMAGES]]
-
-
-@pytest.fixture
-def serve(tmp_path):
-    started = []
-
-    def start(model_dir, **env):
-        server = ServerProcess(model_dir, tmp_path / f"server{len(started)}.log", **env)
-        started.append(server)
-        server.wait_ready(timeout=240)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def served_probabilities(server, images: list[bytes]) -> np.ndarray:
-    rows = []
-    for data in images:
-        kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
-        response = server.invoke(data, kind, headers={"Accept": NPY})
-        assert response.status_code == 200, response.text
-        rows.append(np.load(io.BytesIO(response.content)))
-    return np.concatenate(rows)
 
 
 def test_calibration_sample_skips_unreadable_files_and_is_small(calibrated_model):

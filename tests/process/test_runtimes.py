@@ -7,55 +7,20 @@ SM_NUM_GPUS. No speed is asserted here: scripts/bench.py runtimes measures it.
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
 import pytest
 
-from helpers.serving import Reference, ServerProcess, assert_like_fp32
+from helpers.serving import Reference, ServerProcess, assert_like_fp32, served_probabilities
 from helpers.training import train_converged_model
 from server.precision import NATIVE_BF16
 from server.settings import cpu_flags
-
-NPY = "application/x-npy"
-TEST_IMAGES = 16
 
 
 @pytest.fixture(scope="module")
 def trained_model(sample_data, tmp_path_factory):
     return train_converged_model(tmp_path_factory.mktemp("runtimes"), sample_data)
-
-
-@pytest.fixture(scope="module")
-def sample_images(sample_data) -> list[bytes]:
-    files = sorted(p for p in (sample_data / "test").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return [p.read_bytes() for p in files[:TEST_IMAGES]]
-
-
-@pytest.fixture
-def serve(tmp_path):
-    started = []
-
-    def start(model_dir, **env):
-        server = ServerProcess(model_dir, tmp_path / f"server{len(started)}.log", **env)
-        started.append(server)
-        server.wait_ready(timeout=240)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def served_probabilities(server, images: list[bytes]) -> np.ndarray:
-    rows = []
-    for data in images:
-        kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
-        response = server.invoke(data, kind, headers={"Accept": NPY})
-        assert response.status_code == 200, response.text
-        rows.append(np.load(io.BytesIO(response.content)))
-    return np.concatenate(rows)
 
 
 @pytest.mark.parametrize(
