@@ -1,0 +1,90 @@
+"""Where OpenVINO int8 puts its FakeQuantize nodes (server/runtimes/openvino_model.py): NNCF's
+placement, which keeps a residual block in int8. Converted from a small ResNet on random data."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import openvino
+import pytest
+import torch
+import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.runtimes import openvino_model
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=4).eval()
+    with torch.no_grad():
+        model = openvino.convert_model(network, example_input=torch.zeros(1, 3, 32, 32), input=[-1, 3, 32, 32])
+    openvino_model.quantize(model, torch.randn(8, 3, 32, 32))
+    return model
+
+
+def quantizer(value):
+    node = value.get_node()
+    return node if node.get_type_name() == "FakeQuantize" else None
+
+
+def test_every_convolution_takes_quantized_activations_and_weights(quantized):
+    convolutions = [node for node in quantized.get_ordered_ops() if node.get_type_name() == "Convolution"]
+    assert len(convolutions) == 20
+    for node in convolutions:
+        assert quantizer(node.input_value(0)) is not None, node.get_friendly_name()
+        weights = quantizer(node.input_value(1))
+        assert weights is not None and int(weights.get_attributes()["levels"]) == 255
+
+
+def test_both_branches_of_every_residual_add_are_quantized(quantized):
+    joins = [
+        node
+        for node in quantized.get_ordered_ops()
+        if node.get_type_name() == "Add"
+        and all(node.input_value(i).get_node().get_type_name() != "Constant" for i in (0, 1))
+    ]
+    assert len(joins) == 8  # resnet18: two blocks in each of four stages
+    for node in joins:
+        assert quantizer(node.input_value(0)) and quantizer(node.input_value(1)), node.get_friendly_name()
+
+
+def test_one_quantizer_per_tensor_shared_by_its_consumers(quantized):
+    quantized_sources = collections.Counter(
+        openvino_model.source_key(node.input_value(0))
+        for node in quantized.get_ordered_ops()
+        if node.get_type_name() == "FakeQuantize" and node.input_value(0).get_node().get_type_name() != "Constant"
+    )
+    assert quantized_sources and max(quantized_sources.values()) == 1
+    pooled = [node for node in quantized.get_ordered_ops() if node.get_type_name() in ("MaxPool", "ReduceMean")]
+    assert pooled and all(quantizer(node.input_value(0)) for node in pooled)
+
+
+def test_quantized_model_still_ranks_like_fp32(quantized):
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=4).eval()
+    inputs = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        reference = network(inputs)
+    compiled = openvino.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    logits = torch.from_numpy(compiled({0: inputs.numpy()})[0])
+    assert torch.corrcoef(torch.stack([reference.flatten(), logits.flatten()]))[0, 1] > 0.9
+
+
+@given(
+    st.floats(-1e4, 1e4, allow_nan=False, width=32),
+    st.floats(-1e4, 1e4, allow_nan=False, width=32),
+)
+def test_activation_bounds_keep_zero_on_the_int8_grid(a, b):
+    low, high = openvino_model.activation_bounds(min(a, b), max(a, b))
+    assert high > low
+    step = (float(high) - float(low)) / 255
+    zero_at = -float(low) / step
+    assert abs(zero_at - round(zero_at)) < 1e-3  # zero (ReLU's output, padding) is exact
+    if min(a, b) >= 0:
+        assert low == 0 and high >= np.float32(max(a, b)) - 1e-6
+    else:
+        assert low <= min(a, b) and round(zero_at) == 128
