@@ -45,6 +45,11 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=32, help="500x375 JPEGs sent (and checked for agreement)")
     parser.add_argument("--cell-seconds", type=float, default=30.0, help="time cap per concurrency cell")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="per batch size, in-process")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="SAGEMAKER_MODEL_SERVER_WORKERS values, comma-separated (threads: cores / workers)",
+    )
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args()
@@ -66,7 +71,15 @@ def main() -> int:
         artifact.write_calibration(model_dir, sorted(calibration.iterdir()), prep)
         counts = {1: 64, 16: 384}  # each cell also ends at --cell-seconds
         rows = runtimes.run(
-            model_dir, args.trained_model, images, modes, counts, args.cell_seconds, args.limit_seconds, work
+            model_dir,
+            args.trained_model,
+            images,
+            modes,
+            counts,
+            args.cell_seconds,
+            args.limit_seconds,
+            work,
+            tuple(int(count) for count in args.workers.split(",")),
         )
         decode = limits.decode_ms(images[0], prep)["draft"]
         print("\n" + runtime_tables.runtime_table(rows, flags, decode, len(images), cpu_cores()))

@@ -4,12 +4,14 @@ in-process forward rates and the endpoint under load, on one machine.
 For each mode, first in this process: the model exactly as the server's model_fn prepares it
 (limits.served_model), its images/s at each batch size (the best is the limit, batch 1 is what a
 lone request can get) and its top-1 agreement with fp32 torch on the photos and, when given, on a
-trained model's own calibration images. Then the server (one worker, as on a two-core endpoint;
-container/serve, default settings otherwise), at c=1 and c=16: req/s, p50/p99, and how much CPU the
-load generator (this process) took meanwhile, since on a small machine it shares the cores."""
+trained model's own calibration images. Then the server for each worker count asked for (one worker,
+as on a two-core endpoint, by default; container/serve, default settings otherwise), at c=1 and c=16:
+req/s, p50/p99, and how much CPU the load generator (this process) and the server's processes took
+meanwhile, since on a small machine they share the cores."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import time
@@ -46,6 +48,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def session_cpu_seconds(session: int) -> float:
+    """CPU seconds of the live processes in `session` (the server's master, workers, converter)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def inputs_of(model_dir: Path, images: list[bytes]) -> torch.Tensor:
     prep = artifact.preprocessing(artifact.read_config(model_dir))
     batch = np.stack([eval_transform(decode_image(data, prep), prep) for data in images])
@@ -71,6 +89,7 @@ def run(
     cell_seconds: float,
     limit_seconds: float,
     work: Path,
+    workers: tuple[int, ...] = (1,),
 ) -> list[dict]:
     base = Settings.from_env({"SM_MODEL_DIR": str(model_dir), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
     base = replace(base, run_dir=str(work))
@@ -89,38 +108,63 @@ def run(
             calibration = [path.read_bytes() for path in artifact.calibration_files(trained_dir)]
             trained_settings = replace(settings, model_dir=str(trained_dir))
             trained_agree = agreement(trained_dir, trained_settings, calibration)
-        log_path = work / f"{runtime}-{precision}.log"
-        process, port = start_server(model_dir, precision, log_path, SAGEMAKER_MODEL_RUNTIME=runtime)
-        try:
-            effect = in_effect(log_path.read_text())
-            cells = {}
-            for c in CONCURRENCY:
-                run_cell(port, images, c, WARMUP_ROUNDS * c, cell_seconds)  # steady state: queues full, pools warm
-                began_cpu, began = cpu_seconds(), time.perf_counter()
-                cells[c] = run_cell(port, images, c, counts[c], cell_seconds)
-                cells[c]["generator_cores"] = (cpu_seconds() - began_cpu) / max(time.perf_counter() - began, 1e-9)
-        finally:
-            stop(process)
+        endpoints = {
+            count: endpoint(model_dir, runtime, precision, count, images, counts, cell_seconds, work)
+            for count in workers
+        }
         row = {
             "mode": name,
-            "in_effect": effect,
             "rates": rates,
             "best": max(rates.values()),
             "best_batch": max(rates, key=lambda batch: rates[batch]),
             "batch1": rates[1],
             "agreement": photos_agree,
             "trained_agreement": trained_agree,
-            "cells": cells,
+            "endpoints": endpoints,
         }
         rows.append(row)
         print(
-            f"  {name}: in effect {effect}; best {row['best']:.1f} img/s (batch {row['best_batch']}), "
-            f"batch 1 {row['batch1']:.1f}; "
-            + ", ".join(
-                f"c={c} {cell['rps']:.1f} req/s p50 {cell['p50']:.0f} p99 {cell['p99']:.0f} ms"
-                for c, cell in cells.items()
+            f"  {name}: best {row['best']:.1f} img/s (batch {row['best_batch']}), batch 1 {row['batch1']:.1f}; "
+            + "; ".join(
+                f"{count} worker(s), in effect {point['in_effect']}: "
+                + ", ".join(
+                    f"c={c} {cell['rps']:.1f} req/s p50 {cell['p50']:.0f} p99 {cell['p99']:.0f} ms"
+                    for c, cell in point["cells"].items()
+                )
+                for count, point in endpoints.items()
             )
             + f"; agreement {photos_agree:.1%}",
             flush=True,
         )
     return rows
+
+
+def endpoint(
+    model_dir: Path,
+    runtime: str,
+    precision: str,
+    workers: int,
+    images: list[bytes],
+    counts: dict[int, int],
+    cell_seconds: float,
+    work: Path,
+) -> dict:
+    """The server with `workers` workers (threads: cores / workers) under each concurrency: its cells,
+    with the generator's and the server's own CPU (cores busy) during each."""
+    log_path = work / f"{runtime}-{precision}-{workers}.log"
+    process, port = start_server(
+        model_dir, precision, log_path, SAGEMAKER_MODEL_RUNTIME=runtime, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers)
+    )
+    try:
+        effect = in_effect(log_path.read_text())
+        cells = {}
+        for c in CONCURRENCY:
+            run_cell(port, images, c, WARMUP_ROUNDS * c, cell_seconds)  # steady state: queues full, pools warm
+            began_cpu, began_server, began = cpu_seconds(), session_cpu_seconds(process.pid), time.perf_counter()
+            cells[c] = run_cell(port, images, c, counts[c], cell_seconds)
+            elapsed = max(time.perf_counter() - began, 1e-9)
+            cells[c]["generator_cores"] = (cpu_seconds() - began_cpu) / elapsed
+            cells[c]["server_cores"] = (session_cpu_seconds(process.pid) - began_server) / elapsed
+    finally:
+        stop(process)
+    return {"in_effect": effect, "cells": cells}
