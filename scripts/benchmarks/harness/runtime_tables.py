@@ -46,8 +46,8 @@ def runtime_table(rows: list[dict], flags: str, decode_ms: float, images: int, c
         "| runtime precision, workers (in effect) | c=16 req/s | / best limit | / best limit without the "
         "generator's share | server CPU ms per request: forward + decode + rest | / decode bound "
         "| c=16 p50 / p99 ms | c=1 p50 ms | / (batch-1 forward + decode) | top-1 agreement with fp32 "
-        "(photos; trained) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(photos; trained) | ready after, s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for row in rows:
@@ -69,7 +69,7 @@ def runtime_table(rows: list[dict], flags: str, decode_ms: float, images: int, c
                 f"{c16['rps'] / (limit * (1 - share)):.2f} (generator {c16['generator_cores']:.2f} cores) | "
                 f"{server_ms:.1f} = {forward_ms:.1f} + {decode_ms:.1f} + {rest_ms:.1f} | {c16['rps'] / bound:.2f} | "
                 f"{c16['p50']:.0f} / {c16['p99']:.0f} | {c1['p50']:.0f} | {c1['p50'] / floor_ms:.2f} | "
-                f"{row['agreement']:.1%}; {trained} |"
+                f"{row['agreement']:.1%}; {trained} | {point['ready_s']:.0f} |"
             )
             checks = [
                 f"c=16 {c16['rps'] / limit:.2f}x the best {precision} limit ({best[precision]['mode']}) "

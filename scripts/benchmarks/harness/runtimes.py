@@ -152,9 +152,11 @@ def endpoint(
     """The server with `workers` workers (threads: cores / workers) under each concurrency: its cells,
     with the generator's and the server's own CPU (cores busy) during each."""
     log_path = work / f"{runtime}-{precision}-{workers}.log"
+    started = time.perf_counter()
     process, port = start_server(
         model_dir, precision, log_path, SAGEMAKER_MODEL_RUNTIME=runtime, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers)
     )
+    ready_s = time.perf_counter() - started  # conversion and its agreement check included
     try:
         effect = in_effect(log_path.read_text())
         cells = {}
@@ -167,4 +169,4 @@ def endpoint(
             cells[c]["server_cores"] = (session_cpu_seconds(process.pid) - began_server) / elapsed
     finally:
         stop(process)
-    return {"in_effect": effect, "cells": cells}
+    return {"in_effect": effect, "cells": cells, "ready_s": ready_s}

@@ -1,5 +1,7 @@
-"""Where OpenVINO int8 puts its FakeQuantize nodes (server/runtimes/openvino_model.py): NNCF's
-placement, which keeps a residual block in int8. Converted from a small ResNet on random data."""
+"""OpenVINO's model (server/runtimes/): where int8 puts its FakeQuantize nodes (openvino_model.py,
+NNCF's placement, which keeps a residual block in int8), and how a worker runs the converted file
+(served.py: a lone image on one stream of all threads, a batch split over single-threaded streams).
+Converted from a small ResNet on random data."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.runtimes import openvino_model
+from server.runtimes.served import RuntimeModel
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,31 @@ def test_activation_bounds_keep_zero_on_the_int8_grid(a, b):
         assert low == 0 and high >= np.float32(max(a, b)) - 1e-6
     else:
         assert low <= min(a, b) and round(zero_at) == 128
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(num_classes=4).eval()
+    with torch.no_grad():
+        return openvino_model.convert(network, "fp32", torch.empty(0), 32, str(tmp_path_factory.mktemp("ov")))
+
+
+def test_a_batch_is_split_over_single_threaded_streams_with_the_same_answers(model_file):
+    served = RuntimeModel("openvino", "fp32", model_file, threads=2, flags=set(), workers=1)
+    inputs = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        batched = served(inputs)
+        singles = torch.cat([served(image[None]) for image in inputs])
+    assert torch.allclose(batched, singles, atol=1e-4)
+    pair = served.compiled()
+    assert int(pair.latency.get_property("NUM_STREAMS")) == 1
+    assert int(pair.throughput.get_property("NUM_STREAMS")) == 2
+    assert len(served._per_thread.throughput) == 2  # both streams took a share of the batch
+
+
+def test_one_thread_compiles_one_stream_only(model_file):
+    served = RuntimeModel("openvino", "fp32", model_file, threads=1, flags=set(), workers=2)
+    with torch.inference_mode():
+        assert served(torch.randn(3, 3, 32, 32)).shape == (3, 4)
+    assert served.compiled().throughput is None
