@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Callable
 
 # Untagged images (the previous build of a tag) expire after a week.
 LIFECYCLE_POLICY = {
@@ -70,7 +71,11 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print("boto3 is needed on the host: pip install boto3 (or use .venv/bin/python)", file=sys.stderr)
         return 1
-    commands = {"account": account, "ensure-repo": ensure_repo, "login-password": login_password}
+    commands: dict[str, Callable[..., str]] = {
+        "account": account,
+        "ensure-repo": ensure_repo,
+        "login-password": login_password,
+    }
     if not argv or argv[0] not in commands:
         print(f"usage: aws_ecr.py {'|'.join(commands)} [NAME]", file=sys.stderr)
         return 2

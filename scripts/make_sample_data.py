@@ -73,7 +73,7 @@ def encode(img: Image.Image, variant: int) -> tuple[bytes, str]:
         img.convert("CMYK").save(buf, "JPEG", quality=90)
         return buf.getvalue(), ".jpg"
     if kind == 3:
-        img.convert("P", palette=Image.ADAPTIVE, colors=64).save(buf, "PNG")
+        img.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(buf, "PNG")
         return buf.getvalue(), ".png"
     if kind == 4:
         rgba = img.convert("RGBA")
@@ -83,7 +83,7 @@ def encode(img: Image.Image, variant: int) -> tuple[bytes, str]:
     # stored rotated, with EXIF orientation 6 (rotate 90 CW to view upright)
     exif = Image.Exif()
     exif[0x0112] = 6
-    img.transpose(Image.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    img.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif.tobytes())
     return buf.getvalue(), ".jpg"
 
 

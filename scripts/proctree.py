@@ -33,7 +33,7 @@ def live_parents() -> dict[int, int]:
 
 def descendants(pid: int) -> set[int]:
     """Live processes below `pid`: children, grandchildren, ..."""
-    parents, found, frontier = live_parents(), set(), {pid}
+    parents, found, frontier = live_parents(), set[int](), {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier

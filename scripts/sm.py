@@ -150,19 +150,21 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = configuration.load(args, os.environ)
     if args.sdk == "v3":
-        from launch.v3 import commands
+        from launch.v3 import commands as v3
         from launch.v3.session import make_session
 
-        if args.command not in commands.COMMANDS:
+        if args.command not in v3.COMMANDS:
             raise SystemExit(f"{args.command} runs on SDK v2 only: add --sdk v2 (an environment with sagemaker<3)")
+        commands = v3.COMMANDS
     else:
         from launch.session import make_session
-        from launch.v2 import commands
+        from launch.v2 import commands as v2
 
         if any(getattr(args, name, None) for name in ("subnet", "security_group", "network_isolation")):
             raise SystemExit("--subnet, --security-group and --network-isolation are v3 options")
+        commands = v2.COMMANDS
     try:
-        commands.COMMANDS[args.command](args, config, make_session(config))
+        commands[args.command](args, config, make_session(config))
     finally:
         if config.is_local:
             remove_local_containers()

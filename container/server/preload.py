@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from server import children
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def load_while_answering(server, settings: Settings) -> None:
     while loader.is_alive():
         if stopped.is_set():
             log.info("stopped while loading the model")
+            children.kill_all()  # a converter (runtimes/) would go on without its master
             os._exit(0)  # the loader thread may be inside torch: no interpreter teardown
         readable, _, _ = select.select(listeners, [], [], 0.1)
         for listener in readable:

@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
-    results, default_run = {name: [] for name, _ in CONFIGS}, {}
+    results: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
+    default_run: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "photos"
         bench_training.make_photos(data, args.images)

@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also time a build with no layer cache")
     args = parser.parse_args()
     cli = container_engine.setup().cli
+    registry = shutil.which("docker-registry")
+    if registry is None:
+        raise SystemExit("docker-registry is not installed (Debian's docker-registry package)")
     moto_bin = Path(sys.executable).parent / "moto_server"
     with tempfile.TemporaryDirectory() as tmp:
         reg_port, moto_port = free_port(), free_port()
@@ -68,7 +71,7 @@ def main() -> None:
         )
         servers = [
             subprocess.Popen(
-                [shutil.which("docker-registry"), "serve", f"{tmp}/registry.yml"],
+                [registry, "serve", f"{tmp}/registry.yml"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),
@@ -93,7 +96,7 @@ def main() -> None:
             )
             rows = []
             for image in args.images.split(","):
-                runs = [("warm cache", None)]
+                runs: list[tuple[str, str | None]] = [("warm cache", None)]
                 if args.cold:
                     runs.append(("cold (no layer cache)", "--no-cache"))
                 for label, extra in runs:
@@ -129,8 +132,8 @@ def main() -> None:
     print(f"\nbuild_and_push.sh, {os.cpu_count()} cores, engine {cli}, registry on 127.0.0.1")
     print("| image | build | start to pushed (s) | uncompressed (MB) | pushed, compressed (MB) |")
     print("|---|---|---|---|---|")
-    for image, label, elapsed, local, pushed in rows:
-        print(f"| {image} | {label} | {elapsed:.0f} | {local:,.0f} | {pushed:,.0f} |")
+    for image, label, elapsed, uncompressed, pushed in rows:
+        print(f"| {image} | {label} | {elapsed:.0f} | {uncompressed:,.0f} | {pushed:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -129,10 +130,17 @@ def readiness(server: Server, probe: bytes, workers: int) -> dict:
     raise RuntimeError(f"{server.name}: no burst all 200 within {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
 
 
-def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_cap: float) -> dict:
+class Tally(TypedDict):
+    issued: int
+    done: int
+    errors: int
+    first_error: str
+
+
+def load(port: int, payloads: list[bytes], count: int, concurrency: int, time_cap: float) -> Tally:
     """`count` requests from `concurrency` threads, none started after `time_cap` seconds."""
     lock = threading.Lock()
-    state = {"issued": 0, "done": 0, "errors": 0, "first_error": ""}
+    state: Tally = {"issued": 0, "done": 0, "errors": 0, "first_error": ""}
     deadline = time.perf_counter() + time_cap
 
     def client() -> None:

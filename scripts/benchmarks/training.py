@@ -37,7 +37,7 @@ def make_photos(root: Path, count: int, classes: int = 4) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         # smooth random colour fields: JPEG-compressible like photos, unlike white noise
         small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+        Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
 
 
 def plain_loop(data: Path, trainable_layers: int, args) -> float:

@@ -97,7 +97,7 @@ def main() -> None:
         root = (args.workdir or Path(tmp)).resolve()
         data = make_sample_data.make(root / "sample-data" / "dogImages", per_class=args.per_class)
         images = sum(1 for p in data.rglob("*") if p.is_file())
-        rows = {"no cache": study("no cache", args, data, root / "plain", overrides)}
+        rows: dict[str, dict | None] = {"no cache": study("no cache", args, data, root / "plain", overrides)}
         if CACHE_HP in hyperparameters.BY_NAME:
             cached = {**overrides, CACHE_HP: str(root / "feature-cache")}
             rows["feature cache"] = study("feature cache", args, data, root / "cached", cached)

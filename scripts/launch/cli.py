@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 from contract.spec import tracking
@@ -86,13 +87,17 @@ def local_channels(sources: dict, workdir: Path) -> dict:
 def cleanup_endpoint(config, session, endpoint_name: str) -> None:
     """sm.py cleanup on either SDK: its inference components (if any) with their scaling, the autoscaling
     target (if any), then the endpoint, its configuration and its models (plain boto3 calls through the
-    session: the same for v2 and v3)."""
+    session: the same for v2 and v3). What a failed deploy left is found by its known name too: the model
+    a deploy-component made before its component failed (no component names it), the configuration of an
+    endpoint that was never made (or that a cleanup cut short removed)."""
     from launch import component_scaling, hosting
 
     if config.is_local:
         print("local endpoints stop when their deploy command stops; nothing to delete")
         return
-    for item in component_scaling.remove_components(session, endpoint_name):  # and their scaling
+    client = session.sagemaker_client
+    removed = component_scaling.remove_components(session, endpoint_name)  # and their scaling, their models
+    for item in removed:
         print(f"deleted {item}")
     try:
         session.boto_session.client("application-autoscaling").deregister_scalable_target(
@@ -102,7 +107,19 @@ def cleanup_endpoint(config, session, endpoint_name: str) -> None:
         )
     except Exception:  # not registered: nothing to undo
         pass
-    for item in hosting.cleanup(session, endpoint_name):
+    try:
+        deleted = hosting.cleanup(session, endpoint_name)
+    except Exception as exc:  # botocore's ClientError
+        if not (component_scaling.missing(exc) and getattr(exc, "operation_name", "") == "DescribeEndpoint"):
+            raise
+        print(f"endpoint {endpoint_name}: none")
+        # every deploy here names the configuration after its endpoint
+        delete_config = partial(client.delete_endpoint_config, EndpointConfigName=endpoint_name)
+        deleted = component_scaling.delete_if_there(delete_config, "endpoint config", endpoint_name)
+    model = hosting.endpoint_model_name(endpoint_name)
+    if f"model {model}" not in removed + deleted:
+        deleted += component_scaling.delete_if_there(partial(client.delete_model, ModelName=model), "model", model)
+    for item in deleted:
         print(f"deleted {item}")
 
 

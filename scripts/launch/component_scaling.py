@@ -70,11 +70,23 @@ def autoscale(session, component_name: str, max_copies: int, invocations_per_cop
 # -- cleaning up -------------------------------------------------------------------------------
 
 
-def _missing(exc: Exception) -> bool:
+def missing(exc: Exception) -> bool:
     """SageMaker's and Application Auto Scaling's 'no such thing' (a ValidationException or ObjectNotFound)."""
     error = getattr(exc, "response", {}).get("Error", {})
     text = f"{error.get('Code', '')} {error.get('Message', '')}".lower()
     return any(sign in text for sign in ("not found", "notfound", "could not find", "does not exist"))
+
+
+def delete_if_there(delete, kind: str, name: str) -> list[str]:
+    """delete() of something found by its known name, not through what refers to it: [f"{kind} {name}"],
+    or [] when it does not exist (never made, or removed already)."""
+    try:
+        delete()
+    except Exception as exc:
+        if not missing(exc):
+            raise
+        return []
+    return [f"{kind} {name}"]
 
 
 def remove_scaling(session, component_name: str) -> list[str]:
@@ -98,7 +110,7 @@ def remove_scaling(session, component_name: str) -> list[str]:
         session.boto_session.client("cloudwatch").delete_alarms(AlarmNames=alarms)
         removed += [f"alarm {name}" for name in alarms]
     except Exception as exc:
-        if not _missing(exc):
+        if not missing(exc):
             raise
     for policy in policies["ScalingPolicies"]:
         scaling.delete_scaling_policy(PolicyName=policy["PolicyName"], **target)
@@ -107,7 +119,7 @@ def remove_scaling(session, component_name: str) -> list[str]:
         scaling.deregister_scalable_target(**target)
         removed.append(f"scalable target {resource_id(component_name)}")
     except Exception as exc:
-        if not _missing(exc):
+        if not missing(exc):
             raise
     return removed
 
@@ -138,7 +150,7 @@ def remove_components(session, endpoint_name: str) -> list[str]:
             try:
                 client.describe_inference_component(InferenceComponentName=name)
             except Exception as exc:
-                if _missing(exc):
+                if missing(exc):
                     break
                 raise
             if time.monotonic() > deadline:

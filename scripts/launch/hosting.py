@@ -13,6 +13,12 @@ from launch.training import PROJECT_TAG
 STARTUP_TIMEOUT_S = 600
 
 
+def endpoint_model_name(endpoint_name: str) -> str:
+    """The model deploy-component (either SDK) and SDK v3's deploy create for an endpoint; sm.py cleanup
+    removes it by this name too (cli.cleanup_endpoint), for a deploy that failed before anything named it."""
+    return f"{endpoint_name}-model"
+
+
 def content_type(path: Path) -> str:
     try:
         return IMAGE_TYPES[path.suffix.lower()]

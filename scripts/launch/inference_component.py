@@ -23,7 +23,7 @@ from pathlib import Path
 
 from contract.spec.artifact import WEIGHTS_FILE
 from launch.config import is_gpu_instance
-from launch.hosting import STARTUP_TIMEOUT_S, content_type
+from launch.hosting import STARTUP_TIMEOUT_S, content_type, endpoint_model_name
 from launch.training import PROJECT_TAG
 from server.reservation import Reservation, reservation
 
@@ -48,7 +48,7 @@ class ComponentPlan:
         return cls(
             endpoint_name=args.endpoint_name,
             component_name=args.component_name or f"{args.endpoint_name}-ic",
-            model_name=f"{args.endpoint_name}-model",
+            model_name=endpoint_model_name(args.endpoint_name),
             instance_type=config.instance("serve"),
             max_instances=args.max_instances,
             copies=args.copies,

@@ -10,7 +10,7 @@ Help strings are Markdown already (backticks, links); cells only escape `|` and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from contract.spec.hyperparameters import HYPERPARAMETERS
 from contract.spec.metrics import METRIC_DEFINITIONS
@@ -25,7 +25,7 @@ def code(text: str) -> str:
     return "`" + str(text).replace("|", r"\|") + "`"
 
 
-def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def markdown(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -67,7 +67,7 @@ def server_metrics() -> str:
     rows = []
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase):
-            family = metric.describe()[0]
+            family = next(iter(metric.describe()))
             labels = metric._labelnames
         elif metric is metrics._ModelsLoaded:
             family, labels = next(iter(metric(lambda: 0).collect())), ()

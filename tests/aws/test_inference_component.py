@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
@@ -35,6 +36,28 @@ def test_deploy_component_with_scale_to_zero(aws):
     expected.check_model(recorder.request("CreateModel"))
     expected.check_component(recorder.request("CreateInferenceComponent"))
     expected.check_autoscaling(recorder)
+
+
+def test_cleanup_removes_the_model_of_a_deploy_that_failed_before_its_component(aws, capsys):
+    """The component was refused after Model.deploy made the model: no component names the model, and
+    cleanup finds it by the name deploy-component gives it."""
+    session, config, recorder = aws
+    expected.expect_weights(recorder)
+    expected.not_found(recorder, "sagemaker", "describe_endpoint", "Could not find endpoint dogs.")
+    recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": ARN})
+    recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": ARN})
+    recorder.expect("sagemaker", "create_model", {"ModelArn": ARN})
+    expected.fail(recorder, "create_inference_component")
+    deploy = lambda *a: inference_component.deploy_v2(*a, wait=False)  # noqa: E731  (nothing comes InService here)
+    with pytest.raises(ClientError, match="Insufficient capacity"):
+        inference_component.run(expected.arguments(), config, session, deploy, None)
+    assert recorder.request("CreateModel")["ModelName"] == "dogs-model"
+    capsys.readouterr()
+
+    expected.expect_cleanup_of_a_failed_deploy(recorder)
+    cleaned_up = ["endpoint dogs", "endpoint config dogs", "model dogs-model"]
+    assert expected.run_cleanup(config, session, capsys) == cleaned_up
+    assert recorder.request("DeleteModel") == {"ModelName": "dogs-model"}
 
 
 def test_invoke_by_component_name(aws, tmp_path):

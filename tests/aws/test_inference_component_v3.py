@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
@@ -17,10 +19,13 @@ from launch.v3 import inference_component as component
 CREATED = expected.CREATED
 
 
-def expect_deployment(recorder) -> None:
+def expect_deployment(recorder, until: str | None = None) -> None:
     """What the v3 resources read back after each create (the endpoint configuration goes through the
-    plain client: see launch/v3/inference_component.py)."""
+    plain client: see launch/v3/inference_component.py); `until`: the create SageMaker refuses."""
     recorder.expect("sagemaker", "create_endpoint_config", {"EndpointConfigArn": ARN})
+    if until == "create_endpoint":
+        expected.fail(recorder, until)
+        return
     recorder.expect("sagemaker", "create_endpoint", {"EndpointArn": ARN})
     recorder.expect(
         "sagemaker",
@@ -38,6 +43,9 @@ def expect_deployment(recorder) -> None:
     recorder.expect(
         "sagemaker", "describe_model", {"ModelName": "dogs-model", "ModelArn": ARN, "CreationTime": CREATED}
     )
+    if until == "create_inference_component":
+        expected.fail(recorder, until)
+        return
     recorder.expect("sagemaker", "create_inference_component", {"InferenceComponentArn": ARN})
     recorder.expect("sagemaker", "describe_inference_component", expected.component_description("Creating"))
 
@@ -56,6 +64,41 @@ def test_deploy_component_with_scale_to_zero(aws):
     expected.check_model(recorder.request("CreateModel"))
     expected.check_component(recorder.request("CreateInferenceComponent"))
     expected.check_autoscaling(recorder)
+
+
+def test_cleanup_removes_the_model_of_a_deploy_that_failed_before_its_component(aws, capsys):
+    """The component was refused after the model was made: no component names the model, and cleanup
+    finds it by the name deploy-component gives it."""
+    session, config, recorder = aws
+    expected.expect_weights(recorder)
+    expect_deployment(recorder, until="create_inference_component")
+    deploy = lambda *a: component.deploy(*a, wait=False)  # noqa: E731  (nothing comes InService here)
+    with pytest.raises(ClientError, match="Insufficient capacity"):
+        inference_component.run(expected.arguments(), config, session, deploy, None)
+    assert recorder.request("CreateModel")["ModelName"] == "dogs-model"
+    capsys.readouterr()
+
+    expected.expect_cleanup_of_a_failed_deploy(recorder)
+    cleaned_up = ["endpoint dogs", "endpoint config dogs", "model dogs-model"]
+    assert expected.run_cleanup(config, session, capsys) == cleaned_up
+    assert recorder.request("DeleteModel") == {"ModelName": "dogs-model"}
+
+
+def test_cleanup_removes_the_configuration_of_an_endpoint_never_made(aws, capsys):
+    """The endpoint was refused: its configuration is found by its name, and no model was made (not found
+    is what cleanup expects then)."""
+    session, config, recorder = aws
+    expected.expect_weights(recorder)
+    expect_deployment(recorder, until="create_endpoint")
+    deploy = lambda *a: component.deploy(*a, wait=False)  # noqa: E731
+    with pytest.raises(ClientError, match="Insufficient capacity"):
+        inference_component.run(expected.arguments(), config, session, deploy, None)
+    capsys.readouterr()
+
+    expected.expect_cleanup_of_a_failed_deploy(recorder, endpoint_made=False)
+    assert expected.run_cleanup(config, session, capsys) == ["endpoint dogs: none", "endpoint config dogs"]
+    assert recorder.request("DeleteEndpointConfig") == {"EndpointConfigName": "dogs"}
+    assert recorder.request("DeleteModel") == {"ModelName": "dogs-model"}  # asked, and not found
 
 
 def test_invoke_by_component_name(aws, tmp_path):

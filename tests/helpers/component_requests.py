@@ -223,6 +223,52 @@ CLEANED_UP = [
 ]
 
 
+def expect_cleanup_of_a_failed_deploy(recorder, endpoint_made: bool = True) -> None:
+    """The answers cleanup reads after a deploy-component that failed before its component existed: no
+    component lists the model; the endpoint (its variant names no model), or none when its creation failed."""
+    recorder.expect("sagemaker", "list_inference_components", {"InferenceComponents": []})
+    recorder.stubbers["application-autoscaling"].add_client_error(
+        "deregister_scalable_target", service_error_code="ObjectNotFoundException", service_message="No scalable target"
+    )
+    if endpoint_made:
+        recorder.expect(
+            "sagemaker",
+            "describe_endpoint",
+            {
+                "EndpointName": "dogs",
+                "EndpointArn": ARN,
+                "EndpointConfigName": "dogs",
+                "EndpointStatus": "InService",
+                "CreationTime": CREATED,
+                "LastModifiedTime": CREATED,
+            },
+        )
+        recorder.expect(
+            "sagemaker",
+            "describe_endpoint_config",
+            {
+                "EndpointConfigName": "dogs",
+                "EndpointConfigArn": ARN,
+                "CreationTime": CREATED,
+                "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": "ml.m5.large"}],
+            },
+        )
+        recorder.expect("sagemaker", "delete_endpoint")
+        recorder.expect("sagemaker", "delete_endpoint_config")
+        recorder.expect("sagemaker", "delete_model")
+    else:
+        not_found(recorder, "sagemaker", "describe_endpoint", 'Could not find endpoint "dogs".')
+        recorder.expect("sagemaker", "delete_endpoint_config")
+        not_found(recorder, "sagemaker", "delete_model", 'Could not find model "dogs-model".')
+
+
+def fail(recorder, operation: str) -> None:
+    """SageMaker refuses `operation` (a sagemaker call) as it does a request it cannot place."""
+    recorder.stubbers["sagemaker"].add_client_error(
+        operation, service_error_code="ValidationException", service_message="Insufficient capacity for ml.m5.large"
+    )
+
+
 def run_cleanup(config, session, capsys) -> list[str]:
     """sm.py cleanup's own path (launch/cli.py) -> the lines it printed, without 'deleted '."""
     from launch import cli

@@ -1,5 +1,6 @@
 """What a real server leaves behind: no worker after its master exits (even one cut off at the end of the
-grace period), and no folder emptied or removed that it did not make (its scratch folders, rundir.py)."""
+grace period), no runtime converter after a master stopped while loading, and no folder emptied or removed
+that it did not make (its scratch folders, rundir.py)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,93 @@ def test_a_request_past_the_grace_period_is_cut_and_no_worker_outlives_the_maste
             server.stop()
             for pid in workers:
                 proctree.reap(pid)
+
+
+# --- the runtimes' converter: never outlives its master ----------------------------------------------
+
+CONVERTER = "server.runtimes.convert"
+
+
+@pytest.fixture(scope="module")
+def slow_to_convert(tmp_path_factory) -> Path:
+    """A model whose conversion and check take about a minute at one thread (ResNet50 at 640 px): still
+    converting at any bound below, so an orphaned converter is seen, not gone because it finished."""
+    return make_model_dir(tmp_path_factory.mktemp("slow") / "model", backbone="resnet50", image_size=640)
+
+
+def converter_of(server: ServerProcess, timeout: float) -> tuple[int, int | None]:
+    """(pid, start ticks) of the converter child below the master, found by its command line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, server.log()[-3000:]
+        for pid in proctree.descendants(server.process.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone meanwhile
+            if CONVERTER.encode() in command:
+                return pid, proctree.start_ticks(pid)
+        time.sleep(0.02)
+    raise AssertionError(f"no converter within {timeout} s:\n{server.log()[-3000:]}")
+
+
+def maps_openvino(pid: int) -> bool:
+    try:
+        return "libopenvino" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def gone_within(pid: int, ticks: int | None, timeout: float) -> bool:
+    """Whether the process is out of the process table within `timeout`, reaping it if it became this
+    process's child (adopting_orphans) and died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proctree.reap(pid)
+        if not proctree.exists(pid, ticks):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "stop, when",
+    [
+        # the master's own stop: it kills and reaps the converter before it exits
+        (signal.SIGTERM, "converting"),
+        # no code runs in the master: the kernel kills the converter (prctl PR_SET_PDEATHSIG) ...
+        (signal.SIGKILL, "converting"),
+        # ... or the converter, orphaned before it asked the kernel (still importing), sees it and exits
+        (signal.SIGKILL, "starting"),
+    ],
+    ids=["sigterm", "sigkill", "sigkill-before-prctl"],
+)
+def test_a_converter_does_not_outlive_a_master_stopped_while_loading(tmp_path, slow_to_convert, stop, when):
+    env = {"SAGEMAKER_MODEL_RUNTIME": "openvino", "SAGEMAKER_TORCH_THREADS": "1", "SAGEMAKER_CPU_FLAGS": "avx2"}
+    # An orphaned converter becomes this process's child, so it is seen (as a zombie) however soon it dies.
+    with proctree.adopting_orphans():
+        server = ServerProcess(slow_to_convert, tmp_path / "server.log", **env)
+        converter: tuple[int, int | None] | None = None
+        try:
+            converter = converter_of(server, timeout=120)
+            if when == "converting":  # OpenVINO loaded: well past the start of its main (and its prctl)
+                deadline = time.monotonic() + 90
+                while not maps_openvino(converter[0]) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert maps_openvino(converter[0]), server.log()[-3000:]
+            assert proctree.running(converter[0]) and "in effect" not in server.log()  # still converting
+            server.process.send_signal(stop)
+            status = server.process.wait(timeout=30)
+            if stop == signal.SIGTERM:
+                assert status == 0, server.log()[-3000:]
+                # reaped by the master before it exited: not even a zombie left for this process
+                assert not proctree.exists(*converter), server.log()[-3000:]
+            assert gone_within(*converter, timeout=10), f"the converter outlived its master:\n{server.log()[-3000:]}"
+        finally:
+            server.stop()  # the whole group: a converter left behind too
+            if converter:
+                gone_within(*converter, timeout=10)
 
 
 # --- the scratch folders: only the server's own are emptied -------------------------------------------

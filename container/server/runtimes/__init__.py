@@ -15,6 +15,7 @@ started, and converting, calibrating and checking all start them. The master onl
 the child's verdict and keeps the converted file's path; each worker compiles it after
 the fork, with its own threads (served.py). So no weights are shared between workers:
 with few cores, fewer workers with more threads each (SAGEMAKER_MODEL_SERVER_WORKERS).
+The child dies with the master, however the master ends (server/children.py).
 
 Whatever cannot run well falls back with a reason in the log: a precision the runtime or
 the CPU cannot run well to that runtime's fp32; a runtime that is not installed, a GPU
@@ -35,7 +36,7 @@ from pathlib import Path
 from torch import nn
 
 from contract.preprocess import Preprocessing
-from server import precision
+from server import children, precision
 from server.runtimes.choice import precision_fallback, runtime_fallback
 from server.runtimes.served import RuntimeModel
 from server.settings import Settings
@@ -97,18 +98,24 @@ def convert_in_child(model_dir, runtime: str, mode: str, out_dir: str, settings:
         "out_dir": out_dir,
         "threads": max(1, settings.torch_threads * settings.workers),  # no worker runs yet: all cores
         "cpu_flags": settings.cpu_flags,
+        "parent_pid": os.getpid(),  # the child dies with it (children.die_with_parent)
     }
     command = [sys.executable, "-m", "server.runtimes.convert", json.dumps(request)]
     # the folder that holds server/ and contract/, whoever started this process (serve, a benchmark)
     path = os.pathsep.join(filter(None, [str(PROGRAM_DIR), os.environ.get("PYTHONPATH")]))
+    # Kept by server.children: a master stopped while this runs kills it before exiting, and the child
+    # dies with the master (and this thread, which waits for it) however the master ends.
+    converter = children.start(command, env={**os.environ, "PYTHONPATH": path}, stdout=subprocess.PIPE)
     try:
-        finished = subprocess.run(
-            command, env={**os.environ, "PYTHONPATH": path}, timeout=CONVERT_TIMEOUT_S, stdout=subprocess.PIPE
-        )
+        output, _ = converter.communicate(timeout=CONVERT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        converter.kill()
+        converter.communicate()
         return {"error": f"converting took longer than {CONVERT_TIMEOUT_S} s"}
-    lines = finished.stdout.decode(errors="replace").strip().splitlines()
+    finally:
+        children.finished(converter)
+    lines = output.decode(errors="replace").strip().splitlines()
     try:
         return json.loads(lines[-1])
     except (IndexError, ValueError):
-        return {"error": f"the converter exited with {finished.returncode} and no verdict (its log is above)"}
+        return {"error": f"the converter exited with {converter.returncode} and no verdict (its log is above)"}

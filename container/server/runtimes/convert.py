@@ -1,6 +1,6 @@
 """The converter child (runtimes/__init__.py starts it): `python -m server.runtimes.convert REQUEST`.
 
-REQUEST is JSON: model_dir, runtime, precision, out_dir, threads, cpu_flags. Loads the
+REQUEST is JSON: model_dir, runtime, precision, out_dir, threads, cpu_flags, parent_pid. Loads the
 artifact, converts the network, runs the converted file as a worker would (served.py) and
 compares it with fp32 torch on precision.py's check images. Prints one JSON line, the
 verdict: path, images, agreeing, max_prob_diff, source, finite; or error. Logs to stderr.
@@ -16,7 +16,7 @@ import traceback
 import torch
 
 from contract import artifact
-from server import precision
+from server import children, precision
 from server.runtimes import onnx_model, openvino_model
 from server.runtimes.served import RuntimeModel
 
@@ -54,9 +54,12 @@ def convert_and_check(request: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    request = json.loads(argv[1])
+    children.die_with_parent(request["parent_pid"])  # no orphan converting on after its master died
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s converter %(message)s")
+    logging.info("converting for the master %d (this process dies with it)", request["parent_pid"])
     try:
-        verdict = convert_and_check(json.loads(argv[1]))
+        verdict = convert_and_check(request)
     except Exception as exc:  # the master falls back to torch, with this as the reason
         traceback.print_exc()
         verdict = {"error": f"converting failed: {type(exc).__name__}: {str(exc)[:300]}"}

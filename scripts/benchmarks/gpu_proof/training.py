@@ -294,7 +294,7 @@ def forward_backward_limit(hps: dict, profile: Profile) -> float:
     hp = hyperparameters.parse(hyperparameters.to_argv(hps))
     _, device = distributed.init_distributed(hp.collective_timeout)
     _, model, _ = build_model(hp, profile.classes, lambda message: None)
-    model = model.to(device, memory_format=torch.channels_last).train()
+    model = model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
     amp = amp_dtype(hp, device)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from torch import nn
 
 from contract import artifact
 from contract.model import Architecture, build_classifier
@@ -50,7 +51,7 @@ def synth_photo(rng: np.random.Generator, width: int, height: int) -> Image.Imag
 
 def make_images(seed: int = 0) -> dict[str, list[bytes]]:
     rng = np.random.default_rng(seed)
-    images = {}
+    images: dict[str, list[bytes]] = {}
     for name, (width, height) in IMAGE_SIZES.items():
         images[name] = []
         for _ in range(IMAGES_PER_SIZE):
@@ -71,9 +72,13 @@ def make_model_dir(path: Path, calibration: list[bytes], backbone: str = "resnet
     batch = torch.from_numpy(np.stack([eval_transform(decode_image(data, prep), prep) for data in calibration]))
     with torch.inference_mode():
         spread = float(model(batch).std())
+    head = model.fc
+    assert isinstance(head, nn.Sequential)  # make_head's: its last layer gives the logits
+    last = head[-1]
+    assert isinstance(last, nn.Linear)
     with torch.no_grad():
-        model.fc[-1].weight.mul_(2.0 / max(spread, 1e-6))
-        model.fc[-1].bias.mul_(2.0 / max(spread, 1e-6))
+        last.weight.mul_(2.0 / max(spread, 1e-6))
+        last.bias.mul_(2.0 / max(spread, 1e-6))
     names = [f"{i + 1:03d}.class_{i + 1}" for i in range(NUM_CLASSES)]
     artifact.save(path, model.state_dict(), arch, prep, names)
     return path

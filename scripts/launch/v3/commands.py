@@ -69,7 +69,7 @@ def cmd_deploy(args, config, session):
         return
     asynchronous = async_inference.options(args, config)
     env = async_inference.environment() if asynchronous else None
-    model = hosting.create_model(session, config, args.model_data, f"{name}-model", env=env)
+    model = hosting.create_model(session, config, args.model_data, hosting.endpoint_model_name(name), env=env)
     async_config = async_inference.v3_config(asynchronous) if asynchronous else None
     hosting.deploy(
         session, config, model.model_name, name, args.instance_count, cli.serverless(args), async_config=async_config

@@ -19,6 +19,7 @@ from launch.hosting import (  # noqa: F401
     autoscale,
     cleanup,
     content_type,
+    endpoint_model_name,
     invoke_with_boto3,
     transformer_arguments,
 )
