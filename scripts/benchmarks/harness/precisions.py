@@ -41,6 +41,9 @@ def start_server(model_dir: Path, precision: str, log_path: Path, **extra: str) 
         SAGEMAKER_BIND_HOST="127.0.0.1",
         SAGEMAKER_BIND_TO_PORT=str(port),
         SAGEMAKER_MODEL_PRECISION=precision,
+        # beside the log, in the benchmark's work folder, which goes at its end: stop() kills the
+        # server outright, so it never removes its own scratch folder (a converted model, ~100 MB)
+        SAGEMAKER_SERVER_RUN_DIR=str(log_path.parent / f"run-{port}"),
         **extra,
     )
     with open(log_path, "wb") as log:
