@@ -109,7 +109,14 @@ def test_ctrl_c_writes_a_reason_and_exits_non_zero(sample_data, tmp_path):
     """SIGINT (KeyboardInterrupt, which is no Exception) mid-training: a reason, exit status 130."""
     (tmp_path / "output").mkdir()
     (tmp_path / "output" / "failure").write_text("an earlier run's reason\n")  # cleared at the start
-    proc = start_trainer(tmp_path, {"training": sample_data}, dict(FAST_HPS, epochs=20, **{"num-workers": 0}))
+    # A shell that starts a job in the background (`cmd &`) has it ignore SIGINT, and an ignored
+    # signal stays ignored across exec: give the trainer the default disposition whatever ran us
+    # (a caught signal is reset to the default at exec; this process's own handler comes back after).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = start_trainer(tmp_path, {"training": sample_data}, dict(FAST_HPS, epochs=20, **{"num-workers": 0}))
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     lines = read_until(proc, "#metric epoch=1 split=train")
     proc.send_signal(signal.SIGINT)
     log = finish(proc, lines)
