@@ -40,6 +40,18 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) that `pid` and its live descendants have used so far."""
+    ticks = 0
+    for member in {pid} | descendants(pid):
+        try:
+            fields = _stat_fields(member)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def running(pid: int) -> bool:
     """Alive and not a zombie."""
     try:

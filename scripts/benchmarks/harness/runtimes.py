@@ -11,7 +11,6 @@ meanwhile, since on a small machine they share the cores."""
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import proctree
 from benchmarks.harness import limits
 from benchmarks.harness.loadgen import run_cell
 from benchmarks.harness.precisions import WARMUP_ROUNDS, start_server, stop
@@ -46,22 +46,6 @@ def in_effect(log_text: str) -> str:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def session_cpu_seconds(session: int) -> float:
-    """CPU seconds of the live processes in `session` (the server's master, workers, converter)."""
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def inputs_of(model_dir: Path, images: list[bytes]) -> torch.Tensor:
@@ -162,11 +146,11 @@ def endpoint(
         cells = {}
         for c in CONCURRENCY:
             run_cell(port, images, c, WARMUP_ROUNDS * c, cell_seconds)  # steady state: queues full, pools warm
-            began_cpu, began_server, began = cpu_seconds(), session_cpu_seconds(process.pid), time.perf_counter()
+            began_cpu, began_server, began = cpu_seconds(), proctree.cpu_seconds(process.pid), time.perf_counter()
             cells[c] = run_cell(port, images, c, counts[c], cell_seconds)
             elapsed = max(time.perf_counter() - began, 1e-9)
             cells[c]["generator_cores"] = (cpu_seconds() - began_cpu) / elapsed
-            cells[c]["server_cores"] = (session_cpu_seconds(process.pid) - began_server) / elapsed
+            cells[c]["server_cores"] = (proctree.cpu_seconds(process.pid) - began_server) / elapsed
     finally:
         stop(process)
     return {"in_effect": effect, "cells": cells, "ready_s": ready_s}
