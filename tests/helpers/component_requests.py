@@ -185,6 +185,11 @@ def expect_cleanup(recorder) -> None:
     recorder.stubbers["application-autoscaling"].add_client_error(
         "deregister_scalable_target", service_error_code="ObjectNotFoundException", service_message="No scalable target"
     )
+    expect_endpoint_teardown(recorder)
+
+
+def expect_endpoint_teardown(recorder) -> None:
+    """The answers cleanup reads as it removes endpoint "dogs" (one variant, naming no model) and its config."""
     recorder.expect(
         "sagemaker",
         "describe_endpoint",
@@ -231,30 +236,7 @@ def expect_cleanup_of_a_failed_deploy(recorder, endpoint_made: bool = True) -> N
         "deregister_scalable_target", service_error_code="ObjectNotFoundException", service_message="No scalable target"
     )
     if endpoint_made:
-        recorder.expect(
-            "sagemaker",
-            "describe_endpoint",
-            {
-                "EndpointName": "dogs",
-                "EndpointArn": ARN,
-                "EndpointConfigName": "dogs",
-                "EndpointStatus": "InService",
-                "CreationTime": CREATED,
-                "LastModifiedTime": CREATED,
-            },
-        )
-        recorder.expect(
-            "sagemaker",
-            "describe_endpoint_config",
-            {
-                "EndpointConfigName": "dogs",
-                "EndpointConfigArn": ARN,
-                "CreationTime": CREATED,
-                "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": "ml.m5.large"}],
-            },
-        )
-        recorder.expect("sagemaker", "delete_endpoint")
-        recorder.expect("sagemaker", "delete_endpoint_config")
+        expect_endpoint_teardown(recorder)
         recorder.expect("sagemaker", "delete_model")
     else:
         not_found(recorder, "sagemaker", "describe_endpoint", 'Could not find endpoint "dogs".')
