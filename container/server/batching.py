@@ -16,6 +16,12 @@ forward pass's size and each request's wait go to /metrics (metrics.py).
 `close` ends the model thread once the queue is empty (a multi-model worker
 unloading a model).
 
+A model that can run several forward passes at once without slowing each other
+(OpenVINO's single-threaded streams, served.py) gets as many model threads
+(`model_threads`): one forms its batch while another's pass runs, so a stream
+that finishes early takes the next batch instead of idling until its sibling
+finishes. They form batches one at a time.
+
 Nothing a request sends ends the model thread: only inputs of one shape
 share a forward pass (a user input_fn may return any size), and a failing
 forward pass fails its batch's requests alone. A request waits for its
@@ -55,12 +61,14 @@ class DynamicBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         timeout_s: float | None = None,
+        model_threads: int = 1,
     ):
         self._forward = forward
         self.max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
         self.timeout_s = timeout_s
         self._cond = threading.Condition()
+        self._forming = threading.Lock()  # one model thread forms a batch at a time
         self._queue: deque[_Job] = deque()
         self._upcoming = 0
         self._closed = False
@@ -70,7 +78,12 @@ class DynamicBatcher:
         self._announced = threading.local()
         self.forward_passes = 0
         self.images = 0
-        threading.Thread(target=self._run, name="model", daemon=True).start()
+        self.model_threads = [
+            threading.Thread(target=self._run, name=f"model-{index}", daemon=True)
+            for index in range(max(1, model_threads))
+        ]
+        for thread in self.model_threads:
+            thread.start()
 
     @contextmanager
     def upcoming(self):
@@ -117,7 +130,7 @@ class DynamicBatcher:
             ) from None
 
     def close(self) -> None:
-        """End the model thread after the jobs already queued; no submit may follow."""
+        """End the model threads after the jobs already queued; no submit may follow."""
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -142,8 +155,9 @@ class DynamicBatcher:
 
     def _forward_batch(self, jobs: list[_Job]) -> None:
         inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
-        self.forward_passes += 1
-        self.images += len(inputs)
+        with self._cond:
+            self.forward_passes += 1
+            self.images += len(inputs)
         started = time.monotonic()
         for job in jobs:
             job.batch_size = len(inputs)
@@ -160,7 +174,7 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Job]:
         """The next forward pass's jobs; [] once closed and drained."""
-        with self._cond:
+        with self._forming, self._cond:
             self._cond.wait_for(lambda: self._queue or self._closed)
             if not self._queue:
                 return []

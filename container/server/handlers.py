@@ -106,6 +106,7 @@ class DefaultHandlers:
             self.settings.batch_size,
             self.settings.batch_wait_ms,
             self.settings.predict_timeout_s,
+            model_threads=getattr(model, "model_threads", 1),  # served.RuntimeModel's streams
         )
         # Requests run their forward passes in the batcher's thread, at batch
         # sizes up to the maximum: warm that thread at both ends before the

@@ -1,7 +1,7 @@
 """OpenVINO's model (server/runtimes/): where int8 puts its FakeQuantize nodes (openvino_model.py,
 NNCF's placement, which keeps a residual block in int8), and how a worker runs the converted file
-(served.py: a lone image on one stream of all threads, a batch split over single-threaded streams).
-Converted from a small ResNet on random data."""
+(served.py: a lone image on one stream of all threads, a batch split over single-threaded streams,
+one batcher model thread per stream). Converted from a small ResNet on random data."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contract.preprocess import Preprocessing
+from server.handlers import DefaultHandlers
 from server.runtimes import openvino_model
 from server.runtimes.served import RuntimeModel
+from server.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,34 @@ def test_one_thread_compiles_one_stream_only(model_file):
     with torch.inference_mode():
         assert served(torch.randn(3, 3, 32, 32)).shape == (3, 4)
     assert served.compiled().throughput is None
+
+
+def test_one_model_thread_per_stream_and_a_lone_image_on_the_latency_stream_only_when_alone(model_file):
+    served = RuntimeModel("openvino", "fp32", model_file, threads=2, flags=set(), workers=1)
+    assert served.model_threads == 2  # the batcher runs as many passes at once as there are streams
+    image = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        alone = served(image)
+        assert not hasattr(served._per_thread, "throughput")  # a lone pass: the all-thread stream
+        served._running = 1  # as if another model thread's pass were running
+        beside = served(image)
+    assert torch.allclose(alone, beside, atol=1e-4)
+    assert len(served._per_thread.throughput) == 2  # beside another pass: a single-threaded stream
+    assert served._running == 1  # counted in and out
+
+
+def test_runtimes_with_one_pool_of_threads_run_one_pass_at_a_time(model_file):
+    assert RuntimeModel("openvino", "fp32", model_file, threads=1, flags=set(), workers=2).model_threads == 1
+    assert RuntimeModel("onnxruntime", "fp32", "unused.onnx", threads=2, flags=set(), workers=1).model_threads == 1
+
+
+def test_the_default_handlers_batch_with_one_model_thread_per_stream(model_file, tmp_path):
+    settings = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH_SIZE": "4"})
+    handlers = DefaultHandlers(tmp_path, settings)  # no config: ImageNet's sizes; this network's is 32 px
+    handlers.prep = Preprocessing.for_image_size(32)
+    served = RuntimeModel("openvino", "fp32", model_file, threads=2, flags=set(), workers=1)
+    handlers.bind(served)
+    try:
+        assert len(handlers.batcher.model_threads) == 2
+    finally:
+        handlers.batcher.close()

@@ -106,6 +106,33 @@ def test_each_request_thread_learns_the_size_of_its_forward_pass():
     assert (batcher.forward_passes, batcher.images) == (1, 3)
 
 
+@pytest.mark.parametrize("model_threads", [1, 2])
+def test_model_threads_run_that_many_forward_passes_at_once(model_threads):
+    """Each pass waits until `model_threads` passes are running: with fewer threads than
+    that (the batcher serialising its passes) every pass would time out and fail."""
+    together = threading.Barrier(model_threads)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        together.wait(timeout=5)
+        return inputs * 2
+
+    batcher = DynamicBatcher(forward, max_batch_size=1, max_wait_ms=0, model_threads=model_threads)
+    results = submit_concurrently(batcher, 4)
+    assert sorted(results) == [0, 1, 2, 3]
+    assert all(torch.equal(result, torch.full((1, 3), 2.0 * i)) for i, result in results.items())
+    assert (batcher.forward_passes, batcher.images) == (4, 4)
+
+
+def test_close_ends_every_model_thread():
+    batcher = DynamicBatcher(RecordingForward(), max_batch_size=8, max_wait_ms=0, model_threads=3)
+    assert torch.equal(batcher.submit(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    assert len(batcher.model_threads) == 3
+    batcher.close()
+    for thread in batcher.model_threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in batcher.model_threads)
+
+
 def test_a_failing_forward_fails_its_requests_only():
     batcher = DynamicBatcher(RecordingForward(fail_on=-1.0), max_batch_size=8, max_wait_ms=5)
     with pytest.raises(RuntimeError, match="forward failed"):

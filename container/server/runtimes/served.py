@@ -12,6 +12,9 @@ stream per thread, run side by side: a multi-threaded pass waits at each layer f
 slowest thread, so every request thread that decodes an image beside it stalls all of
 them, while a single-threaded stream loses only what it is preempted for. Measured with a
 decode load beside it (docs/benchmarks.md): 1.35-1.45x the batch throughput of one stream.
+The batcher runs one model thread per stream (`model_threads`), so a stream whose chunk
+ends first starts the next batch rather than waiting for its sibling; a lone image takes
+the all-thread stream only while no other pass runs, which it would stall.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ class RuntimeModel(nn.Module):
         self._compile_lock = threading.Lock()
         self._compiled: Any = None
         self._per_thread = threading.local()
+        self._running = 0  # forward passes in progress, over all model threads
+        self._running_lock = threading.Lock()
+
+    @property
+    def model_threads(self) -> int:
+        """How many forward passes may run at once (the batcher's model threads): one per
+        OpenVINO stream; ONNX Runtime's one pool of threads runs one pass at a time."""
+        return self.threads if self.runtime == "openvino" and self.threads > 1 else 1
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(inputs.detach().float().numpy())
@@ -48,8 +59,18 @@ class RuntimeModel(nn.Module):
         return torch.from_numpy(self.compiled().run(None, {self.compiled().get_inputs()[0].name: array})[0])
 
     def _openvino(self, array: np.ndarray) -> np.ndarray:
+        with self._running_lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            return self._openvino_pass(array, alone)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _openvino_pass(self, array: np.ndarray, alone: bool) -> np.ndarray:
         pair: OpenVinoPair = self.compiled()
-        if pair.throughput is None or len(array) < 2:
+        if pair.throughput is None or (len(array) < 2 and alone):
             request = getattr(self._per_thread, "latency", None)
             if request is None:
                 request = self._per_thread.latency = pair.latency.create_infer_request()
