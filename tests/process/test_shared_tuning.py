@@ -121,6 +121,46 @@ def test_only_dead_tuners_trials_are_requeued(pg, tmp_path):
         rdb.engine.dispose()
 
 
+def test_a_lock_connection_the_server_dropped_is_replaced(pg):
+    """A PostgreSQL restart or idle timeout between two claims (or during one) ends the lock's session;
+    the tuner goes on with a new one instead of aborting."""
+    from sqlalchemy import text
+
+    url = pg.url()
+    rdb = storages.open_storage(url, HEARTBEAT, GRACE)
+    lock = storages.ClaimLock(rdb, url, "dropped")
+
+    def session() -> int:
+        return lock.connection.execute(text("SELECT pg_backend_pid()")).scalar()
+
+    def drop(pid: int) -> None:
+        with rdb.engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+
+    def held_elsewhere() -> bool:
+        with rdb.engine.connect() as other:
+            taken = other.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": lock.key}).scalar()
+            if taken:
+                other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock.key})
+            return not taken
+
+    try:
+        with lock.held():
+            first = session()
+        drop(first)  # between two claims
+        with lock.held():
+            second = session()
+            assert second != first and held_elsewhere()
+            drop(second)  # while a claim holds it: the lock went with the session
+        assert not held_elsewhere()
+        with lock.held():
+            assert session() not in (first, second) and held_elsewhere()
+        assert not held_elsewhere()
+    finally:
+        lock.close()
+        rdb.engine.dispose()
+
+
 def test_a_bad_storage_is_one_line_without_the_password(pg, sample_data, space_file, tmp_path):
     wrong = pg.url().replace(postgres.PASSWORD, "not-the-password-42")
     with pytest.raises(local_tuning.TuningError) as caught:

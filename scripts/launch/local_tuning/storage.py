@@ -136,14 +136,35 @@ class ClaimLock:
                 finally:
                     fcntl.flock(self.file, fcntl.LOCK_UN)
                 return
-            connection = self._connection()
             from sqlalchemy import text
+            from sqlalchemy.exc import DBAPIError
 
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+            connection = self._locked()
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+                except DBAPIError as exc:
+                    # the session went while the lock was held, and the server released the lock with it
+                    if not exc.connection_invalidated:
+                        raise
+
+    def _locked(self):
+        """The lock connection, holding the lock. A connection the server dropped since the last claim
+        (a restart, an idle timeout, a failover) took its lock with it: it is replaced once, not failed on."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(2):
+            connection = self._connection()
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+                return connection
+            except DBAPIError as exc:
+                if attempt or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def _connection(self):
         from sqlalchemy import text
