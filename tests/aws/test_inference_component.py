@@ -4,15 +4,11 @@ with the expectations the v3 test shares (tests/helpers/component_requests.py)."
 
 from __future__ import annotations
 
-import io
-import json
-
 import pytest
 from botocore.exceptions import ClientError
-from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
-from helpers.sagemaker_requests import ARN
+from helpers.sagemaker_requests import ARN, expect_invocations, invocations
 from launch import inference_component
 
 pytestmark = pytest.mark.sdk_v2  # scripts/test.sh runs these in .venv-sdk-v2 (sagemaker 2.x)
@@ -64,20 +60,12 @@ def test_invoke_by_component_name(aws, tmp_path):
     from launch.hosting import image_predictor_class
 
     session, _, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     predictor = image_predictor_class()("dogs", sagemaker_session=session, component_name="dogs-ic")
     assert inference_component.invoke_with_predictor(predictor, image, 2)["predictions"][0]["index"] == 39
     runtime = session.sagemaker_runtime_client
     assert inference_component.invoke_with_boto3(runtime, "dogs", "dogs-ic", image, 2)["predictions"][0]["index"] == 39
-    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    calls = invocations(recorder)
     assert len(calls) == 2
     for params in calls:
         assert params["EndpointName"] == "dogs" and params["InferenceComponentName"] == "dogs-ic"
@@ -96,17 +84,9 @@ def test_sm_invoke_names_the_component(aws, tmp_path, capsys):
     from launch.v2 import commands
 
     session, config, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     argv = ["invoke", "--endpoint-name", "dogs", "--component-name", "dogs-ic", str(image), "--top-k", "2"]
     commands.cmd_invoke(sm.build_parser().parse_args(argv), config, session)
-    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    calls = invocations(recorder)
     assert [call["InferenceComponentName"] for call in calls] == ["dogs-ic", "dogs-ic"]
     assert capsys.readouterr().out.count("040.Bulldog 0.900") == 2

@@ -4,15 +4,11 @@ with Stubber (no AWS reached) and checked with the expectations v2's test shares
 
 from __future__ import annotations
 
-import io
-import json
-
 import pytest
 from botocore.exceptions import ClientError
-from botocore.response import StreamingBody
 
 from helpers import component_requests as expected
-from helpers.sagemaker_requests import ARN
+from helpers.sagemaker_requests import ARN, expect_invocations, invocations
 from launch import inference_component
 from launch.v3 import inference_component as component
 
@@ -103,19 +99,11 @@ def test_cleanup_removes_the_configuration_of_an_endpoint_never_made(aws, capsys
 
 def test_invoke_by_component_name(aws, tmp_path):
     session, _, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     assert component.invoke(session, "dogs", "dogs-ic", image, 2)["predictions"][0]["index"] == 39
     runtime = session.sagemaker_runtime_client
     assert inference_component.invoke_with_boto3(runtime, "dogs", "dogs-ic", image, 2)["predictions"][0]["index"] == 39
-    for params in [params for name, params in recorder.requests if name == "InvokeEndpoint"]:
+    for params in invocations(recorder):
         assert params["EndpointName"] == "dogs" and params["InferenceComponentName"] == "dogs-ic"
         assert params["CustomAttributes"] == "top_k=2" and params["ContentType"] == "image/png"
 
@@ -132,18 +120,10 @@ def test_sm_invoke_names_the_component(aws, tmp_path, capsys):
     from launch.v3 import commands
 
     session, config, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     argv = ["invoke", "--endpoint-name", "dogs", "--component-name", "dogs-ic", str(image), "--top-k", "2"]
     commands.cmd_invoke(sm.build_parser().parse_args(argv), config, session)
-    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    calls = invocations(recorder)
     assert [call["InferenceComponentName"] for call in calls] == ["dogs-ic", "dogs-ic"]
     assert capsys.readouterr().out.count("040.Bulldog 0.900") == 2
 

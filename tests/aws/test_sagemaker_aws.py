@@ -18,6 +18,8 @@ from helpers.sagemaker_requests import (
     check_training_job,
     check_transform_job,
     check_tuning_job,
+    expect_invocations,
+    invocations,
 )
 from helpers.training import ROOT
 from launch import config as configuration
@@ -103,21 +105,13 @@ def test_serverless_endpoint(aws):
 
 def test_invoke_both_ways(aws, tmp_path):
     session, config, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     predictor = hosting.image_predictor_class()("dogs", sagemaker_session=session)
     assert hosting.invoke_with_predictor(predictor, image, 3)["predictions"][0]["label"] == "040.Bulldog"
     assert (
         hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
     )
-    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    calls = invocations(recorder)
     for params in calls:
         assert params["EndpointName"] == "dogs" and params["ContentType"] == "image/png"
         assert params["CustomAttributes"] == "top_k=3" and params["Accept"] == "application/json"

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import io
-import json
-
 import pytest
-from botocore.response import StreamingBody
 
 from helpers.sagemaker_requests import (
     ARN,
@@ -19,6 +15,8 @@ from helpers.sagemaker_requests import (
     check_training_job,
     check_transform_job,
     check_tuning_job,
+    expect_invocations,
+    invocations,
 )
 from launch.v3 import hosting, training, tuning
 
@@ -197,20 +195,12 @@ def test_serverless_endpoint(aws):
 
 def test_invoke_through_the_endpoint_resource_and_boto3(aws, tmp_path):
     session, _, recorder = aws
-    image = tmp_path / "dog.png"
-    image.write_bytes(b"\x89PNG fake bytes")
-    answer = json.dumps({"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}).encode()
-    for _ in range(2):
-        recorder.expect(
-            "sagemaker-runtime",
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-        )
+    image = expect_invocations(recorder, tmp_path)
     assert hosting.invoke_with_endpoint(session, "dogs", image, 3)["predictions"][0]["label"] == "040.Bulldog"
     assert (
         hosting.invoke_with_boto3(session.sagemaker_runtime_client, "dogs", image, 3)["predictions"][0]["index"] == 39
     )
-    calls = [params for name, params in recorder.requests if name == "InvokeEndpoint"]
+    calls = invocations(recorder)
     assert len(calls) == 2
     for params in calls:
         assert params["EndpointName"] == "dogs" and params["ContentType"] == "image/png"

@@ -6,7 +6,12 @@ definitions, checkpoint and output paths."""
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
 import boto3
+from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from contract.spec.hyperparameters import parse_value
@@ -47,6 +52,24 @@ class Recorder:
         matches = [params for name, params in self.requests if name == operation]
         assert matches, f"no {operation} request; made: {[name for name, _ in self.requests]}"
         return matches[-1]
+
+
+ANSWER = {"predictions": [{"label": "040.Bulldog", "index": 39, "probability": 0.9}]}
+
+
+def expect_invocations(recorder: Recorder, folder: Path, count: int = 2) -> Path:
+    """An image to send, and `count` answers (ANSWER) from the runtime's invoke_endpoint, in order."""
+    image = folder / "dog.png"
+    image.write_bytes(b"\x89PNG fake bytes")
+    answer = json.dumps(ANSWER).encode()
+    for _ in range(count):
+        body = StreamingBody(io.BytesIO(answer), len(answer))
+        recorder.expect("sagemaker-runtime", "invoke_endpoint", {"Body": body, "ContentType": "application/json"})
+    return image
+
+
+def invocations(recorder: Recorder) -> list[dict]:
+    return [params for name, params in recorder.requests if name == "InvokeEndpoint"]
 
 
 def stubbed_boto_session(monkeypatch) -> tuple[boto3.Session, Recorder]:
