@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import container_engine
@@ -54,7 +55,7 @@ class Containers:
         )
         return out.stdout.strip()
 
-    def in_training_image(self, *args: str, mounts: list[str] = (), flags: list[str] = ()) -> list[str]:
+    def in_training_image(self, *args: str, mounts: Sequence[str] = (), flags: Sequence[str] = ()) -> list[str]:
         """A command run in the training image, with the repository mounted read-only at /src;
         `mounts`: further run arguments made by container_engine.bind."""
         volumes = [*bind(ROOT, "/src", read_only=True), *mounts]

@@ -16,12 +16,15 @@ from contract.spec import hyperparameters, paths
 from contract.spec.media import IMAGE_TYPES
 from localnet import free_port, wait_healthy
 
-from .stages import StageFailed, digest
+from .containers import Containers
+from .stages import StageFailed, StageRunner, digest
 
 PING_LIMIT_S = 240  # SageMaker allows 4 minutes
 
 
-class ServingStages:
+class ServingStages(StageRunner):
+    containers: Containers  # set by run.Workflow, which combines the stages
+
     def heldout_images(self, log, data: Path, hps: dict, limit: int = 200) -> Path:
         """The held-out images, found by the trainer's own code (every layout, archives too), one folder per class."""
         out = self.workdir / "heldout"

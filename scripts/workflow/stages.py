@@ -55,15 +55,16 @@ class StageRunner:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state_file = self.workdir / "state.json"
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.state: dict[str, dict] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.live = sys.stdout.isatty()
         self.timings: dict[str, tuple[float, bool]] = {}
 
     def unchanged(self, name: str, fingerprint: str) -> bool:
         previous = self.state.get(name)
+        if not previous:
+            return False
         return (
-            bool(previous)
-            and previous["fingerprint"] == fingerprint
+            previous["fingerprint"] == fingerprint
             and not self.args.force
             and all(Path(p).exists() for p in previous["result"].get("outputs", []))
         )
@@ -107,6 +108,7 @@ class StageRunner:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, text=True, bufsize=1
         )
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             log.write(line)
             if on_line:

@@ -12,15 +12,18 @@ from contract.spec import hyperparameters, metrics, paths
 from contract.spec.artifact import CONFIG_FILE, WEIGHTS_FILE, TrainingSummary
 from contract.spec.search_space import TRIAL_FINISHED
 
-from .containers import IMAGE_HUB_CACHE
-from .stages import ROOT, StageFailed
+from .containers import IMAGE_HUB_CACHE, Containers
+from .stages import ROOT, StageFailed, StageRunner
 
 # The sample data's search: a space of our own (a JSON file, as users write them),
 # narrow enough that every trial learns the toy classes in a few epochs
 DEMO_SPACE = ROOT / "scripts" / "demo_space.json"
 
 
-class TrainingStages:
+class TrainingStages(StageRunner):
+    containers: Containers  # set by run.Workflow, which combines the stages
+    hps: dict[str, str]  # the hyperparameters every training run starts from
+
     def images(self, log, progress):
         self.sh(log, ["bash", "scripts/build_image.sh", "train"])
         box = self.containers
