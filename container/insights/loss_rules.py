@@ -178,7 +178,8 @@ class ValidationPassRule(LocalRule):
     def __init__(self, base_trial):
         super().__init__(base_trial)
         self.tensors = self.loss_names()
-        self.phases, self.began = None, None
+        self.phases: dict | None = None  # per tensor: its validation passes by step, read at the first call
+        self.began: dict = {}  # per tensor: its first saved training loss
         self.seen, self.passes = {}, {}  # per tensor: passes seen; passes judged (from the first that generalises)
 
     def judged_pass(self, name, step):

@@ -89,8 +89,8 @@ class PoorWeightInitialization(LocalRule):
             low, high = min(variances.values()), max(variances.values())
             if high > self.threshold * max(low, 1e-30):
                 return (
-                    f"ReLU input variance ranges from {low:.3g} ({min(variances, key=variances.get)}) "
-                    f"to {high:.3g} ({max(variances, key=variances.get)}): over {self.threshold:g}x"
+                    f"ReLU input variance ranges from {low:.3g} ({min(variances, key=variances.__getitem__)}) "
+                    f"to {high:.3g} ({max(variances, key=variances.__getitem__)}): over {self.threshold:g}x"
                 )
         for name in self.names(["gradients"]):
             value = self.value(name, step)

@@ -115,7 +115,7 @@ def phase_means(trial, name) -> list[Phase]:
     phases: list[Phase] = []
     train_values: list[float] = []
     eval_values: list[float] = []
-    last_eval = None
+    last_eval = -1  # set by the pass's first EVAL value, before its phase can close
 
     def close_phase():
         phases.append(

@@ -74,7 +74,7 @@ def add_routes(app: Flask, settings: Settings) -> WorkerModels:
     def list_models():
         size, start = page_size(), page_start()
         entries = [entry for entry in models.registry.ready() if entry.name >= start]
-        answer = {"models": [described(entry) for entry in entries[:size]]}
+        answer: dict[str, object] = {"models": [described(entry) for entry in entries[:size]]}
         if len(entries) > size:
             answer["nextPageToken"] = base64.urlsafe_b64encode(entries[size].name.encode()).decode()
         return jsonify(answer)

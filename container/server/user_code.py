@@ -85,9 +85,9 @@ class _ModelFinder(importlib.abc.MetaPathFinder):
             return None
         loader = functools.partial(_ModelLoader, model_builtins=code.builtins)
         for folder in path:
-            spec = importlib.machinery.FileFinder(folder, (loader, importlib.machinery.SOURCE_SUFFIXES)).find_spec(
-                fullname
-            )
+            # FileFinder calls what it is given as loader(fullname, path): a partial serves (typeshed wants a class)
+            finder = importlib.machinery.FileFinder(folder, (loader, importlib.machinery.SOURCE_SUFFIXES))  # type: ignore[arg-type]
+            spec = finder.find_spec(fullname)
             if spec is not None and spec.loader is not None:
                 return spec
         return None

@@ -111,6 +111,7 @@ class GpuReader:
 
     def _read_smi(self):
         current = {}
+        assert self.proc is not None and self.proc.stdout is not None  # started with stdout=PIPE
         for line in self.proc.stdout:
             try:
                 index, util, used, total = (float(x) for x in line.split(","))

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
@@ -34,6 +35,9 @@ from optuna.trial import TrialState
 from storage_url import redact, scrub
 
 from .errors import TuningError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 SCHEMES = ("sqlite", "postgresql")  # the dialects a ClaimLock exists for
 HEARTBEAT_INTERVAL_S = 10  # each tuner records its running trials' heartbeats this often
@@ -118,7 +122,7 @@ class ClaimLock:
         key = hashlib.sha256(f"byoc-tuning:{study_name}".encode()).digest()
         self.key = int.from_bytes(key[:8], "big", signed=True)  # PostgreSQL's bigint advisory lock key
         self.engine = storage.engine
-        self.connection = None  # PostgreSQL: one connection per tuner; the lock goes when it closes
+        self.connection: Connection | None = None  # PostgreSQL: one per tuner; the lock goes when it closes
         self.file = None
         if self.kind == "sqlite":
             database = storage.engine.url.database
