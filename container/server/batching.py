@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests of one worker share forward passes.
 
 Request threads decode and preprocess their own images and `submit` the
-tensors; one model thread runs every forward pass. It takes the oldest queued
+tensors; a model thread runs the forward passes (one, unless the model can run
+several at once: `model_threads` below). It takes the oldest queued
 request and waits up to `max_wait_ms` (counted from that request's arrival)
 for others to fill `max_batch_size` images, but only while another request of
 this worker has announced itself with `upcoming()` and not yet submitted.
