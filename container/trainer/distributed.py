@@ -202,6 +202,9 @@ def union_over_ranks(groups: dict[str, set[str]]) -> dict[str, set[str]]:
     return merged
 
 
-def rank_label(dist_info: Distributed) -> str:
-    """How a rank names itself in its own host's log."""
-    return f"[rank {dist_info.rank}/{dist_info.world_size} on {hosts()[1]}]"
+def rank_says(dist_info: Distributed, message: str) -> None:
+    """A line in its own host's log from this rank, named. One write of the whole line: the ranks of a host
+    share one pipe, and under PYTHONUNBUFFERED (the toolkit's and our launchers') `print` writes the text and
+    its newline apart, so two ranks' lines ran together into one."""
+    sys.stdout.write(f"[rank {dist_info.rank}/{dist_info.world_size} on {hosts()[1]}] {message}\n")
+    sys.stdout.flush()

@@ -144,11 +144,11 @@ def train_one_epoch(loop: Loop, dataset, epoch: int, state: TrainingState) -> Ep
             state.rng = distributed.all_gather(rng_state(device))
             return None
     if dist_info.world_size > 1:  # every rank's share, in its own host's log
-        print(
-            f"{distributed.rank_label(dist_info)} epoch {epoch}: trained on {int(seen)} images, "
-            f"skipped {unreadable} unreadable, {alone} alone in a batch (BatchNorm needed two); "
-            f"{stand_ins} step(s) with a stand-in pass (no batch of its own)",
-            flush=True,
+        distributed.rank_says(
+            dist_info,
+            f"epoch {epoch}: trained on {int(seen)} images, skipped {unreadable} unreadable, "
+            f"{alone} alone in a batch (BatchNorm needed two); {stand_ins} step(s) with a stand-in pass "
+            "(no batch of its own)",
         )
     # global: every rank's sums; the speed over the slowest rank's time
     elapsed = distributed.all_max(time.perf_counter() - start, device)
@@ -238,10 +238,8 @@ def evaluate(loop: Loop, dataset, split: str, final: bool = False) -> tuple[floa
         if batch <= shared and loop.stop.agreed(device):
             return None
     if torch.distributed.is_initialized():
-        print(
-            f"{distributed.rank_label(loop.dist)} {split}: scored {int(confusion.sum().item())} images, "
-            f"skipped {unreadable} unreadable",
-            flush=True,
+        distributed.rank_says(
+            loop.dist, f"{split}: scored {int(confusion.sum().item())} images, skipped {unreadable} unreadable"
         )
         torch.distributed.all_reduce(confusion)
         torch.distributed.all_reduce(loss_sum)

@@ -37,6 +37,26 @@ def test_more_processes_than_gpus_are_refused():
     distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=4)  # CPU ranks: gloo
 
 
+def test_a_rank_writes_its_line_in_one_write(monkeypatch):
+    """The ranks of a host share one pipe; under PYTHONUNBUFFERED each write reaches it at once. A line
+    written as text then newline (what `print` does) let another rank's line in between (CI, 2026-12-06)."""
+    writes: list[str] = []
+
+    class Pipe:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", Pipe())
+    monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
+    monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
+    distributed.rank_says(distributed.Distributed(rank=3, world_size=4), "epoch 1: trained on 8 images")
+    assert writes == ["[rank 3/4 on algo-2] epoch 1: trained on 8 images\n"]
+
+
 def test_a_batch_smaller_than_the_fewest_images_is_not_trained_on():
     two, one = torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 8, 8)
     assert lockstep.trainable(two, 2) and lockstep.trainable(one, 1)
