@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from contract import artifact
-from server.precision import NATIVE_BF16
+from server.precision import fallback_reason
 
 # runtime -> the Python modules it needs in this image
 MODULES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx")}
@@ -45,14 +44,5 @@ def precision_fallback(runtime: str, precision: str, flags: set[str], calibratio
         if precision == "fp16":
             return "fp16 runs fast on GPUs only and this host has none"
         return f"{runtime} serves {', '.join(PRECISIONS[runtime])} here"
-    if precision == "bf16" and not flags & set(NATIVE_BF16):
-        return (
-            f"this CPU has no native bf16 instructions (none of {', '.join(NATIVE_BF16)} in its flags: "
-            f"{' '.join(sorted(flags)) or 'none known'}), where bf16 runs slower than fp32"
-        )
-    if precision == "int8" and not calibration:
-        return (
-            f"int8 calibrates on the model's {artifact.CALIBRATION_DIR}/*.jpg sample, which training writes, "
-            "and this model has none"
-        )
-    return None
+    # the rest (bf16 needs the CPU's instructions, int8 a calibration sample) holds for every runtime
+    return fallback_reason(precision, "none", flags, gpus=0, calibration=calibration)
