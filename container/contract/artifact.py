@@ -10,13 +10,14 @@ not swapped: /opt/ml/model may be a mount point, which cannot be renamed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,30 +39,16 @@ class ArtifactError(RuntimeError):
     """The model directory is missing something or does not fit together."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path: Path) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A temporary name beside `path` for the body to write; synced and renamed over `path` after it, so
+    readers never see half a file (the rename is atomic on one file system), and removed if the body fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield tmp
         with open(tmp, "rb") as f:  # on disk before the name points at it
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,6 +56,16 @@ def atomic_torch_save(obj, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    with _replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # Fault injection for the trainer's tests: SIGKILL right after the new weights are in place, before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -152,3 +153,16 @@ def test_artifact_refuses_pickled_code(tmp_path):
     torch.save({"x": Evil()}, tmp_path / artifact.WEIGHTS_FILE)
     with pytest.raises(artifact.ArtifactError, match="cannot be loaded safely"):
         artifact.load(tmp_path)
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    """A save that fails half-way (here: an object torch cannot pickle) keeps what was there and leaves no
+    `.name.*` temporary beside it; one that succeeds replaces it whole."""
+    weights = tmp_path / "model" / "weights.pt"
+    artifact.atomic_torch_save({"w": torch.ones(2)}, weights)
+    with pytest.raises(pickle.PicklingError):
+        artifact.atomic_torch_save({"w": torch.zeros(2), "f": lambda: None}, weights)
+    assert torch.equal(torch.load(weights, weights_only=True)["w"], torch.ones(2))
+    artifact.atomic_write_bytes(tmp_path / "model" / "config.json", b"{}")
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["config.json", "weights.pt"]
+    assert (tmp_path / "model" / "config.json").read_bytes() == b"{}"
