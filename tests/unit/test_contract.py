@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 
 import numpy as np
 import pytest
@@ -156,12 +155,17 @@ def test_artifact_refuses_pickled_code(tmp_path):
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
-    """A save that fails half-way (here: an object torch cannot pickle) keeps what was there and leaves no
-    `.name.*` temporary beside it; one that succeeds replaces it whole."""
+    """A save that fails half-way (here: an object that refuses to be pickled) keeps what was there and
+    leaves no `.name.*` temporary beside it; one that succeeds replaces it whole."""
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot be saved")
+
     weights = tmp_path / "model" / "weights.pt"
     artifact.atomic_torch_save({"w": torch.ones(2)}, weights)
-    with pytest.raises(pickle.PicklingError):
-        artifact.atomic_torch_save({"w": torch.zeros(2), "f": lambda: None}, weights)
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        artifact.atomic_torch_save({"w": torch.zeros(2), "f": Unpicklable()}, weights)
     assert torch.equal(torch.load(weights, weights_only=True)["w"], torch.ones(2))
     artifact.atomic_write_bytes(tmp_path / "model" / "config.json", b"{}")
     assert sorted(p.name for p in weights.parent.iterdir()) == ["config.json", "weights.pt"]
