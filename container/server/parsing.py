@@ -32,8 +32,10 @@ MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # InvokeEndpoint's limit for CustomAttribute
 MAX_JSON_DEPTH = 32  # our documents nest 3 deep; Python's json recurses once per level
 MODEL_NAME = re.compile(rf"[!-~][ -~]{{0,{MAX_NAME_CHARS - 1}}}")
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
-# A JSON string, so brackets inside strings are not counted as nesting (unrolled: no backtracking)
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, so brackets inside strings are not counted as nesting (unrolled: no backtracking).
+# One never closed runs to the end: else the engine would try again from each escaped quote inside it,
+# quadratic in the body (a 130 KB body held the GIL past the worker timeout); JSON then refuses it anyway.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
