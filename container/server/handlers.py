@@ -146,7 +146,7 @@ class DefaultHandlers:
         full-size pixels are freed at once, not when the request ends."""
         try:
             pending = open_image(encoded_image, self.prep, budget.per_image_limit())
-            budget.spend(pending.image.width * pending.image.height)
+            budget.spend(pending.pixels)  # what decoding allocates: a progressive JPEG's full size
             settings = self.settings
             with worker_budget(settings.decode_pixels_per_worker, settings.decode_wait_s).reserve(pending.pixels):
                 image = load_rgb(pending)

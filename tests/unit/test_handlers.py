@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers.serving import CLASS_NAMES, IMAGE_SIZE, encode, make_model_dir, sample_image
 from server.errors import RequestError, TooLarge, UnsupportedAccept, UnsupportedContentType
@@ -63,3 +64,16 @@ def test_negotiate_and_logits():
         negotiate("image/png")
     rows, single = probability_rows([2.0, 0.0])  # logits get a softmax
     assert single and np.isclose(rows.sum(), 1) and rows[0, 0] > rows[0, 1]
+
+
+def test_a_request_pays_for_a_progressive_jpeg_at_its_full_size(tmp_path):
+    """A progressive JPEG decodes at full size whatever the draft scale: two of 2000x2000 (drafted to 250x250)
+    spend 8 Mpx of a 6 Mpx request budget, not the 125,000 px of their drafted size."""
+    settings = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_MAX_PIXELS_PER_REQUEST": "6000000"})
+    handlers = DefaultHandlers(make_model_dir(tmp_path / "model"), settings)
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (90, 120, 200)).save(buffer, "JPEG", quality=10, progressive=True)
+    one = {"b64": base64.b64encode(buffer.getvalue()).decode()}
+    assert handlers.input_fn(json.dumps({"instances": [one]}).encode(), JSON).shape[0] == 1
+    with pytest.raises(TooLarge, match="more than 6000000 pixels in all"):
+        handlers.input_fn(json.dumps({"instances": [one, one]}).encode(), JSON)

@@ -1,5 +1,5 @@
 """to_rgb with few full-size copies gives the textbook conversion's pixels, exactly; a
-progressive JPEG is bounded at the size libjpeg allocates, before it is decoded."""
+progressive JPEG is bounded at the size libjpeg allocates and at the scans it runs, before it is decoded."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from contract.preprocess import EXIF_ORIENTATION, ImageTooLarge, Preprocessing, decode_image, open_image, to_rgb
+from contract.preprocess import (
+    EXIF_ORIENTATION,
+    MAX_JPEG_SCANS,
+    ImageDecodeError,
+    ImageTooLarge,
+    Preprocessing,
+    decode_image,
+    open_image,
+    to_rgb,
+)
 
 
 def textbook_to_rgb(img: Image.Image) -> Image.Image:
@@ -87,3 +96,22 @@ def test_a_progressive_jpeg_is_bounded_at_its_full_size_before_decoding():
     pending = open_image(jpeg((3000, 3000), progressive=True), prep, max_pixels=10_000_000)
     assert pending.image.size == (375, 375) and pending.pixels == 3000 * 3000
     assert decode_image(jpeg((3000, 3000), progressive=True), prep).size == (375, 375)
+
+
+# a scan of the first component's AC coefficients with no data: 10 bytes, and one more pass over the image
+EMPTY_SCAN = bytes.fromhex("FFDA0008010100013F00")
+
+
+@pytest.mark.parametrize("progressive", [True, False])
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(progressive):
+    """4,000 empty scans made a 4-megapixel JPEG of 2.5 MB take 1.2 s to decode; a 6 MB body holds 600,000.
+    A progressive JPEG of as many scans as the limit still decodes; one more is refused before any pass runs
+    (a baseline one too: the count does not ask the header what the file claims to be)."""
+    prep = Preprocessing.for_image_size(64)
+    plain = jpeg((256, 256), progressive)
+    written = plain.count(EMPTY_SCAN[:2])  # the encoder's own: 1 baseline, about 10 progressive
+    at_limit = plain[:-2] + EMPTY_SCAN * (MAX_JPEG_SCANS - written) + plain[-2:]
+    if progressive:
+        assert decode_image(at_limit, prep).mode == "RGB"
+    with pytest.raises(ImageDecodeError, match=f"a JPEG of {MAX_JPEG_SCANS + 1} scans: at most {MAX_JPEG_SCANS}"):
+        open_image(at_limit[:-2] + EMPTY_SCAN + at_limit[-2:], prep)
