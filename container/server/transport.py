@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 
 from flask import Response, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, RequestTimeout
 
 from server.read_deadline import READ_DEADLINES
 from server.settings import VARIABLE, Settings
@@ -49,7 +49,8 @@ def copy_body(
     """The request body handed to `write` 64 KB at a time; -> its size. 413 from its
     Content-Length before reading, or, for a chunked body, as soon as more than `max_bytes`
     arrived. (Werkzeug's MAX_CONTENT_LENGTH would silently cut a chunked body at the limit.)
-    408 when the whole body has not arrived within `timeout_s` (read_deadline.py)."""
+    408 when the whole body has not arrived within `timeout_s` (read_deadline.py); 400 for a
+    chunked body that breaks its encoding or stops before its last chunk."""
     size = f"{max_bytes >> 20} MB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KB"
     too_large = RequestEntityTooLarge(f"payload larger than {size} ({limit})")
     if (request.content_length or 0) > max_bytes:
@@ -59,9 +60,14 @@ def copy_body(
     copied = 0
     with READ_DEADLINES.watching(connection, timeout_s) if connection else contextlib.nullcontext() as watch:
         while copied <= max_bytes:
-            chunk = stream.read(min(1 << 16, max_bytes + 1 - copied))
+            try:
+                chunk = stream.read(min(1 << 16, max_bytes + 1 - copied))
+            except OSError:  # gunicorn's chunked reader: a malformed chunk, or the connection ended mid-body
+                chunk = None
             if watch is not None and watch.expired:  # what came is cut short: no body
                 raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({deadline})")
+            if chunk is None:
+                raise BadRequest("malformed request body: its chunked encoding is broken or it ended early")
             if not chunk:
                 return copied
             write(chunk)

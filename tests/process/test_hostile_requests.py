@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import textwrap
 import urllib.parse
 
@@ -85,6 +86,32 @@ def test_former_500s_are_400s(server, request_):
     answer = send(server, method, path, body, headers.items())
     assert answer[0] == 400, answer
     assert error_of(answer)
+
+
+CHUNKED = (
+    b"POST /models/tiny/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY", b"3;\rx\r\nabc\r\n0\r\n\r\n", b"10\r\nabc"],
+    ids=["size not hex", "chunk without its CRLF", "bare CR in an extension", "ends mid-chunk"],
+)
+def test_a_broken_chunked_body_is_a_400_not_a_500(server, tail):
+    """gunicorn's chunked reader raises OSErrors that reached the 500 handler, with an ERROR and a traceback
+    in the log per request: a cheap way to flood it. The last one stops sending and closes its half."""
+    errors_before = server.log().count("ERROR")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(CHUNKED + tail)
+        connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        while part := connection.recv(65536):
+            reply += part
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"malformed request body" in reply, reply
+    assert server.log().count("ERROR") == errors_before
+    assert sorted(server.worker_pids()) == server.first_pids
 
 
 def test_a_500_says_only_a_request_id_which_the_log_has(server):
