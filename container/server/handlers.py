@@ -266,15 +266,20 @@ def read_npy(body: bytes, image_size: int, max_images: int, budget: PixelBudget)
         elif version == (2, 0):
             shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
-            raise ValueError(f"format version {version} not supported")
-    except ValueError as exc:
-        raise RequestError(f"not a .npy array: {exc}") from None
+            raise ValueError(version)
+    except Exception:  # noqa: BLE001
+        # numpy parses the header with tokenize and ast.literal_eval, which raise what they like on odd text
+        # (TokenError, SyntaxError, RecursionError when nested deep); their messages can quote the client's
+        # header at length or an object's heap address
+        raise RequestError(
+            "not a .npy array of format 1.0 or 2.0: its magic string, version or header is malformed"
+        ) from None
     image_shape = (3, image_size, image_size)
     if dtype != np.float32:
-        raise RequestError(f"npy dtype {dtype.str}: expected float32 (<f4)")
+        raise RequestError(f"npy dtype {shown(dtype.str)}: expected float32 (<f4)")
     if len(shape) not in (3, 4) or tuple(shape[-3:]) != image_shape or 0 in shape:
         raise RequestError(
-            f"npy shape {shape}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
+            f"npy shape {shown(str(shape), 60)}: expected {image_shape} or (N, {', '.join(map(str, image_shape))}), "
             "preprocessed like training's evaluation"
         )
     images = shape[0] if len(shape) == 4 else 1

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.errors import RequestError
-from server.handlers import CSV, JSON, NPY, images_from_json, negotiate
+from server.handlers import CSV, JSON, NPY, PixelBudget, images_from_json, negotiate, read_npy
 from server.multi_model_routes import MAX_PAGE_SIZE, page_size, page_start
 from server.parsing import (
     MAX_CUSTOM_ATTRIBUTES_CHARS,
@@ -223,3 +223,40 @@ def test_odd_base64_is_a_400(encoded):
 )
 def test_negotiate_picks_a_type_or_is_a_406(accept):
     assert refused_or(negotiate, accept) in (None, JSON, NPY, CSV)
+
+
+def npy_with_header(header: str, version: bytes = b"\x01\x00") -> bytes:
+    """A .npy body whose header dictionary is `header` as written, padded as numpy pads it; no data."""
+    text = header.encode("latin-1")
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    return b"\x93NUMPY" + version + len(text).to_bytes(2, "little") + text
+
+
+def read_tiny_npy(body: bytes):
+    return read_npy(body, 4, 2, PixelBudget(1_000_000))
+
+
+NPY_HEADER = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        npy_with_header(NPY_HEADER % ("(" + "-" * 5000 + "1,)")),  # RecursionError in numpy's literal_eval: a 500
+        npy_with_header(NPY_HEADER % "(10**400,3,4,4)"),  # its message quoted an ast object's heap address
+        npy_with_header(NPY_HEADER % "(1,3,4,4)", version=b"\x03\x00"),
+        npy_with_header(NPY_HEADER % ("(1,3,4,4," + "1," * 3000 + ")")),  # quoted whole in the 400
+    ],
+    ids=["deep shape", "huge power", "version 3.0", "long shape"],
+)
+def test_npy_headers_that_were_500s_or_leaked_are_short_400s(body):
+    with pytest.raises(RequestError) as refused:
+        read_tiny_npy(body)
+    assert " at 0x" not in str(refused.value) and len(str(refused.value)) < 200, str(refused.value)
+
+
+@EXAMPLES
+@given(st.text(st.characters(max_codepoint=0xFF), max_size=300), st.binary(max_size=2))
+def test_any_npy_header_is_read_or_a_400(header, version):
+    refused_or(read_tiny_npy, npy_with_header(header, version.ljust(2, b"\x01")))
+    refused_or(read_tiny_npy, npy_with_header(NPY_HEADER % header))
