@@ -176,7 +176,7 @@ def _end_record(file: BinaryIO) -> tuple[int, int]:
     file.seek(0)
     try:
         end = zipfile._EndRecData(file)  # type: ignore[attr-defined]
-    except (OSError, struct.error, ValueError):
+    except (zipfile.BadZipFile, OSError, struct.error, ValueError):  # BadZipFile: a zip64 locator of many disks
         end = None
     if not end:
         raise RequestError("malformed zip archive: no end of central directory")

@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 
@@ -287,6 +288,16 @@ def test_a_tar_member_running_past_the_end_is_refused():
 def test_what_is_no_archive_is_400(kind):
     with pytest.raises(RequestError, match="malformed"):
         read(kind, b"hello, this is no archive at all" * 40)
+
+
+def test_a_zip64_locator_of_many_disks_is_400():
+    """zipfile's end-record reader raises BadZipFile ("zipfiles that span multiple disks are not supported")
+    for a zip64 locator that names more than one disk: neither an OSError nor a ValueError, so a 500."""
+    body = make_zip([("a.jpg", b"x")])
+    end = body.rindex(zipfile.stringEndArchive)
+    locator = struct.pack(zipfile.structEndArchive64Locator, zipfile.stringEndArchive64Locator, 1, 0, 2)
+    with pytest.raises(RequestError, match="malformed zip"):
+        read(ZIP, body[:end] + locator + body[end:])
 
 
 # -- arbitrary bytes: a value or a RequestError, never another exception --
