@@ -10,7 +10,7 @@ import contextlib
 import logging
 from typing import Any
 
-from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type
+from server.handlers import DEFAULT_TOP_K, JSON, DefaultHandlers, media_type, negotiate
 from server.parsing import custom_attributes, whole_number
 from server.settings import Settings
 from server.user_code import ModelCode, load_shared
@@ -93,6 +93,8 @@ class InferenceService:
     ) -> tuple[bytes | str, str]:
         """-> (response body, its content type); RequestError for the client's mistakes."""
         top_k = requested_top_k(custom_attributes)
+        if "output_fn" not in self.overridden:
+            negotiate(accept)  # a 406 before the decode and forward pass that it would waste
         batcher = self.defaults.batcher
         with batcher.upcoming() if batcher else contextlib.nullcontext():
             data = self.input_fn(body, content_type)

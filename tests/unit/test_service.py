@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers.serving import Reference, encode, make_model_dir, sample_image
-from server.errors import RequestError
+from server.errors import RequestError, UnsupportedAccept
 from server.service import InferenceService, requested_top_k
 from server.settings import Settings
 
@@ -47,6 +47,30 @@ def test_user_output_fn_replaces_the_default(tmp_path):
         assert service.invoke(encode(sample_image(), "PNG"), "image/png", None, None) == ("classes=6", "text/plain")
     finally:
         service.close()
+
+
+def test_an_answer_nobody_accepts_is_a_406_before_any_work(tmp_path):
+    """`Accept: text/html` was refused only after the decode and the forward pass: a full prediction's cost
+    for every refused request. Now no stage runs; a user output_fn, which may write any type, still gets it."""
+    service = InferenceService(make_model_dir(tmp_path / "model"), settings())
+    service.start_in_worker()
+    ran = []
+    service.input_fn = lambda *args: ran.append("input_fn")
+    try:
+        with pytest.raises(UnsupportedAccept):
+            service.invoke(encode(sample_image(), "JPEG"), "image/jpeg", "text/html", None)
+        assert ran == []
+    finally:
+        service.close()
+    user = InferenceService(make_model_dir(tmp_path / "user", inference_code=USER_OUTPUT_FN), settings(), code_tag="u2")
+    user.start_in_worker()
+    try:
+        assert user.invoke(encode(sample_image(), "PNG"), "image/png", "text/plain", None) == (
+            "classes=6",
+            "text/plain",
+        )
+    finally:
+        user.close()
 
 
 @pytest.mark.parametrize(
