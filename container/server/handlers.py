@@ -233,7 +233,8 @@ def check_image_count(count: int, max_images: int) -> None:
 def images_from_json(body: bytes, max_images: int) -> tuple[list[bytes], bool]:
     """{"instances": [{"b64": ...}, ...]} or {"b64": ...} / {"image": ...} -> (images, is_batch).
     The count is checked before any base64 is decoded."""
-    document = json_document(body)
+    # an instance is an object and a member, plus its comma; some room for keys a client adds beside them
+    document = json_document(body, 4 * max_images + 64, f" for {max_images} images (SAGEMAKER_MAX_IMAGES_PER_REQUEST)")
     if isinstance(document, dict) and "instances" in document:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:

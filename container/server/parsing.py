@@ -7,7 +7,8 @@ never with another exception (a 500):
     model_name(text, what)                      a multi-model endpoint's model name
     custom_attributes(text)                     X-Amzn-SageMaker-Custom-Attributes as
                                                 (key, value) pairs
-    json_document(body)                         UTF-8 JSON nested at most MAX_JSON_DEPTH deep
+    json_document(body)                         UTF-8 JSON nested at most MAX_JSON_DEPTH deep,
+                                                of at most MAX_JSON_VALUES values (413)
     shown(text)                                 a client's text, cut short, for an error message
 
 Model names: SageMaker's TargetModel (botocore's InvokeEndpoint model) is 1 to 1024
@@ -24,19 +25,23 @@ import re
 
 import numpy as np
 
-from server.errors import RequestError
+from server.errors import RequestError, TooLarge
 
 MAX_DIGITS = 6
 MAX_NAME_CHARS = 1024
 MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # InvokeEndpoint's limit for CustomAttributes
 MAX_JSON_DEPTH = 32  # our documents nest 3 deep; Python's json recurses once per level
+MAX_JSON_VALUES = 4096  # a /models load takes 2, an image of a JSON-lines request 1 or 2
 MODEL_NAME = re.compile(rf"[!-~][ -~]{{0,{MAX_NAME_CHARS - 1}}}")
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
 # A JSON string, so brackets inside strings are not counted as nesting (unrolled: no backtracking).
 # One never closed runs to the end: else the engine would try again from each escaped quote inside it,
 # quadratic in the body (a 130 KB body held the GIL past the worker timeout); JSON then refuses it anyway.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-_OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+# byte -> the change of nesting it makes outside strings
+_STEP = np.zeros(256, np.int8)
+_STEP[np.frombuffer(b"[{", np.uint8)], _STEP[np.frombuffer(b"]}", np.uint8)] = 1, -1
+_DEPTH_CHUNK = 1 << 20
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -75,22 +80,32 @@ def custom_attributes(text: str | None) -> list[tuple[str, str]]:
 
 
 def json_depth(body: bytes) -> int:
-    """How deep `body`'s arrays and objects nest, counted without recursion
-    (at most about 1 s for a 6 MB body of nothing but quotes)."""
+    """How deep `body`'s arrays and objects nest, counted without recursion, a megabyte at a time (a whole
+    6 MB body as int64 steps and their running sum took 108 MB; this takes the body's copy and 5 MB more),
+    in at most about 1 s for a 6 MB body of nothing but quotes."""
     structure = np.frombuffer(_JSON_STRING.sub(b"", body), np.uint8)
-    steps = np.isin(structure, _OPENING).astype(np.int64) - np.isin(structure, _CLOSING)
-    return int(np.cumsum(steps).max(initial=0))
+    depth = deepest = 0
+    for start in range(0, len(structure), _DEPTH_CHUNK):
+        levels = np.cumsum(_STEP[structure[start : start + _DEPTH_CHUNK]], dtype=np.int32)
+        deepest, depth = max(deepest, depth + int(levels.max())), depth + int(levels[-1])
+    return deepest
 
 
-def json_document(body: bytes):
-    """The parsed body; 400 for non-UTF-8, malformed JSON, or nesting deeper than MAX_JSON_DEPTH."""
+def json_document(body: bytes, max_values: int = MAX_JSON_VALUES, why: str = ""):
+    """The parsed body; 400 for non-UTF-8, malformed JSON, or nesting deeper than MAX_JSON_DEPTH; 413 for
+    more than `max_values` values (`why`: what sets the bound). Python's objects for a body of many small
+    values take about 25 times its bytes (6 MB of `[],` made 150 MB in each request thread), so they are
+    counted first, from the bytes: its `[`, `{` and `,` are never fewer than its arrays, objects and members
+    (array items, key-value pairs), and more only by those inside strings, where base64 has none."""
+    openings = body.count(b"[") + body.count(b"{")  # no deeper than this: most bodies skip the scan
+    if openings > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(f"malformed JSON: nested deeper than {MAX_JSON_DEPTH}")
+    if openings + body.count(b",") + 1 > max_values:
+        raise TooLarge(f"a JSON body of more than {max_values} arrays, objects and members{why}")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError("malformed JSON: not UTF-8") from None
-    openings = body.count(b"[") + body.count(b"{")  # no deeper than this: most bodies skip the scan
-    if openings > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
-        raise RequestError(f"malformed JSON: nested deeper than {MAX_JSON_DEPTH}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
