@@ -15,56 +15,28 @@ fault of the server's after that is a closing line {"error": "internal server er
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from flask import Request, Response
 
 from server import async_input
 from server.async_inference import answer_lines, line
-from server.errors import Overloaded, RequestError, UnsupportedAccept
+from server.errors import RequestError, UnsupportedAccept
 from server.handlers import media_type
 from server.parsing import shown
 from server.service import requested_top_k
 from server.settings import VARIABLE, Settings
+from server.spool_room import SpoolRoom
 from server.transport import CUSTOM_ATTRIBUTES_HEADER, copy_body
 
 ANSWER_TYPE = async_input.JSON_LINES
 ACCEPTED = frozenset({"", "*/*", "application/*", "application/json", *async_input.JSON_LINES_ALIASES})
 log = logging.getLogger(__name__)
-# Disk the scratch folder keeps free beside the spooled bodies: the model registry and the metric files
-# live there too, and a full disk fails them all.
-DISK_HEADROOM_BYTES = 256 << 20
-
-
-class SpoolRoom:
-    """This worker's spooled bodies, counted in the bytes each may grow to (its Content-Length, else the
-    payload limit): a request whose body the disk cannot hold beside the others waits for none and
-    gets a 503 (with Retry-After) before a byte is written."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held = 0
-
-    def take(self, folder: str, size: int) -> None:
-        with self._lock:
-            free = shutil.disk_usage(folder).free
-            if free - self._held - DISK_HEADROOM_BYTES < size:
-                raise Overloaded(
-                    f"no room for a {size}-byte request body now (other requests' bodies hold the disk); retry later"
-                )
-            self._held += size
-
-    def give_back(self, size: int) -> None:
-        with self._lock:
-            self._held -= size
-
-
-SPOOLS = SpoolRoom()
 
 
 def is_async_request(request: Request) -> bool:
@@ -86,11 +58,11 @@ def invoke_async(service, settings: Settings, request: Request) -> Response:
     )
     declared = request.content_length
     room = min(declared, settings.async_max_payload_bytes) if declared is not None else settings.async_max_payload_bytes
-    SPOOLS.take(str(settings.run_dir), room)
+    ticket = SpoolRoom(settings.run_dir).take(room)
     try:
         spool = tempfile.TemporaryFile(dir=settings.run_dir)  # unnamed: gone with its last descriptor
     except BaseException:
-        SPOOLS.give_back(room)
+        SpoolRoom.give_back(ticket)
         raise
     try:
         size = copy_body(
@@ -105,10 +77,10 @@ def invoke_async(service, settings: Settings, request: Request) -> Response:
         entries = async_input.entries(media_type(request.headers.get("Content-Type")), spool, limits)
     except BaseException:
         spool.close()
-        SPOOLS.give_back(room)
+        SpoolRoom.give_back(ticket)
         raise
     lines = answer_lines(service, entries, top_k, deadline, settings.async_timeout_s)
-    release = _release_once(spool, room)
+    release = _release_once(spool, ticket)
     response = Response(_closing(lines, release), content_type=ANSWER_TYPE)
     # also when the stream never starts (the client gone before the first line): a generator not yet
     # started runs no `finally` when closed
@@ -116,7 +88,7 @@ def invoke_async(service, settings: Settings, request: Request) -> Response:
     return response
 
 
-def _release_once(spool, room: int):
+def _release_once(spool, ticket: Path):
     """Closes the spooled body and gives its disk room back, the first time it is called."""
     done = threading.Event()
 
@@ -124,7 +96,7 @@ def _release_once(spool, room: int):
         if not done.is_set():
             done.set()
             spool.close()
-            SPOOLS.give_back(room)
+            SpoolRoom.give_back(ticket)
 
     return release
 

@@ -10,7 +10,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from server import allocator, metrics, preload, read_deadline, rundir
+from server import allocator, metrics, preload, read_deadline, rundir, spool_room
 from server.settings import SHUTDOWN_GRACE_S, Settings
 
 
@@ -34,8 +34,10 @@ def config(settings: Settings) -> dict[str, Any]:
             preload.start_in_worker(settings, worker.notify)
 
     def child_exit(server, worker):
-        # The master, after a worker exited: its live gauges leave /metrics.
+        # The master, after a worker exited: its live gauges leave /metrics, its spooled bodies' disk room
+        # is free again.
         metrics.worker_exited(worker.pid, settings.metrics_dir)
+        spool_room.forget_worker(settings.run_dir, worker.pid)
 
     def on_exit(server):
         # The master, after gunicorn's stop(): a worker still listed outlived the grace period and was sent

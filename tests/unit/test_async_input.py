@@ -7,9 +7,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -336,19 +339,39 @@ def test_any_lines_are_entries_or_a_4xx(lines):
 # -- the disk the spooled bodies take, and waiting out a busy server --
 
 
-def test_a_body_the_disk_cannot_hold_beside_the_others_is_refused_before_spooling(tmp_path):
-    from server.async_transport import DISK_HEADROOM_BYTES, SpoolRoom
+def test_a_body_the_disk_cannot_hold_beside_any_workers_others_is_refused_before_spooling(tmp_path):
+    """Two workers (two rooms on one run folder: they share nothing but the folder): a body that fits the
+    disk alone but not beside what the other worker holds is a 503. Counted in each worker's memory, as it
+    was, the second worker promised the same room again."""
     from server.errors import Overloaded
+    from server.spool_room import DISK_HEADROOM_BYTES, SpoolRoom
 
-    room = SpoolRoom()
-    free = shutil.disk_usage(tmp_path).free
-    half = (free - DISK_HEADROOM_BYTES) // 2
-    room.take(str(tmp_path), half)
-    room.take(str(tmp_path), half // 2)
+    worker_a, worker_b = SpoolRoom(tmp_path), SpoolRoom(tmp_path)
+    half = (shutil.disk_usage(tmp_path).free - DISK_HEADROOM_BYTES) // 2
+    held = worker_a.take(half)
+    worker_b.take(half // 2)
     with pytest.raises(Overloaded):
-        room.take(str(tmp_path), half)  # fits the disk alone, not beside the other two
-    room.give_back(half)
-    room.take(str(tmp_path), half)  # room again once a request is done
+        worker_b.take(half)  # fits the disk alone, not beside the other two
+    SpoolRoom.give_back(held)
+    worker_b.take(half)  # room again once a request is done
+
+
+def test_a_dead_workers_tickets_hold_no_room(tmp_path):
+    """A worker killed with bodies in flight: its tickets count for nothing (its pid is gone) and the master
+    removes them when it reaps it."""
+    from server import spool_room
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(gone.stdout), os.getpid()
+    folder = tmp_path / spool_room.FOLDER
+    folder.mkdir()
+    huge = shutil.disk_usage(tmp_path).free
+    (folder / f"t-{dead_pid}-a-{huge}").touch()
+    (folder / f"t-{live_pid}-b-1").touch()
+    ticket = spool_room.SpoolRoom(tmp_path).take(1000)  # the dead one's would fill the disk
+    assert sorted(path.name for path in folder.glob("t-*")) == sorted([f"t-{live_pid}-b-1", ticket.name])
+    spool_room.forget_worker(tmp_path, live_pid)
+    assert list(folder.glob("t-*")) == []
 
 
 def test_waiting_out_a_busy_server_does_not_spin():
