@@ -248,8 +248,15 @@ def _extract_zip(archive: Path, root: Path, budget: Budget) -> list[Path]:
                 raise DataError(
                     f"archive {archive.name} has a member that is not a file or folder: {info.filename!r}; refusing it"
                 )
-        members = [(i.filename, i.file_size, i.is_dir(), i) for i in infos]
+        # Windows tools (PowerShell 5.1's Compress-Archive among them) write `\` between folders; read as
+        # part of a name, dogImages\train\001.Affenpinscher\x.jpg landed flat and each split became classes
+        members = [(_zip_name(i), i.file_size, i.is_dir(), i) for i in infos]
         return _write_members(archive.name, root, budget, members, zf.open)
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """A member's path with `/` between its folders, as unzip reads it."""
+    return info.filename.replace("\\", "/")
 
 
 def _tar_members(tf: tarfile.TarFile, archive: str, budget: Budget) -> list[tarfile.TarInfo]:

@@ -127,6 +127,22 @@ def test_a_good_tar_bz2_still_unpacks(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "train" / "a").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
 
 
+def test_a_zip_with_backslashes_between_folders_unpacks_into_them(tmp_path):
+    """As Windows PowerShell 5.1's Compress-Archive writes dogImages.zip. Read as names, every file landed
+    flat in the scratch root and the splits trained as classes of their own; `..\\` stays refused."""
+    archive = tmp_path / "dogImages.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for split in ("train", "valid"):
+            zf.writestr(f"dogImages\\{split}\\001.Affenpinscher\\x.jpg", b"x")
+    archives.unpack_all([archive], tmp_path / "out", archives.Limits())
+    found = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg"))
+    assert found == ["dogImages/train/001.Affenpinscher/x.jpg", "dogImages/valid/001.Affenpinscher/x.jpg"]
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train\\..\\..\\escape.jpg", b"z")
+    with pytest.raises(archives.DataError, match="outside its folder"):
+        archives.unpack_all([archive], tmp_path / "again", archives.Limits())
+
+
 # -- the scratch folder archives unpack into (TRAINER_SCRATCH/<channel>) -----------
 
 
