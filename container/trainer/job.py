@@ -25,6 +25,7 @@ from trainer import data, distributed, runtime, setup, weights
 from trainer.checkpoint import Checkpointer, RunningTotals, TrainingState, rng_state
 from trainer.heldout import spread
 from trainer.loop import Loop, evaluate, train_one_epoch
+from trainer.reporting import printable
 
 # a rank whose peer's exit broke its collective waits this long before writing a reason: the first
 # failure's rank writes its own (O_EXCL keeps the first), not this consequence
@@ -115,7 +116,7 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
     if loop.skips.total:
         log(
             f"skipped {loop.skips.total} unreadable image(s): "
-            + ", ".join(p for paths in loop.skips.summary().values() for p in paths[:5])
+            + ", ".join(printable(p) for paths in loop.skips.summary().values() for p in paths[:5])
         )
     if not loop.dist.is_main:
         return True

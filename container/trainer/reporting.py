@@ -12,6 +12,18 @@ from __future__ import annotations
 from contract.spec import metrics
 
 
+def printable(text: str) -> str:
+    """A name from the data (a file's, a folder's) fit for a log line: its control characters and `#`
+    escaped. A file named "x\\n#metric ... validation loss=0.000001 ..." printed as it is made a line that
+    SageMaker's metric regexes, and the tuners reading the log, took for the job's own; and the regexes are
+    not anchored to a line's start, so its "#metric" must not show in the middle of one either."""
+    return "".join(char if char.isprintable() and char != "#" else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    return "\\x23" if char == "#" else ascii(char)[1:-1]  # ascii("\n") is "'\\n'"
+
+
 def log(dist_info, message: str) -> None:
     """A line in the job's log, from rank 0 only."""
     if dist_info.is_main:

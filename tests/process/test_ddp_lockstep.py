@@ -18,6 +18,7 @@ import torch
 
 import make_sample_data  # scripts/, on the path through conftest
 import proctree
+from contract.spec import metrics
 from helpers import lockstep_ranks
 from helpers.training import TRAINER_SCRIPT, failure_reason, hp_args, trainer_env
 from localnet import free_port
@@ -33,6 +34,8 @@ RECIPE = {
     "num-workers": "0",
     "processes-per-host": "2",
 }
+# an unreadable file whose name, logged as it is, was a metric line the tuners read as the job's best
+FORGED_NAME = "x\n#metric epoch=9 split=validation loss=0.000001 accuracy=1.0\n.jpg"
 # a rank's share of an epoch, as it logs it (trainer/loop.py)
 STAND_INS = r"\[rank \d/2 on \S+\] epoch 1: trained on \d+ images, .* (\d+) step\(s\) with a stand-in pass"
 
@@ -54,6 +57,7 @@ def issue_data(root: Path, half_unreadable: bool) -> Path:
     (first / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
     (first / "empty.jpg").write_bytes(b"")
     (first / "notes.jpg").write_text("a text file named .jpg\n")
+    (first / FORGED_NAME).write_bytes(b"not an image either")
     return root
 
 
@@ -92,14 +96,16 @@ def test_half_unreadable_files_train_on_two_ranks_without_a_hang(tmp_path):
 
 
 def test_awkward_files_at_32_px_train_with_a_last_batch_of_one(tmp_path):
-    """51 files, 43 for training with the three awkward ones: batches of two leave one image last (and
+    """52 files, 44 for training with the four awkward ones: batches of two leave one image last (and
     next to an unreadable file); at 32 px BatchNorm cannot train on one ("Expected more than 1 value per
-    channel"): the job trains on the rest instead of failing."""
+    channel"): the job trains on the rest instead of failing. The file whose name holds a metric line is
+    logged with its newlines escaped."""
     data = issue_data(tmp_path / "data", half_unreadable=False)
     hps = dict(RECIPE, **{"image-size": "32", "processes-per-host": "1"})
     status, log = run_bounded(tmp_path / "opt_ml", data, hps)
     assert status == 0, log[-4000:]
-    assert "skipped 3 unreadable image(s)" in log
+    assert "skipped 4 unreadable image(s)" in log and "x\\n\\x23metric epoch=9" in log
+    assert all(loss > 0.000001 for loss in metrics.parse_log(log)["validation:loss"]), log[-3000:]
     assert (tmp_path / "opt_ml" / "model" / "model.pt").is_file()
 
 
