@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from contract.spec.hyperparameters import BY_NAME, DEFAULTS, HyperparameterError, as_strings, parse, to_sagemaker
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contract.spec.hyperparameters import (
+    BY_NAME,
+    DEFAULTS,
+    HYPERPARAMETERS,
+    HyperparameterError,
+    as_strings,
+    parse,
+    to_sagemaker,
+)
 
 
 def test_defaults_when_nothing_is_given():
@@ -47,6 +59,11 @@ def test_underscore_spelling_and_types():
         (["--epochs", "2.5"], "hyperparameter epochs: invalid literal"),
         (["--learning_rate", "0.1"], "unknown hyperparameter '--learning_rate'"),
         (["--lr"], "expected one argument"),
+        (["--lr", "inf"], "hyperparameter lr: must be a finite number, got 'inf'"),
+        (["--warmup", "inf"], "hyperparameter warmup: must be a finite number"),  # the LR stayed 0
+        (["--eps", "1e999"], "hyperparameter eps: must be a finite number"),  # every AdamW update 0
+        (["--weight-decay", "nan"], "hyperparameter weight-decay: must be a finite number"),  # nan weights
+        (["--momentum", "NaN"], "hyperparameter momentum: must be a finite number"),
     ],
 )
 def test_bad_values_are_refused_with_one_line(argv, message):
@@ -164,3 +181,22 @@ def test_the_hyperparameters_are_frozen_and_a_wrong_name_is_an_error():
     with pytest.raises(AttributeError):
         object.__setattr__(hp, "learning_rate", 0.1)  # slots: no other attribute
     assert parse([]).head is not parse([]).head  # each result its own list
+
+
+FLOAT_HYPERPARAMETERS = [hp.name for hp in HYPERPARAMETERS if isinstance(hp.default, float)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(FLOAT_HYPERPARAMETERS),
+    text=st.floats().map(repr)
+    | st.sampled_from(["inf", "-inf", "nan", "1e999", "Infinity", " 1e-3 "])
+    | st.text(max_size=12),
+)
+def test_a_float_hyperparameter_is_finite_or_refused_in_one_line(name, text):
+    try:
+        value = getattr(parse([f"--{name}", text]), name.replace("-", "_"))
+    except HyperparameterError as refused:
+        assert "\n" not in str(refused)
+        return
+    assert math.isfinite(value), (name, text, value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -92,9 +93,17 @@ def parse_optional_bool(text: str) -> bool | None:
     return None if str(text).strip().lower() == "auto" else parse_bool(text)
 
 
+def _finite(value, text):
+    """`value`, unless it is a float's inf or nan (float() takes "inf", "nan" and "1e999"): an inf warm-up or
+    epsilon trained nothing and a nan weight decay made every weight nan, each in a job that succeeded."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _positive(kind: Callable) -> Callable:
     def check(text):
-        value = kind(text)
+        value = _finite(kind(text), text)
         if not value > 0:
             raise ValueError(f"must be > 0, got {text!r}")
         return value
@@ -122,7 +131,7 @@ def _crop_scale(text):
 
 def _non_negative(kind: Callable) -> Callable:
     def check(text):
-        value = kind(text)
+        value = _finite(kind(text), text)
         if value < 0:
             raise ValueError(f"must be >= 0, got {text!r}")
         return value
