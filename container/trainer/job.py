@@ -12,6 +12,7 @@ artifact (contract/artifact.py) and the evaluation report (insights/report.py).
 from __future__ import annotations
 
 import copy
+import math
 import signal
 import sys
 import time
@@ -68,7 +69,12 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
                 )
                 return False
             state.step, state.partial, state.rng = 0, RunningTotals(), None
-            val_loss, val_acc, _ = scored
+            val_loss, val_acc, confusion = scored
+            reason = nothing_learnt(epoch, result.images, int(confusion.sum()), len(sets.validation), val_loss)
+            if reason:  # every rank's counts: all ranks stop here together
+                loop.merge_skips()
+                log_skipped(loop)
+                raise runtime.TrainingFailure(reason)
             loop.reporter.report_epoch(epoch, result, val_loss, val_acc)
             state.epoch = epoch
             state.history.append(
@@ -94,6 +100,29 @@ def run(hp, paths: runtime.Paths, dist_info: distributed.Distributed, device) ->
         close(loop, paths)
 
 
+def nothing_learnt(epoch: int, trained: int, scored: int, validation_images: int, val_loss: float) -> str | None:
+    """Why an epoch leaves nothing to keep: it read no image, or scored nothing it can compare. Without
+    this, a channel of unreadable files (git-LFS pointers, HEIC named .jpg) trained on nothing, scored loss
+    0.0 (0 < inf: the best epoch), and the untrained model was written by a job that succeeded; a diverged
+    one's nan loss never beat inf, and its nan weights were written too."""
+    if not trained:
+        return f"epoch {epoch} trained on no image: every training image was unreadable (the log names some)"
+    if validation_images and not scored:
+        return f"epoch {epoch} scored no validation image: all {validation_images} were unreadable (the log names some)"
+    if not math.isfinite(val_loss):
+        return f"validation loss is {val_loss} at epoch {epoch}: the model diverged; lower the learning rate"
+    return None
+
+
+def log_skipped(loop: Loop) -> None:
+    """The unreadable images every rank met, a few per split, in the log."""
+    if loop.skips.total:
+        loop.reporter.log(
+            f"skipped {loop.skips.total} unreadable image(s): "
+            + ", ".join(printable(p) for paths in loop.skips.summary().values() for p in paths[:5])
+        )
+
+
 def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtime.Paths) -> bool:
     """The best epoch's weights, scored once on the test set (or validation without one); the artifact and
     the report. False when SIGTERM came first: the last epoch's checkpoint stays, a restart redoes this."""
@@ -113,11 +142,7 @@ def finish(loop: Loop, sets: setup.Datasets, state: TrainingState, paths: runtim
     if split == "test":
         loop.reporter.report_test(loss, acc)
     loop.merge_skips()
-    if loop.skips.total:
-        log(
-            f"skipped {loop.skips.total} unreadable image(s): "
-            + ", ".join(printable(p) for paths in loop.skips.summary().values() for p in paths[:5])
-        )
+    log_skipped(loop)
     if not loop.dist.is_main:
         return True
     # Deferred: the report draws with matplotlib; the loop hands it plain numbers, and importing the

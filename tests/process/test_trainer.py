@@ -140,6 +140,8 @@ def test_resnet50_step_from_a_weights_file(sample_data, tmp_path):
         ("bad choice", "hyperparameter optimizer: choose one of adamw, sgd"),
         ("no network for weights", "download of http://127.0.0.1:9/"),
         ("corrupt weights file", "cannot be loaded safely"),
+        ("no readable image", "epoch 1 trained on no image: every training image was unreadable"),
+        ("no readable validation image", "epoch 1 scored no validation image: all 4 were unreadable"),
     ],
 )
 def test_failures_write_a_one_line_reason(case, expected, sample_data, tmp_path):
@@ -169,6 +171,13 @@ def test_failures_write_a_one_line_reason(case, expected, sample_data, tmp_path)
     elif case == "corrupt weights file":
         (tmp_path / "weights.pth").write_bytes(b"not a torch file")
         hps["pretrained"] = str(tmp_path / "weights.pth")
+    elif case in ("no readable image", "no readable validation image"):  # git-LFS pointers, say
+        pointers = tmp_path / "pointers"
+        for name in ("001.red_disc", "003.blue_square"):
+            (pointers / name).mkdir(parents=True)
+            for i in range(2):
+                (pointers / name / f"{i}.jpg").write_text("version https://git-lfs.github.com/spec/v1\n")
+        channels = {"training": pointers} if case == "no readable image" else {**channels, "validation": pointers}
     started = time.monotonic()
     result = run_trainer(opt_ml, channels, hps, env, timeout=180)
     assert result.returncode != 0

@@ -92,3 +92,21 @@ def test_frozen_modules_keep_their_batchnorm_statistics():
     before = model[0].running_mean.clone()
     model(torch.randn(8, 4) + 5)
     assert model.training and torch.equal(model[0].running_mean, before)
+
+
+@pytest.mark.parametrize(
+    "trained, scored, validation_images, val_loss, reason",
+    [
+        (10, 4, 4, 0.7, None),
+        (0, 0, 4, 0.0, "epoch 3 trained on no image"),
+        (10, 0, 4, 0.0, "epoch 3 scored no validation image: all 4 were unreadable"),
+        (10, 4, 4, float("nan"), "validation loss is nan at epoch 3: the model diverged"),
+        (10, 4, 4, float("inf"), "validation loss is inf"),
+    ],
+)
+def test_an_epoch_with_nothing_to_keep_fails_the_job(trained, scored, validation_images, val_loss, reason):
+    """Loss 0.0 from no image, or nan, was kept as the best epoch and its model written by a job that succeeded."""
+    from trainer.job import nothing_learnt
+
+    found = nothing_learnt(3, trained, scored, validation_images, val_loss)
+    assert found is None if reason is None else found.startswith(reason), found
