@@ -26,6 +26,7 @@ find it (and delete it: it is never read again).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,45 @@ class TrainingState:
     rng: list | None = None  # rng_state() of every rank, by rank (their batches differ, so do their streams)
 
 
+# Hyperparameters that change how a job runs or what it records, not what it has learnt so far: a restart
+# may differ in them (more epochs, a feature cache moved, more loader workers, the debugger off) and resume.
+NOT_LEARNT = frozenset(
+    {
+        "epochs",  # a restart with more epochs goes on from the last one: training longer is a use of resuming
+        "feature_cache",
+        "num_workers",
+        "processes_per_host",  # the world size is in the fingerprint itself
+        "collective_timeout",
+        "debugger",
+        "debugger_collections",
+        "debugger_save_interval",
+        "debugger_dir",
+        "profiler",
+        "profiler_interval_ms",
+        "profiler_trace_steps",
+    }
+)
+
+
+def data_digest(splits: dict[str, list[tuple[Path, int]]]) -> str:
+    """A digest of each split's images as (label, file name, bytes), in a stable order: the same data
+    unpacked anywhere gives the same digest, and a file added, removed, relabelled or changed in size
+    another."""
+    h = hashlib.sha1()
+    for split, samples in sorted(splits.items()):
+        h.update(split.encode())
+        for name, label, size in sorted((Path(path).name, label, _size(path)) for path, label in samples):
+            h.update(f"{label}/{name}/{size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _size(path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # unreadable now: it will be skipped as such, and counted the same way on a restart
+        return -1
+
+
 class Checkpointer:
     def __init__(self, directory: Path, writer: bool):
         self.path = Path(directory) / FILE_NAME
@@ -135,17 +175,18 @@ class Checkpointer:
 
     @staticmethod
     def fingerprint(loop) -> dict:
-        """What must match for a checkpoint to be this job's (and for a mid-epoch position to mean the same batches)."""
+        """What must match for a checkpoint to be this job's (and for a mid-epoch position to mean the same
+        batches): the network, the frozen weights, the data, and every hyperparameter that shapes what is
+        learnt. With only some of them, a second job given the same checkpoint folder (one URI for every job,
+        as a copied example has it) and other data or learning rate resumed the first one's finished state
+        and wrote its weights under its own settings, as a success."""
         hp = loop.hp
         return {
             "architecture": loop.arch.to_dict(),
             "class_names": loop.class_names,
-            "image_size": hp.image_size,
-            "trainable_layers": hp.trainable_layers,
-            "optimizer": hp.optimizer,
             "frozen_weights": loop.frozen_digest,
-            "seed": hp.seed,
-            "batch_size": hp.batch_size,
+            "data": loop.data_digest,
+            "hyperparameters": {k: v for k, v in hp.as_dict().items() if k not in NOT_LEARNT},
             "world_size": loop.dist.world_size,
         }
 

@@ -53,6 +53,7 @@ class Loop:
     skips: data.SkipTracker = field(default_factory=data.SkipTracker)
     frozen_keys: set = field(default_factory=set)  # state-dict keys of the frozen modules
     frozen_digest: str = ""  # checkpoint.state_digest of the frozen weights
+    data_digest: str = ""  # checkpoint.data_digest of the splits
     arch: Any = None  # contract.model.Architecture
     # smaller training batches are not trained on: 2 where BatchNorm cannot train on one image (lockstep.py)
     min_batch_images: int = 1

@@ -16,7 +16,7 @@ from contract.preprocess import Preprocessing
 from contract.spec import hyperparameters
 from contract.spec.hyperparameters import Hyperparameters
 from trainer import data, debugger, distributed, feature_cache, lockstep, profiler, runtime, tracking, weights
-from trainer.checkpoint import frozen_keys, state_digest
+from trainer.checkpoint import data_digest, frozen_keys, state_digest
 from trainer.loop import Loop, autocast, set_train_mode
 from trainer.optim import amp_dtype, make_optimizer, make_schedule
 from trainer.reporting import Reporter
@@ -216,6 +216,7 @@ def build(
         profiler=steps_profiler,
         frozen_keys=keys,
         frozen_digest=frozen_digest,
+        data_digest=data_digest({name: getattr(sets.splits, name) for name in ("train", "validation", "test")}),
         arch=arch,
         min_batch_images=min_images,
     )

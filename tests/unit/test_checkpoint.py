@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from contract.model import Architecture
 from helpers.tiny_loop import blobs, hp_for, make_loop
-from trainer.checkpoint import Checkpointer, TrainingState, frozen_keys, state_digest
+from trainer.checkpoint import Checkpointer, TrainingState, data_digest, frozen_keys, state_digest
 from trainer.loop import train_one_epoch
 
 
@@ -85,7 +86,7 @@ def test_another_jobs_checkpoint_is_moved_aside_and_kept(tmp_path, capsys):
     checkpointer.save(other, TrainingState())  # this job's first epoch end
     [moved] = aside(tmp_path, "mismatch")
     assert moved.read_bytes() == theirs
-    assert torch.load(checkpointer.path, weights_only=True)["fingerprint"]["seed"] == 1
+    assert torch.load(checkpointer.path, weights_only=True)["fingerprint"]["hyperparameters"]["seed"] == 1
     # other frozen weights: a second mismatch, kept apart from the first
     checkpointer.save(loop, state)
     other = fresh()
@@ -149,3 +150,49 @@ def test_running_totals_are_a_list_on_disk_as_older_checkpoints_have_them(tmp_pa
     assert saved["partial"] == [8.5, 21.0, 24.0, 0.25]
     restored = Checkpointer(tmp_path, writer=True).restore(fresh())
     assert restored.step == 3 and restored.partial == RunningTotals(8.5, 21.0, 24.0, 0.25)
+
+
+@pytest.mark.parametrize(
+    "change, resumes",
+    [
+        (("--lr", "0.5"), False),
+        (("--epochs", "9"), True),  # training longer: what resuming is also for
+        (("--weight-decay", "0.5"), False),
+        (("--crop-scale", "0.5"), False),
+        (("--num-workers", "3"), True),  # how the job runs, not what it learns
+        (("--profiler", "false"), True),
+    ],
+)
+def test_another_jobs_checkpoint_with_other_settings_is_not_resumed(tmp_path, capsys, change, resumes):
+    """Two jobs given one checkpoint folder, the same classes and seed, but another learning rate, say: the
+    second resumed the first's finished state and wrote its weights as its own. Now a setting that shapes
+    what is learnt sets the checkpoint aside; one that only shapes how the job runs does not."""
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    assert checkpointer.restore(fresh(*change)).epoch == (1 if resumes else 0)
+    assert ("written by a job with other data or settings" in capsys.readouterr().out) is not resumes
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(tmp_path, capsys):
+    loop, state, checkpointer = trained(tmp_path)
+    loop.data_digest = data_digest({"train": [(tmp_path / "a.jpg", 0)]})
+    checkpointer.save(loop, state)
+    same = fresh()
+    same.data_digest = loop.data_digest
+    assert checkpointer.restore(same).epoch == 1
+    (tmp_path / "b.jpg").write_bytes(b"an image more")
+    other = fresh()
+    other.data_digest = data_digest({"train": [(tmp_path / "a.jpg", 0), (tmp_path / "b.jpg", 1)]})
+    assert checkpointer.restore(other).epoch == 0
+
+
+def test_the_data_digest_is_the_files_not_where_they_were_unpacked(tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder / "cat").mkdir(parents=True)
+        (tmp_path / folder / "cat" / "1.jpg").write_bytes(b"xyz")
+    one, two = ([(tmp_path / folder / "cat" / "1.jpg", 0)] for folder in ("one", "two"))
+    assert data_digest({"train": one}) == data_digest({"train": two})
+    assert data_digest({"train": one}) != data_digest({"validation": one})
+    assert data_digest({"train": one}) != data_digest({"train": [(one[0][0], 1)]})  # relabelled
+    (tmp_path / "two" / "cat" / "1.jpg").write_bytes(b"xyzw")
+    assert data_digest({"train": one}) != data_digest({"train": two})
