@@ -310,7 +310,18 @@ class SkipTracker:
         return {split: sorted(paths) for split, paths in self.paths.items()}
 
 
-def worker_count(requested: int) -> int:
+# loader processes per core at most: each holds a copy of the dataset's list and its decode buffers, and
+# beyond a few per core they only wait for the cores (500 were an OOM kill with no reason written)
+MAX_WORKERS_PER_CORE = 4
+
+
+def worker_count(requested: int, cores: int | None = None) -> int:
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if requested > MAX_WORKERS_PER_CORE * cores:
+        raise hyperparameters.HyperparameterError(
+            f"hyperparameter num-workers: {requested} loader processes on {cores} CPU core(s); "
+            f"at most {MAX_WORKERS_PER_CORE} per core ({MAX_WORKERS_PER_CORE * cores}), or auto"
+        )
     if requested >= 0:
         return requested
-    return min(8, len(os.sched_getaffinity(0)))
+    return min(8, cores)

@@ -39,8 +39,9 @@ class LaunchError(RuntimeError):
     """This host cannot run the job as asked: a one-line reason for /opt/ml/output/failure."""
 
 
-def check_devices(gpus: int, cuda_available: bool, processes_per_host: int) -> None:
-    """Refuse to train on the CPU of a GPU host, and more NCCL processes than GPUs (they would share one)."""
+def check_devices(gpus: int, cuda_available: bool, processes_per_host: int, cpus: int | None = None) -> None:
+    """Refuse to train on the CPU of a GPU host, more NCCL processes than GPUs (they would share one), and
+    more CPU processes than cores: each loads torch and the model, and 500 were an OOM kill with no reason."""
     if gpus > 0 and not cuda_available:
         raise LaunchError(
             f"SM_NUM_GPUS={gpus} but CUDA is unavailable in the container (no NVIDIA driver or device visible): "
@@ -50,6 +51,12 @@ def check_devices(gpus: int, cuda_available: bool, processes_per_host: int) -> N
         raise LaunchError(
             f"hyperparameter processes-per-host: {processes_per_host} processes on a host with {gpus} GPU(s); "
             "NCCL needs a GPU per process: at most the GPU count (0 = one per GPU)"
+        )
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    if gpus == 0 and processes_per_host > cpus:
+        raise LaunchError(
+            f"hyperparameter processes-per-host: {processes_per_host} processes on a host with {cpus} CPU core(s) "
+            "and no GPU: at most one per core"
         )
 
 

@@ -34,7 +34,14 @@ def test_more_processes_than_gpus_are_refused():
     with pytest.raises(distributed.LaunchError, match="processes-per-host: 3 processes on a host with 2 GPU"):
         distributed.check_devices(gpus=2, cuda_available=True, processes_per_host=3)
     distributed.check_devices(gpus=2, cuda_available=True, processes_per_host=2)
-    distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=4)  # CPU ranks: gloo
+    distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=4, cpus=4)  # CPU ranks: gloo
+
+
+def test_more_cpu_processes_than_cores_are_refused():
+    """500 CPU processes each loaded torch and the model: an OOM kill and no reason written."""
+    with pytest.raises(distributed.LaunchError, match="500 processes on a host with 16 CPU core"):
+        distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=500, cpus=16)
+    distributed.check_devices(gpus=0, cuda_available=False, processes_per_host=16, cpus=16)
 
 
 def test_a_rank_writes_its_line_in_one_write(monkeypatch):
@@ -94,3 +101,11 @@ def test_buffers_are_put_back_after_a_stand_in_pass():
 def test_both_images_ask_the_nvidia_runtime_for_the_gpus(dockerfile):
     text = (ROOT / dockerfile).read_text()
     assert re.search(r"^ENV NVIDIA_VISIBLE_DEVICES=all \\\n\s+NVIDIA_DRIVER_CAPABILITIES=compute,utility$", text, re.M)
+
+
+def test_loader_workers_are_bounded_by_the_cores():
+    from contract.spec.hyperparameters import HyperparameterError
+
+    with pytest.raises(HyperparameterError, match="num-workers: 500 loader processes on 2 CPU core"):
+        data.worker_count(500, cores=2)
+    assert data.worker_count(8, cores=2) == 8 and data.worker_count(-1, cores=2) == 2
