@@ -246,6 +246,7 @@ class Checkpointer:
 
     def read(self, loop) -> dict | None:
         """This host's checkpoint, if it is this job's (on the CPU); None if there is none or (set aside) none usable."""
+        self.remove_partial_writes()
         if not self.path.is_file():
             return None
         try:
@@ -264,6 +265,13 @@ class Checkpointer:
             self.set_aside("mismatch", "it holds other parameters than this job trains")
             return None
         return saved
+
+    def remove_partial_writes(self) -> None:
+        """The temporaries of saves a kill cut short (atomic_torch_save's `.checkpoint.pt.*`): never read,
+        but in the folder SageMaker syncs to S3 and back on every restart, one more per kill."""
+        for partial in self.path.parent.glob(f".{self.path.name}.*"):
+            partial.unlink(missing_ok=True)
+            print(f"removed {partial.name}, a checkpoint write that was cut short", flush=True)
 
     def set_aside(self, kind: str, why: str) -> None:
         """Rename the checkpoint out of the way (rank 0; the others only read), with a one-line warning."""

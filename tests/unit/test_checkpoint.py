@@ -196,3 +196,15 @@ def test_the_data_digest_is_the_files_not_where_they_were_unpacked(tmp_path):
     assert data_digest({"train": one}) != data_digest({"train": [(one[0][0], 1)]})  # relabelled
     (tmp_path / "two" / "cat" / "1.jpg").write_bytes(b"xyzw")
     assert data_digest({"train": one}) != data_digest({"train": two})
+
+
+def test_the_temporaries_of_cut_short_saves_are_removed_and_the_checkpoint_kept(tmp_path, capsys):
+    """A kill during a save leaves `.checkpoint.pt.XXXX`; SageMaker would carry each to S3 and back on
+    every restart. Rank 0 removes them when it reads; the checkpoint itself and set-aside files stay."""
+    loop, state, checkpointer = trained(tmp_path)
+    checkpointer.save(loop, state)
+    (tmp_path / ".checkpoint.pt.k1ll3d").write_bytes(b"half a checkpoint")
+    (tmp_path / "checkpoint.pt.mismatch-20261206T000000Z").write_bytes(b"another job's")
+    assert checkpointer.restore(fresh()).epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.mismatch-20261206T000000Z"]
+    assert "removed .checkpoint.pt.k1ll3d" in capsys.readouterr().out
