@@ -187,12 +187,16 @@ class DynamicBatcher:
                 self._cond.wait(remaining)
             batch = [self._queue.popleft()]
             size, shape = len(batch[0].inputs), batch[0].inputs.shape[1:]
-            # in order, while the next job fits and has the first one's shape
-            while (
-                self._queue
-                and size + len(self._queue[0].inputs) <= self.max_batch_size
-                and self._queue[0].inputs.shape[1:] == shape
-            ):
-                batch.append(self._queue.popleft())
-                size += len(batch[-1].inputs)
+            # every queued job of the oldest one's shape that fits, oldest first; the others keep their
+            # order for the next pass. (Taking only the run of that shape at the queue's head, requests of
+            # two sizes that arrived alternately never shared a pass.)
+            others: deque[_Job] = deque()
+            while self._queue and size < self.max_batch_size:
+                job = self._queue.popleft()
+                if job.inputs.shape[1:] == shape and size + len(job.inputs) <= self.max_batch_size:
+                    batch.append(job)
+                    size += len(job.inputs)
+                else:
+                    others.append(job)
+            self._queue.extendleft(reversed(others))
             return batch
